@@ -1,0 +1,1 @@
+"""Pure torch/numpy runtime of ComfyUI-Backdrop. Never imports ComfyUI."""
