@@ -33,9 +33,11 @@ class FolderSpec:
 
 
 MODEL_FOLDERS: dict[str, FolderSpec] = {
-    "sams": FolderSpec((".pth", ".pt", ".safetensors"), "sam_vit_b_01ec64.pth", "segment-anything checkpoints"),
+    "sams": FolderSpec((".pth", ".pt", ".safetensors"), "sam_vit_b_01ec64.pth",
+                       "segment-anything checkpoints"),
     "LLM": FolderSpec((), "Florence-2-base/", "vision-language models in transformers format, one folder each"),
-    "checkpoints": FolderSpec((".safetensors", ".ckpt"), "sd-v1-5-inpainting.safetensors", "single-file SD checkpoints"),
+    "checkpoints": FolderSpec((".safetensors", ".ckpt"), "sd-v1-5-inpainting.safetensors",
+                              "single-file SD checkpoints"),
     "diffusers": FolderSpec((), "stable-diffusion-inpainting/", "diffusers pipeline folders (model_index.json)"),
     "loras": FolderSpec((".safetensors",), "product_backgrounds.safetensors", "LoRA weights"),
     "onnx": FolderSpec((".onnx",), "unet_sd15_inpaint.onnx", "exported ONNX UNets"),
@@ -145,7 +147,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise many different types
-        raise InvalidModelError(f"{path.name} could not be read as a weights file ({type(exc).__name__}: {exc})") from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        raise InvalidModelError(f"{path.name} could not be read as a weights file ({reason})") from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -1,0 +1,9 @@
+"""Thin ComfyUI adapters (V1 registration). Each module contributes NODE_CLASS_MAPPINGS."""
+
+from . import backdrop, masking
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+for _module in (masking, backdrop):
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -1,0 +1,85 @@
+"""BackdropStudioBackdrop: the weight-free studio background, product pasted back bit-exact."""
+
+from __future__ import annotations
+
+from . import comfy_bridge
+
+
+def style_choices() -> list[str]:
+    from ..runtime.backdrop.styles import style_names
+
+    return style_names()
+
+
+class BackdropStudioBackdrop:
+    """A seamless paper sweep in a style's palette, vignette and contact shadow; product pixels unchanged."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = style_choices()
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "product_mask": ("MASK", {"tooltip": "1 = product (BackdropProductMask's product_mask)"}),
+                "style": (names, {"default": "Minimal Studio" if "Minimal Studio" in names else names[0]}),
+                "shadow": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05,
+                                     "tooltip": "contact shadow strength; -1 = the style's default"}),
+                "vignette": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05,
+                                       "tooltip": "vignette strength; -1 = the style's default"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    FUNCTION = "render"
+    CATEGORY = "Backdrop/background"
+
+    def render(self, image, product_mask, style: str, shadow: float, vignette: float, seed: int):
+        from ..runtime.backdrop.studio import StudioOptions
+        from ..runtime.backdrop.studio_job import studio_background
+        from ..runtime.backdrop.styles import get_style
+        from ..runtime.batching import images_to_list, masks_for_batch, stack_images
+
+        images = images_to_list(image)
+        height, width = images[0].shape[:2]
+        masks = masks_for_batch(product_mask, len(images), height, width)
+        preset = get_style(style)
+        options = StudioOptions(shadow=None if shadow < 0 else shadow, vignette=None if vignette < 0 else vignette,
+                                seed=seed)
+        progress = comfy_bridge.progress_for(len(images))
+        out = []
+        for index, (img, mask) in enumerate(zip(images, masks, strict=True)):
+            if mask.shape != img.shape[:2]:
+                mask = masks_for_batch(mask, 1, img.shape[0], img.shape[1])[0]
+            out.append(studio_background(img, preset, alpha=mask, studio=options).image)
+            progress(index + 1, len(images))
+        return (stack_images(out),)
+
+
+class BackdropFreeModels:
+    """Free every model Backdrop has cached (SAM, captioners, pipelines)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("INT",)
+    RETURN_NAMES = ("freed",)
+    FUNCTION = "free"
+    CATEGORY = "Backdrop/utils"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def IS_CHANGED(cls, **_kwargs):
+        return float("nan")  # always run
+
+    def free(self):
+        from ..runtime.models import free_models
+
+        return (free_models(),)
+
+
+NODE_CLASS_MAPPINGS = {"BackdropStudioBackdrop": BackdropStudioBackdrop, "BackdropFreeModels": BackdropFreeModels}
+NODE_DISPLAY_NAME_MAPPINGS = {"BackdropStudioBackdrop": "Backdrop Studio Backdrop",
+                              "BackdropFreeModels": "Backdrop Free Models"}

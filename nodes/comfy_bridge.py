@@ -1,0 +1,78 @@
+"""The only place that touches ComfyUI internals: model folders, progress bars, interruption.
+
+Without ComfyUI (tests, the CLI importing the package) everything falls back: folders come from
+``BACKDROP_MODELS_DIR`` / ``./models`` and progress goes to an optional plain callback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..runtime.models import MODEL_FOLDERS, ModelLocator, get_locator, set_locator
+from ..runtime.progress import ProgressFn
+
+try:  # ComfyUI puts these top-level modules on sys.path; outside it they do not exist.
+    import folder_paths  # type: ignore[import-not-found]
+except ImportError:
+    folder_paths = None
+
+try:
+    import comfy.model_management as _model_management  # type: ignore[import-not-found]
+    import comfy.utils as _comfy_utils  # type: ignore[import-not-found]
+except ImportError:
+    _comfy_utils = None
+    _model_management = None
+
+IN_COMFYUI = folder_paths is not None
+
+# Outside ComfyUI a test or host can observe progress through this factory: total -> callback.
+fallback_progress_factory: Callable[[int], ProgressFn] | None = None
+
+
+def register_model_folders() -> None:
+    """Register sams, LLM, checkpoints, diffusers, loras, onnx, tensorrt with ComfyUI's folder_paths,
+    and make the runtime resolve model names through them."""
+    if folder_paths is None:
+        return
+    for kind in MODEL_FOLDERS:
+        folder_paths.add_model_folder_path(kind, os.path.join(folder_paths.models_dir, kind))
+    set_locator(ModelLocator(lambda kind: [Path(p) for p in folder_paths.get_folder_paths(kind)],
+                             description="ComfyUI folder_paths"))
+
+
+def locator() -> ModelLocator:
+    return get_locator()
+
+
+def model_choices(kind: str) -> list[str]:
+    """Names for a model combo widget: only what is really in the folders."""
+    try:
+        return locator().list(kind)
+    except OSError:
+        return []
+
+
+def progress_for(total: int) -> ProgressFn:
+    """A callback for runtime loops: drives ComfyUI's ProgressBar and raises on interruption."""
+    if _comfy_utils is not None:
+        bar = _comfy_utils.ProgressBar(total)
+
+        def update(done: int, total_: int) -> None:
+            _model_management.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done, total_)
+
+        return update
+    if fallback_progress_factory is not None:
+        return fallback_progress_factory(total)
+    return lambda done, total_: None
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (no-op outside ComfyUI)."""
+    if _model_management is not None:
+        _model_management.throw_exception_if_processing_interrupted()
+
+
+register_model_folders()

@@ -1,0 +1,92 @@
+"""The ``backdrop`` command line: the same runtime as the ComfyUI nodes, headless."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import BackdropError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backdrop", description="New backgrounds for product photos; "
+                                     "the product stays pixel-exact. Offline: models come from --models-dir.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="put products on a new background (weight-free studio backdrop by default)")
+    run.add_argument("inputs", nargs="+", type=Path, help="product photos, or folders of them")
+    run.add_argument("--style", default="Minimal Studio", help="style preset name (see `backdrop styles`)")
+    run.add_argument("--out", type=Path, default=Path("out"), help="output folder (files are never overwritten)")
+    run.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
+                     help="output format; png keeps product pixels exact (16-bit input stays 16-bit)")
+    run.add_argument("--models-dir", type=Path, default=None,
+                     help="ComfyUI-style models folder (default: $BACKDROP_MODELS_DIR or ./models)")
+    run.add_argument("--sam", default=None, help="SAM checkpoint name in models/sams (default: weight-free masker)")
+    run.add_argument("--device", default="cpu", help="torch device for models (cpu, cuda, cuda:1...)")
+    run.add_argument("--box", default="", help="product box 'x0,y0,x1,y1' in pixels (overrides the automatic choice)")
+    run.add_argument("--points", default="", help="product points 'x,y[,label];...' (label 0 = background)")
+    run.add_argument("--grow", type=int, default=0, help="grow (>0) or shrink (<0) the product mask, pixels")
+    run.add_argument("--feather", type=float, default=0.0, help="soften the mask edge outward, pixels")
+    run.add_argument("--keep", choices=("main", "largest", "all"), default="main", help="mask components to keep")
+    run.add_argument("--no-fill-holes", action="store_true", help="keep holes inside the product mask")
+    run.add_argument("--no-edge-refine", action="store_true", help="skip the guided-filter edge refinement")
+    run.add_argument("--shadow", type=float, default=None, help="contact shadow strength 0..1 (style default)")
+    run.add_argument("--vignette", type=float, default=None, help="vignette strength 0..1 (style default)")
+    run.add_argument("--light", type=float, default=None, help="key light strength 0..1 (style default)")
+    run.add_argument("--seed", type=int, default=0, help="seed (the studio backdrop's dither)")
+    run.add_argument("--save-mask", action="store_true", help="also write the product mask as <name>_mask.png")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    styles = sub.add_parser("styles", help="list the style presets")
+    styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from .run_command import run_command
+
+            return run_command(args)
+        if args.command == "styles":
+            return _list_styles(args.verbose)
+    except BackdropError as exc:
+        print(f"backdrop: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _list_styles(verbose: bool) -> int:
+    from .backdrop.styles import load_styles, styles_file
+
+    print(f"# styles from {styles_file()}")
+    for preset in load_styles().values():
+        if verbose:
+            hexes = " ".join("#{:02X}{:02X}{:02X}".format(*(round(c * 255) for c in v))
+                             for v in preset.palette.values())
+            print(f"{preset.name}\n  prompt:   {preset.prompt_text}\n  negative: {preset.negative_text}")
+            print(f"  palette:  {hexes}")
+        else:
+            print(preset.name)
+    return 0
+
+
+def collect_inputs(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, plus the images directly inside any folder (sorted). Missing paths are kept so
+    they are reported as failures rather than silently dropped."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""``backdrop run``: mask each product photo, put it on a new background, write it. One failure never
+stops the batch; every failure is reported at the end and makes the exit code non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BackdropError
+
+
+@dataclass
+class RunSummary:
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .backdrop.studio import StudioOptions
+    from .backdrop.styles import get_style
+    from .cli import collect_inputs
+    from .masking.types import Prompt, RefineOptions, parse_box, parse_points
+
+    style = get_style(args.style)
+    prompt = Prompt(box=parse_box(args.box), points=parse_points(args.points))
+    refine = RefineOptions(fill_holes=not args.no_fill_holes, keep=args.keep, grow_px=args.grow,
+                           edge_refine=not args.no_edge_refine, feather_px=args.feather)
+    studio = StudioOptions(shadow=args.shadow, vignette=args.vignette, light=args.light, seed=args.seed)
+    sam = _load_sam(args.sam, args.models_dir, args.device) if args.sam else None
+    inputs = collect_inputs(args.inputs)
+    if not inputs:
+        raise BackdropError("no input images found")
+
+    summary = RunSummary()
+    progress, close = _progress(len(inputs), args.quiet)
+    try:
+        for index, path in enumerate(inputs):
+            try:
+                summary.written.extend(_process_one(path, args, style, prompt, refine, studio, sam))
+            except (BackdropError, OSError, ValueError) as exc:
+                summary.failed.append((path, str(exc)))
+            progress(index + 1, len(inputs))
+    finally:
+        close()
+    _print_summary(summary)
+    return 1 if summary.failed else 0
+
+
+def _process_one(path: Path, args, style, prompt, refine, studio, sam) -> list[Path]:
+    import numpy as np
+
+    from .backdrop.studio_job import studio_background
+    from .imaging import read_image, write_image
+
+    loaded = read_image(path)
+    image = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
+    result = studio_background(image, style, sam=sam, prompt=prompt, refine=refine, studio=studio)
+    slug = style.name.lower().replace(" ", "-")
+    bit_depth = loaded.bit_depth if args.format == "png" else 8
+    out = [write_image(args.out / f"{path.stem}_{slug}.{args.format}", result.image, bit_depth=bit_depth)]
+    if args.save_mask:
+        mask_rgb = np.repeat(result.product_alpha[..., None], 3, axis=2)
+        out.append(write_image(args.out / f"{path.stem}_mask.png", mask_rgb, bit_depth=8))
+    return out
+
+
+def _load_sam(name: str, models_dir: Path | None, device: str):
+    from .masking.sam_loader import load_sam
+    from .masking.sam_masker import SamMasker
+    from .models import ModelLocator, get_locator
+
+    locator = ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
+    return SamMasker(load_sam(name, device=device, locator=locator))
+
+
+def _progress(total: int, quiet: bool):
+    from .progress import tqdm_progress
+
+    return tqdm_progress("backdrop run", total, disable=quiet or not sys.stderr.isatty())
+
+
+def _print_summary(summary: RunSummary) -> None:
+    for path in summary.written:
+        print(f"wrote {path}")
+    for path, reason in summary.failed:
+        print(f"FAILED {path}: {reason}", file=sys.stderr)
+    print(f"{len(summary.written)} file(s) written, {len(summary.failed)} input(s) failed", file=sys.stderr)
