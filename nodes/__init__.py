@@ -2,8 +2,10 @@
 
 from . import backdrop, masking
 
+_MODULES = (masking, backdrop)
+
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-for _module in (masking, backdrop):
+for _module in _MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
