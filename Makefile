@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The dev/CI venv pins a torch that works beside torchvision (segment_anything needs it).
+# Users inside ComfyUI keep ComfyUI's own torch: pyproject.toml does not pin it.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/backdrop run assets/example_product.png --style "Soft Spring" --out demo-out --save-mask
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) tests/bench_masking.py
+	$(PY) tests/bench_sam.py
+
+clean-venv:
+	rm -rf $(VENV)

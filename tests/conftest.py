@@ -1,0 +1,32 @@
+"""Shared fixtures. Everything is offline: no test may download anything."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.images import studio_product_photo  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def product_photo() -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 RGB 389x517 studio shot of a bottle, its true bool mask)."""
+    return studio_product_photo(389, 517, seed=3)
+
+
+@pytest.fixture()
+def models_dir(tmp_path, monkeypatch):
+    """An empty ComfyUI-style models dir installed as the runtime's locator for one test."""
+    from comfyui_backdrop.runtime.models import MODEL_FOLDERS, ModelLocator, set_locator
+
+    root = tmp_path / "models"
+    for kind in MODEL_FOLDERS:
+        (root / kind).mkdir(parents=True)
+    set_locator(ModelLocator.from_models_dir(root))
+    yield root
+    set_locator(None)

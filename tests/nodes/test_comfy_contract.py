@@ -1,0 +1,133 @@
+"""Every registered node honours the ComfyUI contract, loaded exactly as ComfyUI loads the pack."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.images import studio_product_photo
+from tests.nodes.pack_loader import REPO_ROOT, load_pack_like_comfyui, unload_pack
+from tests.sam_fixtures import build_tiny_sam, save_sam
+
+PRIMITIVES = {"INT": int, "FLOAT": float, "BOOLEAN": bool, "STRING": str}
+TOP_KEYS = {"required", "optional", "hidden"}
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    """The repo loaded from a folder named ComfyUI-Backdrop, with a models dir holding a tiny SAM."""
+    root = tmp_path_factory.mktemp("comfy")
+    folder = root / "custom_nodes" / "ComfyUI-Backdrop"
+    folder.parent.mkdir()
+    folder.symlink_to(REPO_ROOT, target_is_directory=True)
+    save_sam(build_tiny_sam(), root / "models" / "sams" / "tiny_sam.safetensors")
+    module = load_pack_like_comfyui(folder)
+    models = sys.modules[module.__name__ + ".runtime.models"]
+    models.set_locator(models.ModelLocator.from_models_dir(root / "models"))
+    yield module
+    models.set_locator(None)
+    unload_pack(module)
+
+
+def test_pack_loads_under_a_hyphenated_folder_name(pack):
+    assert "-" in pack.__name__
+    assert pack.NODE_CLASS_MAPPINGS, "no nodes registered"
+    assert not hasattr(pack, "comfy_entrypoint"), "use one registration style only (V1)"
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
+
+
+def test_ids_categories_and_schemas(pack):
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert node_id.startswith("Backdrop"), node_id
+        assert cls.CATEGORY.startswith("Backdrop/"), (node_id, cls.CATEGORY)
+        schema = cls.INPUT_TYPES()
+        assert set(schema) <= TOP_KEYS and "required" in schema, node_id
+        params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        for section in ("required", "optional"):
+            for name, spec in schema.get(section, {}).items():
+                _check_input_spec(node_id, name, spec)
+                assert name in params, f"{node_id}.{cls.FUNCTION} does not accept input {name!r}"
+        assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
+        names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+        assert len(names) == len(cls.RETURN_TYPES), node_id
+
+
+def _check_input_spec(node_id: str, name: str, spec) -> None:
+    where = f"{node_id}.{name}"
+    assert isinstance(spec, tuple) and 1 <= len(spec) <= 2, where
+    kind, options = spec[0], (spec[1] if len(spec) == 2 else {})
+    assert isinstance(options, dict), where
+    if isinstance(kind, list):
+        assert kind and all(isinstance(v, str) for v in kind), f"{where}: empty or non-string combo"
+        assert options.get("default", kind[0]) in kind, where
+        return
+    assert isinstance(kind, str) and kind.isupper(), where
+    if kind in ("INT", "FLOAT"):
+        lo, hi, default = options["min"], options["max"], options["default"]
+        assert lo <= default <= hi and options.get("step", 1) > 0, where
+        assert isinstance(default, PRIMITIVES[kind]), where
+    elif kind in ("BOOLEAN", "STRING"):
+        assert isinstance(options.get("default", PRIMITIVES[kind]()), PRIMITIVES[kind]), where
+
+
+def _example(kind, options, made: dict):
+    if isinstance(kind, list):
+        return options.get("default", kind[0])
+    if kind in PRIMITIVES:
+        return options.get("default", PRIMITIVES[kind]())
+    if kind == "IMAGE":
+        photos = [studio_product_photo(96, 128, seed=s)[0] for s in (0, 1)]
+        return torch.from_numpy(np.stack(photos).astype(np.float32) / 255.0)
+    if kind == "MASK":
+        return torch.from_numpy(studio_product_photo(96, 128, seed=0)[1][None].astype(np.float32))
+    return made.get(kind)
+
+
+def _check_output(node_id: str, kind: str, value) -> None:
+    where = f"{node_id} -> {kind}"
+    if kind in PRIMITIVES:
+        assert isinstance(value, PRIMITIVES[kind]), where
+    elif kind == "IMAGE":
+        assert isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[-1] == 3, where
+        assert value.dtype == torch.float32 and 0 <= value.min() and value.max() <= 1, where
+    elif kind == "MASK":
+        assert isinstance(value, torch.Tensor) and value.ndim == 3 and value.dtype == torch.float32, where
+        assert 0 <= value.min() and value.max() <= 1, where
+    else:
+        assert value is not None, where
+
+
+def test_every_node_returns_what_it_declares(pack):
+    """Run each node on example inputs (custom types come from the nodes that make them)."""
+    made: dict[str, object] = {}
+    pending = dict(pack.NODE_CLASS_MAPPINGS)
+    while pending:
+        progressed = False
+        for node_id, cls in list(pending.items()):
+            schema = cls.INPUT_TYPES()
+            kwargs = {}
+            ready = True
+            for section in ("required", "optional"):
+                for name, spec in schema.get(section, {}).items():
+                    value = _example(spec[0], spec[1] if len(spec) > 1 else {}, made)
+                    if value is None and section == "required":
+                        ready = False
+                    elif value is not None:
+                        kwargs[name] = value
+            if not ready:
+                continue
+            image_in = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+            result = getattr(cls(), cls.FUNCTION)(**kwargs)
+            assert isinstance(result, tuple) and len(result) == len(cls.RETURN_TYPES), node_id
+            for kind, value in zip(cls.RETURN_TYPES, result, strict=True):
+                _check_output(node_id, kind, value)
+                made.setdefault(kind, value)
+            for k, original in image_in.items():
+                assert torch.equal(kwargs[k], original), f"{node_id} mutated its input {k}"
+            del pending[node_id]
+            progressed = True
+        assert progressed, f"no example inputs could be made for {sorted(pending)}"

@@ -1,0 +1,113 @@
+"""`backdrop run` end to end: files in, files out, product pixels exact, failures reported."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from comfyui_backdrop.runtime.cli import main
+from tests.images import studio_product_photo
+
+
+def _write(path, rgb: np.ndarray) -> None:
+    if rgb.ndim == 2:
+        cv2.imwrite(str(path), rgb)
+    elif rgb.shape[2] == 4:
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGBA2BGRA))
+    else:
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _read(path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+
+
+def test_run_keeps_product_pixels_exact(tmp_path, product_photo):
+    photo, truth = product_photo
+    _write(tmp_path / "bottle.png", photo)
+    assert main(["run", str(tmp_path / "bottle.png"), "--style", "soft spring", "--out", str(tmp_path / "out"),
+                 "--save-mask", "--quiet"]) == 0
+    out = _read(tmp_path / "out" / "bottle_soft-spring.png")
+    mask = cv2.imread(str(tmp_path / "out" / "bottle_mask.png"), cv2.IMREAD_GRAYSCALE)
+    core = mask == 255
+    assert core.sum() > 0.8 * truth.sum()
+    assert np.array_equal(out[core], photo[core])
+    background = ~cv2.dilate(truth.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert np.abs(out[background].astype(int) - photo[background].astype(int)).mean() > 5, "background unchanged"
+
+
+def test_run_never_overwrites_and_is_deterministic(tmp_path, product_photo):
+    _write(tmp_path / "p.png", product_photo[0])
+    args = ["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(args) == 0 and main(args) == 0
+    first, second = tmp_path / "o" / "p_minimal-studio.png", tmp_path / "o" / "p_minimal-studio-1.png"
+    assert first.exists() and second.exists()
+    assert np.array_equal(_read(first), _read(second))
+
+
+def test_one_bad_file_does_not_stop_the_batch(tmp_path, product_photo, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write(folder / "a.png", product_photo[0])
+    (folder / "b.jpg").write_bytes(b"\xff\xd8 broken")
+    _write(folder / "c.png", studio_product_photo(120, 90, seed=5)[0])
+    code = main(["run", str(folder), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "b.jpg" in err and "2 file(s) written, 1 input(s) failed" in err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_minimal-studio.png", "c_minimal-studio.png"]
+
+
+def test_16bit_grayscale_and_rgba_inputs(tmp_path, product_photo):
+    photo, _ = product_photo
+    deep = photo.astype(np.uint16) * 257 + 3
+    _write(tmp_path / "deep.png", deep)
+    _write(tmp_path / "gray.png", cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY))
+    cut = np.dstack([photo, np.where(product_photo[1], 255, 0).astype(np.uint8)])
+    _write(tmp_path / "cut.png", cut)
+    assert main(["run", str(tmp_path / "deep.png"), str(tmp_path / "gray.png"), str(tmp_path / "cut.png"),
+                 "--out", str(tmp_path / "o"), "--save-mask", "--quiet"]) == 0
+    out16 = cv2.imread(str(tmp_path / "o" / "deep_minimal-studio.png"), cv2.IMREAD_UNCHANGED)
+    assert out16.dtype == np.uint16
+    core = cv2.imread(str(tmp_path / "o" / "deep_mask.png"), cv2.IMREAD_GRAYSCALE) == 255
+    assert core.any() and np.array_equal(out16[..., ::-1][core], deep[core])
+    gray_out = _read(tmp_path / "o" / "gray_minimal-studio.png")
+    assert gray_out.shape == photo.shape
+    cut_core = cv2.imread(str(tmp_path / "o" / "cut_mask.png"), cv2.IMREAD_GRAYSCALE) == 255
+    # an RGBA cut-out's own alpha is the product mask
+    assert (cut_core & product_photo[1]).sum() >= 0.95 * cut_core.sum()
+    assert np.array_equal(_read(tmp_path / "o" / "cut_minimal-studio.png")[cut_core], photo[cut_core])
+
+
+@pytest.mark.parametrize("side", [8, 8000])
+def test_extreme_sizes(tmp_path, side):
+    h, w = (8, 8) if side == 8 else (48, 8000)
+    image = np.full((h, w, 3), 235, np.uint8)
+    image[h // 4 : 3 * h // 4, w // 3 : w // 2] = (30, 60, 200)
+    _write(tmp_path / "x.png", image)
+    assert main(["run", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert _read(tmp_path / "o" / "x_minimal-studio.png").shape == image.shape
+
+
+def test_missing_sam_names_the_folder(tmp_path, product_photo, capsys):
+    _write(tmp_path / "p.png", product_photo[0])
+    (tmp_path / "models" / "sams").mkdir(parents=True)
+    code = main(["run", str(tmp_path / "p.png"), "--sam", "sam_vit_h.pth", "--models-dir", str(tmp_path / "models"),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "models/sams" in err and ".pth" in err and ".safetensors" in err
+
+
+def test_unknown_style_and_bad_box_are_clear_errors(tmp_path, product_photo, capsys):
+    _write(tmp_path / "p.png", product_photo[0])
+    assert main(["run", str(tmp_path / "p.png"), "--style", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "Soft Spring" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "p.png"), "--box", "1,2,3", "--out", str(tmp_path / "o")]) == 2
+    assert "x0,y0,x1,y1" in capsys.readouterr().err
+
+
+def test_styles_command_lists_presets(capsys):
+    assert main(["styles"]) == 0
+    listed = capsys.readouterr().out
+    assert "Soft Spring" in listed and "Glam" in listed
