@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/backdrop run assets/example_product.png --style "Soft Spring" --out demo-out --save-mask
+	$(VENV)/bin/backdrop run assets/example_product.jpg --style "Soft Spring" --out demo-out --save-mask
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
