@@ -1,8 +1,8 @@
 """Thin ComfyUI adapters (V1 registration). Each module contributes NODE_CLASS_MAPPINGS."""
 
-from . import backdrop, masking
+from . import backdrop, captioning, masking
 
-_MODULES = (masking, backdrop)
+_MODULES = (masking, backdrop, captioning)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -75,4 +75,14 @@ def check_interrupted() -> None:
         _model_management.throw_exception_if_processing_interrupted()
 
 
+def clip_tokenizer_dir() -> Path | None:
+    """ComfyUI's own SD1 CLIP tokenizer folder (comfy/sd1_tokenizer), or None outside ComfyUI."""
+    try:
+        import comfy.sd1_clip as sd1_clip  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    folder = Path(sd1_clip.__file__).resolve().parent / "sd1_tokenizer"
+    return folder if (folder / "vocab.json").is_file() else None
+
+
 register_model_folders()

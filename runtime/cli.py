@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--light", type=float, default=None, help="key light strength 0..1 (style default)")
     run.add_argument("--seed", type=int, default=0, help="seed (the studio backdrop's dither)")
     run.add_argument("--save-mask", action="store_true", help="also write the product mask as <name>_mask.png")
+    run.add_argument("--captioner", default=None,
+                     help="vision-language model folder in models/LLM for product/background captions "
+                          "(default: captions from image statistics, no weights)")
+    run.add_argument("--composition", default="centered", help="composition preset for the prompt")
+    run.add_argument("--scene", default="", help="free scene/subject text added to the prompt")
+    run.add_argument("--prompt-json", action="store_true",
+                     help="write <name>_<style>.json with captions and the composed prompts "
+                          "(always on with --captioner)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     styles = sub.add_parser("styles", help="list the style presets")

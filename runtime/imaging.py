@@ -130,12 +130,16 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, bit_depth: int = 8, al
     ok, encoded = cv2.imencode(suffix, channels, params)
     if not ok:
         raise InvalidInputError(f"OpenCV could not encode {path.name}")
+    return write_bytes_exclusive(path, encoded.tobytes())
+
+
+def write_bytes_exclusive(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write to a temp file in the same folder, then hard-link it to a free name (atomic, no overwrite).
+
+    Returns the path written: ``path`` itself, or ``stem-N.ext`` if ``path`` already exists.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _publish_exclusive(encoded.tobytes(), path)
-
-
-def _publish_exclusive(payload: bytes, path: Path) -> Path:
-    """Write to a temp file in the same folder, then hard-link it to a free name (atomic, no overwrite)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -29,6 +29,12 @@ def run_command(args: argparse.Namespace) -> int:
                            edge_refine=not args.no_edge_refine, feather_px=args.feather)
     studio = StudioOptions(shadow=args.shadow, vignette=args.vignette, light=args.light, seed=args.seed)
     sam = _load_sam(args.sam, args.models_dir, args.device) if args.sam else None
+    captioner = _load_captioner(args.captioner, args.models_dir, args.device) if args.captioner else None
+    args.prompt_json = args.prompt_json or captioner is not None
+    if args.prompt_json:
+        from .prompting import get_composition
+
+        get_composition(args.composition)  # fail before the batch on a bad name
     inputs = collect_inputs(args.inputs)
     if not inputs:
         raise BackdropError("no input images found")
@@ -38,7 +44,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         for index, path in enumerate(inputs):
             try:
-                summary.written.extend(_process_one(path, args, style, prompt, refine, studio, sam))
+                summary.written.extend(_process_one(path, args, style, prompt, refine, studio, sam, captioner))
             except (BackdropError, OSError, ValueError) as exc:
                 summary.failed.append((path, str(exc)))
             progress(index + 1, len(inputs))
@@ -48,7 +54,7 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _process_one(path: Path, args, style, prompt, refine, studio, sam) -> list[Path]:
+def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner) -> list[Path]:
     import numpy as np
 
     from .backdrop.studio_job import studio_background
@@ -63,7 +69,36 @@ def _process_one(path: Path, args, style, prompt, refine, studio, sam) -> list[P
     if args.save_mask:
         mask_rgb = np.repeat(result.product_alpha[..., None], 3, axis=2)
         out.append(write_image(args.out / f"{path.stem}_mask.png", mask_rgb, bit_depth=8))
+    if args.prompt_json:
+        out.append(_write_prompt_json(path, out[0], loaded.rgb, result.product_alpha, args, style, captioner))
     return out
+
+
+def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, captioner) -> Path:
+    """Captions (VLM or image statistics) and the composed prompts, beside the output image."""
+    import json
+
+    from .captioning.pipeline import caption_for_run
+    from .imaging import write_bytes_exclusive
+    from .prompting import compose_prompt
+
+    captions = caption_for_run(rgb, alpha, captioner)
+    composed = compose_prompt(captions["product_caption"], style, args.composition, scene=args.scene,
+                              background_caption=captions["background_caption"])
+    captions["caption_source"] = captions.pop("source")
+    record = {
+        "input": str(source),
+        "output": str(output),
+        "style": style.name,
+        "composition": args.composition,
+        "captioner": args.captioner,
+        **captions,
+        "positive": composed.positive,
+        "negative": composed.negative,
+        "warnings": list(composed.warnings),
+    }
+    payload = json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")
+    return write_bytes_exclusive(output.with_suffix(".json"), payload)
 
 
 def _load_sam(name: str, models_dir: Path | None, device: str):
@@ -73,6 +108,14 @@ def _load_sam(name: str, models_dir: Path | None, device: str):
 
     locator = ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
     return SamMasker(load_sam(name, device=device, locator=locator))
+
+
+def _load_captioner(name: str, models_dir: Path | None, device: str):
+    from .captioning.loader import load_captioner
+    from .models import ModelLocator, get_locator
+
+    locator = ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
+    return load_captioner(name, device=device, locator=locator)
 
 
 def _progress(total: int, quiet: bool):

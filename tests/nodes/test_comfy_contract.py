@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.caption_fixtures import build_tiny_blip
 from tests.images import studio_product_photo
 from tests.nodes.pack_loader import REPO_ROOT, load_pack_like_comfyui, unload_pack
 from tests.sam_fixtures import build_tiny_sam, save_sam
@@ -25,6 +26,7 @@ def pack(tmp_path_factory):
     folder.parent.mkdir()
     folder.symlink_to(REPO_ROOT, target_is_directory=True)
     save_sam(build_tiny_sam(), root / "models" / "sams" / "tiny_sam.safetensors")
+    build_tiny_blip(root / "models" / "LLM" / "tiny-blip")
     module = load_pack_like_comfyui(folder)
     models = sys.modules[module.__name__ + ".runtime.models"]
     models.set_locator(models.ModelLocator.from_models_dir(root / "models"))
@@ -93,10 +95,10 @@ def _check_output(node_id: str, kind: str, value) -> None:
         assert isinstance(value, PRIMITIVES[kind]), where
     elif kind == "IMAGE":
         assert isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[-1] == 3, where
-        assert value.dtype == torch.float32 and 0 <= value.min() and value.max() <= 1, where
+        assert value.dtype == torch.float32 and value.min() >= 0 and value.max() <= 1, where
     elif kind == "MASK":
         assert isinstance(value, torch.Tensor) and value.ndim == 3 and value.dtype == torch.float32, where
-        assert 0 <= value.min() and value.max() <= 1, where
+        assert value.min() >= 0 and value.max() <= 1, where
     else:
         assert value is not None, where
 
@@ -123,8 +125,15 @@ def test_every_node_returns_what_it_declares(pack):
             image_in = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
             result = getattr(cls(), cls.FUNCTION)(**kwargs)
             assert isinstance(result, tuple) and len(result) == len(cls.RETURN_TYPES), node_id
-            for kind, value in zip(cls.RETURN_TYPES, result, strict=True):
-                _check_output(node_id, kind, value)
+            is_list = getattr(cls, "OUTPUT_IS_LIST", (False,) * len(cls.RETURN_TYPES))
+            for kind, value, listed in zip(cls.RETURN_TYPES, result, is_list, strict=True):
+                if listed:
+                    assert isinstance(value, list) and value, f"{node_id} -> {kind} must be a non-empty list"
+                    for item in value:
+                        _check_output(node_id, kind, item)
+                    value = value[0]
+                else:
+                    _check_output(node_id, kind, value)
                 made.setdefault(kind, value)
             for k, original in image_in.items():
                 assert torch.equal(kwargs[k], original), f"{node_id} mutated its input {k}"

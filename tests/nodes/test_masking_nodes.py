@@ -73,7 +73,7 @@ def test_sam_loader_node_and_mask_with_sam(models_dir):
     assert BackdropSAMLoader.INPUT_TYPES()["required"]["sam_model"][0] == ["tiny.pth"]
     (sam,) = BackdropSAMLoader().load("tiny.pth", "cpu")
     bottle, _ = studio_product_photo(96, 128, seed=2)
-    product, background, _ = BackdropProductMask().mask(_batch(bottle, bottle), **DEFAULTS, sam=sam)
+    product, _, _ = BackdropProductMask().mask(_batch(bottle, bottle), **DEFAULTS, sam=sam)
     assert product.shape == (2, 96, 128) and torch.equal(product[0], product[1])
     assert sam.encoder_runs == 1, "the same image twice must reuse the cached embedding"
     with pytest.raises(MissingModelError, match="models/sams"):

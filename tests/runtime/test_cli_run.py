@@ -111,3 +111,31 @@ def test_styles_command_lists_presets(capsys):
     assert main(["styles"]) == 0
     listed = capsys.readouterr().out
     assert "Soft Spring" in listed and "Glam" in listed
+
+
+def test_prompt_json_records_captions_and_prompts(tmp_path, product_photo):
+    import json
+
+    _write(tmp_path / "p.png", product_photo[0])
+    assert main(["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--prompt-json", "--quiet",
+                 "--style", "glam", "--composition", "flat lay", "--scene", "on black marble"]) == 0
+    record = json.loads((tmp_path / "o" / "p_glam.json").read_text())
+    assert record["input"] == str(tmp_path / "p.png") and record["caption_source"] == "statistics"
+    assert "on black marble" in record["positive"] and "flat lay" in record["positive"]
+    assert "satin fabric and gold accents" in record["positive"] and record["negative"]
+    assert record["background_caption"] and record["product_caption"]
+
+
+def test_run_with_a_captioner_from_models_llm(tmp_path, product_photo):
+    import json
+
+    from tests.caption_fixtures import build_tiny_blip
+
+    build_tiny_blip(tmp_path / "models" / "LLM" / "tiny-blip")
+    _write(tmp_path / "p.png", product_photo[0])
+    assert main(["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--quiet",
+                 "--captioner", "tiny-blip", "--models-dir", str(tmp_path / "models")]) == 0
+    record = json.loads((tmp_path / "o" / "p_minimal-studio.json").read_text())
+    assert record["captioner"] == "tiny-blip" and record["caption_source"] != "statistics"
+    assert main(["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--quiet",
+                 "--captioner", "nope", "--models-dir", str(tmp_path / "models")]) == 2

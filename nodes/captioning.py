@@ -1,0 +1,162 @@
+"""BackdropCaptionerLoader, BackdropCaption and BackdropStylePrompt: thin adapters over
+runtime.captioning and runtime.prompting."""
+
+from __future__ import annotations
+
+import logging
+
+from . import comfy_bridge
+
+CATEGORY = "Backdrop/captioning"
+logger = logging.getLogger(__name__)
+
+
+def _task_choices() -> list[str]:
+    from ..runtime.captioning.tasks import task_names
+
+    return task_names()
+
+
+def _style_choices() -> list[str]:
+    from ..runtime.backdrop.styles import style_names
+
+    return style_names()
+
+
+def _composition_choices() -> list[str]:
+    from ..runtime.prompting import composition_names
+
+    return composition_names()
+
+
+class BackdropCaptionerLoader:
+    """Load a vision-language model from models/LLM (Florence-2, BLIP / BLIP-2, Qwen2-VL / Qwen2.5-VL...)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..runtime.captioning.loader import DEVICES, DTYPES, REMOTE_CODE_WARNING
+
+        return {
+            "required": {
+                "model": (comfy_bridge.model_choices("LLM"), {"tooltip": "a transformers-format folder in models/LLM"}),
+                "device": (list(DEVICES), {"default": "auto"}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto = fp32 on CPU, bf16/fp16 on GPU"}),
+                "allow_remote_code": ("BOOLEAN", {"default": False, "tooltip": "WARNING: " + REMOTE_CODE_WARNING}),
+            }
+        }
+
+    RETURN_TYPES = ("BACKDROP_CAPTIONER",)
+    RETURN_NAMES = ("captioner",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads a local VLM offline (local_files_only) and keeps it cached; Backdrop Free Models "
+                   "releases it. Remote code is off unless allow_remote_code is on.")
+
+    def load(self, model: str, device: str, dtype: str, allow_remote_code: bool):
+        from ..runtime.captioning.loader import load_captioner
+
+        return (load_captioner(model, device=device, dtype=dtype, allow_remote_code=allow_remote_code,
+                               locator=comfy_bridge.locator()),)
+
+
+class BackdropCaption:
+    """A product caption and a background caption for every image in the batch."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "task": (_task_choices(), {"default": "canvas_scene",
+                                           "tooltip": "canvas_scene describes the scene around the product"}),
+                "custom_instruction": ("STRING", {"default": "", "multiline": True,
+                                                  "tooltip": "the background instruction when task is 'custom'"}),
+                "max_new_tokens": ("INT", {"default": 64, "min": 1, "max": 1024}),
+                "num_beams": ("INT", {"default": 3, "min": 1, "max": 16}),
+                "sampling": ("BOOLEAN", {"default": False, "tooltip": "sample instead of beam search"}),
+                "temperature": ("FLOAT", {"default": 0.7, "min": 0.01, "max": 2.0, "step": 0.01}),
+                "top_p": ("FLOAT", {"default": 0.9, "min": 0.01, "max": 1.0, "step": 0.01}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            },
+            "optional": {
+                "captioner": ("BACKDROP_CAPTIONER", {"tooltip": "without one, captions come from image statistics"}),
+                "product_mask": ("MASK", {"tooltip": "1 = product; the background is captioned with it filled out"}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("product_caption", "background_caption")
+    OUTPUT_IS_LIST = (True, True)
+    FUNCTION = "caption"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Outputs are always lists with one caption per image (a batch of 1 gives a list of 1). "
+                   "Nodes downstream run once per caption; split the images the same way (Rebatch Images, "
+                   "batch size 1) to keep caption i with image i.")
+
+    def caption(self, image, task: str, custom_instruction: str, max_new_tokens: int, num_beams: int,
+                sampling: bool, temperature: float, top_p: float, seed: int, captioner=None, product_mask=None):
+        from ..runtime.batching import images_to_list, masks_for_batch
+        from ..runtime.captioning.captioner import GenerationSettings
+        from ..runtime.captioning.pipeline import caption_images
+
+        images = images_to_list(image)
+        masks = None
+        if product_mask is not None:
+            masks = masks_for_batch(product_mask, len(images), images[0].shape[0], images[0].shape[1])
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, sampling=sampling,
+                                      temperature=temperature, top_p=top_p, seed=seed)
+        pairs = caption_images(images, masks, captioner, task, custom_instruction, settings,
+                               progress=comfy_bridge.progress_for(len(images)))
+        return ([p.product for p in pairs], [p.background for p in pairs])
+
+
+class BackdropStylePrompt:
+    """Positive/negative prompts from a product caption, a style, a composition and a scene."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        styles = _style_choices()
+        compositions = _composition_choices()
+        return {
+            "required": {
+                "product_caption": ("STRING", {"default": "", "multiline": True}),
+                "style": (styles, {"default": "Minimal Studio" if "Minimal Studio" in styles else styles[0]}),
+                "composition": (compositions, {"default": compositions[0]}),
+                "scene": ("STRING", {"default": "", "multiline": True,
+                                     "tooltip": "free scene / subject text, kept verbatim (weights allowed)"}),
+                "long_prompt": (["warn", "trim"], {"default": "warn",
+                                                   "tooltip": "over 77 CLIP tokens: warn, or trim to fit"}),
+            },
+            "optional": {
+                "background_caption": ("STRING", {"forceInput": True}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING", "STRING", "STRING")
+    RETURN_NAMES = ("positive", "negative", "report")
+    FUNCTION = "compose"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "positive/negative go into CLIPTextEncode; report gives CLIP token counts and warnings."
+
+    def compose(self, product_caption: str, style: str, composition: str, scene: str, long_prompt: str,
+                background_caption: str = ""):
+        from ..runtime.prompting import compose_prompt, get_token_counter
+
+        counter = get_token_counter(comfy_bridge.clip_tokenizer_dir())
+        result = compose_prompt(product_caption, style, composition, scene, background_caption or "",
+                                long_prompt=long_prompt, counter=counter)
+        for warning in result.warnings:
+            logger.warning("BackdropStylePrompt: %s", warning)
+        return (result.positive, result.negative, result.report())
+
+
+NODE_CLASS_MAPPINGS = {
+    "BackdropCaptionerLoader": BackdropCaptionerLoader,
+    "BackdropCaption": BackdropCaption,
+    "BackdropStylePrompt": BackdropStylePrompt,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "BackdropCaptionerLoader": "Backdrop Captioner Loader",
+    "BackdropCaption": "Backdrop Caption",
+    "BackdropStylePrompt": "Backdrop Style Prompt",
+}
