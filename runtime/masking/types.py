@@ -47,7 +47,8 @@ class RefineOptions:
       "largest" keeps only the largest; "all" keeps everything.
     - ``grow_px``: dilate (>0) or erode (<0) the mask by this many pixels.
     - ``edge_refine``: snap the soft edge to the image with a guided filter (no halo).
-    - ``feather_px``: extra Gaussian softening of the edge, outside the product only.
+    - ``feather_px``: a soft fall-off outward only (Gaussian in the distance from the product, exactly 0
+      beyond ``feather_px``); the product core keeps alpha 1.
     """
 
     fill_holes: bool = True
