@@ -17,7 +17,6 @@ style fragment), and finally shortens the product caption, then the scene, word 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Protocol
 
 from .backdrop.styles import StylePreset, get_style, style_key
 from .errors import InvalidInputError
+from .preset_files import fragments, read_preset_entries
 
 CLIP_WINDOW = 77
 CLIP_CONTENT = CLIP_WINDOW - 2  # start and end tokens
@@ -63,13 +63,7 @@ def load_compositions(path: str | os.PathLike | None = None) -> CompositionPrese
 
 @lru_cache(maxsize=8)
 def _load_compositions(path: str) -> CompositionPresets:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"cannot read the composition presets file {path}: {exc}") from exc
-    entries = data.get("compositions") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise InvalidInputError(f"{path} must hold {{'compositions': [...]}} with at least one preset")
+    data, entries = read_preset_entries(path, "compositions", "composition")
     base = data.get("base") or {}
     compositions: dict[str, Composition] = {}
     try:
@@ -77,17 +71,12 @@ def _load_compositions(path: str) -> CompositionPresets:
             name = str(entry["name"]).strip()
             if not name or style_key(name) in {style_key(n) for n in compositions}:
                 raise ValueError(f"empty or duplicate name {name!r}")
-            compositions[name] = Composition(name, _fragments(entry.get("prompt", ())),
-                                             _fragments(entry.get("negative", ())))
-        return CompositionPresets(_fragments(base.get("prompt", ())), _fragments(base.get("negative", ())),
+            compositions[name] = Composition(name, fragments(entry.get("prompt", ())),
+                                             fragments(entry.get("negative", ())))
+        return CompositionPresets(fragments(base.get("prompt", ())), fragments(base.get("negative", ())),
                                   compositions)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInputError(f"{path}: invalid composition preset: {exc}") from exc
-
-
-def _fragments(value) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else list(value)
-    return tuple(str(v).strip() for v in items if str(v).strip())
 
 
 def composition_names(path: str | os.PathLike | None = None) -> list[str]:
@@ -243,9 +232,9 @@ def compose_prompt(product_caption: str, style: str | StylePreset, composition: 
             warnings.append(f"trimmed to {CLIP_CONTENT} tokens; dropped: " + "; ".join(dropped))
     positive_text, negative_text = _join(positive), _join(negative)
     pos_tokens, neg_tokens = counter.count(positive_text), counter.count(negative_text)
-    for label, fragments, tokens in (("positive", positive, pos_tokens), ("negative", negative, neg_tokens)):
+    for label, parts, tokens in (("positive", positive, pos_tokens), ("negative", negative, neg_tokens)):
         if tokens > CLIP_CONTENT:
-            lost = _overflow_start(fragments, counter)
+            lost = _overflow_start(parts, counter)
             warnings.append(
                 f"the {label} prompt has {tokens} CLIP tokens, more than the {CLIP_WINDOW}-token window "
                 f"({CLIP_CONTENT} + start/end). ComfyUI's CLIPTextEncode encodes the rest as extra chunks; "

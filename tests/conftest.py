@@ -30,3 +30,14 @@ def models_dir(tmp_path, monkeypatch):
     set_locator(ModelLocator.from_models_dir(root))
     yield root
     set_locator(None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they thrash."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

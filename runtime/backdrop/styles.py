@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..preset_files import fragments, read_preset_entries
 
 DEFAULT_STYLES_FILE = Path(__file__).resolve().parent.parent / "presets" / "styles.json"
 STYLES_ENV = "BACKDROP_STYLES_FILE"
@@ -66,13 +66,7 @@ def load_styles(path: str | os.PathLike | None = None) -> dict[str, StylePreset]
 
 @lru_cache(maxsize=8)
 def _load_cached(path: str) -> tuple[tuple[str, StylePreset], ...]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"cannot read the style presets file {path}: {exc}") from exc
-    entries = data.get("styles") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise InvalidInputError(f"{path} must hold {{'styles': [...]}} with at least one preset")
+    _, entries = read_preset_entries(path, "styles", "style")
     presets: list[tuple[str, StylePreset]] = []
     seen: set[str] = set()
     for entry in entries:
@@ -89,18 +83,13 @@ def _parse_preset(entry: dict, path: str) -> StylePreset:
         name = str(entry["name"]).strip()
         palette = {key: hex_to_rgb(entry["palette"][key]) for key in PALETTE_KEYS}
         look = StyleLook(**{k: float(v) for k, v in (entry.get("look") or {}).items()})
-        prompt = _fragments(entry.get("prompt", ()))
-        negative = _fragments(entry.get("negative", ()))
+        prompt = fragments(entry.get("prompt", ()))
+        negative = fragments(entry.get("negative", ()))
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidInputError(f"{path}: invalid style entry {entry!r}: {exc}") from exc
     if not name:
         raise InvalidInputError(f"{path}: a style has an empty name")
     return StylePreset(name=name, prompt=prompt, negative=negative, palette=palette, look=look)
-
-
-def _fragments(value) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else list(value)
-    return tuple(str(v).strip() for v in items if str(v).strip())
 
 
 def style_names(path: str | os.PathLike | None = None) -> list[str]:

@@ -20,15 +20,6 @@ CAPTION_DEFAULTS = {"task": "canvas_scene", "custom_instruction": "", "max_new_t
                     "sampling": False, "temperature": 0.7, "top_p": 0.9, "seed": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, most of all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def llm_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("node-models") / "models"

@@ -33,15 +33,6 @@ FAMILIES = {"tiny-blip": ("blip", "BlipForConditionalGeneration"),
 QUICK = GenerationSettings(max_new_tokens=6, num_beams=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, most of all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def llm_root(tmp_path_factory):
     return build_llm_dir(tmp_path_factory.mktemp("caption-models") / "models")

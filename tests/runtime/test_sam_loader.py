@@ -26,15 +26,6 @@ OFFICIAL = {  # (embed dim, depth, heads, global attention blocks) from segment_
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Payload:
     """Unpickling this creates a marker file: proof that pickled code ran."""
 

@@ -26,15 +26,6 @@ from tests.sam_fixtures import build_tiny_sam, save_sam
 H, W = 96, 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def sam(tmp_path_factory) -> LoadedSam:
     root = tmp_path_factory.mktemp("models")
