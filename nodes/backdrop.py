@@ -50,8 +50,6 @@ class BackdropStudioBackdrop:
         progress = comfy_bridge.progress_for(len(images))
         out = []
         for index, (img, mask) in enumerate(zip(images, masks, strict=True)):
-            if mask.shape != img.shape[:2]:
-                mask = masks_for_batch(mask, 1, img.shape[0], img.shape[1])[0]
             out.append(studio_background(img, preset, alpha=mask, studio=options).image)
             progress(index + 1, len(images))
         return (stack_images(out),)

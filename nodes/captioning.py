@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from . import comfy_bridge
+from .backdrop import style_choices
 
 CATEGORY = "Backdrop/captioning"
 logger = logging.getLogger(__name__)
@@ -15,12 +16,6 @@ def _task_choices() -> list[str]:
     from ..runtime.captioning.tasks import task_names
 
     return task_names()
-
-
-def _style_choices() -> list[str]:
-    from ..runtime.backdrop.styles import style_names
-
-    return style_names()
 
 
 def _composition_choices() -> list[str]:
@@ -115,7 +110,7 @@ class BackdropStylePrompt:
 
     @classmethod
     def INPUT_TYPES(cls):
-        styles = _style_choices()
+        styles = style_choices()
         compositions = _composition_choices()
         return {
             "required": {

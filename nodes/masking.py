@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
+from ..runtime.devices import DEVICES
 from . import comfy_bridge
 
 CATEGORY = "Backdrop/masking"
-DEVICES = ["auto", "cpu", "cuda"]
-
-
-def resolve_device(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class BackdropSAMLoader:
@@ -24,7 +16,7 @@ class BackdropSAMLoader:
         return {
             "required": {
                 "sam_model": (comfy_bridge.model_choices("sams"), {"tooltip": "a checkpoint in models/sams"}),
-                "device": (DEVICES, {"default": "auto"}),
+                "device": (list(DEVICES), {"default": "auto"}),
             }
         }
 
@@ -35,6 +27,7 @@ class BackdropSAMLoader:
     DESCRIPTION = "Loads SAM offline from models/sams; the architecture is detected from the weights."
 
     def load(self, sam_model: str, device: str):
+        from ..runtime.devices import resolve_device
         from ..runtime.masking.sam_loader import load_sam
         from ..runtime.masking.sam_masker import SamMasker
 

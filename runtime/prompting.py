@@ -296,30 +296,22 @@ def _overflow_start(fragments: list[_Fragment], counter: TokenCounter) -> str:
 def chunk_prompt(text: str, counter: TokenCounter | None = None, limit: int = CLIP_CONTENT) -> list[str]:
     """Split a prompt into pieces of at most ``limit`` tokens at ", " boundaries (words as a last resort)."""
     counter = counter or get_token_counter()
-    chunks: list[str] = []
-    current: list[str] = []
+    pieces: list[str] = []
     for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        pieces = [part] if counter.count(part) <= limit else _split_words(part, counter, limit)
-        for piece in pieces:
-            if current and counter.count(", ".join([*current, piece])) > limit:
-                chunks.append(", ".join(current))
-                current = []
-            current.append(piece)
-    if current:
-        chunks.append(", ".join(current))
-    return chunks
+        if part:
+            pieces.extend([part] if counter.count(part) <= limit else _pack(part.split(), " ", counter, limit))
+    return _pack(pieces, ", ", counter, limit)
 
 
-def _split_words(text: str, counter: TokenCounter, limit: int) -> list[str]:
+def _pack(items: list[str], separator: str, counter: TokenCounter, limit: int) -> list[str]:
+    """Greedily join ``items`` with ``separator`` into runs of at most ``limit`` tokens."""
     out: list[str] = []
     current: list[str] = []
-    for word in text.split():
-        if current and counter.count(" ".join([*current, word])) > limit:
-            out.append(" ".join(current))
+    for item in items:
+        if current and counter.count(separator.join([*current, item])) > limit:
+            out.append(separator.join(current))
             current = []
-        current.append(word)
+        current.append(item)
     if current:
-        out.append(" ".join(current))
+        out.append(separator.join(current))
     return out

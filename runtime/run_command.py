@@ -101,21 +101,24 @@ def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, capt
     return write_bytes_exclusive(output.with_suffix(".json"), payload)
 
 
+def _locator(models_dir: Path | None):
+    """``--models-dir`` when given, else the default locator."""
+    from .models import ModelLocator, get_locator
+
+    return ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
+
+
 def _load_sam(name: str, models_dir: Path | None, device: str):
     from .masking.sam_loader import load_sam
     from .masking.sam_masker import SamMasker
-    from .models import ModelLocator, get_locator
 
-    locator = ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
-    return SamMasker(load_sam(name, device=device, locator=locator))
+    return SamMasker(load_sam(name, device=device, locator=_locator(models_dir)))
 
 
 def _load_captioner(name: str, models_dir: Path | None, device: str):
     from .captioning.loader import load_captioner
-    from .models import ModelLocator, get_locator
 
-    locator = ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
-    return load_captioner(name, device=device, locator=locator)
+    return load_captioner(name, device=device, locator=_locator(models_dir))
 
 
 def _progress(total: int, quiet: bool):

@@ -51,9 +51,20 @@ def _bpe_tokenizer(specials: list[str], **tokens):
     return PreTrainedTokenizerFast(tokenizer_object=backend, **tokens)
 
 
+def _save_seeded(folder: Path, model_class, config, processor, seed: int) -> Path:
+    """Build ``model_class(config)`` under ``seed`` (global RNG untouched), save it with its processor."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_blip(folder: Path, seed: int = 0) -> Path:
     """BlipForConditionalGeneration (2 layers, width 32, 32 px images) + BertTokenizer + BlipProcessor."""
-    import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *dict.fromkeys(WORDS),
@@ -70,17 +81,11 @@ def build_tiny_blip(folder: Path, seed: int = 0) -> Path:
                            image_size=32, patch_size=8),
         projection_dim=32,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BlipForConditionalGeneration(config).eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save_seeded(folder, BlipForConditionalGeneration, config, processor, seed)
 
 
 def build_tiny_blip2(folder: Path, seed: int = 0) -> Path:
     """Blip2ForConditionalGeneration (ViT + Q-Former with 4 queries + a 2-layer OPT) + BPE tokenizer."""
-    import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
 
     tokenizer = _bpe_tokenizer(["</s>", "<pad>", "<unk>"], bos_token="</s>", eos_token="</s>", pad_token="<pad>",
@@ -97,18 +102,12 @@ def build_tiny_blip2(folder: Path, seed: int = 0) -> Path:
                          bos_token_id=0, eos_token_id=0, pad_token_id=1),
         num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Blip2ForConditionalGeneration(config).eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save_seeded(folder, Blip2ForConditionalGeneration, config, processor, seed)
 
 
 def build_tiny_qwen2_vl(folder: Path, seed: int = 0, version: str = "2") -> Path:
     """Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``): 2 layers, width 32, at most 56x56 px per
     image, a byte-level BPE tokenizer with Qwen's special tokens and a chat template."""
-    import torch
     import transformers
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
@@ -135,17 +134,11 @@ def build_tiny_qwen2_vl(folder: Path, seed: int = 0, version: str = "2") -> Path
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save_seeded(folder, getattr(transformers, f"{prefix}ForConditionalGeneration"), config, processor, seed)
 
 
 def build_tiny_florence2(folder: Path, seed: int = 0) -> Path:
     """Native Florence2ForConditionalGeneration (DaViT 4 stages of depth 1, BART 1+1 layers, 64 px)."""
-    import torch
     from transformers import CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
 
     tokenizer = _bpe_tokenizer(["<s>", "<pad>", "</s>", "<unk>", "<image>"], bos_token="<s>", eos_token="</s>",
@@ -162,12 +155,7 @@ def build_tiny_florence2(folder: Path, seed: int = 0) -> Path:
                            num_groups=(1, 1, 1, 2), window_size=2, projection_dim=32, drop_path_rate=0.0),
         image_token_id=tokenizer.image_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Florence2ForConditionalGeneration(config).eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save_seeded(folder, Florence2ForConditionalGeneration, config, processor, seed)
 
 
 REMOTE_CONFIG_PY = '''from transformers import BlipConfig

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..devices import DEVICES, resolve_device
 from ..errors import InvalidInputError, InvalidModelError
 from ..models import MODEL_CACHE, ModelLocator, file_fingerprint, get_locator
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_TAG = "captioner"
-DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 FAMILY_BY_MODEL_TYPE = {
     "florence2": "florence2",
@@ -110,19 +110,6 @@ def _check_files(path: Path) -> None:
         raise InvalidModelError(
             f"models/LLM/{path.name} is incomplete: it has no {'; no '.join(missing)}. Copy the whole model "
             "folder (everything save_pretrained wrote, including the processor and tokenizer files).")
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else cpu."""
-    import torch
-
-    if device not in DEVICES:
-        raise InvalidInputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device 'cuda' was asked for, but torch sees no CUDA GPU; use 'auto' or 'cpu'")
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

@@ -9,14 +9,11 @@ import pytest
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.masking.classical import estimate_foreground
 from comfyui_backdrop.runtime.masking.types import Prompt
+from tests.images import iou
 
 # Measured raw-mask IoU on these 192x256 scenes: white 0.951, sweep 0.955, shadow 0.958, textured 0.983,
 # downscaled 0.964 (the edge is refined later by refine_mask). 0.9 leaves room for platform differences.
 MIN_IOU = 0.9
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
 
 
 def bottle_mask(h: int, w: int, cx: float = 0.5) -> np.ndarray:
