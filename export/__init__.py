@@ -1,0 +1,1 @@
+"""UNet -> ONNX -> TensorRT export, engine cache keys and manifests, benchmark harness."""

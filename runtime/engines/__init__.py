@@ -1,0 +1,1 @@
+"""UNet backends (torch, onnxruntime, TensorRT) behind one interface."""

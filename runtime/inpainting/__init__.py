@@ -1,0 +1,1 @@
+"""Background inpainting with diffusers + peft LoRAs, keeping product pixels bit-exact."""

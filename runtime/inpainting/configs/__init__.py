@@ -1,0 +1,1 @@
+"""Component configs and tokenizer files shipped for offline single-file checkpoint loading."""

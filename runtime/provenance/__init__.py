@@ -1,0 +1,1 @@
+"""Signed, hash-chained provenance ledger, signing keys and C2PA manifests."""

@@ -1,0 +1,1 @@
+"""Dataset preparation and LoRA training for background inpainting."""

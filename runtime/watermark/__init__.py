@@ -1,0 +1,1 @@
+"""Invisible, keyed, blind watermark codec (weight-free, numpy/opencv)."""
