@@ -1,0 +1,176 @@
+"""Load inpainting pipelines offline from models/diffusers folders or models/checkpoints files.
+
+``load_pipeline`` returns a ``LoadedPipeline``: an immutable handle on a cached diffusers pipeline
+plus the LoRA stack to apply when it runs. Several handles (different LoRA stacks) share one base
+pipeline; ``loras.activate`` configures it under a lock right before each run, so LoRAs switch
+without reloading the base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..devices import resolve_device
+from ..errors import InvalidInputError, InvalidModelError, MissingModelError
+from ..models import MODEL_CACHE, file_fingerprint, get_locator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+SOURCES = ("checkpoints", "diffusers")
+
+
+class LoraSpec(NamedTuple):
+    """One LoRA in a stack: its model name, a content fingerprint and its strength."""
+
+    name: str
+    fingerprint: str
+    strength: float
+
+
+@dataclass
+class BaseState:
+    """Mutable state of one cached base pipeline, shared by every handle on it."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA fingerprint -> adapter name
+    fused: tuple[LoraSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    """A cached diffusers inpainting pipeline plus the LoRA stack this handle runs with."""
+
+    pipe: Any
+    family: str  # "sd15" | "sdxl"
+    name: str
+    fingerprint: str
+    device: Any
+    dtype: Any
+    loras: tuple[LoraSpec, ...] = ()
+    fuse_loras: bool = False
+    state: BaseState = field(default_factory=BaseState, repr=False, compare=False)
+
+    @property
+    def unet_in_channels(self) -> int:
+        return int(self.pipe.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.pipe.vae_scale_factor)
+
+    def with_loras(self, loras: tuple[LoraSpec, ...], fuse: bool = False) -> LoadedPipeline:
+        """The same base pipeline with another LoRA stack (nothing is loaded until it runs)."""
+        return dataclasses.replace(self, loras=tuple(loras), fuse_loras=fuse)
+
+    def with_unet(self, unet: Any) -> LoadedPipeline:
+        """A shallow copy whose diffusers pipeline uses another UNet module (an engine backend)."""
+        pipe = type(self.pipe)(**{**self.pipe.components, "unet": unet})
+        pipe.set_progress_bar_config(disable=True)
+        return dataclasses.replace(self, pipe=pipe, state=BaseState())
+
+    def describe(self) -> str:
+        stack = ", ".join(f"{s.name}@{s.strength:g}" for s in self.loras) or "no LoRA"
+        return f"{self.name} ({self.family}, {self.unet_in_channels}-channel UNet, {stack})"
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` -> fp16 on CUDA, fp32 on CPU. fp16 on the CPU is refused (it is unsupported there)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    if dtype == "fp16" and device == "cpu":
+        raise InvalidInputError("fp16 needs a GPU; on the CPU use fp32 (or bf16)")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def available_models() -> list[str]:
+    """Every loadable name, as ``checkpoints/<file>`` and ``diffusers/<folder>``."""
+    locator = get_locator()
+    return [f"{kind}/{name}" for kind in SOURCES for name in locator.list(kind)]
+
+
+def split_model_name(model: str) -> tuple[str, str]:
+    """``checkpoints/x.safetensors`` -> (kind, name); a bare name is looked up in both folders."""
+    kind, _, rest = model.partition("/")
+    if kind in SOURCES and rest:
+        return kind, rest
+    locator = get_locator()
+    for candidate in SOURCES:
+        if model in locator.list(candidate):
+            return candidate, model
+    return "checkpoints", model  # resolve() then raises the missing-model error naming the folder
+
+
+def load_pipeline(model: str, device: str = "auto", dtype: str = "auto",
+                  tokenizer_dir: str | None = None) -> LoadedPipeline:
+    """Load (or fetch from cache) the pipeline named ``model`` from models/checkpoints or models/diffusers."""
+    kind, name = split_model_name(model)
+    path = get_locator().resolve(kind, name)
+    device_name = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device_name)
+    key = ("inpaint", kind, file_fingerprint(path), device_name, str(torch_dtype))
+    return MODEL_CACHE.get_or_load(key, lambda: _load(kind, name, path, device_name, torch_dtype, tokenizer_dir))
+
+
+def _load(kind: str, name: str, path: Path, device: str, torch_dtype, tokenizer_dir: str | None) -> LoadedPipeline:
+    if kind == "checkpoints":
+        from .single_file import load_single_file_pipeline
+
+        pipe, layout = load_single_file_pipeline(path, torch_dtype, tokenizer_dir)
+        family = layout.family
+    else:
+        pipe, family = _load_diffusers_folder(path, torch_dtype)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    import torch
+
+    return LoadedPipeline(pipe=pipe, family=family, name=f"{kind}/{name}", fingerprint=content_fingerprint(path),
+                          device=torch.device(device), dtype=torch_dtype)
+
+
+def _load_diffusers_folder(path: Path, torch_dtype) -> tuple[Any, str]:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise MissingModelError(f"{path} is not a diffusers pipeline folder: it has no model_index.json")
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name", "")
+    except json.JSONDecodeError as exc:
+        raise InvalidModelError(f"{index} is not valid JSON: {exc}") from exc
+    family = "sdxl" if "XL" in class_name else "sd15"
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    pipeline_class = StableDiffusionXLInpaintPipeline if family == "sdxl" else StableDiffusionInpaintPipeline
+    extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
+                                         "requires_safety_checker": False}
+    try:
+        pipe = pipeline_class.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True, **extra)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise InvalidModelError(f"{path.name} could not be loaded as a diffusers inpainting pipeline: {exc}") from exc
+    return pipe, family
+
+
+def content_fingerprint(path: Path) -> str:
+    """A stable content digest of a weights file or folder: sizes plus the first and last MiB of each file."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        size = file.stat().st_size
+        label = file.relative_to(path).as_posix() if path.is_dir() else ""
+        digest.update(f"{label}:{size}".encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,72 @@
+"""Find CLIP tokenizer files on disk for single-file checkpoints. Never reaches a hub.
+
+Looked for, in order: a folder passed in, ``$BACKDROP_CLIP_TOKENIZER``, folders registered at run
+time (inside ComfyUI: its own ``comfy/sd1_tokenizer``), then the ``tokenizer/`` folder of any
+diffusers pipeline in the model folders. SD1.x and SDXL share one BPE vocabulary; SDXL's second
+tokenizer only pads with ``!`` instead of the end token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import MissingModelError
+from ..models import get_locator
+
+TOKENIZER_ENV = "BACKDROP_CLIP_TOKENIZER"
+REQUIRED_FILES = ("vocab.json", "merges.txt")
+_registered: list[Path] = []
+
+
+def register_tokenizer_dir(folder: str | os.PathLike) -> None:
+    """Add a folder to search (nodes/ registers ComfyUI's bundled CLIP tokenizer)."""
+    path = Path(folder)
+    if path not in _registered:
+        _registered.append(path)
+
+
+def candidate_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
+    """Every folder searched, in order."""
+    found: list[Path] = []
+    if explicit:
+        found.append(Path(explicit).expanduser())
+    if os.environ.get(TOKENIZER_ENV):
+        found.append(Path(os.environ[TOKENIZER_ENV]).expanduser())
+    found.extend(_registered)
+    locator = get_locator()
+    for name in locator.list("diffusers"):
+        found.append(locator.resolve("diffusers", name) / "tokenizer")
+    return found
+
+
+def find_tokenizer_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The first folder holding vocab.json and merges.txt; the error lists every place looked."""
+    looked = candidate_dirs(explicit)
+    for folder in looked:
+        if all((folder / f).is_file() for f in REQUIRED_FILES):
+            return folder
+    where = "\n".join(f"  - {p}" for p in looked) or "  (no folder configured)"
+    raise MissingModelError(
+        "Single-file checkpoints need the CLIP tokenizer files (vocab.json and merges.txt), and none were "
+        f"found. Looked in:\n{where}\nInside ComfyUI they come from comfy/sd1_tokenizer; elsewhere set "
+        f"${TOKENIZER_ENV} to a folder holding them, or pass --tokenizer-dir.")
+
+
+def write_tokenizer(source: Path, target: Path, pad_token: str) -> None:
+    """Copy the BPE files into ``target`` with a CLIPTokenizer config that pads with ``pad_token``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in REQUIRED_FILES:
+        shutil.copyfile(source / name, target / name)
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+    }
+    (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
