@@ -47,8 +47,9 @@ def _text_config(vocab: int, act: str, hidden: int = 32):
 def _vae(scaling: float):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
+    # Four levels, so latents are 1/8 of the image as in the real models.
+    return AutoencoderKL(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1,
                          norm_num_groups=32, sample_size=32, scaling_factor=scaling)
 
 

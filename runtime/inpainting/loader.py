@@ -42,6 +42,7 @@ class BaseState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     adapters: dict[str, str] = field(default_factory=dict)  # LoRA fingerprint -> adapter name
     fused: tuple[LoraSpec, ...] = ()
+    scheduler_config: dict | None = None  # the model's own scheduler config, before any switch
 
 
 @dataclass(frozen=True)
