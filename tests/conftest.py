@@ -41,3 +41,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def inpaint_models_root(tmp_path_factory):
+    """Tiny inpainting models (SD1.5 9-ch folder + single file, SD1.5 4-ch, SDXL 9-ch) and LoRAs, built once."""
+    from tests.inpaint_fixtures import build_inpaint_models
+
+    return build_inpaint_models(tmp_path_factory.mktemp("inpaint") / "models")
+
+
+@pytest.fixture()
+def inpaint_models(inpaint_models_root, monkeypatch):
+    """The tiny inpainting models dir installed as the locator, with the test CLIP tokenizer configured."""
+    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
+
+    monkeypatch.setenv("BACKDROP_CLIP_TOKENIZER", str(inpaint_models_root["tokenizer"]))
+    set_locator(ModelLocator.from_models_dir(inpaint_models_root["root"]))
+    yield inpaint_models_root["root"]
+    set_locator(None)

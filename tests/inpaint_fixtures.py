@@ -202,3 +202,59 @@ def save_single_file(pipe, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(to_ldm(pipe), str(path))
     return path
+
+
+# ------------------------------------------------------------------------------------------------ LoRAs
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                "conv2", "conv_shortcut", "time_emb_proj", "linear_1", "linear_2"]
+
+
+def build_lora_state(pipe, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A random (non-zero) peft LoRA over every UNet layer kind, in diffusers/peft format (``unet.`` keys)."""
+    import copy
+
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = copy.deepcopy(pipe.unet)
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.5)
+    return {"unet." + k: v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def to_kohya(state: dict[str, torch.Tensor], rank: int = 4) -> dict[str, torch.Tensor]:
+    """The same LoRA in the kohya/ComfyUI layout (``lora_unet_<module>.lora_down/lora_up`` + alpha)."""
+    out = {}
+    for key, value in state.items():
+        module, role = key.removeprefix("unet.").rsplit(".lora_", 1)
+        base = "lora_unet_" + module.replace(".", "_")
+        out[f"{base}.{'lora_down' if role.startswith('A') else 'lora_up'}.weight"] = value
+        out[f"{base}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def build_inpaint_models(root: Path) -> dict[str, Path]:
+    """models/{checkpoints,diffusers,loras} with tiny SD1.5/SDXL inpainting models, a 4-channel SD1.5, and LoRAs."""
+    from safetensors.torch import save_file
+
+    for kind in ("checkpoints", "diffusers", "loras"):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+    tokenizer = write_tiny_tokenizer(root.parent / "clip_tokenizer")
+    sd15 = build_tiny_pipeline("sd15", tokenizer, seed=0)
+    sd15.save_pretrained(root / "diffusers" / "tiny-sd15-inpaint")
+    save_single_file(sd15, root / "checkpoints" / "tiny-sd15-inpaint.safetensors")
+    save_single_file(build_tiny_pipeline("sd15", tokenizer, in_channels=4, seed=1),
+                     root / "checkpoints" / "tiny-sd15-base.safetensors")
+    sdxl = build_tiny_pipeline("sdxl", tokenizer, seed=2)
+    save_single_file(sdxl, root / "checkpoints" / "tiny-sdxl-inpaint.safetensors")
+    lora_a, lora_b = build_lora_state(sd15, seed=10), build_lora_state(sd15, seed=11)
+    save_file(lora_a, str(root / "loras" / "style_a.safetensors"))
+    save_file(to_kohya(lora_a), str(root / "loras" / "style_a_kohya.safetensors"))
+    save_file(lora_b, str(root / "loras" / "style_b.safetensors"))
+    save_file(build_lora_state(sdxl, seed=12), str(root / "loras" / "sdxl_only.safetensors"))
+    return {"root": root, "tokenizer": tokenizer}
