@@ -85,4 +85,86 @@ def clip_tokenizer_dir() -> Path | None:
     return folder if (folder / "vocab.json").is_file() else None
 
 
+def register_clip_tokenizer() -> None:
+    """Let single-file checkpoints use ComfyUI's bundled CLIP tokenizer files."""
+    from ..runtime.inpainting.tokenizers import register_tokenizer_dir
+
+    folder = clip_tokenizer_dir()
+    if folder is not None:
+        register_tokenizer_dir(folder)
+
+
 register_model_folders()
+
+
+# ---- files for the provenance nodes (BackdropSave, BackdropVerify) -------------------------------------
+OUTPUT_DIR_ENV = "BACKDROP_OUTPUT_DIR"
+INPUT_DIR_ENV = "BACKDROP_INPUT_DIR"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def _fallback_dir(env: str, name: str) -> Path:
+    import tempfile
+
+    return Path(os.environ.get(env) or Path(tempfile.gettempdir()) / "comfyui-backdrop" / name).expanduser()
+
+
+def output_directory() -> Path:
+    """ComfyUI's output folder; outside ComfyUI ``$BACKDROP_OUTPUT_DIR``, else a folder in the temp dir."""
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return _fallback_dir(OUTPUT_DIR_ENV, "output")
+
+
+def input_directory() -> Path:
+    """ComfyUI's input folder; outside ComfyUI ``$BACKDROP_INPUT_DIR``, else a folder in the temp dir."""
+    if folder_paths is not None:
+        return Path(folder_paths.get_input_directory())
+    return _fallback_dir(INPUT_DIR_ENV, "input")
+
+
+def input_image_names() -> list[str]:
+    """Image files directly in the input folder (what LoadImage lists), sorted."""
+    folder = input_directory()
+    try:
+        files = [p.name for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return []
+    if folder_paths is not None:
+        return sorted(folder_paths.filter_files_content_types(files, ["image"]))
+    return sorted(f for f in files if f.lower().endswith(_IMAGE_SUFFIXES))
+
+
+def input_image_path(name: str) -> Path:
+    """Path of an input-folder image chosen in a combo; only listed names are accepted outside ComfyUI
+    (inside, ComfyUI validates combo values against the list before the node runs)."""
+    if folder_paths is not None:
+        return Path(folder_paths.get_annotated_filepath(name))
+    if name not in input_image_names():
+        raise FileNotFoundError(f"{name!r} is not an image in the input folder {input_directory()}")
+    return input_directory() / name
+
+
+def metadata_disabled() -> bool:
+    """True when ComfyUI runs with --disable-metadata (then no workflow goes into saved files)."""
+    try:
+        from comfy.cli_args import args  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    return bool(getattr(args, "disable_metadata", False))
+
+
+def model_file_path(kind: str, name: str) -> Path | None:
+    """Full path of a model file named in a workflow (checkpoints, loras, vae...), or None if unknown."""
+    if folder_paths is not None:
+        try:
+            path = folder_paths.get_full_path(kind, name)
+        except Exception:  # unknown folder kinds raise in some ComfyUI versions
+            return None
+        return Path(path) if path else None
+    if kind not in MODEL_FOLDERS:
+        return None
+    try:
+        return locator().resolve(kind, name)
+    except (OSError, ValueError):
+        return None

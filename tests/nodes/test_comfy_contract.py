@@ -15,13 +15,20 @@ from tests.nodes.pack_loader import REPO_ROOT, load_pack_like_comfyui, unload_pa
 from tests.sam_fixtures import build_tiny_sam, save_sam
 
 PRIMITIVES = {"INT": int, "FLOAT": float, "BOOLEAN": bool, "STRING": str}
+# Widget values that keep the tiny diffusion models quick; everything else uses the node's defaults.
+FAST_WIDGETS = {"BackdropInpaint": {"steps": 2, "resolution": 128, "variations": 2}}
 TOP_KEYS = {"required", "optional", "hidden"}
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    """The repo loaded from a folder named ComfyUI-Backdrop, with a models dir holding a tiny SAM."""
+def pack(tmp_path_factory, inpaint_models_root):
+    """The repo loaded from a folder named ComfyUI-Backdrop, with a models dir holding tiny models."""
     root = tmp_path_factory.mktemp("comfy")
+    for kind in ("checkpoints", "loras"):
+        (root / "models").mkdir(exist_ok=True)
+        (root / "models" / kind).symlink_to(inpaint_models_root["root"] / kind, target_is_directory=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BACKDROP_CLIP_TOKENIZER", str(inpaint_models_root["tokenizer"]))
     folder = root / "custom_nodes" / "ComfyUI-Backdrop"
     folder.parent.mkdir()
     folder.symlink_to(REPO_ROOT, target_is_directory=True)
@@ -32,6 +39,7 @@ def pack(tmp_path_factory):
     models.set_locator(models.ModelLocator.from_models_dir(root / "models"))
     yield module
     models.set_locator(None)
+    mp.undo()
     unload_pack(module)
 
 
@@ -115,7 +123,9 @@ def test_every_node_returns_what_it_declares(pack):
             ready = True
             for section in ("required", "optional"):
                 for name, spec in schema.get(section, {}).items():
-                    value = _example(spec[0], spec[1] if len(spec) > 1 else {}, made)
+                    value = FAST_WIDGETS.get(node_id, {}).get(name)
+                    if value is None:
+                        value = _example(spec[0], spec[1] if len(spec) > 1 else {}, made)
                     if value is None and section == "required":
                         ready = False
                     elif value is not None:

@@ -1,0 +1,180 @@
+"""BackdropInpaintLoader, BackdropLoRA, BackdropInpaint, BackdropComposite: thin adapters over runtime.inpainting."""
+
+from __future__ import annotations
+
+from ..runtime.devices import DEVICES
+from ..runtime.inpainting.geometry import OUTPAINT_CHOICES
+from ..runtime.inpainting.loader import DTYPES
+from ..runtime.inpainting.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from . import comfy_bridge
+
+CATEGORY = "Backdrop/inpainting"
+PIPELINE = "BACKDROP_PIPELINE"
+
+
+def pipeline_choices() -> list[str]:
+    """``checkpoints/<file>`` and ``diffusers/<folder>`` names that exist right now."""
+    return [f"{kind}/{name}" for kind in ("checkpoints", "diffusers") for name in comfy_bridge.model_choices(kind)]
+
+
+class BackdropInpaintLoader:
+    """Load an SD1.5 or SDXL inpainting pipeline (or a regular checkpoint) offline."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (pipeline_choices(), {"tooltip": "a single file in models/checkpoints or a diffusers "
+                                                          "folder in models/diffusers"}),
+                "device": (list(DEVICES), {"default": "auto"}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU, fp32 on the CPU"}),
+            }
+        }
+
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads a diffusers inpainting pipeline from ComfyUI's model folders without any download. "
+                   "Single files use the shipped configs and ComfyUI's own CLIP tokenizer.")
+
+    def load(self, model: str, device: str, dtype: str):
+        from ..runtime.inpainting.loader import load_pipeline
+
+        comfy_bridge.register_clip_tokenizer()
+        return (load_pipeline(model, device=device, dtype=dtype),)
+
+
+class BackdropLoRA:
+    """Add a LoRA from models/loras to the pipeline's stack; chain several, each with its own strength."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE,),
+                "lora_name": (comfy_bridge.model_choices("loras"),),
+                "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
+                "enabled": ("BOOLEAN", {"default": True, "tooltip": "off: pass the pipeline through unchanged"}),
+                "fuse": ("BOOLEAN", {"default": False,
+                                     "tooltip": "fuse the whole stack into the weights (faster sampling)"}),
+            }
+        }
+
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Stacks a LoRA (kohya/ComfyUI or diffusers/peft format) on the pipeline. Switching LoRAs "
+                   "never reloads the base model.")
+
+    def apply(self, pipeline, lora_name: str, strength: float, enabled: bool, fuse: bool):
+        from ..runtime.inpainting.loras import add_lora
+
+        if not enabled:
+            return (pipeline,)
+        return (add_lora(pipeline, lora_name, strength, fuse=fuse or pipeline.fuse_loras),)
+
+
+class BackdropInpaint:
+    """New backgrounds around the product; product pixels stay bit-exact."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE,),
+                "image": ("IMAGE",),
+                "product_mask": ("MASK", {"tooltip": "1 = product (kept exactly), 0 = background (regenerated)"}),
+                "positive": ("STRING", {"multiline": True, "default": "product photo on a clean studio backdrop"}),
+                "negative": ("STRING", {"multiline": True, "default": "blurry, lowres, watermark, text"}),
+                "variations": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 500}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 50.0, "step": 0.1, "round": 0.01}),
+                "scheduler": (list(SCHEDULERS), {"default": DEFAULT_SCHEDULER}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+            },
+            "optional": {
+                "resolution": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 64,
+                                       "tooltip": "working size (sqrt of pixels); 0 = the model's native size"}),
+                "outpaint": (list(OUTPAINT_CHOICES), {"default": "none",
+                                                      "tooltip": "extend the canvas to this aspect ratio"}),
+                "seam_feather": ("INT", {"default": 6, "min": 0, "max": 128,
+                                         "tooltip": "blend width outside the product, in pixels"}),
+                "color_match": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                          "tooltip": "remove the generator's colour cast at the seam"}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("images", "product_mask")
+    FUNCTION = "inpaint"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Returns `variations` images per input (image-major). product_mask is the product on the "
+                   "output canvas (it moves when outpainting).")
+
+    def inpaint(self, pipeline, image, product_mask, positive: str, negative: str, variations: int, seed: int,
+                steps: int, cfg: float, scheduler: str, strength: float, resolution: int = 0, outpaint: str = "none",
+                seam_feather: int = 6, color_match: float = 1.0):
+        from ..runtime.batching import images_to_list, stack_images, stack_masks
+        from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
+        from ..runtime.inpainting.masks import masks_like_images
+
+        images = images_to_list(image)
+        masks = masks_like_images(product_mask, images)
+        settings = InpaintSettings(prompt=positive, negative_prompt=negative, seed=seed, steps=steps, cfg=cfg,
+                                   scheduler=scheduler, strength=strength, variations=variations,
+                                   resolution=resolution, outpaint=outpaint, seam_feather=seam_feather,
+                                   color_match=color_match)
+        total = settings.effective_steps() * len(images)
+        result = inpaint_backgrounds(pipeline, images, masks, settings, progress=comfy_bridge.progress_for(total))
+        return (stack_images(result.images), stack_masks(result.product_masks))
+
+
+class BackdropComposite:
+    """Paste the original product back, bit for bit, onto any generated image (e.g. from a KSampler graph)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "generated": ("IMAGE",),
+                "original": ("IMAGE",),
+                "product_mask": ("MASK", {"tooltip": "1 = product"}),
+                "seam_feather": ("INT", {"default": 6, "min": 0, "max": 128}),
+                "color_match": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    FUNCTION = "composite"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Generated images may be a multiple of the originals (variations, image-major) and slightly "
+                   "smaller (VAE crops to multiples of 8); they are resized to the original's size.")
+
+    def composite(self, generated, original, product_mask, seam_feather: int, color_match: float):
+        from ..runtime.batching import images_to_list, stack_images
+        from ..runtime.inpainting.composite import composite_original
+        from ..runtime.inpainting.masks import masks_like_images, pair_generated_with_originals
+
+        generated_list, originals = images_to_list(generated), images_to_list(original)
+        masks = masks_like_images(product_mask, originals)
+        outputs = [composite_original(gen, originals[i], masks[i], seam_feather, color_match)
+                   for gen, i in pair_generated_with_originals(generated_list, len(originals))]
+        return (stack_images(outputs),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "BackdropInpaintLoader": BackdropInpaintLoader,
+    "BackdropLoRA": BackdropLoRA,
+    "BackdropInpaint": BackdropInpaint,
+    "BackdropComposite": BackdropComposite,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "BackdropInpaintLoader": "Backdrop Inpaint Loader",
+    "BackdropLoRA": "Backdrop LoRA",
+    "BackdropInpaint": "Backdrop Inpaint",
+    "BackdropComposite": "Backdrop Composite",
+}

@@ -1,0 +1,31 @@
+"""Line product masks and generated batches up with their images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..batching import masks_for_batch
+from ..errors import InvalidInputError
+from .geometry import check_mask_aspect
+
+
+def masks_like_images(masks, images: list[np.ndarray]) -> list[np.ndarray]:
+    """One float32 mask per image at that image's size; a single mask is broadcast.
+
+    A mask of another size is resized only when its aspect ratio matches the image's.
+    """
+    height, width = images[0].shape[:2]
+    shape = tuple(getattr(masks, "shape", np.shape(masks)))
+    if len(shape) >= 2:
+        check_mask_aspect((int(shape[-2]), int(shape[-1])), (height, width))
+    return masks_for_batch(masks, len(images), height, width)
+
+
+def pair_generated_with_originals(generated: list[np.ndarray], originals: int) -> list[tuple[np.ndarray, int]]:
+    """(generated image, index of its original): ``k`` variations per original, image-major."""
+    if not generated or len(generated) % originals:
+        raise InvalidInputError(
+            f"got {len(generated)} generated images for {originals} originals; give a whole number of "
+            "generated images per original (variations in image-major order)")
+    per = len(generated) // originals
+    return [(image, i // per) for i, image in enumerate(generated)]
