@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models-dir", type=Path, default=None,
                      help="ComfyUI-style models folder (default: $BACKDROP_MODELS_DIR or ./models)")
     run.add_argument("--sam", default=None, help="SAM checkpoint name in models/sams (default: weight-free masker)")
-    run.add_argument("--device", default="cpu", help="torch device for models (cpu, cuda, cuda:1...)")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="torch device for models (auto: cuda when available)")
     run.add_argument("--box", default="", help="product box 'x0,y0,x1,y1' in pixels (overrides the automatic choice)")
     run.add_argument("--points", default="", help="product points 'x,y[,label];...' (label 0 = background)")
     run.add_argument("--grow", type=int, default=0, help="grow (>0) or shrink (<0) the product mask, pixels")
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shadow", type=float, default=None, help="contact shadow strength 0..1 (style default)")
     run.add_argument("--vignette", type=float, default=None, help="vignette strength 0..1 (style default)")
     run.add_argument("--light", type=float, default=None, help="key light strength 0..1 (style default)")
-    run.add_argument("--seed", type=int, default=0, help="seed (the studio backdrop's dither)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed (diffusion noise; variation k uses seed+k; the studio backdrop's dither)")
     run.add_argument("--save-mask", action="store_true", help="also write the product mask as <name>_mask.png")
     run.add_argument("--captioner", default=None,
                      help="vision-language model folder in models/LLM for product/background captions "
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write <name>_<style>.json with captions and the composed prompts "
                           "(always on with --captioner)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .inpaint_run import add_inpaint_arguments
+
+    add_inpaint_arguments(run)
 
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")

@@ -18,6 +18,18 @@ class RunSummary:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from .models import ModelLocator, get_locator, set_locator
+
+    previous = get_locator()
+    if args.models_dir:  # every loader (SAM, captioner, pipeline, LoRAs) reads this folder for the run
+        set_locator(ModelLocator.from_models_dir(args.models_dir))
+    try:
+        return _run(args)
+    finally:
+        set_locator(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .backdrop.studio import StudioOptions
     from .backdrop.styles import get_style
     from .cli import collect_inputs
@@ -28,7 +40,15 @@ def run_command(args: argparse.Namespace) -> int:
     refine = RefineOptions(fill_holes=not args.no_fill_holes, keep=args.keep, grow_px=args.grow,
                            edge_refine=not args.no_edge_refine, feather_px=args.feather)
     studio = StudioOptions(shadow=args.shadow, vignette=args.vignette, light=args.light, seed=args.seed)
+    from .devices import resolve_device
+
+    args.device = resolve_device(args.device)
     sam = _load_sam(args.sam, args.models_dir, args.device) if args.sam else None
+    pipeline = None
+    if args.checkpoint:
+        from .inpaint_run import load_for_run
+
+        pipeline = load_for_run(args)
     captioner = _load_captioner(args.captioner, args.models_dir, args.device) if args.captioner else None
     args.prompt_json = args.prompt_json or captioner is not None
     if args.prompt_json:
@@ -44,7 +64,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         for index, path in enumerate(inputs):
             try:
-                summary.written.extend(_process_one(path, args, style, prompt, refine, studio, sam, captioner))
+                summary.written.extend(_process_one(path, args, style, prompt, refine, studio, sam, captioner,
+                                                    pipeline))
             except (BackdropError, OSError, ValueError) as exc:
                 summary.failed.append((path, str(exc)))
             progress(index + 1, len(inputs))
@@ -54,24 +75,47 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner) -> list[Path]:
+def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner, pipeline=None) -> list[Path]:
     import numpy as np
 
-    from .backdrop.studio_job import studio_background
     from .imaging import read_image, write_image
 
     loaded = read_image(path)
     image = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
-    result = studio_background(image, style, sam=sam, prompt=prompt, refine=refine, studio=studio)
     slug = style.name.lower().replace(" ", "-")
     bit_depth = loaded.bit_depth if args.format == "png" else 8
-    out = [write_image(args.out / f"{path.stem}_{slug}.{args.format}", result.image, bit_depth=bit_depth)]
+    if pipeline is None:
+        from .backdrop.studio_job import studio_background
+
+        result = studio_background(image, style, sam=sam, prompt=prompt, refine=refine, studio=studio)
+        images, alpha = [result.image], result.product_alpha
+    else:
+        images, alpha = _inpaint_file(pipeline, image, loaded.rgb, args, style, prompt, refine, sam, captioner)
+    from .inpaint_run import output_names
+
+    names = output_names(path.stem, slug, len(images), args.format, args.out)
+    out = [write_image(name, img, bit_depth=bit_depth) for name, img in zip(names, images, strict=True)]
     if args.save_mask:
-        mask_rgb = np.repeat(result.product_alpha[..., None], 3, axis=2)
+        mask_rgb = np.repeat(alpha[..., None], 3, axis=2)
         out.append(write_image(args.out / f"{path.stem}_mask.png", mask_rgb, bit_depth=8))
     if args.prompt_json:
-        out.append(_write_prompt_json(path, out[0], loaded.rgb, result.product_alpha, args, style, captioner))
+        out.append(_write_prompt_json(path, out[0], loaded.rgb, alpha, args, style, captioner))
     return out
+
+
+def _inpaint_file(pipeline, image, rgb, args, style, prompt, refine, sam, captioner):
+    """Mask, caption + compose the prompt, then generate backgrounds around the exact product."""
+    from .captioning.pipeline import caption_for_run
+    from .inpaint_run import inpaint_for_run
+    from .masking.product_mask import product_mask
+    from .prompting import compose_prompt
+
+    alpha = product_mask(image, sam=sam, prompt=prompt, refine=refine)
+    captions = caption_for_run(rgb, alpha, captioner)
+    composed = compose_prompt(captions["product_caption"], style, args.composition, scene=args.scene,
+                              background_caption=captions["background_caption"])
+    result = inpaint_for_run(pipeline, image, alpha, composed.positive, composed.negative, args)
+    return result.images, result.product_masks[0]  # the mask on the output canvas (it moves when outpainting)
 
 
 def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, captioner) -> Path:

@@ -139,3 +139,26 @@ def test_run_with_a_captioner_from_models_llm(tmp_path, product_photo):
     assert record["captioner"] == "tiny-blip" and record["caption_source"] != "statistics"
     assert main(["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--quiet",
                  "--captioner", "nope", "--models-dir", str(tmp_path / "models")]) == 2
+
+
+def test_run_with_a_checkpoint_generates_exact_product_variations(tmp_path, product_photo, inpaint_models):
+    photo, _ = product_photo
+    _write(tmp_path / "bottle.png", photo)
+    args = ["run", str(tmp_path / "bottle.png"), "--out", str(tmp_path / "out"), "--models-dir", str(inpaint_models),
+            "--checkpoint", "tiny-sd15-inpaint.safetensors", "--lora", "style_a.safetensors:0.6",
+            "--steps", "2", "--resolution", "128", "--variations", "2", "--seed", "7", "--save-mask", "--quiet"]
+    assert main(args) == 0
+    mask = cv2.imread(str(tmp_path / "out" / "bottle_mask.png"), cv2.IMREAD_GRAYSCALE)
+    product = mask >= 128  # the runtime's product threshold is 0.5
+    outputs = [_read(tmp_path / "out" / f"bottle_minimal-studio_{k}.png") for k in range(2)]
+    for out in outputs:
+        assert np.array_equal(out[product], photo[product])
+        assert np.abs(out[~product].astype(int) - photo[~product].astype(int)).mean() > 5
+    assert not np.array_equal(outputs[0], outputs[1])
+
+
+def test_run_with_a_missing_checkpoint_names_the_folder(tmp_path, product_photo, inpaint_models, capsys):
+    _write(tmp_path / "p.png", product_photo[0])
+    code = main(["run", str(tmp_path / "p.png"), "--models-dir", str(inpaint_models), "--checkpoint", "nope.ckpt",
+                 "--quiet"])
+    assert code == 2 and "models/checkpoints" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""``backdrop run --checkpoint``: the diffusion path of the run command (same runtime as BackdropInpaint)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+
+def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
+    """The diffusion options of ``backdrop run`` (all ignored without --checkpoint)."""
+    from .inpainting.geometry import OUTPAINT_CHOICES
+    from .inpainting.loader import DTYPES
+    from .inpainting.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+
+    group = run.add_argument_group("diffusion inpainting (with --checkpoint)")
+    group.add_argument("--checkpoint", default=None,
+                       help="inpainting model: a file in models/checkpoints or a folder in models/diffusers "
+                            "(prefix checkpoints/ or diffusers/ when both hold the name); without it the "
+                            "weight-free studio backdrop is drawn")
+    group.add_argument("--lora", action="append", default=[], metavar="NAME[:STRENGTH]",
+                       help="LoRA in models/loras; repeat to stack (default strength 1.0)")
+    group.add_argument("--fuse-loras", action="store_true", help="fuse the LoRA stack into the weights")
+    group.add_argument("--prompt", default=None, help="positive prompt (default: composed from captions + style)")
+    group.add_argument("--negative", default=None, help="negative prompt (default: the style's)")
+    group.add_argument("--steps", type=int, default=25)
+    group.add_argument("--cfg", type=float, default=7.0)
+    group.add_argument("--scheduler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER)
+    group.add_argument("--strength", type=float, default=1.0)
+    group.add_argument("--variations", type=int, default=1, help="backgrounds per input")
+    group.add_argument("--resolution", type=int, default=0, help="working size; 0 = the model's native size")
+    group.add_argument("--outpaint", choices=list(OUTPAINT_CHOICES), default="none",
+                       help="extend the canvas to this aspect ratio")
+    group.add_argument("--seam-feather", type=int, default=6, help="blend width outside the product, pixels")
+    group.add_argument("--color-match", type=float, default=1.0, help="seam colour-cast removal 0..1")
+    group.add_argument("--dtype", choices=list(DTYPES), default="auto")
+    group.add_argument("--tokenizer-dir", default=None,
+                       help="folder with CLIP vocab.json + merges.txt for single-file checkpoints")
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """``name.safetensors:0.8`` -> (name, 0.8); the strength defaults to 1."""
+    name, sep, strength = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return name, float(strength)
+    except ValueError:
+        raise InvalidInputError(f"--lora {text!r}: the strength after ':' must be a number") from None
+
+
+def load_for_run(args: argparse.Namespace):
+    """The pipeline (with its LoRA stack) for ``--checkpoint``."""
+    from .inpainting.loader import load_pipeline
+    from .inpainting.loras import add_lora
+
+    handle = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype,
+                           tokenizer_dir=args.tokenizer_dir)
+    for text in args.lora:
+        name, strength = parse_lora(text)
+        handle = add_lora(handle, name, strength, fuse=args.fuse_loras)
+    return handle
+
+
+def inpaint_for_run(handle, image: np.ndarray, alpha: np.ndarray, positive: str, negative: str,
+                    args: argparse.Namespace):
+    """Variations of ``image`` with a generated background around its exact product (an InpaintResult)."""
+    from .inpainting.generate import InpaintSettings, inpaint_backgrounds
+
+    settings = InpaintSettings(prompt=args.prompt or positive, negative_prompt=args.negative or negative,
+                               seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,
+                               strength=args.strength, variations=args.variations, resolution=args.resolution,
+                               outpaint=args.outpaint, seam_feather=args.seam_feather, color_match=args.color_match)
+    return inpaint_backgrounds(handle, [image], [alpha], settings)
+
+
+def output_names(stem: str, slug: str, count: int, suffix: str, out: Path) -> list[Path]:
+    if count == 1:
+        return [out / f"{stem}_{slug}.{suffix}"]
+    return [out / f"{stem}_{slug}_{k}.{suffix}" for k in range(count)]
+
