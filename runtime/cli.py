@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")
+
+    from .verify_command import add_verify_parser
+
+    add_verify_parser(sub)
     return parser
 
 
@@ -68,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args)
         if args.command == "styles":
             return _list_styles(args.verbose)
+        if args.command == "verify":
+            from .verify_command import run_verify
+
+            return run_verify(args)
     except BackdropError as exc:
         print(f"backdrop: error: {exc}", file=sys.stderr)
         return 2

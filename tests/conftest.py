@@ -60,3 +60,14 @@ def inpaint_models(inpaint_models_root, monkeypatch):
     set_locator(ModelLocator.from_models_dir(inpaint_models_root["root"]))
     yield inpaint_models_root["root"]
     set_locator(None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_provenance_dirs(tmp_path_factory):
+    """Keys, ledger and node output/input folders in a temp dir: tests never touch ~/.config."""
+    root = tmp_path_factory.mktemp("provenance")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, sub in (("BACKDROP_HOME", "home"), ("BACKDROP_OUTPUT_DIR", "output"),
+                          ("BACKDROP_INPUT_DIR", "input")):
+            mp.setenv(name, str(root / sub))
+        yield root

@@ -134,6 +134,9 @@ def test_every_node_returns_what_it_declares(pack):
                 continue
             image_in = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
             result = getattr(cls(), cls.FUNCTION)(**kwargs)
+            if isinstance(result, dict):  # output nodes may return {"ui": {...}, "result": (...)} like SaveImage
+                assert getattr(cls, "OUTPUT_NODE", False) and set(result) <= {"ui", "result"}, node_id
+                result = result.get("result", ())
             assert isinstance(result, tuple) and len(result) == len(cls.RETURN_TYPES), node_id
             is_list = getattr(cls, "OUTPUT_IS_LIST", (False,) * len(cls.RETURN_TYPES))
             for kind, value, listed in zip(cls.RETURN_TYPES, result, is_list, strict=True):

@@ -1,0 +1,255 @@
+"""BackdropWatermark, BackdropVerify and BackdropSave: thin adapters over runtime.watermark.service,
+runtime.provenance and runtime.saving."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from . import comfy_bridge
+
+CATEGORY = "Backdrop/Provenance"
+NO_FILE = "none"
+TOO_SMALL_CHOICES = ("leave unmarked", "error")
+logger = logging.getLogger(__name__)
+
+
+def _remark_choices() -> list[str]:
+    from ..runtime.watermark.service import REMARK_POLICIES
+
+    return list(REMARK_POLICIES)
+
+
+class BackdropWatermark:
+    """Hide a watermark ID in every image and write one signed provenance record per image."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "account": ("STRING", {"default": "", "tooltip": "who made the image (user, team or client)"}),
+                "prompt": ("STRING", {"default": "", "multiline": True,
+                                      "tooltip": "empty = the text reaching the workflow's sampler"}),
+                "negative_prompt": ("STRING", {"default": "", "multiline": True,
+                                               "tooltip": "empty = the sampler's negative text"}),
+                "generation_seed": ("INT", {"default": -1, "min": -1, "max": 0xFFFFFFFFFFFFFFFF,
+                                            "tooltip": "-1 = the seed of the workflow's sampler"}),
+                "metadata": ("STRING", {"default": "", "multiline": True,
+                                        "tooltip": "notes, or a JSON object, stored in the signed record"}),
+                "if_already_marked": (_remark_choices(), {"default": "refuse",
+                                                          "tooltip": "refuse: stop with the existing ID; keep: "
+                                                                     "keep that mark; add-record: keep it and "
+                                                                     "add a record to its ID"}),
+                "if_too_small": (list(TOO_SMALL_CHOICES), {"default": TOO_SMALL_CHOICES[0],
+                                                           "tooltip": "images under the codec's minimum side "
+                                                                      "cannot carry a mark"}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.25, "max": 4.0, "step": 0.05,
+                                       "tooltip": "1.0 keeps PSNR >= 40 dB; more survives harsher edits"}),
+            },
+            "optional": {
+                "product_mask": ("MASK", {"tooltip": "1 = keep these pixels bit-exact (the product); the mark "
+                                                     "goes around them"}),
+            },
+            "hidden": {"workflow_prompt": "PROMPT"},
+        }
+
+    RETURN_TYPES = ("IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("image", "watermark_id", "report")
+    FUNCTION = "mark"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Invisible, keyed watermark + signed, hash-chained ledger record (prompt, seed, model and "
+                   "LoRA hashes, account, time). watermark_id has one line per image (empty when unmarked). "
+                   "With product_mask the product pixels stay bit-exact.")
+
+    def mark(self, image, account: str, prompt: str, negative_prompt: str, generation_seed: int, metadata: str,
+             if_already_marked: str, if_too_small: str, strength: float, product_mask=None, workflow_prompt=None):
+        from ..runtime.batching import images_to_list, masks_for_batch, stack_images
+        from ..runtime.watermark import MIN_SIDE, ImageTooSmallError
+        from ..runtime.watermark.service import get_service
+
+        images = images_to_list(image)
+        height, width = images[0].shape[:2]
+        too_small = ""
+        if min(height, width) < MIN_SIDE:
+            too_small = (f"{width}x{height} px is too small to carry a watermark; each side must be at least "
+                         f"{MIN_SIDE} px")
+            if if_too_small == "error":
+                raise ImageTooSmallError(too_small)
+            logger.warning("BackdropWatermark: %d image(s) left unmarked: %s", len(images), too_small)
+        masks = None if product_mask is None else masks_for_batch(product_mask, len(images), height, width)
+        base = _record_content(account, prompt, negative_prompt, generation_seed, metadata, workflow_prompt)
+        progress = comfy_bridge.progress_for(len(images))
+        outputs, ids, lines = [], [], []
+        for index, picture in enumerate(images):
+            if too_small:
+                outputs.append(picture)
+                ids.append("")
+                lines.append(f"image {index + 1}: left unmarked: {too_small}")
+            else:
+                result = get_service().mark(picture, base(index, len(images)), remark=if_already_marked,
+                                            strength=strength, protect=None if masks is None else masks[index])
+                outputs.append(result.image)
+                ids.append(result.watermark_id)
+                seq = f" (record seq {result.record.seq})" if result.record is not None else ""
+                lines.append(f"image {index + 1}: {result.status} {result.watermark_id}{seq}")
+            progress(index + 1, len(images))
+        return (stack_images(outputs), "\n".join(ids), "\n".join(lines))
+
+
+class BackdropVerify:
+    """Read the watermark of each image (or of a file in the input folder) and check its ledger record."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "file": ([NO_FILE, *comfy_bridge.input_image_names()],
+                         {"default": NO_FILE, "tooltip": "an image in ComfyUI's input folder (its C2PA manifest "
+                                                         "is checked too)"}),
+            },
+            "optional": {"image": ("IMAGE", {"tooltip": "images to verify (each one of the batch)"})},
+        }
+
+    RETURN_TYPES = ("BOOLEAN", "STRING", "FLOAT", "STRING", "STRING", "STRING", "STRING")
+    RETURN_NAMES = ("found", "watermark_id", "score", "record", "signature", "chain", "report")
+    OUTPUT_IS_LIST = (True,) * 7
+    FUNCTION = "verify"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("One entry per image (the connected batch first, then the chosen file). Unmarked: found is "
+                   "false and the ID empty. signature: valid / invalid / untrusted signer / no record; chain: "
+                   "intact / broken / no record. record is the ledger record as JSON.")
+
+    @classmethod
+    def IS_CHANGED(cls, **_kwargs):
+        return float("nan")  # the ledger can change between runs: always check again
+
+    def verify(self, file: str = NO_FILE, image=None):
+        from ..runtime.batching import images_to_list
+        from ..runtime.errors import InvalidInputError
+        from ..runtime.watermark.service import get_service
+
+        if image is None and file == NO_FILE:
+            raise InvalidInputError("connect an image or choose a file to verify")
+        service = get_service()
+        results = []
+        if image is not None:
+            pictures = images_to_list(image)
+            progress = comfy_bridge.progress_for(len(pictures))
+            for index, picture in enumerate(pictures):
+                results.append(service.verify_image(picture, source=f"image {index + 1}"))
+                progress(index + 1, len(pictures))
+        if file != NO_FILE:
+            results.append(service.verify_file(comfy_bridge.input_image_path(file)))
+        return ([r.found for r in results], [r.watermark_id for r in results], [float(r.score) for r in results],
+                [json.dumps(r.record, ensure_ascii=False) if r.record else "" for r in results],
+                [r.signature for r in results], [r.chain for r in results], [r.summary() for r in results])
+
+
+class BackdropSave:
+    """Save PNG, JPEG or WebP with workflow metadata and a signed C2PA manifest; never overwrites."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..runtime.saving import FORMATS, RESOLUTION_PRESETS
+
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename_prefix": ("STRING", {"default": "Backdrop", "tooltip": "may include subfolders and "
+                                                                               "%date/size% fields, as SaveImage"}),
+                "format": (list(FORMATS), {"default": "png"}),
+                "quality": ("INT", {"default": 95, "min": 1, "max": 100, "step": 1,
+                                    "tooltip": "JPEG/WebP quality (WebP 100 = lossless); PNG is always lossless"}),
+                "resolution": (list(RESOLUTION_PRESETS), {"default": "original",
+                                                          "tooltip": "only ever shrinks; the watermark survives "
+                                                                     "down to half size"}),
+                "c2pa": ("BOOLEAN", {"default": True, "tooltip": "embed a signed C2PA manifest bound to the "
+                                                                 "image's watermark ID"}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Writes <prefix>_00001_.<ext> in the output folder and never overwrites. PNG keeps the "
+                   "workflow in text chunks like SaveImage; JPEG/WebP keep it in EXIF (prompt:/workflow:).")
+
+    def save(self, images, filename_prefix: str, format: str, quality: int, resolution: str, c2pa: bool,
+             prompt=None, extra_pnginfo=None):
+        from ..runtime.batching import images_to_list
+        from ..runtime.saving import SaveOptions, comfy_metadata, comfy_style_path, save_image
+        from ..runtime.watermark.service import get_service
+
+        pictures = images_to_list(images)
+        metadata = {} if comfy_bridge.metadata_disabled() else comfy_metadata(prompt, extra_pnginfo)
+        options = SaveOptions(fmt=format, quality=quality, resolution=resolution, c2pa=c2pa, metadata=metadata)
+        service = get_service() if c2pa else None
+        output_dir = comfy_bridge.output_directory()
+        progress = comfy_bridge.progress_for(len(pictures))
+        saved_ui = []
+        for index, picture in enumerate(pictures):
+            path, subfolder = comfy_style_path(output_dir, filename_prefix, format, picture.shape[1],
+                                               picture.shape[0], batch_number=index)
+            saved = save_image(picture, path, options, keys=service.keys if service else None,
+                               binding=service.provenance_for if service else None)
+            for note in saved.notes:
+                logger.info("BackdropSave %s: %s", saved.path.name, note)
+            saved_ui.append({"filename": saved.path.name, "subfolder": subfolder, "type": "output"})
+            progress(index + 1, len(pictures))
+        return {"ui": {"images": saved_ui}}
+
+
+def _record_content(account: str, prompt: str, negative_prompt: str, seed: int, metadata: str, workflow_prompt):
+    """A factory (index, count) -> RecordContent: explicit inputs win over facts read from the workflow."""
+    from ..runtime.provenance.file_hashes import hash_named_files
+    from ..runtime.provenance.records import RecordContent
+    from ..runtime.provenance.workflow_facts import workflow_facts
+
+    facts = workflow_facts(workflow_prompt)
+    models = hash_named_files({name: comfy_bridge.model_file_path(kind, name) for name, kind in facts.models.items()})
+    loras = hash_named_files({name: comfy_bridge.model_file_path("loras", name) for name in facts.loras})
+    extra = _parse_metadata(metadata)
+    if isinstance(workflow_prompt, dict) and workflow_prompt:
+        import hashlib
+
+        graph = json.dumps(workflow_prompt, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+        extra.setdefault("workflow_sha256", hashlib.sha256(graph).hexdigest())
+    if facts.loras:
+        extra.setdefault("lora_strengths", facts.loras)
+    if seed < 0 and len(facts.seeds) > 1:
+        extra.setdefault("workflow_seeds", [str(s) for s in facts.seeds])
+    record_seed = seed if seed >= 0 else (facts.seeds[0] if len(facts.seeds) == 1 else None)
+
+    def content(index: int, count: int) -> RecordContent:
+        data = {**extra, "batch_index": index, "batch_size": count} if count > 1 else dict(extra)
+        return RecordContent(account=account, prompt=prompt or "\n".join(facts.positive),
+                             negative_prompt=negative_prompt or "\n".join(facts.negative), seed=record_seed,
+                             models=models, loras=loras, metadata=data)
+
+    return content
+
+
+def _parse_metadata(text: str) -> dict:
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"notes": text}
+    return value if isinstance(value, dict) else {"notes": text}
+
+
+NODE_CLASS_MAPPINGS = {
+    "BackdropWatermark": BackdropWatermark,
+    "BackdropVerify": BackdropVerify,
+    "BackdropSave": BackdropSave,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "BackdropWatermark": "Backdrop Watermark",
+    "BackdropVerify": "Backdrop Verify",
+    "BackdropSave": "Backdrop Save (C2PA)",
+}

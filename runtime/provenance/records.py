@@ -1,0 +1,156 @@
+"""Provenance records: fields, canonical bytes, hashes, watermark IDs and pixel hashes.
+
+A record's hash is the SHA-256 of its canonical JSON (sorted keys, no spaces, UTF-8) covering every
+field except the hash and the signature themselves. The canonical form includes the record's
+position (``seq``) and the previous record's hash, so editing, deleting or reordering records
+breaks either the hash, the signature or the chain.
+
+Watermark IDs are random 63-bit integers (1 .. 2**63-1; they fit the codec's 64-bit payload and
+SQLite's signed 64-bit INTEGER), drawn with ``secrets`` and retried on the rare collision. Random IDs
+reveal nothing about how many images an installation made. They are shown as 16 hex digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+RECORD_VERSION = 1
+ID_BITS = 63
+GENESIS_HASH = "0" * 64
+SIGNATURE_DOMAIN = b"comfyui-backdrop/ledger-record/v1\n"
+
+
+def new_watermark_id() -> int:
+    """A random ID in 1 .. 2**63-1."""
+    while True:
+        value = secrets.randbits(ID_BITS)
+        if value:
+            return value
+
+
+def format_id(value: int) -> str:
+    """16 lowercase hex digits, the form shown to people and written into C2PA manifests."""
+    return f"{int(value):016x}"
+
+
+def parse_id(text: str | int) -> int:
+    """Inverse of :func:`format_id` (also accepts an int); refuses anything that is not a valid ID."""
+    if isinstance(text, int):
+        value = text
+    else:
+        cleaned = str(text).strip().lower().removeprefix("0x")
+        if not cleaned or len(cleaned) > 16 or any(c not in "0123456789abcdef" for c in cleaned):
+            raise InvalidInputError(f"{text!r} is not a watermark ID (expected up to 16 hex digits)")
+        value = int(cleaned, 16)
+    if not 0 < value < 2**ID_BITS:
+        raise InvalidInputError(f"{text!r} is outside the watermark ID range 1..2**63-1")
+    return value
+
+
+def pixel_sha256(image: np.ndarray) -> str:
+    """SHA-256 of an image's 8-bit pixels, prefixed by its shape (``"HxWxC:"``).
+
+    The hash is always taken on 8-bit values: uint16 and float (0..1) images are rounded to 8 bits the
+    way the writers and readers do (``imaging.to_integer``), so the hash of a marked IMAGE equals the
+    hash of the PNG that BackdropSave or ``backdrop run`` writes from it and ``verify`` reads back.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == np.uint16:
+        arr = arr.astype(np.float64) / 65535.0
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(np.asarray(arr, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    header = "x".join(str(d) for d in arr.shape).encode("ascii") + b":"
+    return hashlib.sha256(header + np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+@dataclass
+class RecordContent:
+    """What the caller states about an image. Everything here is covered by the hash and signature."""
+
+    account: str = ""
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int | None = None
+    models: dict[str, str] = field(default_factory=dict)  # model name -> sha256 (or "" if unknown)
+    loras: dict[str, str] = field(default_factory=dict)  # LoRA name -> sha256
+    metadata: dict[str, Any] = field(default_factory=dict)  # anything JSON-serialisable
+
+    def __post_init__(self) -> None:
+        for name in ("account", "prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidInputError(f"{name} must be text, got {type(getattr(self, name)).__name__}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise InvalidInputError(f"seed must be an integer or None, got {self.seed!r}")
+        for name in ("models", "loras"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in value.items()):
+                raise InvalidInputError(f"{name} must map names to hash strings, got {value!r}")
+        try:
+            json.dumps(self.metadata, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Record:
+    """One signed, chained ledger entry."""
+
+    seq: int
+    id: int
+    created_at: str  # UTC, ISO 8601 with microseconds, e.g. 2025-01-31T12:00:00.123456+00:00
+    account: str
+    prompt: str
+    negative_prompt: str
+    seed: int | None
+    models: dict[str, str]
+    loras: dict[str, str]
+    image_sha256: str
+    metadata: dict[str, Any]
+    signer: str  # Ed25519 public key, 64 hex digits
+    prev_hash: str
+    record_hash: str
+    signature: str  # hex
+
+    @property
+    def id_hex(self) -> str:
+        return format_id(self.id)
+
+    def hashed_fields(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("record_hash", "signature")}
+        data["v"] = RECORD_VERSION
+        data["seed"] = None if self.seed is None else str(self.seed)  # seeds may exceed JSON-safe ints
+        return data
+
+    def computed_hash(self) -> str:
+        return record_hash(self.hashed_fields())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (IDs as hex strings) for reports and node outputs."""
+        data = asdict(self)
+        data["id"] = self.id_hex
+        return data
+
+
+def canonical_bytes(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def record_hash(hashed_fields: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_bytes(hashed_fields)).hexdigest()
+
+
+def signed_message(record_hash_hex: str) -> bytes:
+    """What the ledger key signs: a domain tag plus the record hash."""
+    return SIGNATURE_DOMAIN + record_hash_hex.encode("ascii")

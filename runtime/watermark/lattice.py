@@ -1,0 +1,264 @@
+"""Finding the tile lattice (scale, aspect, rotation) from the autocorrelation of the residual (Kutter 1998).
+
+The mark repeats every PERIOD px, so the autocorrelation of the detector's residual has a peak at every
+lattice vector ``n1*v1 + n2*v2``; after a resize, aspect change or rotation the lattice is simply deformed,
+and (v1, v2) is the affine map back to the embedding grid. A crop only moves the origin, which the
+translation search recovers later.
+
+Steps: autocorrelation through the power spectrum (with the spectral lines of an 8 px JPEG block grid and of
+image-aligned edges notched out, and the spectrum flattened so that every frequency counts); candidate basis
+vectors from the peaks near the x and y axes; each pair scored by summing the normalised autocorrelation
+over all its lattice points (a comb, far stronger than one peak); the best pairs refined to sub-pixel
+precision. The caller tries the few best hypotheses (plus the untouched embedding grid) and keeps the one
+whose sync pattern correlates best.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .pattern import PERIOD
+
+MIN_SCALE = 0.4      # per-axis scale range searched (0.5x..2x with +/-20% aspect)
+MAX_SCALE = 2.5
+MAX_ANGLE = np.deg2rad(10.0)   # rotation (+ shear from anisotropic scaling) searched around each axis
+MAX_ASPECT = 1.6     # |v1| / |v2| range
+WINDOW = 1024        # the autocorrelation uses at most the central WINDOW x WINDOW px
+CANDIDATES = 8       # candidates kept per search
+REFINED = 6          # best-scoring candidate lattices refined to sub-pixel precision
+HYPOTHESES = 4       # refined lattices returned (besides the embedding grid)
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Image displacement of one tile step along the tile's x (``v1``) and y (``v2``) axes, in px."""
+
+    v1: tuple[float, float]
+    v2: tuple[float, float]
+    score: float = 0.0
+
+    def matrix(self) -> np.ndarray:
+        """2x2 map from embedding-grid px (u, v) to image px (x, y)."""
+        return np.array([[self.v1[0], self.v2[0]], [self.v1[1], self.v2[1]]], dtype=np.float64) / PERIOD
+
+    def describe(self) -> dict:
+        m = self.matrix()
+        sx, sy = float(np.hypot(*m[:, 0])), float(np.hypot(*m[:, 1]))
+        return {"scale_x": sx, "scale_y": sy, "rotation_deg": float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))),
+                "shear_deg": float(np.degrees(np.arctan2(-m[0, 1], m[1, 1]) - np.arctan2(m[1, 0], m[0, 0])))}
+
+
+IDENTITY = Lattice((float(PERIOD), 0.0), (0.0, float(PERIOD)))
+
+
+def _central_window(r: np.ndarray) -> np.ndarray:
+    h, w = r.shape
+    top, left = max(0, (h - WINDOW) // 2), max(0, (w - WINDOW) // 2)
+    return r[top:top + min(h, WINDOW), left:left + min(w, WINDOW)]
+
+
+def autocorrelation(r: np.ndarray, max_lag: int) -> np.ndarray:
+    """Normalised autocorrelation z-map, shape [2*max_lag+1, 2*max_lag+1], centre = lag (0, 0)."""
+    h, w = r.shape
+    ph, pw = cv2.getOptimalDFTSize(h + max_lag), cv2.getOptimalDFTSize(w + max_lag)
+    padded = np.zeros((ph, pw), np.float32)
+    padded[:h, :w] = r - r.mean()
+    spec = cv2.dft(padded, flags=cv2.DFT_COMPLEX_OUTPUT)
+    power = spec[:, :, 0] ** 2 + spec[:, :, 1] ** 2
+    power /= cv2.GaussianBlur(power, (0, 0), 4.0) + 1e-12 * float(power.mean() + 1e-30)
+    corr = cv2.dft(power, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :, 0]
+    rows = np.r_[ph - max_lag:ph, 0:max_lag + 1]
+    cols = np.r_[pw - max_lag:pw, 0:max_lag + 1]
+    acf = corr[np.ix_(rows, cols)]
+    lags = np.arange(-max_lag, max_lag + 1)
+    overlap = np.outer(h - np.abs(lags), w - np.abs(lags)).astype(np.float32)
+    acf = acf / np.sqrt(overlap)
+    acf = _radial_highpass(acf)
+    ring = np.hypot(lags[:, None], lags[None, :]) > 12
+    centre = float(np.median(acf[ring]))
+    spread = 1.4826 * float(np.median(np.abs(acf[ring] - centre))) + 1e-12
+    return ((acf - centre) / spread).astype(np.float32)
+
+
+RADIAL_STEP = 3.0
+
+
+def _radial_highpass(acf: np.ndarray) -> np.ndarray:
+    """acf minus the mean of its values RADIAL_STEP px further in and out along the radius.
+
+    Straight edges and borders make ridges through the origin, constant along the radius; lattice peaks
+    are compact, so this removes the first and keeps the second.
+    """
+    c = (acf.shape[0] - 1) / 2.0
+    lags = np.arange(acf.shape[0], dtype=np.float32) - c
+    ly, lx = np.meshgrid(lags, lags, indexing="ij")
+    radius = np.maximum(np.hypot(lx, ly), 1.0)
+    ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
+    inner = cv2.remap(acf, lx - ux + c, ly - uy + c, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    outer = cv2.remap(acf, lx + ux + c, ly + uy + c, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return acf - 0.5 * (inner + outer)
+
+
+def _sample(acf: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``acf`` at lag points [..., 2] (x, y); zero outside. Shape points.shape[:-1]."""
+    c = np.float32((acf.shape[0] - 1) / 2.0)
+    flat = points.reshape(-1, 2).astype(np.float32) + c
+    n = flat.shape[0]
+    cols = 1024
+    rows = -(-n // cols)
+    maps = np.full((rows * cols, 2), -10.0, dtype=np.float32)
+    maps[:n] = flat
+    maps = maps.reshape(rows, cols, 2)
+    out = cv2.remap(acf, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return out.reshape(-1)[:n].reshape(points.shape[:-1])
+
+
+def _coefficients(n: int) -> np.ndarray:
+    """Integer pairs (k1, k2) with |k| <= n from one half-plane (the autocorrelation is symmetric)."""
+    k = np.arange(-n, n + 1)
+    k1, k2 = np.meshgrid(k, k, indexing="ij")
+    coeff = np.stack([k1.ravel(), k2.ravel()], axis=1).astype(np.float64)
+    return coeff[(coeff[:, 0] > 0) | ((coeff[:, 0] == 0) & (coeff[:, 1] > 0))]
+
+
+def comb_score(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray, coeff: np.ndarray | None = None) -> float:
+    """Sum of the autocorrelation z-map over the lattice's points, / sqrt(count): ~N(0,1) without a mark."""
+    max_lag = (acf.shape[0] - 1) / 2.0
+    if coeff is None:
+        coeff = _coefficients(int(max_lag / max(1.0, min(np.hypot(*v1), np.hypot(*v2)))) + 1)
+    points = coeff @ np.stack([v1, v2])
+    points = points[(np.abs(points) <= max_lag - 1).all(axis=1)]
+    if len(points) == 0:
+        return -np.inf
+    return float(_sample(acf, points).sum() / np.sqrt(len(points)))
+
+
+def _axis_candidates(acf: np.ndarray, axis: int, lo: float, hi: float) -> list[np.ndarray]:
+    """Best basis vectors near the x (axis 0) or y (axis 1) direction, by a 1-D comb over their multiples.
+
+    A single autocorrelation peak is often too weak to see; the sum over ``v, 2v, 3v, ...`` is not.
+    Candidates lie on a half-pixel grid of the sector |angle| <= MAX_ANGLE, lo <= length <= hi.
+    """
+    max_lag = (acf.shape[0] - 1) / 2.0
+    along = np.arange(lo, hi + 0.25, 0.5, dtype=np.float32)
+    across = np.arange(-hi * np.tan(MAX_ANGLE), hi * np.tan(MAX_ANGLE) + 0.25, 0.5, dtype=np.float32)
+    grid_a, grid_c = np.meshgrid(along, across, indexing="ij")
+    inside = np.abs(grid_c) <= grid_a * np.tan(MAX_ANGLE)
+    if axis == 0:
+        vx, vy = grid_a, grid_c
+    else:
+        vx, vy = grid_c, grid_a
+    multiples = np.arange(1, int(max_lag / lo) + 1, dtype=np.float32)
+    px = vx[None] * multiples[:, None, None]
+    py = vy[None] * multiples[:, None, None]
+    valid = (np.abs(px) <= max_lag - 1) & (np.abs(py) <= max_lag - 1)
+    samples = _sample(acf, np.stack([px, py], axis=-1))
+    counts = valid.sum(axis=0)
+    comb = np.where(inside & (counts > 0), (samples * valid).sum(axis=0) / np.sqrt(np.maximum(counts, 1)), -np.inf)
+    comb = comb.astype(np.float32)
+    finite = np.where(np.isfinite(comb), comb, -1e9).astype(np.float32)
+    local_max = (finite >= cv2.dilate(finite, np.ones((5, 5), np.uint8))) & np.isfinite(comb)
+    ia, ic = np.nonzero(local_max)
+    order = np.argsort(-comb[ia, ic])[:CANDIDATES]
+    return [np.array([vx[ia[i], ic[i]], vy[ia[i], ic[i]]], dtype=np.float64) for i in order]
+
+
+def _refine(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Coordinate ascent of the comb score over the four basis coordinates, down to 1/32 px."""
+    params = np.concatenate([v1, v2])
+    max_lag = (acf.shape[0] - 1) / 2.0
+    coeff = _coefficients(int(max_lag / max(1.0, min(np.hypot(*v1), np.hypot(*v2)) - 2.0)) + 1)
+    best = comb_score(acf, params[:2], params[2:], coeff)
+    step = 0.5
+    while step >= 1 / 32:
+        improved = True
+        while improved:
+            improved = False
+            for i in range(4):
+                for sign in (1.0, -1.0):
+                    trial = params.copy()
+                    trial[i] += sign * step
+                    score = comb_score(acf, trial[:2], trial[2:], coeff)
+                    if score > best:
+                        params, best, improved = trial, score, True
+        step /= 2
+    return params[:2], params[2:], best
+
+
+def _batch_scores(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray, reach: int = 2) -> np.ndarray:
+    """Comb scores over the lattice points with |k| <= ``reach`` for many bases at once: v1, v2 [N, 2]."""
+    max_lag = (acf.shape[0] - 1) / 2.0
+    coeff = _coefficients(reach)
+    points = coeff[None, :, 0, None] * v1[:, None, :] + coeff[None, :, 1, None] * v2[:, None, :]  # [N, C, 2]
+    valid = (np.abs(points) <= max_lag - 1).all(axis=2)
+    samples = _sample(acf, points)
+    counts = valid.sum(axis=1)
+    return np.where(counts > 0, (samples * valid).sum(axis=1) / np.sqrt(np.maximum(counts, 1)), -np.inf)
+
+
+def _similarity_candidates(acf: np.ndarray, lo: float, hi: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Best lattices of the form scale x rotation (no aspect change), from a dense polar grid search.
+
+    Plain resizes and rotations (the common case) are found this way even when neither axis alone shows.
+    """
+    radii = np.arange(lo, hi + 0.25, 0.5)
+    angles = np.arange(-MAX_ANGLE, MAX_ANGLE + 1e-9, 0.5 / hi)
+    rr, aa = np.meshgrid(radii, angles, indexing="ij")
+    v1 = np.stack([rr * np.cos(aa), rr * np.sin(aa)], axis=-1).reshape(-1, 2)
+    v2 = np.stack([-v1[:, 1], v1[:, 0]], axis=1)
+    scores = _batch_scores(acf, v1, v2).reshape(rr.shape).astype(np.float32)
+    finite = np.where(np.isfinite(scores), scores, -1e9).astype(np.float32)
+    peaks = (finite >= cv2.dilate(finite, np.ones((5, 5), np.uint8))) & np.isfinite(scores)
+    ir, ia = np.nonzero(peaks)
+    order = np.argsort(-scores[ir, ia])[:CANDIDATES]
+    return [(v1[ir[i] * rr.shape[1] + ia[i]], v2[ir[i] * rr.shape[1] + ia[i]]) for i in order]
+
+
+def _completions(acf: np.ndarray, axis_vectors: list[np.ndarray], axis: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For basis vectors found on one axis, the best partner on the other axis (perpendicular, any aspect)."""
+    out = []
+    ratios = np.exp(np.linspace(-np.log(MAX_ASPECT), np.log(MAX_ASPECT), 161))
+    for v in axis_vectors:
+        turned = np.array([-v[1], v[0]]) if axis == 0 else np.array([v[1], -v[0]])
+        partners = turned[None, :] * ratios[:, None]
+        base = np.repeat(v[None, :], len(ratios), axis=0)
+        v1, v2 = (base, partners) if axis == 0 else (partners, base)
+        best = int(np.argmax(_batch_scores(acf, v1, v2)))
+        out.append((v1[best], v2[best]))
+    return out
+
+
+def estimate_lattices(r: np.ndarray) -> list[Lattice]:
+    """The most likely tile lattices in residual ``r`` (best first), always ending with the embedding grid.
+
+    Candidate bases come from three searches (similarity transforms on a dense grid, 1-D combs along
+    each axis paired up, and each axis vector completed with its best perpendicular partner); all are
+    scored with the full comb, and the best are refined to sub-pixel precision.
+    """
+    window = _central_window(r)
+    side = min(window.shape)
+    max_lag = int(min(0.6 * side, 6 * PERIOD))
+    hi = min(MAX_SCALE * PERIOD, 0.5 * side)
+    lo = MIN_SCALE * PERIOD
+    hypotheses: list[Lattice] = []
+    if hi > lo:
+        acf = autocorrelation(window, max_lag)
+        acf_smooth = cv2.GaussianBlur(acf, (0, 0), 0.7)
+        axis1 = _axis_candidates(acf_smooth, 0, lo, hi)
+        axis2 = _axis_candidates(acf_smooth, 1, lo, hi)
+        pairs = [(v1, v2) for v1 in axis1 for v2 in axis2
+                 if 1 / MAX_ASPECT <= np.hypot(*v1) / np.hypot(*v2) <= MAX_ASPECT]
+        pairs += _similarity_candidates(acf_smooth, lo, hi)
+        pairs += _completions(acf_smooth, axis1[:4], 0) + _completions(acf_smooth, axis2[:4], 1)
+        scored = sorted(((comb_score(acf_smooth, v1, v2), v1, v2) for v1, v2 in pairs), key=lambda p: -p[0])
+        for _, v1, v2 in scored[:REFINED]:
+            r1, r2, score = _refine(acf_smooth, v1, v2)
+            if all(np.hypot(*(r1 - np.array(h.v1))) > 1 or np.hypot(*(r2 - np.array(h.v2))) > 1 for h in hypotheses):
+                hypotheses.append(Lattice(tuple(r1), tuple(r2), score))
+        hypotheses.sort(key=lambda h: -h.score)
+        hypotheses = hypotheses[:HYPOTHESES]
+    return [*hypotheses, IDENTITY]

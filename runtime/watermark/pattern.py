@@ -1,0 +1,119 @@
+"""The keyed tile: a PERIOD x PERIOD band-limited pattern built from a GRID x GRID array of +/-1 chips.
+
+Every chip is either a *sync* chip (a keyed sign, the same for every payload: it locates the tile) or a
+*payload* chip (a keyed sign times one of the 258 coded bits, each bit spread over three chips at keyed,
+scattered positions). All keyed material comes from SHAKE-256 of the key, so without the key the chip
+positions and signs are unknown: nobody can read the payload or make a tile that the detector accepts.
+
+The chips are turned into a smooth tile by periodic Fourier interpolation limited to a band of
+``LOW_CUTOFF`` .. ``GRID/2 - 1`` cycles per tile (about 0.03 .. 0.23 cycles per pixel at scale 1): no DC or
+very low frequencies (the most visible, and drowned by the picture), nothing so fine that 0.5x downscaling,
+mild blur or JPEG removes it. Reading is the adjoint (a matched filter): band-select and decimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .payload import CODED_BITS
+
+PERIOD = 64          # tile side in pixels at embedding scale
+GRID = 26            # chips per tile side (one chip ~2.5 px)
+CHIPS_PER_BIT = 1
+PAYLOAD_CHIPS = CODED_BITS * CHIPS_PER_BIT           # 528
+SYNC_CHIPS = GRID * GRID - PAYLOAD_CHIPS             # 148
+LOW_CUTOFF = 2.0     # cycles per tile: frequencies below are left out of the pattern
+
+
+def _keyed_bytes(key: bytes, label: str, n: int) -> bytes:
+    return hashlib.shake_256(b"backdrop-watermark-v1\x00" + label.encode() + b"\x00" + bytes(key)).digest(n)
+
+
+def _band_mask() -> np.ndarray:
+    """Bool [PERIOD, PERIOD] mask of the tile frequencies the pattern uses (numpy fft layout)."""
+    f = np.fft.fftfreq(PERIOD, 1.0 / PERIOD)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    limit = GRID // 2
+    return (np.abs(fx) < limit) & (np.abs(fy) < limit) & (np.hypot(fx, fy) >= LOW_CUTOFF)
+
+
+BAND = _band_mask()
+TILT = 0.0
+
+
+def _weights() -> np.ndarray:
+    f = np.fft.fftfreq(PERIOD, 1.0 / PERIOD)
+    r = np.hypot(f[:, None], f[None, :])
+    return BAND * (np.maximum(r, 1.0) / 8.0) ** (-TILT)
+
+
+def chips_to_tile(chips: np.ndarray) -> np.ndarray:
+    """[GRID, GRID] chip values -> [PERIOD, PERIOD] band-limited periodic pattern (float64)."""
+    spectrum = np.zeros((PERIOD, PERIOD), dtype=np.complex128)
+    small = np.fft.fft2(chips)
+    half = GRID // 2
+    idx = np.r_[0:half, PERIOD - half:PERIOD]
+    spectrum[np.ix_(idx, idx)] = small
+    spectrum *= _weights()
+    return np.fft.ifft2(spectrum).real * (PERIOD / GRID) ** 2
+
+
+def spectrum_to_chips(tile_spectrum: np.ndarray) -> np.ndarray:
+    """Matched-filter chip estimates [GRID, GRID] from the FFT of a tile (adjoint of ``chips_to_tile``)."""
+    half = GRID // 2
+    idx = np.r_[0:half, PERIOD - half:PERIOD]
+    small = (tile_spectrum * _weights())[np.ix_(idx, idx)]
+    return np.fft.ifft2(small).real
+
+
+@dataclass(frozen=True)
+class KeyedLayout:
+    """Where the sync and payload chips sit in the tile, and their keyed signs."""
+
+    sync_index: np.ndarray      # flat chip indices of the sync chips
+    sync_signs: np.ndarray      # +/-1 per sync chip
+    payload_index: np.ndarray   # flat chip indices of the payload chips
+    payload_signs: np.ndarray   # +/-1 per payload chip (scrambling)
+    payload_bit: np.ndarray     # coded-bit index carried by each payload chip
+    sync_tile: np.ndarray       # [PERIOD, PERIOD] the sync part of the tile (unit chips)
+    sync_spectrum_conj: np.ndarray  # conj(FFT(sync_tile)) for correlation
+
+    def tile(self, coded: np.ndarray) -> np.ndarray:
+        """Full float32 tile (unit RMS) carrying the coded bits."""
+        chips = np.zeros(GRID * GRID)
+        chips[self.sync_index] = self.sync_signs
+        chips[self.payload_index] = self.payload_signs * (1.0 - 2.0 * coded[self.payload_bit])
+        tile = chips_to_tile(chips.reshape(GRID, GRID))
+        return (tile / np.sqrt(np.mean(tile**2))).astype(np.float32)
+
+    def soft_bits(self, chips: np.ndarray) -> np.ndarray:
+        """Soft coded bits (positive = 0) from chip estimates, summing each bit's chips."""
+        values = chips.reshape(-1)[self.payload_index] * self.payload_signs
+        return np.bincount(self.payload_bit, weights=values, minlength=CODED_BITS)
+
+    def sync_correlation(self, chips: np.ndarray) -> float:
+        return float(np.dot(chips.reshape(-1)[self.sync_index], self.sync_signs))
+
+
+@lru_cache(maxsize=16)
+def keyed_layout(key: bytes) -> KeyedLayout:
+    """The layout for ``key`` (cached: deriving it costs a few milliseconds)."""
+    n = GRID * GRID
+    order = np.argsort(np.frombuffer(_keyed_bytes(key, "order", 8 * n), dtype="<u8"), kind="stable")
+    sign_bits = np.unpackbits(np.frombuffer(_keyed_bytes(key, "signs", -(-n // 8)), dtype=np.uint8))[:n]
+    signs = 1.0 - 2.0 * sign_bits.astype(np.float64)
+    sync_index, payload_index = order[:SYNC_CHIPS], order[SYNC_CHIPS:]
+    spread = np.argsort(np.frombuffer(_keyed_bytes(key, "spread", 8 * PAYLOAD_CHIPS), dtype="<u8"), kind="stable")
+    payload_bit = spread % CODED_BITS
+    chips = np.zeros(n)
+    chips[sync_index] = signs[sync_index]
+    sync_tile = chips_to_tile(chips.reshape(GRID, GRID))
+    return KeyedLayout(
+        sync_index=sync_index, sync_signs=signs[sync_index],
+        payload_index=payload_index, payload_signs=signs[payload_index], payload_bit=payload_bit,
+        sync_tile=sync_tile, sync_spectrum_conj=np.conj(np.fft.fft2(sync_tile)),
+    )

@@ -1,0 +1,286 @@
+"""Watermarking with provenance: mark an image and record it in the ledger; verify an image or a file.
+
+**Re-marking policy.** The codec cannot stack two marks under one key (they would garble each other), so
+an image that already carries a mark under this installation's key is never marked again. What happens
+instead is chosen with ``remark``:
+
+* ``refuse`` (default): raise :class:`AlreadyMarkedError`, naming the existing ID and whether this
+  ledger has a record of it. Nothing is written.
+* ``keep``: return the pixels unchanged with the existing ID and its origin record (None if this
+  ledger does not know the ID). No record is written.
+* ``add-record``: keep the existing mark and append a *further* signed record to that ID (with this
+  call's prompt, account... and the hash of these pixels). The ID's first record stays its origin;
+  verification lists the later ones. Refused when the ledger has no record of the ID.
+
+Other bad input: an image smaller than the codec's ``MIN_SIDE`` raises ``ImageTooSmallError`` stating the
+minimum; an unmarked image verifies as ``found=False`` with an empty ID; a tampered ledger record is
+reported through its signature and chain status.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..provenance.keys import KeyStore, load_keys, provenance_home
+from ..provenance.ledger import BROKEN, INTACT, LEDGER_FILENAME, NOT_FOUND, VALID, Ledger
+from ..provenance.records import Record, RecordContent, format_id, new_watermark_id, pixel_sha256
+from .codec import MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed
+
+REMARK_POLICIES = ("refuse", "keep", "add-record")
+NOT_MARKED = "not marked"
+PIXELS_IDENTICAL = "identical to the marked image"
+PIXELS_CHANGED = "changed since marking (crop, resize, re-encode or edit)"
+
+
+class AlreadyMarkedError(AlreadyWatermarkedError):
+    """The image already carries a watermark under this key (see the re-marking policy)."""
+
+
+@dataclass
+class MarkResult:
+    image: np.ndarray  # same dtype/shape as the input
+    watermark_id: str  # 16 hex digits
+    record: Record | None  # None only with remark="keep" when the ledger lacks the existing ID
+    status: str  # marked | kept existing mark | added a record to the existing mark
+
+
+@dataclass
+class Verification:
+    """Everything known about one image: the mark, its ledger record and (for files) the C2PA manifest."""
+
+    source: str
+    found: bool = False
+    watermark_id: str = ""  # empty whenever found is False: never a guessed ID
+    score: float = 0.0
+    false_positive_probability: float = 1.0
+    record: dict[str, Any] | None = None  # the ID's origin (first) record
+    later_records: list[dict[str, Any]] = field(default_factory=list)  # records added with remark="add-record"
+    signature: str = NOT_MARKED  # valid | invalid | untrusted signer | no record | not marked
+    chain: str = NOT_MARKED  # intact | broken | no record | not marked
+    problems: list[str] = field(default_factory=list)
+    pixels: str = ""  # identical / changed since marking (only with a record)
+    c2pa: dict[str, Any] | None = None  # files only: ManifestInfo fields + summary
+    message: str = ""  # e.g. too small to carry a mark
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tampered(self) -> bool:
+        return self.found and self.record is not None and (self.signature != VALID or self.chain != INTACT)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        data = asdict(self)
+        data["details"] = _jsonable(self.details)
+        data["tampered"] = self.tampered
+        return data
+
+    def summary(self) -> str:
+        lines = [f"{self.source}:" + (" TAMPERED" if self.tampered else "")]
+        if self.found:
+            lines.append(f"  watermark {self.watermark_id} (score {self.score:.1f}, "
+                         f"false-positive probability {self.false_positive_probability:.1e})")
+            if self.record is None:
+                lines.append("  ledger: no record with this ID in this ledger")
+            else:
+                lines.append(f"  record: {self.record['created_at']} account={self.record['account']!r} "
+                             f"seed={self.record['seed']} prompt={_short(self.record['prompt'])!r}")
+                lines.extend(f"  later record: {r['created_at']} account={r['account']!r} "
+                             f"prompt={_short(r['prompt'])!r}" for r in self.later_records)
+                lines.append(f"  signature: {self.signature}; chain: {self.chain}; pixels: {self.pixels}")
+                lines.extend(f"  problem: {p}" for p in self.problems)
+        else:
+            lines.append("  no watermark found" + (f" ({self.message})" if self.message else ""))
+        if self.c2pa is not None:
+            lines.append(f"  c2pa: {self.c2pa['summary']}")
+            if self.c2pa.get("watermark_ids"):
+                lines.append(f"  c2pa soft binding: {', '.join(self.c2pa['watermark_ids'])}")
+        return "\n".join(lines)
+
+
+class ProvenanceService:
+    """Keys + ledger + codec under one provenance home (see provenance.keys for the layout)."""
+
+    def __init__(self, home: str | os.PathLike | None = None) -> None:
+        self.home = Path(home) if home is not None else provenance_home()
+        self.keys: KeyStore = load_keys(self.home)
+        self.ledger = Ledger(self.home / LEDGER_FILENAME, self.keys)
+
+    # ---- marking -------------------------------------------------------------------------------------
+    def mark(self, image: np.ndarray, content: RecordContent, *, remark: str = "refuse", strength: float = 1.0,
+             protect: np.ndarray | None = None) -> MarkResult:
+        """Embed a fresh ID and append its signed record (the record's image hash is of the marked pixels).
+
+        ``protect``: optional HxW mask (bool, or float where > 0.5 counts) of pixels that must stay
+        bit-exact, e.g. the product. The mark is embedded everywhere else, then read back; if the rest
+        of the image is too small to carry it, nothing is recorded and InvalidInputError says so.
+        The input array is never modified. See the module docstring for ``remark``.
+        """
+        if remark not in REMARK_POLICIES:
+            raise InvalidInputError(f"unknown re-marking policy {remark!r}; use one of {', '.join(REMARK_POLICIES)}")
+        keep = None if protect is None else _protect_mask(protect, np.asarray(image).shape[:2])
+        existing = self.detect(image)
+        if existing.found:
+            return self._already_marked(image, existing.payload, content, remark)
+        wid = self._unused_id()
+        try:
+            marked = embed(image, wid, self.keys.watermark_key, strength=strength)
+        except AlreadyWatermarkedError as exc:  # the codec's own check can see marks detect() missed
+            return self._already_marked(image, exc.existing_payload, content, remark)
+        if keep is not None and keep.any():
+            marked = np.where(keep if marked.ndim == 2 else keep[..., None], np.asarray(image), marked)
+            check = detect(marked, self.keys.watermark_key)
+            if not (check.found and check.payload == wid):
+                raise InvalidInputError(f"the protected area covers {keep.mean():.0%} of the image; the rest is too "
+                                        "small to carry a readable watermark. Protect less, or mark without it")
+        record = self.ledger.append(content, pixel_sha256(marked), watermark_id=wid)
+        return MarkResult(marked, record.id_hex, record, "marked")
+
+    def _already_marked(self, image: np.ndarray, existing_id: int, content: RecordContent, remark: str
+                        ) -> MarkResult:
+        origin = self.ledger.get(existing_id)
+        wid = format_id(existing_id)
+        if remark == "keep":
+            return MarkResult(np.array(image, copy=True), wid, origin, "kept existing mark")
+        if remark == "add-record" and origin is not None:
+            record = self.ledger.append(content, pixel_sha256(image), watermark_id=existing_id, add_to_existing=True)
+            return MarkResult(np.array(image, copy=True), wid, record, "added a record to the existing mark")
+        where = "its record is in this ledger" if origin else "this ledger has no record of it"
+        hint = ("use remark='keep' to keep that mark, or remark='add-record' to add a record to it" if origin
+                else "use remark='keep' to keep that mark, or mark the unmarked original")
+        raise AlreadyMarkedError(f"the image already carries watermark {wid} ({where}); a second mark is refused: "
+                                 f"{hint}", existing_id)
+
+    def _unused_id(self) -> int:
+        while True:
+            wid = new_watermark_id()
+            if not self.ledger.contains(wid):
+                return wid
+
+    # ---- verification --------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> Detection:
+        """The codec's Detection under this installation's key (found=False below the detector's minimum)."""
+        height, width = np.asarray(image).shape[:2]
+        if min(height, width) < MIN_DETECT_SIDE:
+            return Detection(found=False, payload=None, false_positive_probability=1.0, score=0.0,
+                             details={"reason": f"{width}x{height} is too small to read a watermark from; each "
+                                                f"side must be at least {MIN_DETECT_SIDE} px"})
+        return detect(image, self.keys.watermark_key)
+
+    def verify_image(self, image: np.ndarray, source: str = "image") -> Verification:
+        """Detect the mark, then look up and check its records (signature, chain, pixel hash)."""
+        result = Verification(source=source)
+        detection = self.detect(image)
+        result.score = float(detection.score)
+        result.false_positive_probability = float(detection.false_positive_probability)
+        result.details = dict(detection.details)
+        result.message = str(result.details.pop("reason", ""))
+        if not detection.found or detection.payload is None:
+            return result
+        result.found, result.watermark_id = True, format_id(detection.payload)
+        checked = self.ledger.check_id(detection.payload)
+        if not checked:
+            result.signature = result.chain = NOT_FOUND
+            result.problems.append("this ledger has no record with this ID (made by another installation "
+                                   "sharing the key, or the record was deleted)")
+            return result
+        (origin, _), later = checked[0], checked[1:]
+        result.record = origin.to_json_dict()
+        result.later_records = [record.to_json_dict() for record, _ in later]
+        result.signature = VALID if all(c.signature == VALID for _, c in checked) else next(
+            c.signature for _, c in checked if c.signature != VALID)
+        result.chain = INTACT if all(c.chain == INTACT for _, c in checked) else BROKEN
+        for record, check in checked:
+            label = "record" if record is origin else f"later record seq {record.seq}"
+            result.problems.extend(f"{label}: {p}" for p in check.problems)
+            if check.signature != VALID:
+                result.problems.append(f"{label}: signature {check.signature}")
+        hashes = {record.image_sha256 for record, _ in checked}
+        result.pixels = PIXELS_IDENTICAL if pixel_sha256(image) in hashes else PIXELS_CHANGED
+        return result
+
+    def verify_file(self, path: str | os.PathLike) -> Verification:
+        """:meth:`verify_image` on a file's pixels, plus its C2PA manifest (PNG, JPEG, WebP)."""
+        from ..imaging import read_image, to_integer
+        from ..provenance.c2pa_manifest import MIME_TYPES, read_manifest
+
+        path = Path(path)
+        loaded = read_image(path)
+        pixels = to_integer(loaded.rgb, 8)
+        if loaded.alpha is not None:
+            pixels = np.dstack([pixels, to_integer(loaded.alpha, 8)])
+        result = self.verify_image(pixels, source=str(path))
+        if path.suffix.lower().lstrip(".") in MIME_TYPES:
+            info = read_manifest(path, keys=self.keys)
+            result.c2pa = {**info.__dict__, "summary": info.summary}
+            if info.present and result.found and info.watermark_ids and result.watermark_id not in info.watermark_ids:
+                result.problems.append(f"the C2PA soft binding names {', '.join(info.watermark_ids)}, not the "
+                                       f"watermark read from the pixels ({result.watermark_id})")
+        return result
+
+    def provenance_for(self, image: np.ndarray) -> tuple[int | None, str | None]:
+        """(watermark ID, record hash) for an image about to be saved: what its C2PA manifest should bind."""
+        detection = self.detect(image)
+        if not detection.found or detection.payload is None:
+            return None, None
+        record = self.ledger.get(detection.payload)
+        return detection.payload, (record.record_hash if record else None)
+
+
+_services: dict[Path, ProvenanceService] = {}
+_services_lock = threading.Lock()
+
+
+def get_service(home: str | os.PathLike | None = None) -> ProvenanceService:
+    """A shared service per provenance home (keys are read once)."""
+    path = (Path(home) if home is not None else provenance_home()).expanduser().resolve()
+    with _services_lock:
+        if path not in _services:
+            _services[path] = ProvenanceService(path)
+        return _services[path]
+
+
+def mark_for_run(image_uint8: np.ndarray, *, account: str, prompt: str, negative_prompt: str = "",
+                 seed: int | None = None, models: dict[str, str] | None = None, loras: dict[str, str] | None = None,
+                 metadata: dict[str, Any] | None = None, protect: np.ndarray | None = None, remark: str = "refuse",
+                 home: str | os.PathLike | None = None) -> tuple[np.ndarray, Record]:
+    """For ``backdrop run``: watermark one output and record it. ``models``/``loras`` map names to SHA-256
+    (see provenance.file_hashes); ``protect`` is the product mask to keep bit-exact. Returns (marked image,
+    same dtype as the input, and its record)."""
+    content = RecordContent(account=account, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+                            models=dict(models or {}), loras=dict(loras or {}), metadata=dict(metadata or {}))
+    result = get_service(home).mark(image_uint8, content, remark=remark, protect=protect)
+    if result.record is None:
+        raise InvalidInputError(f"the image keeps its existing watermark {result.watermark_id}, which this ledger "
+                                "does not know")
+    return result.image, result.record
+
+
+def _protect_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    keep = np.asarray(mask)
+    if keep.shape != tuple(shape[:2]):
+        raise InvalidInputError(f"the protect mask is {keep.shape}, the image {tuple(shape[:2])}; they must match")
+    return keep > 0.5 if keep.dtype != bool else keep
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,180 @@
+"""BackdropWatermark, BackdropVerify and BackdropSave through the node adapters (ComfyUI contract + behaviour)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_backdrop.nodes import comfy_bridge
+from comfyui_backdrop.nodes.watermark import (
+    NODE_CLASS_MAPPINGS,
+    NODE_DISPLAY_NAME_MAPPINGS,
+    BackdropSave,
+    BackdropVerify,
+    BackdropWatermark,
+)
+from comfyui_backdrop.runtime.errors import InvalidInputError
+from comfyui_backdrop.runtime.provenance.c2pa_manifest import read_manifest
+from comfyui_backdrop.runtime.watermark import MIN_SIDE, ImageTooSmallError
+from comfyui_backdrop.runtime.watermark.service import AlreadyMarkedError, get_service
+from tests.images import studio_product_photo
+
+MARK_DEFAULTS = {"account": "acme", "prompt": "bottle on linen", "negative_prompt": "text", "generation_seed": 42,
+                 "metadata": '{"client": "ACME"}', "if_already_marked": "refuse", "if_too_small": "leave unmarked",
+                 "strength": 1.0}
+SAVE_DEFAULTS = {"filename_prefix": "Backdrop", "format": "png", "quality": 95, "resolution": "original",
+                 "c2pa": True}
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    """Private provenance home, output and input folders for one test."""
+    for name, sub in (("BACKDROP_HOME", "home"), ("BACKDROP_OUTPUT_DIR", "output"), ("BACKDROP_INPUT_DIR", "input")):
+        (tmp_path / sub).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / sub))
+    return tmp_path
+
+
+@pytest.fixture()
+def progress_log(monkeypatch):
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", lambda total: lambda d, t: calls.append((d, t)))
+    return calls
+
+
+def _batch(*photos: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(photos).astype(np.float32) / 255.0)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return _batch(studio_product_photo(256, 256, seed=1)[0], studio_product_photo(256, 256, seed=2)[0])
+
+
+def test_schemas_follow_the_comfyui_contract():
+    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        assert node_id.startswith("Backdrop") and cls.CATEGORY == "Backdrop/Provenance"
+        schema = cls.INPUT_TYPES()
+        assert set(schema) <= {"required", "optional", "hidden"}
+        params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        for section in ("required", "optional", "hidden"):
+            for name, spec in schema.get(section, {}).items():
+                assert name in params, f"{node_id} does not accept {name}"
+                if section == "hidden":
+                    assert spec in ("PROMPT", "EXTRA_PNGINFO")
+                    continue
+                kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+                if isinstance(kind, list):
+                    assert kind and options.get("default", kind[0]) in kind, (node_id, name)
+                elif kind in ("INT", "FLOAT"):
+                    assert options["min"] <= options["default"] <= options["max"], (node_id, name)
+        names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+        assert len(names) == len(cls.RETURN_TYPES)
+        assert len(getattr(cls, "OUTPUT_IS_LIST", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+    assert BackdropSave.OUTPUT_NODE and BackdropSave.RETURN_TYPES == ()
+
+
+def test_watermark_a_batch_then_verify_it(env, photos, progress_log):
+    before = photos.clone()
+    image, ids, report = BackdropWatermark().mark(photos, **MARK_DEFAULTS)
+    assert torch.equal(photos, before), "input tensors must not be mutated"
+    assert image.shape == photos.shape and image.dtype == torch.float32 and image.min() >= 0 and image.max() <= 1
+    assert (image - photos).abs().max() > 0
+    id_list = ids.split("\n")
+    assert len(id_list) == 2 and len(set(id_list)) == 2 and all(len(i) == 16 for i in id_list)
+    assert report.count("marked") == 2 and progress_log[-1] == (2, 2)
+
+    found, wids, scores, records, signatures, chains, reports = BackdropVerify().verify(image=image)
+    assert found == [True, True] and wids == id_list
+    assert all(s > 6 for s in scores) and signatures == ["valid"] * 2 and chains == ["intact"] * 2
+    record = json.loads(records[0])
+    assert record["account"] == "acme" and record["seed"] == 42 and record["prompt"] == "bottle on linen"
+    assert record["metadata"] == {"client": "ACME", "batch_index": 0, "batch_size": 2}
+    assert "identical to the marked image" in reports[0]
+
+
+def test_product_mask_keeps_the_product_exact(env):
+    photo, product = studio_product_photo(256, 320, seed=6)
+    images = _batch(photo, photo)
+    mask = torch.from_numpy(product[None].astype(np.float32))  # one mask, broadcast over the batch
+    marked, ids, _ = BackdropWatermark().mark(images, product_mask=mask, **MARK_DEFAULTS)
+    keep = torch.from_numpy(product)
+    assert torch.equal(marked[:, keep], images[:, keep])
+    assert (marked[:, ~keep] - images[:, ~keep]).abs().max() > 0
+    assert BackdropVerify().verify(image=marked)[1] == ids.split("\n")
+
+
+def test_unmarked_images_verify_as_not_found(env, photos):
+    found, wids, scores, records, signatures, chains, _ = BackdropVerify().verify(image=photos[:1])
+    assert found == [False] and wids == [""] and records == [""] and signatures == chains == ["not marked"]
+    assert isinstance(scores[0], float)
+    with pytest.raises(InvalidInputError, match="connect an image or choose a file"):
+        BackdropVerify().verify()
+    assert math.isnan(BackdropVerify.IS_CHANGED(file="none"))
+
+
+def test_watermark_reads_the_workflow(env, photos, models_dir):
+    (models_dir / "checkpoints" / "tiny.safetensors").write_bytes(b"not really weights")
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "amber bottle, travertine", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["1", 1]}},
+        "4": {"class_type": "KSampler", "inputs": {"seed": 31337, "positive": ["2", 0], "negative": ["3", 0]}},
+    }
+    options = {**MARK_DEFAULTS, "prompt": "", "negative_prompt": "", "generation_seed": -1, "metadata": "retouched"}
+    _, ids, _ = BackdropWatermark().mark(photos[:1], workflow_prompt=graph, **options)
+    record = get_service().ledger.get(int(ids, 16))
+    assert record.prompt == "amber bottle, travertine" and record.negative_prompt == "lowres"
+    assert record.seed == 31337
+    assert record.models == {"tiny.safetensors": hashlib.sha256(b"not really weights").hexdigest()}
+    assert record.metadata["notes"] == "retouched" and len(record.metadata["workflow_sha256"]) == 64
+
+
+def test_too_small_and_already_marked(env, photos):
+    small = _batch(studio_product_photo(MIN_SIDE - 32, MIN_SIDE, seed=3)[0])
+    image, ids, report = BackdropWatermark().mark(small, **MARK_DEFAULTS)
+    assert torch.equal(image, small) and ids == ""
+    assert f"at least {MIN_SIDE} px" in report and "left unmarked" in report
+    with pytest.raises(ImageTooSmallError, match=f"at least {MIN_SIDE} px"):
+        BackdropWatermark().mark(small, **{**MARK_DEFAULTS, "if_too_small": "error"})
+
+    marked, first_id, _ = BackdropWatermark().mark(photos[:1], **MARK_DEFAULTS)
+    with pytest.raises(AlreadyMarkedError, match=first_id):
+        BackdropWatermark().mark(marked, **MARK_DEFAULTS)
+    kept, kept_id, report = BackdropWatermark().mark(marked, **{**MARK_DEFAULTS, "if_already_marked": "keep"})
+    assert kept_id == first_id and torch.equal(kept, marked) and "kept existing mark" in report
+
+
+def test_save_then_verify_the_file(env, photos):
+    marked, ids, _ = BackdropWatermark().mark(photos, **MARK_DEFAULTS)
+    prompt = {"7": {"class_type": "KSampler", "inputs": {"seed": 42}}}
+    extra = {"workflow": {"nodes": [{"id": 7}]}}
+    result = BackdropSave().save(marked, prompt=prompt, extra_pnginfo=extra, **SAVE_DEFAULTS)
+    entries = result["ui"]["images"]
+    assert [e["filename"] for e in entries] == ["Backdrop_00001_.png", "Backdrop_00002_.png"]
+    assert all(e["subfolder"] == "" and e["type"] == "output" for e in entries)
+    first = env / "output" / "Backdrop_00001_.png"
+    with Image.open(first) as picture:
+        assert json.loads(picture.text["prompt"]) == prompt
+        assert json.loads(picture.text["workflow"]) == extra["workflow"]
+    manifest = read_manifest(first, keys=get_service().keys)
+    assert manifest.state == "Trusted" and manifest.watermark_ids == [ids.split("\n")[0]]
+
+    original = first.read_bytes()
+    again = BackdropSave().save(marked[:1], **{**SAVE_DEFAULTS, "format": "jpeg", "filename_prefix": "Backdrop"})
+    assert again["ui"]["images"][0]["filename"] == "Backdrop_00003_.jpg" and first.read_bytes() == original
+
+    (env / "input" / "delivered.png").write_bytes(original)
+    assert "delivered.png" in BackdropVerify.INPUT_TYPES()["required"]["file"][0]
+    found, wids, _, records, signatures, chains, reports = BackdropVerify().verify(file="delivered.png")
+    assert found == [True] and wids == [ids.split("\n")[0]] and signatures == ["valid"] and chains == ["intact"]
+    assert "C2PA manifest trusted" in reports[0] and json.loads(records[0])["account"] == "acme"
+    assert "identical to the marked image" in reports[0], "the saved PNG holds exactly the recorded pixels"

@@ -1,0 +1,88 @@
+"""`backdrop verify`: a marked file with its C2PA manifest, an unmarked one, a tampered ledger, --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+
+import cv2
+import pytest
+
+from comfyui_backdrop.runtime.provenance.records import RecordContent
+from comfyui_backdrop.runtime.saving import SaveOptions, save_image
+from comfyui_backdrop.runtime.verify_command import add_verify_parser, run_verify
+from comfyui_backdrop.runtime.watermark.service import ProvenanceService
+from tests.images import studio_product_photo
+
+
+def verify(argv: list[str]) -> int:
+    """The subcommand as runtime/cli.py wires it."""
+    parser = argparse.ArgumentParser(prog="backdrop")
+    add_verify_parser(parser.add_subparsers(dest="command", required=True))
+    return run_verify(parser.parse_args(["verify", *argv]))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    folder = tmp_path_factory.mktemp("files")
+    service = ProvenanceService(home)
+    photo = studio_product_photo(320, 384, seed=8)[0]
+    marked = service.mark(photo, RecordContent(account="acme", prompt="bottle on marble", seed=99))
+    png = save_image(marked.image, folder / "marked.png", SaveOptions(), keys=service.keys,
+                     binding=service.provenance_for).path
+    cv2.imwrite(str(folder / "plain.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    return home, png, folder / "plain.jpg", marked
+
+
+def test_marked_file_verifies(files, capsys):
+    home, png, _, marked = files
+    assert verify([str(png), "--home", str(home), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    [entry] = document["files"]
+    assert entry["found"] and entry["watermark_id"] == marked.watermark_id
+    assert entry["signature"] == "valid" and entry["chain"] == "intact" and not entry["tampered"]
+    assert entry["record"]["prompt"] == "bottle on marble" and entry["record"]["seed"] == 99
+    assert entry["pixels"] == "identical to the marked image"
+    assert entry["c2pa"]["state"] == "Trusted" and entry["c2pa"]["watermark_ids"] == [marked.watermark_id]
+    assert document["ledger"] is None
+
+
+def test_unmarked_file_and_text_output(files, capsys, monkeypatch):
+    home, png, plain, _ = files
+    monkeypatch.setenv("BACKDROP_HOME", str(home))
+    assert verify([str(plain), "--json"]) == 1
+    [entry] = json.loads(capsys.readouterr().out)["files"]
+    assert entry["found"] is False and entry["watermark_id"] == "" and entry["record"] is None
+    assert entry["c2pa"]["present"] is False
+
+    assert verify([str(png), str(plain), "--ledger"]) == 1
+    captured = capsys.readouterr()
+    assert "signature: valid; chain: intact" in captured.out and "no watermark found" in captured.out
+    assert "1 record(s); signatures valid; chain intact" in captured.out
+    assert "1 of 2 file(s) did not verify" in captured.err
+
+
+def test_missing_and_unreadable_files_are_reported(files, tmp_path, capsys):
+    home = files[0]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    assert verify([str(tmp_path / "broken.png"), str(tmp_path / "nope.png"), "--home", str(home), "--json"]) == 1
+    entries = json.loads(capsys.readouterr().out)["files"]
+    assert [e["found"] for e in entries] == [False, False]
+    assert all(e["message"].startswith("unreadable") for e in entries)
+
+
+def test_tampered_ledger_fails_verification(files, tmp_path, capsys):
+    import shutil
+
+    home, png = files[:2]
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    with sqlite3.connect(copy / "ledger.sqlite3") as con:
+        con.execute("UPDATE records SET prompt = 'not what was asked'")
+    assert verify([str(png), "--home", str(copy), "--json", "--ledger"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    [entry] = document["files"]
+    assert entry["found"] and entry["tampered"] and entry["signature"] == "invalid" and entry["chain"] == "broken"
+    assert document["ledger"]["ok"] is False and document["ledger"]["signature"].startswith("invalid")
