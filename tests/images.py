@@ -55,3 +55,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def image_batch(*photos: np.ndarray):
+    """uint8 [H,W,3] photos -> a float32 ComfyUI IMAGE batch."""
+    import torch
+
+    return torch.from_numpy(np.stack(photos).astype(np.float32) / 255.0)

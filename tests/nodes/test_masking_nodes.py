@@ -10,28 +10,19 @@ from comfyui_backdrop.nodes import comfy_bridge
 from comfyui_backdrop.nodes.backdrop import BackdropStudioBackdrop
 from comfyui_backdrop.nodes.masking import BackdropProductMask, BackdropSAMLoader
 from comfyui_backdrop.runtime.errors import Interrupted, MissingModelError
-from tests.images import iou, studio_product_photo
+from tests.images import image_batch, iou, studio_product_photo
 from tests.sam_fixtures import build_tiny_sam, save_sam
 
 DEFAULTS = {"fill_holes": True, "keep": "main", "grow_px": 0, "edge_refine": True, "feather_px": 0.0}
 
 
-@pytest.fixture()
-def progress_log(monkeypatch):
-    calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", lambda total: lambda d, t: calls.append((d, t)))
-    return calls
-
-
-def _batch(*photos: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.stack(photos).astype(np.float32) / 255.0)
 
 
 def test_mixed_batch_gets_one_mask_each_with_explicit_polarity(progress_log):
     bottle, truth = studio_product_photo(120, 160, seed=1)
     other, other_truth = studio_product_photo(120, 160, seed=7, background="flat")
     flat = np.full_like(bottle, 200)
-    images = _batch(bottle, flat, other)
+    images = image_batch(bottle, flat, other)
     product, background, preview = BackdropProductMask().mask(images, **DEFAULTS)
     assert product.shape == (3, 120, 160) and preview.shape == (3, 120, 160, 3)
     assert torch.equal(product + background, torch.ones_like(product))
@@ -43,7 +34,7 @@ def test_mixed_batch_gets_one_mask_each_with_explicit_polarity(progress_log):
 
 def test_grow_and_box_widgets_reach_the_runtime():
     bottle, truth = studio_product_photo(120, 160, seed=1)
-    images = _batch(bottle)
+    images = image_batch(bottle)
     base = BackdropProductMask().mask(images, **DEFAULTS)[0][0].numpy() > 0.5
     grown = BackdropProductMask().mask(images, **{**DEFAULTS, "grow_px": 4})[0][0].numpy() > 0.5
     assert grown.sum() > base.sum() and (grown | base).sum() == grown.sum()
@@ -51,11 +42,11 @@ def test_grow_and_box_widgets_reach_the_runtime():
     two[20:50, 125:150] = (40, 60, 200)  # a second object on the right
     ys, xs = np.nonzero(truth)
     box = f"{xs.min() - 6},{ys.min() - 6},{xs.max() + 6},{ys.max() + 6}"
-    boxed = BackdropProductMask().mask(_batch(two), **DEFAULTS, box=box)[0][0].numpy() > 0.5
+    boxed = BackdropProductMask().mask(image_batch(two), **DEFAULTS, box=box)[0][0].numpy() > 0.5
     assert iou(boxed, truth) > 0.85 and not boxed[:, 120:].any()
 
 
-def test_interrupting_stops_the_batch(monkeypatch):
+def test_interrupting_stops_theimage_batch(monkeypatch):
     def factory(total):
         def cb(done, total_):
             if done == 1:
@@ -65,7 +56,7 @@ def test_interrupting_stops_the_batch(monkeypatch):
     monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", factory)
     bottle, _ = studio_product_photo(64, 64, seed=1)
     with pytest.raises(Interrupted):
-        BackdropProductMask().mask(_batch(bottle, bottle), **DEFAULTS)
+        BackdropProductMask().mask(image_batch(bottle, bottle), **DEFAULTS)
 
 
 def test_sam_loader_node_and_mask_with_sam(models_dir):
@@ -73,7 +64,7 @@ def test_sam_loader_node_and_mask_with_sam(models_dir):
     assert BackdropSAMLoader.INPUT_TYPES()["required"]["sam_model"][0] == ["tiny.pth"]
     (sam,) = BackdropSAMLoader().load("tiny.pth", "cpu")
     bottle, _ = studio_product_photo(96, 128, seed=2)
-    product, _, _ = BackdropProductMask().mask(_batch(bottle, bottle), **DEFAULTS, sam=sam)
+    product, _, _ = BackdropProductMask().mask(image_batch(bottle, bottle), **DEFAULTS, sam=sam)
     assert product.shape == (2, 96, 128) and torch.equal(product[0], product[1])
     assert sam.encoder_runs == 1, "the same image twice must reuse the cached embedding"
     with pytest.raises(MissingModelError, match="models/sams"):
@@ -82,7 +73,7 @@ def test_sam_loader_node_and_mask_with_sam(models_dir):
 
 def test_studio_node_keeps_product_exact_with_broadcast_and_resized_masks():
     bottle, truth = studio_product_photo(120, 160, seed=1)
-    images = _batch(bottle, bottle)
+    images = image_batch(bottle, bottle)
     mask = torch.from_numpy(truth[None].astype(np.float32))
     (out,) = BackdropStudioBackdrop().render(images, mask, "Glam", -1.0, -1.0, 0)
     assert out.shape == images.shape
@@ -94,7 +85,7 @@ def test_studio_node_keeps_product_exact_with_broadcast_and_resized_masks():
 
 def test_studio_node_empty_and_full_masks():
     bottle, _ = studio_product_photo(64, 80, seed=1)
-    images = _batch(bottle)
+    images = image_batch(bottle)
     (full,) = BackdropStudioBackdrop().render(images, torch.ones(1, 64, 80), "Glam", -1.0, -1.0, 0)
     assert torch.equal(full, images), "a full product mask leaves the image untouched"
     (empty,) = BackdropStudioBackdrop().render(images, torch.zeros(1, 64, 80), "Glam", -1.0, -1.0, 0)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_backdrop.nodes import comfy_bridge
 from comfyui_backdrop.nodes.watermark import (
     NODE_CLASS_MAPPINGS,
     NODE_DISPLAY_NAME_MAPPINGS,
@@ -24,7 +23,7 @@ from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.provenance.c2pa_manifest import read_manifest
 from comfyui_backdrop.runtime.watermark import MIN_SIDE, ImageTooSmallError
 from comfyui_backdrop.runtime.watermark.service import AlreadyMarkedError, get_service
-from tests.images import studio_product_photo
+from tests.images import image_batch, studio_product_photo
 
 MARK_DEFAULTS = {"account": "acme", "prompt": "bottle on linen", "negative_prompt": "text", "generation_seed": 42,
                  "metadata": '{"client": "ACME"}', "if_already_marked": "refuse", "if_too_small": "leave unmarked",
@@ -42,20 +41,11 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture()
-def progress_log(monkeypatch):
-    calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", lambda total: lambda d, t: calls.append((d, t)))
-    return calls
-
-
-def _batch(*photos: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.stack(photos).astype(np.float32) / 255.0)
 
 
 @pytest.fixture(scope="module")
 def photos():
-    return _batch(studio_product_photo(256, 256, seed=1)[0], studio_product_photo(256, 256, seed=2)[0])
+    return image_batch(studio_product_photo(256, 256, seed=1)[0], studio_product_photo(256, 256, seed=2)[0])
 
 
 def test_schemas_follow_the_comfyui_contract():
@@ -103,7 +93,7 @@ def test_watermark_a_batch_then_verify_it(env, photos, progress_log):
 
 def test_product_mask_keeps_the_product_exact(env):
     photo, product = studio_product_photo(256, 320, seed=6)
-    images = _batch(photo, photo)
+    images = image_batch(photo, photo)
     mask = torch.from_numpy(product[None].astype(np.float32))  # one mask, broadcast over the batch
     marked, ids, _ = BackdropWatermark().mark(images, product_mask=mask, **MARK_DEFAULTS)
     keep = torch.from_numpy(product)
@@ -139,7 +129,7 @@ def test_watermark_reads_the_workflow(env, photos, models_dir):
 
 
 def test_too_small_and_already_marked(env, photos):
-    small = _batch(studio_product_photo(MIN_SIDE - 32, MIN_SIDE, seed=3)[0])
+    small = image_batch(studio_product_photo(MIN_SIDE - 32, MIN_SIDE, seed=3)[0])
     image, ids, report = BackdropWatermark().mark(small, **MARK_DEFAULTS)
     assert torch.equal(image, small) and ids == ""
     assert f"at least {MIN_SIDE} px" in report and "left unmarked" in report
