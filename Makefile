@@ -25,6 +25,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) tests/bench_masking.py
 	$(PY) tests/bench_sam.py
+	$(PY) tests/bench_inpaint.py
+	$(PY) tests/bench_training.py
 
 clean-venv:
 	rm -rf $(VENV)

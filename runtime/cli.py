@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")
 
+    from .train_command import add_train_parser
     from .verify_command import add_verify_parser
 
+    add_train_parser(sub)
     add_verify_parser(sub)
     return parser
 
@@ -72,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args)
         if args.command == "styles":
             return _list_styles(args.verbose)
+        if args.command == "train-lora":
+            from .train_command import run_train
+
+            return run_train(args)
         if args.command == "verify":
             from .verify_command import run_verify
 

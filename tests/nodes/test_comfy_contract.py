@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +16,14 @@ from tests.caption_fixtures import build_tiny_blip
 from tests.images import studio_product_photo
 from tests.nodes.pack_loader import REPO_ROOT, load_pack_like_comfyui, unload_pack
 from tests.sam_fixtures import build_tiny_sam, save_sam
+from tests.training_fixtures import write_product_folder
 
 PRIMITIVES = {"INT": int, "FLOAT": float, "BOOLEAN": bool, "STRING": str}
 # Widget values that keep the tiny diffusion models quick; everything else uses the node's defaults.
-FAST_WIDGETS = {"BackdropInpaint": {"steps": 2, "resolution": 128, "variations": 2}}
+FAST_WIDGETS = {
+    "BackdropInpaint": {"steps": 2, "resolution": 128, "variations": 2},
+    "BackdropTrainLoRA": {"dataset": "train_catalog", "steps": 2, "rank": 2, "resolution": 64, "checkpoint_every": 0},
+}
 TOP_KEYS = {"required", "optional", "hidden"}
 
 
@@ -24,11 +31,12 @@ TOP_KEYS = {"required", "optional", "hidden"}
 def pack(tmp_path_factory, inpaint_models_root):
     """The repo loaded from a folder named ComfyUI-Backdrop, with a models dir holding tiny models."""
     root = tmp_path_factory.mktemp("comfy")
-    for kind in ("checkpoints", "loras"):
-        (root / "models").mkdir(exist_ok=True)
-        (root / "models" / kind).symlink_to(inpaint_models_root["root"] / kind, target_is_directory=True)
+    (root / "models").mkdir()
+    (root / "models" / "checkpoints").symlink_to(inpaint_models_root["root"] / "checkpoints", target_is_directory=True)
+    shutil.copytree(inpaint_models_root["root"] / "loras", root / "models" / "loras")  # the train node writes here
     mp = pytest.MonkeyPatch()
     mp.setenv("BACKDROP_CLIP_TOKENIZER", str(inpaint_models_root["tokenizer"]))
+    write_product_folder(Path(os.environ["BACKDROP_INPUT_DIR"]) / "train_catalog", count=2)
     folder = root / "custom_nodes" / "ComfyUI-Backdrop"
     folder.parent.mkdir()
     folder.symlink_to(REPO_ROOT, target_is_directory=True)
