@@ -36,7 +36,8 @@ def build_pipeline(arch: str, tokenizer_dir: Path):
     if arch == "tiny":
         return build_tiny_pipeline("sd15", tokenizer_dir)
     cfg = CONFIGS_DIR / "sd15"
-    tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"))
+    tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"),
+                              pad_token="<|endoftext|>", model_max_length=77)
     text = json.loads((cfg / "text_encoder" / "config.json").read_text())
     text["vocab_size"] = len(tokenizer)
     torch.manual_seed(0)
