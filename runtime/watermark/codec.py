@@ -39,6 +39,7 @@ MIN_KEY_BYTES: int = 16
 MAX_STRENGTH: float = 4.0
 DEFAULT_FPR: float = 1e-6
 EXISTING_WINDOW: int = 8 * PERIOD   # px (per side) that embed's re-marking check looks at
+STRIPE: int = 2 * PERIOD            # rows embedded at a time
 
 __all__ = [
     "MIN_DETECT_SIDE", "MIN_SIDE", "PAYLOAD_BITS", "AlreadyWatermarkedError", "Analysis", "Detection",
@@ -131,6 +132,8 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
     lattice, alignment, value, bits, soft = max(reads, key=lambda r: (r[2] is not None, r[1].z))
     if value is None and log10_false_positive(alignment.z, len(lattices), True) <= math.log10(fpr_threshold):
         value = coding.list_decode(soft)
+        if value is not None:
+            bits = coding.int_to_bits(value, PAYLOAD_BITS)
     log_fpp = log10_false_positive(alignment.z, len(lattices), value is not None)
     return Analysis(lattice, alignment, value, bits, len(lattices), log_fpp)
 
@@ -154,8 +157,8 @@ def detect(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR) ->
     details = {
         **lattice.describe(),
         "offset_px": (float(offset[0]), float(offset[1])),
-        "sync_z": alignment.z,
-        "periods": alignment.periods,
+        "sync_z": float(alignment.z),
+        "periods": float(alignment.periods),
         "hypotheses": analysis.hypotheses,
         "crc_ok": analysis.payload is not None,
     }
@@ -214,8 +217,13 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0) ->
         )
     h, w = y.shape
     tile = keyed_layout(key).tile(coding.encode(payload))
-    delta = np.tile(tile, (-(-h // PERIOD), -(-w // PERIOD)))[:h, :w]
-    delta *= amplitude_map(y, float(strength))
-    high, low = extremes(colour)
-    delta += headroom_shift(high, low, delta)
-    return add_to_colour(arr, colour, delta)
+    pattern = np.tile(tile, (STRIPE // PERIOD, -(-w // PERIOD)))[:, :w]
+    amplitude = amplitude_map(y, float(strength))
+    out = np.empty_like(arr)
+    for top in range(0, h, STRIPE):  # stripes keep every temporary in cache
+        rows = slice(top, min(h, top + STRIPE))
+        delta = pattern[: rows.stop - top] * amplitude[rows]
+        high, low = extremes(colour[rows])
+        delta += headroom_shift(high, low, delta)
+        out[rows] = add_to_colour(arr[rows], colour[rows], delta)
+    return out

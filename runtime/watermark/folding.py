@@ -74,13 +74,22 @@ def _upsampled_correlation(product: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(padded).real * UPSAMPLE**2
 
 
+def _whiten(spectrum: np.ndarray) -> np.ndarray:
+    """Divide the tile spectrum by its local RMS (5x5 bins): what is left of the picture after folding
+    (edges, gradients, textures that happen to repeat) is concentrated in a few frequencies; flattening
+    them keeps those frequencies from dominating the correlation."""
+    power = np.fft.fftshift(np.abs(spectrum) ** 2).astype(np.float32)
+    local = np.fft.ifftshift(cv2.blur(power, (5, 5), borderType=cv2.BORDER_WRAP)).astype(np.float64)
+    return spectrum / np.sqrt(local + 1e-9 * float(local.mean()) + 1e-30)
+
+
 def align(tile: np.ndarray, layout: KeyedLayout, periods: float) -> Alignment:
     """Cyclic shift of the folded ``tile`` that best matches the sync pattern, and the chips read there.
 
     The correlation is searched on a half-pixel grid (a peak between pixels would otherwise lose up to a
     third of its height), refined by a parabola, and the chips are read at that sub-pixel shift.
     """
-    spectrum = np.fft.fft2(tile)
+    spectrum = _whiten(np.fft.fft2(tile))
     corr = _upsampled_correlation(spectrum * layout.sync_spectrum_conj)
     n = corr.shape[0]
     dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)

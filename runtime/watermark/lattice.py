@@ -1,35 +1,37 @@
-"""Finding the tile lattice (scale, aspect, rotation) from the autocorrelation of the residual (Kutter 1998).
+"""Finding the tile lattice (scale, aspect, rotation) from the residual's autocorrelation (Kutter 1998).
 
-The mark repeats every PERIOD px, so the autocorrelation of the detector's residual has a peak at every
-lattice vector ``n1*v1 + n2*v2``; after a resize, aspect change or rotation the lattice is simply deformed,
-and (v1, v2) is the affine map back to the embedding grid. A crop only moves the origin, which the
-translation search recovers later.
+The mark repeats every PERIOD px, so the autocorrelation has a peak at every lattice vector
+``k1*v1 + k2*v2``; a resize, aspect change or rotation just deforms the lattice, and (v1, v2) is the affine
+map back to the embedding grid. A crop only moves the origin (the translation search finds it later).
 
-Steps: autocorrelation through the power spectrum (with the spectral lines of an 8 px JPEG block grid and of
-image-aligned edges notched out, and the spectrum flattened so that every frequency counts); candidate basis
-vectors from the peaks near the x and y axes; each pair scored by summing the normalised autocorrelation
-over all its lattice points (a comb, far stronger than one peak); the best pairs refined to sub-pixel
-precision. The caller tries the few best hypotheses (plus the untouched embedding grid) and keeps the one
-whose sync pattern correlates best.
+A lattice is scored by a *comb*: the autocorrelation z-map summed over all its points, / sqrt(count),
+far stronger than any single peak and about N(0,1) where there is no mark. Candidates come from three
+searches: a dense grid of scale x rotation (plain resizes and turns), 1-D combs along each axis paired up
+(any aspect), and each axis vector completed with its best perpendicular partner. The best candidates are
+refined to 1/32 px by pattern search; the caller tries the few best (plus the untouched embedding grid)
+and keeps the one whose keyed sync pattern correlates best.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from .autocorrelation import autocorrelation, central_window, sample
 from .pattern import PERIOD
 
 MIN_SCALE = 0.4      # per-axis scale range searched (0.5x..2x with +/-20% aspect)
 MAX_SCALE = 2.5
 MAX_ANGLE = np.deg2rad(10.0)   # rotation (+ shear from anisotropic scaling) searched around each axis
 MAX_ASPECT = 1.6     # |v1| / |v2| range
-WINDOW = 1024        # the autocorrelation uses at most the central WINDOW x WINDOW px
 CANDIDATES = 8       # candidates kept per search
-REFINED = 6          # best-scoring candidate lattices refined to sub-pixel precision
+REFINED = 5          # best-scoring candidate lattices refined to sub-pixel precision
 HYPOTHESES = 4       # refined lattices returned (besides the embedding grid)
+GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
+LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
 
 
 @dataclass(frozen=True)
@@ -54,69 +56,7 @@ class Lattice:
 IDENTITY = Lattice((float(PERIOD), 0.0), (0.0, float(PERIOD)))
 
 
-def _central_window(r: np.ndarray) -> np.ndarray:
-    h, w = r.shape
-    top, left = max(0, (h - WINDOW) // 2), max(0, (w - WINDOW) // 2)
-    return r[top:top + min(h, WINDOW), left:left + min(w, WINDOW)]
-
-
-def autocorrelation(r: np.ndarray, max_lag: int) -> np.ndarray:
-    """Normalised autocorrelation z-map, shape [2*max_lag+1, 2*max_lag+1], centre = lag (0, 0)."""
-    h, w = r.shape
-    ph, pw = cv2.getOptimalDFTSize(h + max_lag), cv2.getOptimalDFTSize(w + max_lag)
-    padded = np.zeros((ph, pw), np.float32)
-    padded[:h, :w] = r - r.mean()
-    spec = cv2.dft(padded, flags=cv2.DFT_COMPLEX_OUTPUT)
-    power = spec[:, :, 0] ** 2 + spec[:, :, 1] ** 2
-    power /= cv2.GaussianBlur(power, (0, 0), 4.0) + 1e-12 * float(power.mean() + 1e-30)
-    corr = cv2.dft(power, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :, 0]
-    rows = np.r_[ph - max_lag:ph, 0:max_lag + 1]
-    cols = np.r_[pw - max_lag:pw, 0:max_lag + 1]
-    acf = corr[np.ix_(rows, cols)]
-    lags = np.arange(-max_lag, max_lag + 1)
-    overlap = np.outer(h - np.abs(lags), w - np.abs(lags)).astype(np.float32)
-    acf = acf / np.sqrt(overlap)
-    acf = _radial_highpass(acf)
-    ring = np.hypot(lags[:, None], lags[None, :]) > 12
-    centre = float(np.median(acf[ring]))
-    spread = 1.4826 * float(np.median(np.abs(acf[ring] - centre))) + 1e-12
-    return ((acf - centre) / spread).astype(np.float32)
-
-
-RADIAL_STEP = 3.0
-
-
-def _radial_highpass(acf: np.ndarray) -> np.ndarray:
-    """acf minus the mean of its values RADIAL_STEP px further in and out along the radius.
-
-    Straight edges and borders make ridges through the origin, constant along the radius; lattice peaks
-    are compact, so this removes the first and keeps the second.
-    """
-    c = (acf.shape[0] - 1) / 2.0
-    lags = np.arange(acf.shape[0], dtype=np.float32) - c
-    ly, lx = np.meshgrid(lags, lags, indexing="ij")
-    radius = np.maximum(np.hypot(lx, ly), 1.0)
-    ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
-    inner = cv2.remap(acf, lx - ux + c, ly - uy + c, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    outer = cv2.remap(acf, lx + ux + c, ly + uy + c, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return acf - 0.5 * (inner + outer)
-
-
-def _sample(acf: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``acf`` at lag points [..., 2] (x, y); zero outside. Shape points.shape[:-1]."""
-    c = np.float32((acf.shape[0] - 1) / 2.0)
-    flat = points.reshape(-1, 2).astype(np.float32) + c
-    n = flat.shape[0]
-    cols = 1024
-    rows = -(-n // cols)
-    maps = np.full((rows * cols, 2), -10.0, dtype=np.float32)
-    maps[:n] = flat
-    maps = maps.reshape(rows, cols, 2)
-    out = cv2.remap(acf, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    return out.reshape(-1)[:n].reshape(points.shape[:-1])
-
-
+@lru_cache(maxsize=64)
 def _coefficients(n: int) -> np.ndarray:
     """Integer pairs (k1, k2) with |k| <= n from one half-plane (the autocorrelation is symmetric)."""
     k = np.arange(-n, n + 1)
@@ -134,7 +74,7 @@ def comb_score(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray, coeff: np.ndarra
     points = points[(np.abs(points) <= max_lag - 1).all(axis=1)]
     if len(points) == 0:
         return -np.inf
-    return float(_sample(acf, points).sum() / np.sqrt(len(points)))
+    return float(sample(acf, points).sum() / np.sqrt(len(points)))
 
 
 def _axis_candidates(acf: np.ndarray, axis: int, lo: float, hi: float) -> list[np.ndarray]:
@@ -156,7 +96,7 @@ def _axis_candidates(acf: np.ndarray, axis: int, lo: float, hi: float) -> list[n
     px = vx[None] * multiples[:, None, None]
     py = vy[None] * multiples[:, None, None]
     valid = (np.abs(px) <= max_lag - 1) & (np.abs(py) <= max_lag - 1)
-    samples = _sample(acf, np.stack([px, py], axis=-1))
+    samples = sample(acf, np.stack([px, py], axis=-1))
     counts = valid.sum(axis=0)
     comb = np.where(inside & (counts > 0), (samples * valid).sum(axis=0) / np.sqrt(np.maximum(counts, 1)), -np.inf)
     comb = comb.astype(np.float32)
@@ -168,23 +108,25 @@ def _axis_candidates(acf: np.ndarray, axis: int, lo: float, hi: float) -> list[n
 
 
 def _refine(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Coordinate ascent of the comb score over the four basis coordinates, down to 1/32 px."""
+    """Pattern search of the comb score over the four basis coordinates, steps 0.5 px down to 1/32 px.
+
+    Each round scores the eight +/- step moves at once and takes the best; the comb uses every lattice
+    point inside the autocorrelation, so far points (long lever arms) pin the basis down precisely.
+    """
     params = np.concatenate([v1, v2])
     max_lag = (acf.shape[0] - 1) / 2.0
-    coeff = _coefficients(int(max_lag / max(1.0, min(np.hypot(*v1), np.hypot(*v2)) - 2.0)) + 1)
-    best = comb_score(acf, params[:2], params[2:], coeff)
+    reach = int(max_lag / max(1.0, min(np.hypot(*v1), np.hypot(*v2)) - 2.0)) + 1
+    moves = np.concatenate([np.eye(4), -np.eye(4)])
+    best = float(_batch_scores(acf, params[None, :2], params[None, 2:], reach)[0])
     step = 0.5
     while step >= 1 / 32:
-        improved = True
-        while improved:
-            improved = False
-            for i in range(4):
-                for sign in (1.0, -1.0):
-                    trial = params.copy()
-                    trial[i] += sign * step
-                    score = comb_score(acf, trial[:2], trial[2:], coeff)
-                    if score > best:
-                        params, best, improved = trial, score, True
+        for _ in range(64):
+            trials = params[None, :] + step * moves
+            scores = _batch_scores(acf, trials[:, :2], trials[:, 2:], reach)
+            k = int(np.argmax(scores))
+            if scores[k] <= best:
+                break
+            params, best = trials[k], float(scores[k])
         step /= 2
     return params[:2], params[2:], best
 
@@ -195,7 +137,7 @@ def _batch_scores(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray, reach: int = 
     coeff = _coefficients(reach)
     points = coeff[None, :, 0, None] * v1[:, None, :] + coeff[None, :, 1, None] * v2[:, None, :]  # [N, C, 2]
     valid = (np.abs(points) <= max_lag - 1).all(axis=2)
-    samples = _sample(acf, points)
+    samples = sample(acf, points)
     counts = valid.sum(axis=1)
     return np.where(counts > 0, (samples * valid).sum(axis=1) / np.sqrt(np.maximum(counts, 1)), -np.inf)
 
@@ -205,8 +147,8 @@ def _similarity_candidates(acf: np.ndarray, lo: float, hi: float) -> list[tuple[
 
     Plain resizes and rotations (the common case) are found this way even when neither axis alone shows.
     """
-    radii = np.arange(lo, hi + 0.25, 0.5)
-    angles = np.arange(-MAX_ANGLE, MAX_ANGLE + 1e-9, 0.5 / hi)
+    radii = np.arange(lo, hi + 0.25, GRID_STEP)
+    angles = np.arange(-MAX_ANGLE, MAX_ANGLE + 1e-9, GRID_STEP / hi)
     rr, aa = np.meshgrid(radii, angles, indexing="ij")
     v1 = np.stack([rr * np.cos(aa), rr * np.sin(aa)], axis=-1).reshape(-1, 2)
     v2 = np.stack([-v1[:, 1], v1[:, 0]], axis=1)
@@ -239,9 +181,9 @@ def estimate_lattices(r: np.ndarray) -> list[Lattice]:
     each axis paired up, and each axis vector completed with its best perpendicular partner); all are
     scored with the full comb, and the best are refined to sub-pixel precision.
     """
-    window = _central_window(r)
+    window = central_window(r)
     side = min(window.shape)
-    max_lag = int(min(0.6 * side, 6 * PERIOD))
+    max_lag = int(min(LAG_FRACTION * side, 6 * PERIOD))
     hi = min(MAX_SCALE * PERIOD, 0.5 * side)
     lo = MIN_SCALE * PERIOD
     hypotheses: list[Lattice] = []

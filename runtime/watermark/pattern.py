@@ -1,13 +1,13 @@
 """The keyed tile: a PERIOD x PERIOD band-limited pattern built from a GRID x GRID array of +/-1 chips.
 
 Every chip is either a *sync* chip (a keyed sign, the same for every payload: it locates the tile) or a
-*payload* chip (a keyed sign times one of the 258 coded bits, each bit spread over three chips at keyed,
-scattered positions). All keyed material comes from SHAKE-256 of the key, so without the key the chip
-positions and signs are unknown: nobody can read the payload or make a tile that the detector accepts.
+*payload* chip (a keyed sign times one of the 528 coded bits, at a keyed, scattered position). All keyed
+material comes from SHAKE-256 of the key, so without the key the chip positions and signs are unknown:
+nobody can read the payload or make a tile that the detector accepts.
 
 The chips are turned into a smooth tile by periodic Fourier interpolation limited to a band of
-``LOW_CUTOFF`` .. ``GRID/2 - 1`` cycles per tile (about 0.03 .. 0.23 cycles per pixel at scale 1): no DC or
-very low frequencies (the most visible, and drowned by the picture), nothing so fine that 0.5x downscaling,
+``LOW_CUTOFF`` .. ``GRID/2 - 1`` cycles per tile (0.03 .. 0.19 cycles per pixel at scale 1): no DC or very
+low frequencies (the most visible, and drowned by the picture), nothing so fine that 0.5x downscaling,
 mild blur or JPEG removes it. Reading is the adjoint (a matched filter): band-select and decimate.
 """
 
@@ -42,13 +42,6 @@ def _band_mask() -> np.ndarray:
 
 
 BAND = _band_mask()
-TILT = 0.0
-
-
-def _weights() -> np.ndarray:
-    f = np.fft.fftfreq(PERIOD, 1.0 / PERIOD)
-    r = np.hypot(f[:, None], f[None, :])
-    return BAND * (np.maximum(r, 1.0) / 8.0) ** (-TILT)
 
 
 def chips_to_tile(chips: np.ndarray) -> np.ndarray:
@@ -58,7 +51,7 @@ def chips_to_tile(chips: np.ndarray) -> np.ndarray:
     half = GRID // 2
     idx = np.r_[0:half, PERIOD - half:PERIOD]
     spectrum[np.ix_(idx, idx)] = small
-    spectrum *= _weights()
+    spectrum *= BAND
     return np.fft.ifft2(spectrum).real * (PERIOD / GRID) ** 2
 
 
@@ -66,7 +59,7 @@ def spectrum_to_chips(tile_spectrum: np.ndarray) -> np.ndarray:
     """Matched-filter chip estimates [GRID, GRID] from the FFT of a tile (adjoint of ``chips_to_tile``)."""
     half = GRID // 2
     idx = np.r_[0:half, PERIOD - half:PERIOD]
-    small = (tile_spectrum * _weights())[np.ix_(idx, idx)]
+    small = (tile_spectrum * BAND)[np.ix_(idx, idx)]
     return np.fft.ifft2(small).real
 
 

@@ -111,21 +111,23 @@ def list_viterbi_decode(soft: np.ndarray, size: int = LIST_SIZE) -> np.ndarray:
     metric = np.full((_STATES, size), -np.inf, dtype=np.float32)
     metric[0, 0] = 0.0
     back = np.empty((steps, _STATES, size), dtype=np.uint8)  # index into [low paths, high paths]
+    candidates = np.empty((_STATES, 2 * size), dtype=np.float32)
     for t in range(steps):
-        candidates = np.concatenate([metric[_PRED_LOW] + branch[t, _REG_LOW][:, None],
-                                     metric[_PRED_HIGH] + branch[t, _REG_HIGH][:, None]], axis=1)
-        keep = np.argsort(-candidates, axis=1, kind="stable")[:, :size]
+        np.add(metric[_PRED_LOW], branch[t, _REG_LOW][:, None], out=candidates[:, :size])
+        np.add(metric[_PRED_HIGH], branch[t, _REG_HIGH][:, None], out=candidates[:, size:])
+        keep = np.argpartition(candidates, size, axis=1)[:, size:]  # the best ``size``, in any order
         metric = np.take_along_axis(candidates, keep, axis=1)
         back[t] = keep
+    order = np.argsort(-metric[0], kind="stable")
     states = np.zeros(size, dtype=np.int64)
-    ranks = np.arange(size)
+    ranks = order
     words = np.empty((size, steps), dtype=np.uint8)
     for t in range(steps - 1, -1, -1):
         choice = back[t, states, ranks].astype(np.int64)
         words[:, t] = states & 1
         states = np.where(choice >= size, _PRED_HIGH[states], _PRED_LOW[states])
         ranks = choice % size
-    return words[np.isfinite(metric[0]), :INFO_BITS]
+    return words[np.isfinite(metric[0, order]), :INFO_BITS]
 
 
 def check(info: np.ndarray) -> int | None:

@@ -1,13 +1,13 @@
 """Perceptual shaping of the mark: how strong it may be at each pixel, and adding it without clipping.
 
-The mark is a luminance change (the same delta on R, G and B). Its amplitude follows local *texture*,
-measured on 4x4 blocks and eroded so that a flat area next to an edge (a product silhouette on a white
-sweep) gets the flat-area floor and not the edge's strength: busy regions hide a strong mark, flat ones
-carry a faint one that sits below the visibility of 8-bit banding. The whole map is then scaled so the
-mark's RMS stays under ``MAX_RMS`` (PSNR >= 40 dB at strength 1, rounding included).
+The mark is a luminance change (the same delta on R, G and B: no colour cast). Its amplitude follows local
+*texture*, measured on 4x4 blocks and eroded so that a flat area next to an edge (a product silhouette on
+a white sweep) gets the flat-area floor and not the edge's strength: busy regions hide a strong mark, flat
+ones carry a faint, fine grain of about one 8-bit level. The texture gain is the largest (up to MAX_GAIN)
+that keeps the mark's RMS at TARGET_RMS, so PSNR stays >= 40 dB at strength 1, rounding included.
 
 Near white (or black) a +/- delta would clip and lose its positive (negative) half, so the pixel is first
-moved just enough to leave room for the full symmetric swing: a shift of at most the local amplitude.
+moved just enough to leave room for the full swing: a shift of at most |delta|.
 """
 
 from __future__ import annotations

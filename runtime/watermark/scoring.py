@@ -26,7 +26,8 @@ def log10_gaussian_tail(z: float) -> float:
     """log10 of Q(z) = P(N(0,1) > z), accurate far into the tail."""
     if z < 30.0:
         return math.log10(max(0.5 * math.erfc(z / math.sqrt(2.0)), 1e-300))
-    return (-0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi))) / math.log(10.0)
+    series = 1.0 - 1.0 / z**2 + 3.0 / z**4  # asymptotic expansion of the Mills ratio
+    return (-0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi)) + math.log(series)) / math.log(10.0)
 
 
 def log10_false_positive(z: float, hypotheses: int, crc_ok: bool) -> float:

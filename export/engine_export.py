@@ -1,0 +1,167 @@
+"""Export a pipeline's UNet to an engine file with a manifest, reusing a cached engine when one matches.
+
+One call covers the three products: a portable ONNX (``optimize_for=""``; refittable by initializer
+name, the input for TensorRT), an onnxruntime-optimised ONNX (``"cpu"`` or ``"cuda"``), and a TensorRT
+engine. The active LoRA stack is fused in; the key (export/cache.py) names base weights, LoRA stack,
+profile, precision and, for TensorRT, version and GPU, so changing any of them builds a new engine and
+repeating a request finds the one already built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..runtime.engines.manifest import EngineManifest, write_manifest
+from ..runtime.engines.profile import ShapeProfile
+from ..runtime.engines.spec import UNetSpec
+from ..runtime.errors import InvalidInputError
+from .cache import EngineCache, EngineKey, engine_file_name
+from .onnx_export import EXPORTER, OPSET, export_unet_onnx
+from .onnx_files import staging_dir
+from .refit import refit_map_to_dict
+
+FORMATS = ("onnx", "tensorrt")
+ONNX_TARGETS = ("", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """What to build."""
+
+    format: str = "onnx"  # "onnx" | "tensorrt"
+    precision: str = "fp32"  # onnx: fp32 | fp16; tensorrt: fp16 | bf16 | fp32
+    profile: ShapeProfile | None = None  # required for TensorRT; recorded for ONNX
+    optimize_for: str = ""  # onnx only: "" portable, "cpu", "cuda"
+    refittable: bool = False  # tensorrt only
+    optimization_level: int = 3  # tensorrt only
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise InvalidInputError(f"unknown engine format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.format == "tensorrt" and self.profile is None:
+            raise InvalidInputError("a TensorRT engine needs a shape profile (resolutions and batch sizes)")
+        if self.format == "onnx" and self.optimize_for not in ONNX_TARGETS:
+            raise InvalidInputError(f"optimize_for must be '', 'cpu' or 'cuda', got {self.optimize_for!r}")
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """The weights an engine is built from: base model and LoRA stack."""
+
+    name: str
+    fingerprint: str
+    loras: tuple[tuple[str, str, float], ...] = field(default=())
+
+
+@dataclass
+class EngineResult:
+    path: Path
+    manifest: EngineManifest
+    cached: bool
+
+
+def engine_key(spec: UNetSpec, base: BaseIdentity, request: EngineRequest, trt_version: str = "",
+               compute_capability: str = "") -> EngineKey:
+    builder = (("optimization_level", request.optimization_level), ("refittable", request.refittable)) \
+        if request.format == "tensorrt" else ()
+    return EngineKey(base_fingerprint=base.fingerprint, loras=tuple(base.loras), spec=spec, profile=request.profile,
+                     precision=request.precision, format=request.format,
+                     optimized_for=request.optimize_for if request.format == "onnx" else "",
+                     tensorrt_version=trt_version, compute_capability=compute_capability, builder=builder)
+
+
+def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder: str | os.PathLike,
+                  search: Sequence[str | os.PathLike] = (), timing_cache_dir: str | os.PathLike | None = None
+                  ) -> EngineResult:
+    """Build (or find) the engine for ``unet`` as its LoRA stack is active now; write it into ``folder``."""
+    request.validate()
+    folder = Path(folder)
+    spec = UNetSpec.from_unet(unet)
+    trt_version = compute_capability = ""
+    if request.format == "tensorrt":
+        from ..runtime.engines.tensorrt_backend import import_tensorrt
+        from .tensorrt_build import gpu_identity
+
+        trt_version = import_tensorrt().__version__
+        compute_capability, _ = gpu_identity()
+    key = engine_key(spec, base, request, trt_version, compute_capability).digest()
+    hit = EngineCache([folder, *search]).find(key)
+    if hit is not None:
+        return EngineResult(path=hit[0], manifest=hit[1], cached=True)
+    suffix = ".engine" if request.format == "tensorrt" else ".onnx"
+    target = folder / engine_file_name(spec, request.precision, key, suffix)
+    manifest = EngineManifest(format=request.format, file="", spec=spec, precision=request.precision, key=key,
+                              profile=request.profile, base_model=base.name, base_fingerprint=base.fingerprint,
+                              loras=tuple(base.loras), optimized_for=request.optimize_for,
+                              exporter={"exporter": EXPORTER, "opset": OPSET, "torch": _torch_version()})
+    if request.format == "onnx":
+        path, manifest = _export_onnx(unet, target, request, manifest)
+    else:
+        path, manifest = _export_tensorrt(unet, target, request, manifest, timing_cache_dir,
+                                          trt_version, compute_capability)
+    write_manifest(manifest, path)
+    return EngineResult(path=path, manifest=manifest, cached=False)
+
+
+def _export_onnx(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest
+                 ) -> tuple[Path, EngineManifest]:
+    precision = "fp16" if request.precision == "fp16" else "fp32"
+    if not request.optimize_for:
+        exported = export_unet_onnx(unet, target, precision=precision)
+        return exported.path, manifest.replace(file=exported.path.name, precision=exported.precision,
+                                               refit_map=refit_map_to_dict(exported.refit_map),
+                                               extra={"external_data": exported.external_data})
+    from .optimize import optimize_unet_onnx
+
+    with staging_dir(target.parent) as stage:
+        exported = export_unet_onnx(unet, stage / "portable.onnx", precision="fp32")
+        optimized = optimize_unet_onnx(exported.path, target, target=request.optimize_for, fp16=precision == "fp16")
+    return optimized.path, manifest.replace(file=optimized.path.name, precision=optimized.precision,
+                                            extra={"fused_ops": optimized.fused_ops})
+
+
+def _export_tensorrt(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest,
+                     timing_cache_dir: str | os.PathLike | None, trt_version: str, compute_capability: str
+                     ) -> tuple[Path, EngineManifest]:
+    from .tensorrt_build import BuildSettings, build_engine
+
+    settings = BuildSettings(precision=request.precision, optimization_level=request.optimization_level,
+                             refittable=request.refittable,
+                             timing_cache_dir=Path(timing_cache_dir) if timing_cache_dir else target.parent)
+    settings.validate()
+    with staging_dir(target.parent) as stage:
+        exported = export_unet_onnx(unet, stage / "unet.onnx", precision="fp32")
+        path = build_engine(exported.path, target, exported.spec, request.profile, settings)
+    refit = refit_map_to_dict(exported.refit_map) if request.refittable else {}
+    return path, manifest.replace(file=path.name, refit_map=refit,
+                                  tensorrt={"version": trt_version, "compute_capability": compute_capability,
+                                            "refittable": request.refittable,
+                                            "optimization_level": request.optimization_level})
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = None) -> EngineResult:
+    """``export_engine`` for a ``LoadedPipeline``: its LoRA stack is applied (and fused into the export),
+    and the engine goes to the first models/onnx or models/tensorrt folder."""
+    from ..runtime.inpainting.loras import activated
+    from ..runtime.models import get_locator
+
+    locator = locator or get_locator()
+    kind = "tensorrt" if request.format == "tensorrt" else "onnx"
+    folders = locator.folders(kind)
+    if not folders:
+        raise InvalidInputError(f"no models/{kind} folder is configured")
+    base = BaseIdentity(name=handle.name, fingerprint=handle.fingerprint,
+                        loras=tuple((s.name, s.fingerprint, float(s.strength)) for s in handle.loras))
+    with activated(handle) as pipe:
+        return export_engine(pipe.unet, base, request, folders[0], search=folders[1:],
+                             timing_cache_dir=folders[0] if kind == "tensorrt" else None)

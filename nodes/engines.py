@@ -1,0 +1,107 @@
+"""BackdropExportEngine and BackdropLoadEngine: thin adapters over export/ (UNet -> ONNX / TensorRT engines)."""
+
+from __future__ import annotations
+
+from . import comfy_bridge
+
+CATEGORY = "Backdrop/engines"
+PIPELINE = "BACKDROP_PIPELINE"
+ONNX_TARGETS = {"portable (refittable, TensorRT input)": "", "cpu (onnxruntime fused)": "cpu",
+                "cuda (onnxruntime fused)": "cuda"}
+
+
+def engine_choices() -> list[str]:
+    """``onnx/<file>`` and ``tensorrt/<file>`` names that exist right now."""
+    return [f"{kind}/{name}" for kind in ("onnx", "tensorrt") for name in comfy_bridge.model_choices(kind)]
+
+
+class BackdropExportEngine:
+    """Export the pipeline's UNet (with its LoRA stack fused) to ONNX or a TensorRT engine, or reuse a cached one."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE,),
+                "format": (["onnx", "tensorrt"], {"default": "onnx"}),
+                "precision": (["auto", "fp32", "fp16", "bf16"], {
+                    "default": "auto", "tooltip": "auto: fp16 for TensorRT, fp32 for ONNX"}),
+                "resolutions": ("STRING", {
+                    "default": "512x512", "tooltip": "WxH sizes the engine must cover, comma separated; the first "
+                                                     "is the one it is tuned for (multiples of 64)"}),
+                "images_per_batch": ("INT", {
+                    "default": 1, "min": 1, "max": 16, "tooltip": "largest batch of images per run (the UNet sees "
+                                                                  "twice as many with CFG); larger runs are split"}),
+                "onnx_target": (list(ONNX_TARGETS), {"default": next(iter(ONNX_TARGETS))}),
+                "refittable": ("BOOLEAN", {
+                    "default": False, "tooltip": "TensorRT: allow swapping LoRAs into the engine without a rebuild"}),
+                "optimization_level": ("INT", {"default": 3, "min": 0, "max": 5,
+                                               "tooltip": "TensorRT builder optimization level"}),
+            }
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("engine",)
+    FUNCTION = "export"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Writes models/onnx/*.onnx or models/tensorrt/*.engine plus a manifest. The same pipeline, LoRA "
+                   "stack, sizes and precision reuse the engine already built.")
+
+    def export(self, pipeline, format: str, precision: str, resolutions: str, images_per_batch: int,
+               onnx_target: str, refittable: bool, optimization_level: int):
+        from ..export.engine_export import EngineRequest, export_pipeline_engine
+        from ..runtime.engines.profile import ShapeProfile, parse_resolutions
+
+        spec_multiple = 2 ** (len(pipeline.pipe.unet.config.down_block_types) - 1)
+        profile = ShapeProfile.from_resolutions(parse_resolutions(resolutions),
+                                                batch=(1, 2 * images_per_batch, 2 * images_per_batch),
+                                                latent_multiple=spec_multiple)
+        if precision == "auto":
+            precision = "fp16" if format == "tensorrt" else "fp32"
+        request = EngineRequest(format=format, precision=precision, profile=profile,
+                                optimize_for=ONNX_TARGETS[onnx_target] if format == "onnx" else "",
+                                refittable=refittable, optimization_level=optimization_level)
+        result = export_pipeline_engine(pipeline, request, comfy_bridge.locator())
+        return (f"{format}/{result.path.name}",)
+
+
+class BackdropLoadEngine:
+    """Make the pipeline sample with an exported engine instead of its torch UNet."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE,),
+                "engine": (engine_choices(), {"tooltip": "an engine in models/onnx or models/tensorrt"}),
+                "provider": (["auto", "cpu", "cuda", "tensorrt"], {
+                    "default": "auto", "tooltip": "onnxruntime provider for ONNX files (TensorRT engines run on "
+                                                  "TensorRT)"}),
+                "threads": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "CPU threads; 0 = all cores"}),
+            }
+        }
+
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("The engine must come from this pipeline's model. A different LoRA stack is refit into "
+                   "refittable engines by weight name; otherwise export an engine for that stack.")
+
+    def load(self, pipeline, engine: str, provider: str, threads: int):
+        from ..export.attach import attach_engine
+        from ..runtime.errors import InvalidInputError
+
+        kind, _, name = engine.partition("/")
+        if kind not in ("onnx", "tensorrt") or not name:
+            raise InvalidInputError(f"engine {engine!r} must be onnx/<file> or tensorrt/<file>")
+        path = comfy_bridge.locator().resolve(kind, name)
+        return (attach_engine(pipeline, path, provider=provider, threads=threads or None),)
+
+
+NODE_CLASS_MAPPINGS = {"BackdropExportEngine": BackdropExportEngine, "BackdropLoadEngine": BackdropLoadEngine}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "BackdropExportEngine": "Backdrop Export Engine",
+    "BackdropLoadEngine": "Backdrop Load Engine",
+}

@@ -1,0 +1,105 @@
+"""Detector internals: keyed tile, lattice estimation, score calibration, false positives on unmarked images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from comfyui_backdrop.runtime.watermark import detect, embed, pattern, scoring
+from comfyui_backdrop.runtime.watermark.folding import align
+from comfyui_backdrop.runtime.watermark.lattice import estimate_lattices
+from comfyui_backdrop.runtime.watermark.payload import CODED_BITS, encode
+from comfyui_backdrop.runtime.watermark.perceptual import luma
+from comfyui_backdrop.runtime.watermark.residual import whitened_residual
+from tests.watermark_images import crop_area, noise_image, real_photos, resize, rotate, skimage_photo, studio_shot
+
+KEY = b"detector-test-key-0123456789abcd"
+
+
+def test_keyed_layout_is_deterministic_disjoint_and_complete():
+    a, b = pattern.keyed_layout(KEY), pattern.keyed_layout(bytes(KEY))
+    assert np.array_equal(a.sync_index, b.sync_index) and np.array_equal(a.payload_signs, b.payload_signs)
+    chips = np.concatenate([a.sync_index, a.payload_index])
+    assert sorted(chips.tolist()) == list(range(pattern.GRID**2))
+    assert np.array_equal(np.bincount(a.payload_bit, minlength=CODED_BITS),
+                          np.full(CODED_BITS, pattern.CHIPS_PER_BIT))
+
+
+def test_tiles_of_different_keys_are_unrelated():
+    tile_a = pattern.keyed_layout(KEY).tile(encode(5))
+    tile_b = pattern.keyed_layout(KEY[::-1]).tile(encode(5))
+    tile_c = pattern.keyed_layout(KEY).tile(encode(6))
+    assert abs(float(np.mean(tile_a * tile_b))) < 0.1
+    assert float(np.mean(tile_a * tile_c)) < 0.9   # another payload changes the tile...
+    assert float(np.mean(tile_a * tile_c)) > 0.1   # ...but not the sync part
+
+
+def test_tile_is_band_limited_zero_mean_unit_rms():
+    tile = pattern.keyed_layout(KEY).tile(encode(12345)).astype(np.float64)
+    assert tile.shape == (pattern.PERIOD, pattern.PERIOD)
+    assert np.sqrt(np.mean(tile**2)) == pytest.approx(1.0, rel=1e-4)
+    spectrum = np.abs(np.fft.fft2(tile)) ** 2
+    assert spectrum[~pattern.BAND].sum() < 1e-9 * spectrum.sum()  # no DC, nothing too fine or too coarse
+
+
+def test_chip_reading_is_the_adjoint_of_tile_synthesis():
+    rng = np.random.default_rng(0)
+    chips = rng.normal(size=(pattern.GRID, pattern.GRID))
+    tile = rng.normal(size=(pattern.PERIOD, pattern.PERIOD))
+    lhs = np.sum(pattern.chips_to_tile(chips) * tile)
+    rhs = np.sum(chips * pattern.spectrum_to_chips(np.fft.fft2(tile))) * (pattern.PERIOD / pattern.GRID) ** 2
+    assert lhs == pytest.approx(rhs * pattern.GRID**2 / pattern.PERIOD**2, rel=1e-9)
+
+
+def test_lattice_estimate_recovers_aspect_and_rotation():
+    marked = embed(skimage_photo("astronaut"), 99, KEY)
+    attacked = rotate(resize(marked, 0.85, 1.1), 2.0)
+    best = estimate_lattices(whitened_residual(luma(attacked)))[0].describe()
+    assert best["scale_x"] == pytest.approx(0.85, rel=0.005)
+    assert best["scale_y"] == pytest.approx(1.1, rel=0.005)
+    assert best["rotation_deg"] == pytest.approx(-2.0, abs=0.15)
+
+
+def test_gaussian_tail_is_accurate_and_continuous():
+    assert 10 ** scoring.log10_gaussian_tail(0.0) == pytest.approx(0.5)
+    assert 10 ** scoring.log10_gaussian_tail(5.0) == pytest.approx(2.8665e-7, rel=1e-3)
+    assert scoring.log10_gaussian_tail(30.0) == pytest.approx(-197.3092093, abs=1e-6)      # asymptotic branch
+    assert scoring.log10_gaussian_tail(29.999999) == pytest.approx(-197.3092093, abs=1e-4)  # erfc branch
+    assert scoring.log10_gaussian_tail(40.0) < scoring.log10_gaussian_tail(35.0)
+
+
+def test_threshold_needs_both_a_strong_sync_and_a_valid_crc():
+    # with a valid CRC, fpr 1e-6 needs a sync z of about 5.3 over 5 hypotheses (detect() also requires the CRC)
+    z_needed = next(z / 100 for z in range(300, 800) if scoring.log10_false_positive(z / 100, 5, True) <= -6)
+    assert 5.0 < z_needed < 6.0
+    crc_factor = scoring.log10_false_positive(7.0, 5, True) - scoring.log10_false_positive(7.0, 5, False)
+    assert crc_factor == pytest.approx(math.log10(scoring.WORDS_CHECKED / 2**16))
+
+
+def test_sync_score_is_calibrated_on_noise():
+    """Folded tiles of pure noise: the Bonferroni p-value of the best shift is (conservatively) uniform."""
+    rng = np.random.default_rng(1)
+    layout = pattern.keyed_layout(KEY)
+    p_values = np.array([10 ** scoring.log10_false_positive(align(rng.normal(size=(64, 64)), layout, 1.0).z, 1,
+                                                             False) for _ in range(300)])
+    for level in (0.05, 0.2, 0.5):
+        assert np.mean(p_values <= level) <= level + 0.04
+
+
+def test_unmarked_crops_and_noise_give_no_detection():
+    rng = np.random.default_rng(2)
+    sources = [*real_photos().values(), studio_shot(), skimage_photo("chelsea"), skimage_photo("hubble_deep_field")]
+    for i in range(16):
+        if i % 4 == 3:
+            image = noise_image(int(rng.integers(96, 320)), int(rng.integers(96, 320)), seed=i,
+                                sigma=float(rng.uniform(3, 60)), smooth=float(rng.uniform(0, 2)))
+        else:
+            source = sources[i % len(sources)]
+            image = crop_area(source, float(rng.uniform(0.2, 1.0)), float(rng.random()), float(rng.random()))
+            if i % 4 == 2:
+                image = resize(image, float(rng.uniform(0.6, 1.6)), float(rng.uniform(0.6, 1.6)))
+        result = detect(image, KEY)
+        assert not result.found and result.payload is None, i
+        assert result.score < -math.log10(1e-6)
