@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 	$(PY) tests/bench_sam.py
 	$(PY) tests/bench_inpaint.py
 	$(PY) tests/bench_training.py
+	$(PY) tests/bench_watermark.py --quick
 
 clean-venv:
 	rm -rf $(VENV)

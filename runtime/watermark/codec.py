@@ -104,23 +104,24 @@ def _check_payload(value: int) -> int:
 # ---------------------------------------------------------------------------------------------------- detect
 
 
-def _read(residual: np.ndarray, lattice: Lattice, key: bytes) -> tuple[Alignment, int | None, np.ndarray, np.ndarray]:
-    """Fold on ``lattice``, align, Viterbi-decode: (alignment, payload or None, 64 bits, soft coded bits)."""
-    layout = keyed_layout(key)
+def _align(residual: np.ndarray, lattice: Lattice, key: bytes) -> Alignment:
+    """Fold ``residual`` on ``lattice`` and find the sync pattern's cyclic shift."""
     tile, periods = fold(residual, lattice)
-    alignment = align(tile, layout, periods)
-    soft = layout.soft_bits(alignment.chips)
-    value, bits = coding.decode(soft)
-    return alignment, value, bits, soft
+    return align(tile, keyed_layout(key), periods)
+
+
+def _could_pass(z: float, hypotheses: int, fpr_threshold: float) -> bool:
+    """Whether a CRC pass at sync ``z`` would meet ``fpr_threshold`` (else decoding cannot matter)."""
+    return log10_false_positive(z, hypotheses, True) <= math.log10(fpr_threshold)
 
 
 def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
             lattices: list[Lattice] | None = None) -> Analysis:
     """Run the detector and return its working: the best hypothesis, CRC-valid ones first, then by sync z.
 
-    Each lattice hypothesis is folded, aligned and Viterbi-decoded. If no word passes its CRC, the
-    hypothesis with the best sync is list-decoded, but only when its sync is strong enough for a pass to
-    meet ``fpr_threshold`` (so unmarked images rarely pay for it).
+    Each lattice hypothesis is folded and aligned; those whose sync is strong enough for a CRC pass to meet
+    ``fpr_threshold`` are Viterbi-decoded. If none passes, the one with the best sync is list-decoded.
+    (``bits`` of a hypothesis too weak to decode come from its Viterbi path all the same, for diagnostics.)
     """
     key = _check_key(key)
     _, colour = split(image, "detect")
@@ -128,12 +129,20 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
     residual = whitened_residual(luma(colour))
     if lattices is None:
         lattices = estimate_lattices(residual)
-    reads = [(lattice, *_read(residual, lattice, key)) for lattice in lattices]
+    layout = keyed_layout(key)
+    reads = []
+    for lattice in lattices:
+        alignment = _align(residual, lattice, key)
+        soft = layout.soft_bits(alignment.chips)
+        value, bits = coding.decode(soft) if _could_pass(alignment.z, len(lattices), fpr_threshold) else (None, None)
+        reads.append((lattice, alignment, value, bits, soft))
     lattice, alignment, value, bits, soft = max(reads, key=lambda r: (r[2] is not None, r[1].z))
-    if value is None and log10_false_positive(alignment.z, len(lattices), True) <= math.log10(fpr_threshold):
+    if value is None and _could_pass(alignment.z, len(lattices), fpr_threshold):
         value = coding.list_decode(soft)
-        if value is not None:
-            bits = coding.int_to_bits(value, PAYLOAD_BITS)
+    if value is not None:
+        bits = coding.int_to_bits(value, PAYLOAD_BITS)
+    elif bits is None:
+        bits = coding.decode(soft)[1]
     log_fpp = log10_false_positive(alignment.z, len(lattices), value is not None)
     return Analysis(lattice, alignment, value, bits, len(lattices), log_fpp)
 
@@ -184,10 +193,10 @@ def _existing_payload(y: np.ndarray, key: bytes) -> int | None:
     top = max(0, (h - EXISTING_WINDOW) // 2) // PERIOD * PERIOD
     left = max(0, (w - EXISTING_WINDOW) // 2) // PERIOD * PERIOD
     residual = whitened_residual(y[top:top + EXISTING_WINDOW, left:left + EXISTING_WINDOW])
-    alignment, value, _, _ = _read(residual, IDENTITY, key)
-    if value is not None and log10_false_positive(alignment.z, 1, True) <= math.log10(DEFAULT_FPR):
-        return value
-    return None
+    alignment = _align(residual, IDENTITY, key)
+    if not _could_pass(alignment.z, 1, DEFAULT_FPR):
+        return None
+    return coding.decode(keyed_layout(key).soft_bits(alignment.chips))[0]
 
 
 def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0) -> np.ndarray:
