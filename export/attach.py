@@ -58,10 +58,7 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
                 f"uses {_describe(lora_stack(handle))}. Export an engine for this stack, or a refittable one "
                 "(a portable ONNX export, or TensorRT with refittable on).")
         with activated(handle) as pipe:
-            lora = effective_lora_weights(pipe.unet)
-            current = {**base_parameters(pipe.unet), **lora} if manifest.loras else lora
-            weights = refit_weights(refit_map_from_dict(manifest.refit_map), current,
-                                    optional=set(current) - set(lora))
+            weights = refit_weights(refit_map_from_dict(manifest.refit_map), *_refit_set(pipe.unet, manifest))
         if manifest.format == "onnx":
             overrides = weights
     backend = open_backend(engine_path, device=device, provider=provider, threads=threads,
@@ -72,6 +69,19 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
         refit_engine(backend.engine, weights)
     unet = BackendUNet(backend, dtype=handle.dtype, device=handle.device)
     return dataclasses.replace(handle.with_unet(unet), loras=())
+
+
+def _refit_set(unet: Any, manifest: EngineManifest) -> tuple[dict[str, Any], set[str]]:
+    """The weights to send: the pipeline's LoRA layers, plus the layers the engine's baked LoRAs changed
+    (back to their base values). Returns them and the names that may be skipped when not refittable."""
+    lora = effective_lora_weights(unet)
+    if not manifest.loras:
+        return lora, set()
+    base = base_parameters(unet)
+    baked = manifest.extra.get("lora_layers")
+    restore = set(base) if baked is None else set(baked)  # older manifests do not list them: send everything
+    current = {**{name: base[name] for name in restore if name in base}, **lora}
+    return current, set(current) - set(lora)
 
 
 def _describe(loras: tuple[tuple[str, str, float], ...]) -> str:

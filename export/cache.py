@@ -63,16 +63,6 @@ def engine_file_name(spec: UNetSpec, precision: str, key: str, suffix: str) -> s
     return f"unet_{spec.family}_{kind}_{precision}_{key}{suffix}"
 
 
-def cuda_compute_capability(device: Any = None) -> str:
-    """``major.minor`` of the CUDA device, or "" without one."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return ""
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"{major}.{minor}"
-
-
 class EngineCache:
     """Engines in a folder (models/onnx or models/tensorrt), found by the key in their manifests."""
 

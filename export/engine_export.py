@@ -22,7 +22,7 @@ from ..runtime.errors import InvalidInputError
 from .cache import EngineCache, EngineKey, engine_file_name
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
-from .refit import refit_map_to_dict
+from .refit import effective_lora_weights, refit_map_to_dict
 
 FORMATS = ("onnx", "tensorrt")
 ONNX_TARGETS = ("", "cpu", "cuda")
@@ -103,6 +103,8 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
     else:
         path, manifest = _export_tensorrt(unet, target, request, manifest, timing_cache_dir,
                                           trt_version, compute_capability)
+    if base.loras:  # which layers the baked stack changed, so a refit to another stack can restore them
+        manifest = manifest.replace(extra={**manifest.extra, "lora_layers": sorted(effective_lora_weights(unet))})
     write_manifest(manifest, path)
     return EngineResult(path=path, manifest=manifest, cached=False)
 
@@ -117,9 +119,11 @@ def _export_onnx(unet: Any, target: Path, request: EngineRequest, manifest: Engi
                                                extra={"external_data": exported.external_data})
     from .optimize import optimize_unet_onnx
 
+    latent = (request.profile.height[1], request.profile.width[1]) if request.profile else (64, 64)
     with staging_dir(target.parent) as stage:
         exported = export_unet_onnx(unet, stage / "portable.onnx", precision="fp32")
-        optimized = optimize_unet_onnx(exported.path, target, target=request.optimize_for, fp16=precision == "fp16")
+        optimized = optimize_unet_onnx(exported.path, target, target=request.optimize_for, fp16=precision == "fp16",
+                                       latent_size=latent)
     return optimized.path, manifest.replace(file=optimized.path.name, precision=optimized.precision,
                                             extra={"fused_ops": optimized.fused_ops})
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .onnx_files import detach_external_tensors, reattach_external_tensors
+from .onnx_files import detach_external_tensors, inline_external_tensors, reattach_external_tensors
 
 if TYPE_CHECKING:
     import onnx
@@ -34,7 +34,7 @@ def convert_unet_to_fp16(model: onnx.ModelProto, base_dir: str | Path | None = N
     Types come from symbolic shape inference run before the weights are loaded (external tensors are
     read from ``base_dir`` only for the conversion itself), so a large UNet is not copied with its weights.
     """
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    from onnx.external_data_helper import uses_external_data
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -42,7 +42,7 @@ def convert_unet_to_fp16(model: onnx.ModelProto, base_dir: str | Path | None = N
     add_value_types(model)
     reattach_external_tensors(model, detached)
     if any(uses_external_data(t) for t in model.graph.initializer):
-        load_external_data_for_model(model, str(base_dir or "."))
+        inline_external_tensors(model, Path(base_dir) if base_dir else None)
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
                                          op_block_list=[*DEFAULT_OP_BLOCK_LIST, *UNET_FP32_OPS],
                                          node_block_list=fp32_node_names(model))

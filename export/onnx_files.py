@@ -33,21 +33,42 @@ def data_file_name(model_name: str) -> str:
     return f"{model_name}.data"
 
 
+def external_info(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    """(location, offset, length or None) of an external tensor, read without onnx's path validation
+    (our intermediate files may point at private spill files by absolute path)."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    length = entries.get("length")
+    return entries.get("location", ""), int(entries.get("offset") or 0), int(length) if length else None
+
+
 def tensor_bytes(model: onnx.ModelProto, base_dir: Path | None = None) -> int:
     """Bytes of all initializers, inline or external (``base_dir`` holds external files without a length)."""
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    from onnx.external_data_helper import uses_external_data
 
     total = 0
     for tensor in model.graph.initializer:
         if not uses_external_data(tensor):
             total += len(tensor.raw_data)
             continue
-        info = ExternalDataInfo(tensor)
-        if info.length is None:  # the TorchScript exporter writes one file per tensor and no length
-            total += (Path(base_dir or ".") / info.location).stat().st_size - (info.offset or 0)
+        location, offset, length = external_info(tensor)
+        if length is None:  # the TorchScript exporter writes one file per tensor and no length
+            total += (Path(base_dir or ".") / location).stat().st_size - offset
         else:
-            total += info.length
+            total += length
     return total
+
+
+def inline_external_tensors(model: onnx.ModelProto, base_dir: Path | None) -> None:
+    """Read every external tensor into the graph (relative locations from ``base_dir``)."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import uses_external_data
+
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            payload = _tensor_payload(tensor, base_dir)
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
+            tensor.raw_data = payload
 
 
 def write_model(model: onnx.ModelProto, path: Path, source_dir: Path | None, external: bool) -> list[Path]:
@@ -56,11 +77,11 @@ def write_model(model: onnx.ModelProto, path: Path, source_dir: Path | None, ext
     ``source_dir`` is where the model's current external tensors live. ``model`` is modified in place.
     """
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    from onnx.external_data_helper import uses_external_data
 
     if not external:
         if any(uses_external_data(t) for t in model.graph.initializer):
-            load_external_data_for_model(model, str(source_dir or path.parent))
+            inline_external_tensors(model, source_dir or path.parent)
         if model.ByteSize() >= PROTOBUF_LIMIT:
             raise InvalidModelError(f"{path.name} is over 2 GiB: it must be saved with external data")
         onnx.save_model(model, str(path))
@@ -80,14 +101,13 @@ def write_model(model: onnx.ModelProto, path: Path, source_dir: Path | None, ext
 
 
 def _tensor_payload(tensor: onnx.TensorProto, source_dir: Path | None) -> bytes | None:
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    from onnx.external_data_helper import uses_external_data
 
     if uses_external_data(tensor):
-        info = ExternalDataInfo(tensor)
-        source = Path(source_dir or ".") / info.location
-        with open(source, "rb") as handle:
-            handle.seek(info.offset or 0)
-            return handle.read(info.length) if info.length else handle.read()
+        location, offset, length = external_info(tensor)
+        with open(Path(source_dir or ".") / location, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(length) if length is not None else handle.read()
     if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_LIMIT:
         return tensor.raw_data
     return None

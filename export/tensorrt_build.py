@@ -48,10 +48,6 @@ class BuildSettings:
         if self.optimization_level not in OPTIMIZATION_LEVELS:
             raise InvalidInputError(f"builder optimization level must be 0..5, got {self.optimization_level}")
 
-    def key_items(self) -> tuple[tuple[str, Any], ...]:
-        """Settings that change the engine (part of its cache key)."""
-        return (("optimization_level", self.optimization_level), ("refittable", self.refittable))
-
 
 def gpu_identity(device: Any = None) -> tuple[str, str]:
     """(compute capability "9.0", device name) of the CUDA device."""

@@ -6,7 +6,7 @@ from . import comfy_bridge
 
 CATEGORY = "Backdrop/engines"
 PIPELINE = "BACKDROP_PIPELINE"
-ONNX_TARGETS = {"portable (refittable, TensorRT input)": "", "cpu (onnxruntime fused)": "cpu",
+ONNX_TARGETS = {"portable (refittable, TensorRT input)": "", "cpu (onnxruntime fused + Winograd)": "cpu",
                 "cuda (onnxruntime fused)": "cuda"}
 
 

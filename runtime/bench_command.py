@@ -187,7 +187,7 @@ def _make_backend(name: str, unet: Any, spec: Any, work: Path, device: Any, thre
     if name == "ort-plain":
         return OrtUNetBackend(plain.path, plain.spec, provider=provider, threads=threads), f"opset {plain.opset}"
     if name == "ort":
-        optimized = _optimized(plain, work, exports, provider, args.dtype == "fp16")
+        optimized = _optimized(plain, work, exports, provider, args.dtype == "fp16", _latent(args))
         fused = ", ".join(f"{op} {n}" for op, n in optimized.fused_ops.items())
         return OrtUNetBackend(optimized.path, plain.spec, provider=provider, threads=threads), f"fused: {fused}"
     if name == "ort-int8":
@@ -196,18 +196,19 @@ def _make_backend(name: str, unet: Any, spec: Any, work: Path, device: Any, thre
         if provider != "cpu":
             return None, "int8 dynamic quantization is a CPU option"
         if "int8" not in exports:
-            exports["int8"] = quantize_unet_int8(_optimized(plain, work, exports, provider, False).path,
+            exports["int8"] = quantize_unet_int8(_optimized(plain, work, exports, provider, False, _latent(args)).path,
                                                  work / "unet_int8.onnx")
         return (OrtUNetBackend(exports["int8"].path, plain.spec, threads=threads),
                 "optimized graph, MatMul weights int8 per channel, convs fp32")
     return _tensorrt_backend(plain, spec, work, device, args)
 
 
-def _optimized(plain: Any, work: Path, exports: dict, provider: str, fp16: bool) -> Any:
+def _optimized(plain: Any, work: Path, exports: dict, provider: str, fp16: bool, latent: tuple[int, int]) -> Any:
     if "ort" not in exports:
         from ..export.optimize import optimize_unet_onnx
 
-        exports["ort"] = optimize_unet_onnx(plain.path, work / "unet_optimized.onnx", target=provider, fp16=fp16)
+        exports["ort"] = optimize_unet_onnx(plain.path, work / "unet_optimized.onnx", target=provider, fp16=fp16,
+                                            latent_size=latent)
         gc.collect()
     return exports["ort"]
 
@@ -241,6 +242,10 @@ def _tensorrt_backend(plain: Any, spec: Any, work: Path, device: Any, args: argp
                           BuildSettings(precision=precision, timing_cache_dir=work))
     built = time.perf_counter() - started
     return TensorRTUNetBackend(engine, spec, device=device), f"{precision}, engine built in {built:.0f}s"
+
+
+def _latent(args: argparse.Namespace) -> tuple[int, int]:
+    return (args.height or args.size) // 8, (args.width or args.size) // 8
 
 
 def _has_ort_cuda() -> bool:

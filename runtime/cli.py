@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")
 
+    from .bench_command import add_bench_parser
     from .train_command import add_train_parser
     from .verify_command import add_verify_parser
 
+    add_bench_parser(sub)
     add_train_parser(sub)
     add_verify_parser(sub)
     return parser
@@ -74,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args)
         if args.command == "styles":
             return _list_styles(args.verbose)
+        if args.command == "bench":
+            from .bench_command import run_bench
+
+            return run_bench(args)
         if args.command == "train-lora":
             from .train_command import run_train
 

@@ -80,7 +80,7 @@ def test_engine_with_a_fused_lora_serves_its_stack_and_can_be_refit_back(inpaint
 
 def test_optimized_engine_refuses_another_lora_stack(inpaint_models):
     handle = load_pipeline(SD15)
-    engine = export_node(handle, onnx_target="cpu (onnxruntime fused)")
+    engine = export_node(handle, onnx_target="cpu (onnxruntime fused + Winograd)")
     assert not read_manifest(inpaint_models / engine).refit_map
     styled = add_lora(handle, "style_a.safetensors", 1.0)
     with pytest.raises(InvalidInputError, match=r"style_a.safetensors@1.*refittable"):
