@@ -28,6 +28,7 @@ bench: $(VENV)/.installed
 	$(PY) tests/bench_inpaint.py
 	$(PY) tests/bench_training.py
 	$(PY) tests/bench_watermark.py --quick
+	$(PY) tests/bench_export.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -45,10 +45,23 @@ def pack(tmp_path_factory, inpaint_models_root):
     module = load_pack_like_comfyui(folder)
     models = sys.modules[module.__name__ + ".runtime.models"]
     models.set_locator(models.ModelLocator.from_models_dir(root / "models"))
+    _export_example_engine(module, root / "models" / "onnx")
     yield module
     models.set_locator(None)
     mp.undo()
     unload_pack(module)
+
+
+def _export_example_engine(module, folder: Path) -> None:
+    """An ONNX engine of the loader node's default model, so BackdropLoadEngine has one to list."""
+    import importlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    loader_node = module.NODE_CLASS_MAPPINGS["BackdropInpaintLoader"]
+    default_model = loader_node.INPUT_TYPES()["required"]["model"][0][0]
+    loader = importlib.import_module(module.__name__ + ".runtime.inpainting.loader")
+    engine_export = importlib.import_module(module.__name__ + ".export.engine_export")
+    engine_export.export_pipeline_engine(loader.load_pipeline(default_model), engine_export.EngineRequest())
 
 
 def test_pack_loads_under_a_hyphenated_folder_name(pack):
