@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .inpaint_run import add_inpaint_arguments
 
     add_inpaint_arguments(run)
+    from .watermark_run import add_watermark_arguments
+
+    add_watermark_arguments(run)
 
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")

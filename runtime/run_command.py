@@ -84,17 +84,26 @@ def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner
     image = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
     slug = style.name.lower().replace(" ", "-")
     bit_depth = loaded.bit_depth if args.format == "png" else 8
+    positive, negative = style.prompt_text, style.negative_text
     if pipeline is None:
         from .backdrop.studio_job import studio_background
 
         result = studio_background(image, style, sam=sam, prompt=prompt, refine=refine, studio=studio)
         images, alpha = [result.image], result.product_alpha
     else:
-        images, alpha = _inpaint_file(pipeline, image, loaded.rgb, args, style, prompt, refine, sam, captioner)
+        images, alpha, positive, negative = _inpaint_file(pipeline, image, loaded.rgb, args, style, prompt, refine,
+                                                          sam, captioner)
     from .inpaint_run import output_names
 
     names = output_names(path.stem, slug, len(images), args.format, args.out)
-    out = [write_image(name, img, bit_depth=bit_depth) for name, img in zip(names, images, strict=True)]
+    if args.watermark:
+        from .watermark_run import model_hashes, write_marked
+
+        hashes = model_hashes(args)
+        out = [write_marked(name, img, alpha >= 0.5, args, positive, negative, hashes, style.name)
+               for name, img in zip(names, images, strict=True)]
+    else:
+        out = [write_image(name, img, bit_depth=bit_depth) for name, img in zip(names, images, strict=True)]
     if args.save_mask:
         mask_rgb = np.repeat(alpha[..., None], 3, axis=2)
         out.append(write_image(args.out / f"{path.stem}_mask.png", mask_rgb, bit_depth=8))
@@ -115,7 +124,9 @@ def _inpaint_file(pipeline, image, rgb, args, style, prompt, refine, sam, captio
     composed = compose_prompt(captions["product_caption"], style, args.composition, scene=args.scene,
                               background_caption=captions["background_caption"])
     result = inpaint_for_run(pipeline, image, alpha, composed.positive, composed.negative, args)
-    return result.images, result.product_masks[0]  # the mask on the output canvas (it moves when outpainting)
+    positive, negative = args.prompt or composed.positive, args.negative or composed.negative
+    # the mask on the output canvas (it moves when outpainting)
+    return result.images, result.product_masks[0], positive, negative
 
 
 def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, captioner) -> Path:

@@ -162,3 +162,23 @@ def test_run_with_a_missing_checkpoint_names_the_folder(tmp_path, product_photo,
     code = main(["run", str(tmp_path / "p.png"), "--models-dir", str(inpaint_models), "--checkpoint", "nope.ckpt",
                  "--quiet"])
     assert code == 2 and "models/checkpoints" in capsys.readouterr().err
+
+
+def test_run_with_watermark_then_verify_finds_the_record(tmp_path, product_photo, inpaint_models, capsys):
+    import json
+
+    photo, _ = product_photo
+    _write(tmp_path / "bottle.png", photo)
+    args = ["run", str(tmp_path / "bottle.png"), "--out", str(tmp_path / "out"), "--models-dir", str(inpaint_models),
+            "--checkpoint", "tiny-sd15-inpaint.safetensors", "--steps", "2", "--resolution", "128", "--save-mask",
+            "--watermark", "--account", "studio-a", "--quiet"]
+    assert main(args) == 0
+    out_file = tmp_path / "out" / "bottle_minimal-studio.png"
+    mask = cv2.imread(str(tmp_path / "out" / "bottle_mask.png"), cv2.IMREAD_GRAYSCALE)
+    product = mask >= 128
+    assert np.array_equal(_read(out_file)[product], photo[product])  # the mark goes around the product
+    capsys.readouterr()
+    assert main(["verify", str(out_file), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["files"][0]
+    assert found["found"] and found["record"]["account"] == "studio-a"
+    assert "tiny-sd15-inpaint" in json.dumps(found["record"]["models"])
