@@ -77,8 +77,10 @@ class ModelLocator:
                 names.update(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
                 continue
             for path in folder.rglob("*"):
-                if path.is_file() and path.suffix.lower() in spec.extensions:
-                    names.add(path.relative_to(folder).as_posix())
+                relative = path.relative_to(folder)
+                hidden = any(part.startswith(".") for part in relative.parts)
+                if not hidden and path.is_file() and path.suffix.lower() in spec.extensions:
+                    names.add(relative.as_posix())
         return sorted(names)
 
     def resolve(self, kind: str, name: str) -> Path:
