@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="put products on a new background (weight-free studio backdrop by default)")
-    run.add_argument("inputs", nargs="+", type=Path, help="product photos, or folders of them")
+    run.add_argument("inputs", nargs="*", type=Path,
+                     help="product photos, or folders of them (with --workflow: fed to its image input)")
     run.add_argument("--style", default="Minimal Studio", help="style preset name (see `backdrop styles`)")
     run.add_argument("--out", type=Path, default=Path("out"), help="output folder (files are never overwritten)")
     run.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .watermark_run import add_watermark_arguments
 
     add_watermark_arguments(run)
+    from .workflow_command import add_workflow_arguments
+
+    add_workflow_arguments(run)
 
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")
@@ -73,7 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "run" and args.workflow is not None:
+            from .workflow_command import run_workflow_command
+
+            return run_workflow_command(args)
         if args.command == "run":
+            if not args.inputs:
+                print("backdrop run: error: give product photos or folders (or --workflow FILE)", file=sys.stderr)
+                return 2
             from .run_command import run_command
 
             return run_command(args)

@@ -1,0 +1,215 @@
+"""``backdrop run --workflow W.json``: run a ComfyUI workflow headless, once, or once per photo.
+
+Photos given on the command line are fed to the workflow's image input (the LoadImage node, or
+``--image-input NODE.INPUT``); a folder given to a workflow that starts with BackdropLoadImageFolder
+becomes that node's folder. Each photo is its own run: a failure is reported and the rest continue.
+A summary (``backdrop-summary-*.json``) is written to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BackdropError, InvalidInputError
+from .workflow.api_graph import (
+    ApiGraph,
+    apply_assignments,
+    check_api_shape,
+    find_node,
+    is_ui_format,
+    read_workflow_file,
+)
+from .workflow.executor import execute_workflow
+from .workflow.specs import NodeSpec, specs_from_classes
+from .workflow.ui_format import ui_to_api
+
+FOLDER_NODE = "BackdropLoadImageFolder"
+
+
+@dataclass
+class Job:
+    """One run of the workflow: the photo (or folder) it is for and the graph to run."""
+
+    label: str
+    graph: ApiGraph
+    input_dir: Path
+
+
+@dataclass
+class JobReport:
+    label: str
+    status: str = "ok"
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def add_workflow_arguments(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group("workflows (run a ComfyUI workflow headless)")
+    group.add_argument("--workflow", type=Path, default=None,
+                       help="an API-format (or UI-format) workflow JSON, e.g. workflows/api/product_background.json")
+    group.add_argument("--set", dest="assignments", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                       help="set a widget input before running; NODE is a node id, title or class type "
+                            "(repeatable)")
+    group.add_argument("--image-input", default=None, metavar="NODE.INPUT",
+                       help="where each photo goes (default: the workflow's LoadImage node)")
+    group.add_argument("--input-dir", type=Path, default=None,
+                       help="ComfyUI's input folder for LoadImage/BackdropVerify names (default: current folder)")
+
+
+def pack_classes() -> tuple[dict[str, type], dict[str, str]]:
+    """This pack's node classes (imported the way the CLI imports the package; ComfyUI is not needed)."""
+    from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    return dict(NODE_CLASS_MAPPINGS), dict(NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def node_classes(input_dir: Path, output_dir: Path) -> tuple[dict[str, type], dict[str, NodeSpec]]:
+    """Pack nodes plus headless LoadImage/SaveImage/PreviewImage, and their specs."""
+    from .workflow.core_nodes import core_node_classes
+
+    classes, names = pack_classes()
+    classes.update(core_node_classes(input_dir, output_dir))
+    return classes, specs_from_classes(classes, names)
+
+
+def load_graph(path: Path, specs: Mapping[str, NodeSpec]) -> tuple[ApiGraph, dict | None]:
+    """The API graph of a workflow file, and the UI workflow when the file is in UI format."""
+    data = read_workflow_file(path)
+    if is_ui_format(data):
+        return ui_to_api(data, specs), data
+    return check_api_shape(data, str(path)), None
+
+
+@contextmanager
+def comfy_folders(input_dir: Path, output_dir: Path) -> Iterator[None]:
+    """Point the pack's input/output folders (used by BackdropSave, BackdropVerify...) at these folders."""
+    from ..nodes import comfy_bridge
+
+    saved = {k: os.environ.get(k) for k in (comfy_bridge.INPUT_DIR_ENV, comfy_bridge.OUTPUT_DIR_ENV)}
+    os.environ[comfy_bridge.INPUT_DIR_ENV] = str(input_dir)
+    os.environ[comfy_bridge.OUTPUT_DIR_ENV] = str(output_dir)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def plan_jobs(graph: ApiGraph, inputs: list[Path], image_input: str | None, input_dir: Path) -> list[Job]:
+    """One job per photo (or per folder for a BackdropLoadImageFolder workflow); one job without inputs."""
+    if not inputs:
+        return [Job("workflow", graph, input_dir)]
+    if image_input is None and any(n["class_type"] == FOLDER_NODE for n in graph.values()) and \
+            all(p.is_dir() for p in inputs):
+        node_id = find_node(graph, FOLDER_NODE)
+        return [_with_value(graph, node_id, "folder", p.resolve().name, str(p), p.resolve().parent) for p in inputs]
+    node_id, input_name = _image_input(graph, image_input)
+    from .cli import collect_inputs
+
+    return [_with_value(graph, node_id, input_name, p.name, str(p), p.resolve().parent)
+            for p in collect_inputs(inputs)]
+
+
+def _image_input(graph: ApiGraph, image_input: str | None) -> tuple[str, str]:
+    if image_input:
+        ref, _, name = image_input.rpartition(".")
+        if not ref:
+            raise InvalidInputError(f"--image-input {image_input!r}: expected NODE.INPUT")
+        return find_node(graph, ref), name
+    loaders = [n for n, node in graph.items() if node["class_type"] == "LoadImage"]
+    if len(loaders) != 1:
+        raise InvalidInputError(f"the workflow has {len(loaders)} LoadImage nodes; say which input takes the "
+                                "photos with --image-input NODE.INPUT")
+    return loaders[0], "image"
+
+
+def _with_value(graph: ApiGraph, node_id: str, name: str, value: str, label: str, input_dir: Path) -> Job:
+    copy = {k: {**v, "inputs": dict(v["inputs"])} for k, v in graph.items()}
+    copy[node_id]["inputs"][name] = value
+    return Job(label, copy, input_dir)
+
+
+def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
+    """Run one job; failures (of the whole run or of single list items) are recorded, never raised."""
+    report = JobReport(job.label)
+    started = time.perf_counter()
+    classes, _ = node_classes(job.input_dir, output_dir)
+    try:
+        with comfy_folders(job.input_dir, output_dir):
+            result = execute_workflow(job.graph, classes, continue_on_error=True, progress=progress_node)
+        report.outputs = saved_files(result.ui, output_dir)
+        report.errors = [f.describe() for f in result.failures]
+        if result.failures:
+            report.status = "partial" if report.outputs else "failed"
+    except (BackdropError, OSError, ValueError, RuntimeError) as exc:
+        report.status, report.errors = "failed", [f"{type(exc).__name__}: {exc}"]
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def saved_files(ui: Mapping[str, list[Any]], output_dir: Path) -> list[str]:
+    files = []
+    for entries in ui.values():
+        for entry in entries:
+            for image in entry.get("images", []) if isinstance(entry, Mapping) else []:
+                files.append(str(output_dir / image.get("subfolder", "") / image["filename"]))
+    return files
+
+
+def run_workflow_command(args: argparse.Namespace) -> int:
+    from .models import ModelLocator, get_locator, set_locator
+
+    previous = get_locator()
+    if args.models_dir:
+        set_locator(ModelLocator.from_models_dir(args.models_dir))
+    try:
+        return _run(args)
+    finally:
+        set_locator(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .imaging import write_bytes_exclusive
+    from .progress import tqdm_progress
+
+    output_dir = Path(args.out).resolve()
+    input_dir = Path(args.input_dir or Path.cwd()).resolve()
+    with comfy_folders(input_dir, output_dir):  # combo listings (input files) follow these folders
+        _, specs = node_classes(input_dir, output_dir)
+        graph, _ = load_graph(args.workflow, specs)
+        graph = apply_assignments(graph, args.assignments, specs)
+    jobs = plan_jobs(graph, list(args.inputs or []), args.image_input, input_dir)
+    update, close = tqdm_progress("backdrop workflow", len(jobs), disable=args.quiet or not sys.stderr.isatty())
+    reports = []
+    try:
+        for index, job in enumerate(jobs):
+            reports.append(run_job(job, output_dir))
+            update(index + 1, len(jobs))
+    finally:
+        close()
+    summary = {"workflow": str(args.workflow), "set": list(args.assignments), "output_dir": str(output_dir),
+               "runs": len(reports), "ok": sum(r.status == "ok" for r in reports),
+               "failed": sum(r.status != "ok" for r in reports), "jobs": [vars(r) for r in reports]}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = write_bytes_exclusive(output_dir / "backdrop-summary.json",
+                                         json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
+    for report in reports:
+        for path in report.outputs:
+            print(f"wrote {path}")
+        for error in report.errors:
+            print(f"FAILED {report.label}: {error}", file=sys.stderr)
+    print(f"{summary['ok']} of {len(reports)} run(s) ok; summary: {summary_path}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
