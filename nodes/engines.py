@@ -10,9 +10,14 @@ ONNX_TARGETS = {"portable (refittable, TensorRT input)": "", "cpu (onnxruntime f
                 "cuda (onnxruntime fused)": "cuda"}
 
 
+LINKED_ENGINE = "(engine input)"
+
+
 def engine_choices() -> list[str]:
-    """``onnx/<file>`` and ``tensorrt/<file>`` names that exist right now."""
-    return [f"{kind}/{name}" for kind in ("onnx", "tensorrt") for name in comfy_bridge.model_choices(kind)]
+    """``onnx/<file>`` and ``tensorrt/<file>`` names that exist right now, then the choice that takes the
+    ``engine_name`` input (so an export -> load workflow validates before its engine exists)."""
+    return [f"{kind}/{name}" for kind in ("onnx", "tensorrt") for name in comfy_bridge.model_choices(kind)] + [
+        LINKED_ENGINE]
 
 
 class BackdropExportEngine:
@@ -22,8 +27,10 @@ class BackdropExportEngine:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE,),
-                "format": (["onnx", "tensorrt"], {"default": "onnx"}),
+                "pipeline": (PIPELINE, {"tooltip": "from Backdrop Inpaint Loader / Backdrop LoRA (the stack is "
+                                                   "fused into the engine)"}),
+                "format": (["onnx", "tensorrt"], {"default": "onnx", "tooltip": "onnx runs on onnxruntime (CPU "
+                                                                         "or GPU); tensorrt needs an NVIDIA GPU"}),
                 "precision": (["auto", "fp32", "fp16", "bf16"], {
                     "default": "auto", "tooltip": "auto: fp16 for TensorRT, fp32 for ONNX"}),
                 "resolutions": ("STRING", {
@@ -32,7 +39,8 @@ class BackdropExportEngine:
                 "images_per_batch": ("INT", {
                     "default": 1, "min": 1, "max": 16, "tooltip": "largest batch of images per run (the UNet sees "
                                                                   "twice as many with CFG); larger runs are split"}),
-                "onnx_target": (list(ONNX_TARGETS), {"default": next(iter(ONNX_TARGETS))}),
+                "onnx_target": (list(ONNX_TARGETS), {"default": next(iter(ONNX_TARGETS)),
+                                                     "tooltip": "onnx only: what the graph is optimised for"}),
                 "refittable": ("BOOLEAN", {
                     "default": False, "tooltip": "TensorRT: allow swapping LoRAs into the engine without a rebuild"}),
                 "optimization_level": ("INT", {"default": 3, "min": 0, "max": 5,
@@ -45,7 +53,8 @@ class BackdropExportEngine:
     FUNCTION = "export"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
-    DESCRIPTION = ("Writes models/onnx/*.onnx or models/tensorrt/*.engine plus a manifest. The same pipeline, LoRA "
+    DESCRIPTION = ("Exports the pipeline's UNet (its LoRA stack fused in) to ONNX or a TensorRT engine. "
+                   "Writes models/onnx/*.onnx or models/tensorrt/*.engine plus a manifest. The same pipeline, LoRA "
                    "stack, sizes and precision reuse the engine already built.")
 
     def export(self, pipeline, format: str, precision: str, resolutions: str, images_per_batch: int,
@@ -73,26 +82,37 @@ class BackdropLoadEngine:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE,),
+                "pipeline": (PIPELINE, {"tooltip": "the pipeline the engine was exported from"}),
                 "engine": (engine_choices(), {"tooltip": "an engine in models/onnx or models/tensorrt"}),
                 "provider": (["auto", "cpu", "cuda", "tensorrt"], {
                     "default": "auto", "tooltip": "onnxruntime provider for ONNX files (TensorRT engines run on "
                                                   "TensorRT)"}),
                 "threads": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "CPU threads; 0 = all cores"}),
-            }
+            },
+            "optional": {
+                "engine_name": ("STRING", {"forceInput": True, "tooltip": "an engine name from Backdrop Export "
+                                                                          "Engine; used when engine is "
+                                                                          f"'{LINKED_ENGINE}'"}),
+            },
         }
 
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("The engine must come from this pipeline's model. A different LoRA stack is refit into "
+    DESCRIPTION = ("Makes the pipeline sample with an exported ONNX or TensorRT engine instead of its torch UNet. "
+                   "The engine must come from this pipeline's model. A different LoRA stack is refit into "
                    "refittable engines by weight name; otherwise export an engine for that stack.")
 
-    def load(self, pipeline, engine: str, provider: str, threads: int):
+    def load(self, pipeline, engine: str, provider: str, threads: int, engine_name: str | None = None):
         from ..export.attach import attach_engine
         from ..runtime.errors import InvalidInputError
 
+        if engine == LINKED_ENGINE:
+            if not engine_name:
+                raise InvalidInputError(f"engine is {LINKED_ENGINE!r}: connect Backdrop Export Engine's engine "
+                                        "output to engine_name, or choose an engine file")
+            engine = engine_name
         kind, _, name = engine.partition("/")
         if kind not in ("onnx", "tensorrt") or not name:
             raise InvalidInputError(f"engine {engine!r} must be onnx/<file> or tensorrt/<file>")

@@ -27,7 +27,7 @@ class BackdropWatermark:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE",),
+                "image": ("IMAGE", {"tooltip": "images to mark (any batch size)"}),
                 "account": ("STRING", {"default": "", "tooltip": "who made the image (user, team or client)"}),
                 "prompt": ("STRING", {"default": "", "multiline": True,
                                       "tooltip": "empty = the text reaching the workflow's sampler"}),
@@ -58,7 +58,8 @@ class BackdropWatermark:
     RETURN_NAMES = ("image", "watermark_id", "report")
     FUNCTION = "mark"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Invisible, keyed watermark + signed, hash-chained ledger record (prompt, seed, model and "
+    DESCRIPTION = ("Embeds an invisible, keyed watermark ID in every image and writes a signed, hash-chained "
+                   "ledger record (prompt, seed, model and "
                    "LoRA hashes, account, time). watermark_id has one line per image (empty when unmarked). "
                    "With product_mask the product pixels stay bit-exact.")
 
@@ -114,9 +115,11 @@ class BackdropVerify:
     RETURN_TYPES = ("BOOLEAN", "STRING", "FLOAT", "STRING", "STRING", "STRING", "STRING")
     RETURN_NAMES = ("found", "watermark_id", "score", "record", "signature", "chain", "report")
     OUTPUT_IS_LIST = (True,) * 7
+    OUTPUT_NODE = True  # a verification is worth running on its own; the reports are shown on the node
     FUNCTION = "verify"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("One entry per image (the connected batch first, then the chosen file). Unmarked: found is "
+    DESCRIPTION = ("Reads the watermark of each image (or of a file in the input folder) and checks its signed "
+                   "ledger record and C2PA manifest. One entry per image (the connected batch first, then the chosen file). Unmarked: found is "
                    "false and the ID empty. signature: valid / invalid / untrusted signer / no record; chain: "
                    "intact / broken / no record. record is the ledger record as JSON.")
 
@@ -141,9 +144,11 @@ class BackdropVerify:
                 progress(index + 1, len(pictures))
         if file != NO_FILE:
             results.append(service.verify_file(comfy_bridge.input_image_path(file)))
-        return ([r.found for r in results], [r.watermark_id for r in results], [float(r.score) for r in results],
-                [json.dumps(r.record, ensure_ascii=False) if r.record else "" for r in results],
-                [r.signature for r in results], [r.chain for r in results], [r.summary() for r in results])
+        reports = [r.summary() for r in results]
+        outputs = ([r.found for r in results], [r.watermark_id for r in results], [float(r.score) for r in results],
+                   [json.dumps(r.record, ensure_ascii=False) if r.record else "" for r in results],
+                   [r.signature for r in results], [r.chain for r in results], reports)
+        return {"ui": {"text": reports}, "result": outputs}
 
 
 class BackdropSave:
@@ -155,10 +160,10 @@ class BackdropSave:
 
         return {
             "required": {
-                "images": ("IMAGE",),
+                "images": ("IMAGE", {"tooltip": "images to save"}),
                 "filename_prefix": ("STRING", {"default": "Backdrop", "tooltip": "may include subfolders and "
                                                                                "%date/size% fields, as SaveImage"}),
-                "format": (list(FORMATS), {"default": "png"}),
+                "format": (list(FORMATS), {"default": "png", "tooltip": "png is lossless: product pixels stay exact"}),
                 "quality": ("INT", {"default": 95, "min": 1, "max": 100, "step": 1,
                                     "tooltip": "JPEG/WebP quality (WebP 100 = lossless); PNG is always lossless"}),
                 "resolution": (list(RESOLUTION_PRESETS), {"default": "original",
@@ -174,7 +179,8 @@ class BackdropSave:
     OUTPUT_NODE = True
     FUNCTION = "save"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Writes <prefix>_00001_.<ext> in the output folder and never overwrites. PNG keeps the "
+    DESCRIPTION = ("Saves PNG, JPEG or WebP with workflow metadata and a signed C2PA manifest. "
+                   "Writes <prefix>_00001_.<ext> in the output folder and never overwrites. PNG keeps the "
                    "workflow in text chunks like SaveImage; JPEG/WebP keep it in EXIF (prompt:/workflow:).")
 
     def save(self, images, filename_prefix: str, format: str, quality: int, resolution: str, c2pa: bool,

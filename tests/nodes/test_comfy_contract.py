@@ -22,6 +22,7 @@ PRIMITIVES = {"INT": int, "FLOAT": float, "BOOLEAN": bool, "STRING": str}
 # Widget values that keep the tiny diffusion models quick; everything else uses the node's defaults.
 FAST_WIDGETS = {
     "BackdropInpaint": {"steps": 2, "resolution": 128, "variations": 2},
+    "BackdropLoadImageFolder": {"folder": "train_catalog"},
     "BackdropTrainLoRA": {"dataset": "train_catalog", "steps": 2, "rank": 2, "resolution": 64, "checkpoint_every": 0},
 }
 TOP_KEYS = {"required", "optional", "hidden"}

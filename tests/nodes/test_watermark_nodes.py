@@ -82,7 +82,7 @@ def test_watermark_a_batch_then_verify_it(env, photos, progress_log):
     assert len(id_list) == 2 and len(set(id_list)) == 2 and all(len(i) == 16 for i in id_list)
     assert report.count("marked") == 2 and progress_log[-1] == (2, 2)
 
-    found, wids, scores, records, signatures, chains, reports = BackdropVerify().verify(image=image)
+    found, wids, scores, records, signatures, chains, reports = BackdropVerify().verify(image=image)["result"]
     assert found == [True, True] and wids == id_list
     assert all(s > 6 for s in scores) and signatures == ["valid"] * 2 and chains == ["intact"] * 2
     record = json.loads(records[0])
@@ -99,11 +99,11 @@ def test_product_mask_keeps_the_product_exact(env):
     keep = torch.from_numpy(product)
     assert torch.equal(marked[:, keep], images[:, keep])
     assert (marked[:, ~keep] - images[:, ~keep]).abs().max() > 0
-    assert BackdropVerify().verify(image=marked)[1] == ids.split("\n")
+    assert BackdropVerify().verify(image=marked)["result"][1] == ids.split("\n")
 
 
 def test_unmarked_images_verify_as_not_found(env, photos):
-    found, wids, scores, records, signatures, chains, _ = BackdropVerify().verify(image=photos[:1])
+    found, wids, scores, records, signatures, chains, _ = BackdropVerify().verify(image=photos[:1])["result"]
     assert found == [False] and wids == [""] and records == [""] and signatures == chains == ["not marked"]
     assert isinstance(scores[0], float)
     with pytest.raises(InvalidInputError, match="connect an image or choose a file"):
@@ -164,7 +164,7 @@ def test_save_then_verify_the_file(env, photos):
 
     (env / "input" / "delivered.png").write_bytes(original)
     assert "delivered.png" in BackdropVerify.INPUT_TYPES()["required"]["file"][0]
-    found, wids, _, records, signatures, chains, reports = BackdropVerify().verify(file="delivered.png")
+    found, wids, _, records, signatures, chains, reports = BackdropVerify().verify(file="delivered.png")["result"]
     assert found == [True] and wids == [ids.split("\n")[0]] and signatures == ["valid"] and chains == ["intact"]
     assert "C2PA manifest trusted" in reports[0] and json.loads(records[0])["account"] == "acme"
     assert "identical to the marked image" in reports[0], "the saved PNG holds exactly the recorded pixels"
