@@ -50,6 +50,7 @@ class JobReport:
     status: str = "ok"
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -151,6 +152,8 @@ def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
         with comfy_folders(job.input_dir, output_dir):
             result = execute_workflow(job.graph, classes, continue_on_error=True, progress=progress_node)
         report.outputs = saved_files(result.ui, output_dir)
+        report.notes = [str(t) for entries in result.ui.values() for entry in entries if isinstance(entry, Mapping)
+                        for t in entry.get("text", [])]
         report.errors = [f.describe() for f in result.failures]
         if result.failures:
             report.status = "partial" if report.outputs else "failed"
@@ -209,6 +212,8 @@ def _run(args: argparse.Namespace) -> int:
     for report in reports:
         for path in report.outputs:
             print(f"wrote {path}")
+        for note in report.notes:
+            print(f"{report.label}: {note}")
         for error in report.errors:
             print(f"FAILED {report.label}: {error}", file=sys.stderr)
     print(f"{summary['ok']} of {len(reports)} run(s) ok; summary: {summary_path}", file=sys.stderr)
