@@ -19,14 +19,16 @@ class BackdropStudioBackdrop:
         names = style_choices()
         return {
             "required": {
-                "image": ("IMAGE",),
+                "image": ("IMAGE", {"tooltip": "product photos (any batch size)"}),
                 "product_mask": ("MASK", {"tooltip": "1 = product (BackdropProductMask's product_mask)"}),
-                "style": (names, {"default": "Minimal Studio" if "Minimal Studio" in names else names[0]}),
+                "style": (names, {"default": "Minimal Studio" if "Minimal Studio" in names else names[0],
+                                  "tooltip": "palette and studio look from the style presets"}),
                 "shadow": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05,
                                      "tooltip": "contact shadow strength; -1 = the style's default"}),
                 "vignette": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05,
                                        "tooltip": "vignette strength; -1 = the style's default"}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
+                                 "tooltip": "seed of the backdrop's dither (the only random part)"}),
             }
         }
 
@@ -34,6 +36,9 @@ class BackdropStudioBackdrop:
     RETURN_NAMES = ("image",)
     FUNCTION = "render"
     CATEGORY = "Backdrop/background"
+    DESCRIPTION = ("Draws a studio background without model weights: a seamless paper sweep in the style's "
+                   "palette with key light, vignette and a contact shadow from the mask. Product pixels stay "
+                   "bit-exact.")
 
     def render(self, image, product_mask, style: str, shadow: float, vignette: float, seed: int):
         from ..runtime.backdrop.studio import StudioOptions
@@ -67,6 +72,8 @@ class BackdropFreeModels:
     FUNCTION = "free"
     CATEGORY = "Backdrop/utils"
     OUTPUT_NODE = True
+    DESCRIPTION = ("Releases every model Backdrop has cached (SAM, captioners, inpainting pipelines) and the "
+                   "GPU memory they hold; freed is how many were released. Runs every time it is queued.")
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):

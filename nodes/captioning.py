@@ -34,7 +34,7 @@ class BackdropCaptionerLoader:
         return {
             "required": {
                 "model": (comfy_bridge.model_choices("LLM"), {"tooltip": "a transformers-format folder in models/LLM"}),
-                "device": (list(DEVICES), {"default": "auto"}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: cuda when torch sees a GPU, else cpu"}),
                 "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto = fp32 on CPU, bf16/fp16 on GPU"}),
                 "allow_remote_code": ("BOOLEAN", {"default": False, "tooltip": "WARNING: " + REMOTE_CODE_WARNING}),
             }
@@ -44,7 +44,8 @@ class BackdropCaptionerLoader:
     RETURN_NAMES = ("captioner",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Loads a local VLM offline (local_files_only) and keeps it cached; Backdrop Free Models "
+    DESCRIPTION = ("Loads a vision-language model (Florence-2, BLIP / BLIP-2, Qwen2-VL / Qwen2.5-VL) offline from "
+                   "models/LLM (local_files_only) and keeps it cached; Backdrop Free Models "
                    "releases it. Remote code is off unless allow_remote_code is on.")
 
     def load(self, model: str, device: str, dtype: str, allow_remote_code: bool):
@@ -61,17 +62,22 @@ class BackdropCaption:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE",),
+                "image": ("IMAGE", {"tooltip": "product photos (any batch size)"}),
                 "task": (_task_choices(), {"default": "canvas_scene",
                                            "tooltip": "canvas_scene describes the scene around the product"}),
                 "custom_instruction": ("STRING", {"default": "", "multiline": True,
                                                   "tooltip": "the background instruction when task is 'custom'"}),
-                "max_new_tokens": ("INT", {"default": 64, "min": 1, "max": 1024}),
-                "num_beams": ("INT", {"default": 3, "min": 1, "max": 16}),
+                "max_new_tokens": ("INT", {"default": 64, "min": 1, "max": 1024,
+                                           "tooltip": "longest caption, in tokens"}),
+                "num_beams": ("INT", {"default": 3, "min": 1, "max": 16,
+                                      "tooltip": "beam search width (unused when sampling)"}),
                 "sampling": ("BOOLEAN", {"default": False, "tooltip": "sample instead of beam search"}),
-                "temperature": ("FLOAT", {"default": 0.7, "min": 0.01, "max": 2.0, "step": 0.01}),
-                "top_p": ("FLOAT", {"default": 0.9, "min": 0.01, "max": 1.0, "step": 0.01}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "temperature": ("FLOAT", {"default": 0.7, "min": 0.01, "max": 2.0, "step": 0.01,
+                                          "tooltip": "sampling only: higher gives more varied captions"}),
+                "top_p": ("FLOAT", {"default": 0.9, "min": 0.01, "max": 1.0, "step": 0.01,
+                                    "tooltip": "sampling only: nucleus probability mass"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "same seed and inputs, same captions"}),
             },
             "optional": {
                 "captioner": ("BACKDROP_CAPTIONER", {"tooltip": "without one, captions come from image statistics"}),
@@ -84,7 +90,9 @@ class BackdropCaption:
     OUTPUT_IS_LIST = (True, True)
     FUNCTION = "caption"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Outputs are always lists with one caption per image (a batch of 1 gives a list of 1). "
+    DESCRIPTION = ("Captions the product (on a crop of itself) and its background (with the product filled out) "
+                   "for every image; without a captioner the captions come from image statistics. "
+                   "Outputs are always lists with one caption per image (a batch of 1 gives a list of 1). "
                    "Nodes downstream run once per caption; split the images the same way (Rebatch Images, "
                    "batch size 1) to keep caption i with image i.")
 
@@ -114,16 +122,19 @@ class BackdropStylePrompt:
         compositions = _composition_choices()
         return {
             "required": {
-                "product_caption": ("STRING", {"default": "", "multiline": True}),
-                "style": (styles, {"default": "Minimal Studio" if "Minimal Studio" in styles else styles[0]}),
-                "composition": (compositions, {"default": compositions[0]}),
+                "product_caption": ("STRING", {"default": "", "multiline": True,
+                                               "tooltip": "what the product is (Backdrop Caption's product_caption)"}),
+                "style": (styles, {"default": "Minimal Studio" if "Minimal Studio" in styles else styles[0],
+                                   "tooltip": "style preset: prompt fragments and negative prompt"}),
+                "composition": (compositions, {"default": compositions[0], "tooltip": "framing of the shot"}),
                 "scene": ("STRING", {"default": "", "multiline": True,
                                      "tooltip": "free scene / subject text, kept verbatim (weights allowed)"}),
                 "long_prompt": (["warn", "trim"], {"default": "warn",
                                                    "tooltip": "over 77 CLIP tokens: warn, or trim to fit"}),
             },
             "optional": {
-                "background_caption": ("STRING", {"forceInput": True}),
+                "background_caption": ("STRING", {"forceInput": True,
+                                                  "tooltip": "Backdrop Caption's background_caption"}),
             },
         }
 
@@ -131,7 +142,9 @@ class BackdropStylePrompt:
     RETURN_NAMES = ("positive", "negative", "report")
     FUNCTION = "compose"
     CATEGORY = CATEGORY
-    DESCRIPTION = "positive/negative go into CLIPTextEncode; report gives CLIP token counts and warnings."
+    DESCRIPTION = ("Composes positive and negative prompts from a product caption, a style preset, a composition "
+                   "and a scene. positive/negative go into CLIPTextEncode; report gives CLIP token counts and "
+                   "warnings.")
 
     def compose(self, product_caption: str, style: str, composition: str, scene: str, long_prompt: str,
                 background_caption: str = ""):

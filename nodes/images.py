@@ -31,8 +31,9 @@ class BackdropLoadImageFolder:
     OUTPUT_IS_LIST = (True, True, False)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("images and names are lists (one item per readable photo, name = file stem, handy as a "
-                   "filename_prefix); unreadable files are skipped and listed in report.")
+    DESCRIPTION = ("Loads every photo in a folder of ComfyUI's input folder as a list, so nodes downstream run "
+                   "once per photo. images and names are lists (one item per readable photo, name = file stem, "
+                   "handy as a filename_prefix); unreadable files are skipped and listed in report.")
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):

@@ -26,8 +26,9 @@ class BackdropInpaintLoader:
             "required": {
                 "model": (pipeline_choices(), {"tooltip": "a single file in models/checkpoints or a diffusers "
                                                           "folder in models/diffusers"}),
-                "device": (list(DEVICES), {"default": "auto"}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU, fp32 on the CPU"}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: cuda when torch sees a GPU, else cpu"}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU, fp32 on the CPU; choose "
+                                                                    "bf16 or fp32 if fp16 gives NaN/black images"}),
             }
         }
 
@@ -35,7 +36,8 @@ class BackdropInpaintLoader:
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Loads a diffusers inpainting pipeline from ComfyUI's model folders without any download. "
+    DESCRIPTION = ("Loads an SD1.5 or SDXL inpainting pipeline (or a regular checkpoint) offline from "
+                   "models/checkpoints (single files) or models/diffusers (folders), without any download. "
                    "Single files use the shipped configs and ComfyUI's own CLIP tokenizer.")
 
     def load(self, model: str, device: str, dtype: str):
@@ -52,9 +54,10 @@ class BackdropLoRA:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE,),
-                "lora_name": (comfy_bridge.model_choices("loras"),),
-                "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
+                "pipeline": (PIPELINE, {"tooltip": "from Backdrop Inpaint Loader or another Backdrop LoRA"}),
+                "lora_name": (comfy_bridge.model_choices("loras"), {"tooltip": "a LoRA in models/loras"}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                       "tooltip": "LoRA weight; negative subtracts it"}),
                 "enabled": ("BOOLEAN", {"default": True, "tooltip": "off: pass the pipeline through unchanged"}),
                 "fuse": ("BOOLEAN", {"default": False,
                                      "tooltip": "fuse the whole stack into the weights (faster sampling)"}),
@@ -65,8 +68,8 @@ class BackdropLoRA:
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Stacks a LoRA (kohya/ComfyUI or diffusers/peft format) on the pipeline. Switching LoRAs "
-                   "never reloads the base model.")
+    DESCRIPTION = ("Stacks a LoRA from models/loras (kohya/ComfyUI or diffusers/peft format) on the pipeline; "
+                   "chain several, each with its own strength. Switching LoRAs never reloads the base model.")
 
     def apply(self, pipeline, lora_name: str, strength: float, enabled: bool, fuse: bool):
         from ..runtime.inpainting.loras import add_lora
@@ -83,17 +86,23 @@ class BackdropInpaint:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE,),
-                "image": ("IMAGE",),
+                "pipeline": (PIPELINE, {"tooltip": "from Backdrop Inpaint Loader, Backdrop LoRA or Backdrop Load "
+                                                   "Engine"}),
+                "image": ("IMAGE", {"tooltip": "product photos (RGB or RGBA, any batch size)"}),
                 "product_mask": ("MASK", {"tooltip": "1 = product (kept exactly), 0 = background (regenerated)"}),
-                "positive": ("STRING", {"multiline": True, "default": "product photo on a clean studio backdrop"}),
-                "negative": ("STRING", {"multiline": True, "default": "blurry, lowres, watermark, text"}),
-                "variations": ("INT", {"default": 1, "min": 1, "max": 64}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 500}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 50.0, "step": 0.1, "round": 0.01}),
-                "scheduler": (list(SCHEDULERS), {"default": DEFAULT_SCHEDULER}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+                "positive": ("STRING", {"multiline": True, "default": "product photo on a clean studio backdrop",
+                                     "tooltip": "the new background (Backdrop Style Prompt's positive)"}),
+                "negative": ("STRING", {"multiline": True, "default": "blurry, lowres, watermark, text",
+                                     "tooltip": "what to avoid"}),
+                "variations": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "backgrounds per image"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "variation k of every image uses seed + k"}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 500, "tooltip": "sampling steps"}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 50.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "classifier-free guidance scale"}),
+                "scheduler": (list(SCHEDULERS), {"default": DEFAULT_SCHEDULER, "tooltip": "diffusers sampler"}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                       "tooltip": "denoising strength; 1 = an entirely new background"}),
             },
             "optional": {
                 "resolution": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 64,
@@ -111,8 +120,9 @@ class BackdropInpaint:
     RETURN_NAMES = ("images", "product_mask")
     FUNCTION = "inpaint"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Returns `variations` images per input (image-major). product_mask is the product on the "
-                   "output canvas (it moves when outpainting).")
+    DESCRIPTION = ("Generates new backgrounds around the product with the diffusion pipeline; product pixels stay "
+                   "bit-exact. Returns `variations` images per input (image-major). product_mask is the product "
+                   "on the output canvas (it moves when outpainting).")
 
     def inpaint(self, pipeline, image, product_mask, positive: str, negative: str, variations: int, seed: int,
                 steps: int, cfg: float, scheduler: str, strength: float, resolution: int = 0, outpaint: str = "none",
@@ -139,11 +149,13 @@ class BackdropComposite:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "generated": ("IMAGE",),
-                "original": ("IMAGE",),
+                "generated": ("IMAGE", {"tooltip": "generated images; with variations, all of original 0's first"}),
+                "original": ("IMAGE", {"tooltip": "the original photos"}),
                 "product_mask": ("MASK", {"tooltip": "1 = product"}),
-                "seam_feather": ("INT", {"default": 6, "min": 0, "max": 128}),
-                "color_match": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05}),
+                "seam_feather": ("INT", {"default": 6, "min": 0, "max": 128,
+                                         "tooltip": "blend width outside the product, in pixels"}),
+                "color_match": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                          "tooltip": "remove the generator's colour cast at the seam (0 = off)"}),
             }
         }
 
@@ -151,8 +163,10 @@ class BackdropComposite:
     RETURN_NAMES = ("image",)
     FUNCTION = "composite"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Generated images may be a multiple of the originals (variations, image-major) and slightly "
-                   "smaller (VAE crops to multiples of 8); they are resized to the original's size.")
+    DESCRIPTION = ("Pastes the original product back, bit for bit, onto any generated image (for example from a "
+                   "native KSampler graph). Generated images may be a multiple of the originals (variations, "
+                   "image-major) and slightly smaller (VAE crops to multiples of 8); they are resized to the "
+                   "original's size.")
 
     def composite(self, generated, original, product_mask, seam_feather: int, color_match: float):
         from ..runtime.batching import images_to_list, stack_images

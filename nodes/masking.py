@@ -16,7 +16,7 @@ class BackdropSAMLoader:
         return {
             "required": {
                 "sam_model": (comfy_bridge.model_choices("sams"), {"tooltip": "a checkpoint in models/sams"}),
-                "device": (list(DEVICES), {"default": "auto"}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: cuda when torch sees a GPU, else cpu"}),
             }
         }
 
@@ -24,7 +24,8 @@ class BackdropSAMLoader:
     RETURN_NAMES = ("sam",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Loads SAM offline from models/sams; the architecture is detected from the weights."
+    DESCRIPTION = ("Loads a segment-anything checkpoint (vit_b / vit_l / vit_h, .pth or .safetensors) offline from "
+                   "models/sams; the architecture is detected from the weights.")
 
     def load(self, sam_model: str, device: str):
         from ..runtime.devices import resolve_device
@@ -42,8 +43,8 @@ class BackdropProductMask:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE",),
-                "fill_holes": ("BOOLEAN", {"default": True}),
+                "image": ("IMAGE", {"tooltip": "product photos (any batch size)"}),
+                "fill_holes": ("BOOLEAN", {"default": True, "tooltip": "fill holes inside the product mask"}),
                 "keep": (["main", "largest", "all"], {"default": "main",
                                                       "tooltip": "which mask components to keep"}),
                 "grow_px": ("INT", {"default": 0, "min": -256, "max": 256, "step": 1,
@@ -63,7 +64,8 @@ class BackdropProductMask:
     RETURN_NAMES = ("product_mask", "background_mask", "preview")
     FUNCTION = "mask"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("product_mask is 1 on the product; background_mask is 1 where a new background goes "
+    DESCRIPTION = ("Finds the main product in each image without clicks (SAM when connected, else a weight-free "
+                   "masker). product_mask is 1 on the product; background_mask is 1 where a new background goes "
                    "(the polarity VAEEncodeForInpaint and SetLatentNoiseMask expect).")
 
     def mask(self, image, fill_holes: bool, keep: str, grow_px: int, edge_refine: bool, feather_px: float,

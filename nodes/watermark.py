@@ -8,7 +8,7 @@ import logging
 
 from . import comfy_bridge
 
-CATEGORY = "Backdrop/Provenance"
+CATEGORY = "Backdrop/provenance"
 NO_FILE = "none"
 TOO_SMALL_CHOICES = ("leave unmarked", "error")
 logger = logging.getLogger(__name__)
@@ -119,9 +119,10 @@ class BackdropVerify:
     FUNCTION = "verify"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Reads the watermark of each image (or of a file in the input folder) and checks its signed "
-                   "ledger record and C2PA manifest. One entry per image (the connected batch first, then the chosen file). Unmarked: found is "
-                   "false and the ID empty. signature: valid / invalid / untrusted signer / no record; chain: "
-                   "intact / broken / no record. record is the ledger record as JSON.")
+                   "ledger record and C2PA manifest. One entry per image (the connected batch first, then the "
+                   "chosen file). Unmarked: found is false and the ID empty. signature: valid / invalid / "
+                   "untrusted signer / no record; chain: intact / broken / no record. record is the ledger record "
+                   "as JSON.")
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):

@@ -109,6 +109,30 @@ def comfy_folders(input_dir: Path, output_dir: Path) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextmanager
+def node_progress_bars(disable: bool) -> Iterator[None]:
+    """A second, transient bar for the steps of long nodes (inpainting, captioning, training)."""
+    from ..nodes import comfy_bridge
+    from .progress import tqdm_progress
+
+    def factory(total: int):
+        update, close = tqdm_progress("  steps", total, disable=disable)
+
+        def step(done: int, total_: int) -> None:
+            update(done, total_)
+            if done >= total_:
+                close()
+
+        return step
+
+    saved = comfy_bridge.fallback_progress_factory
+    comfy_bridge.fallback_progress_factory = factory
+    try:
+        yield
+    finally:
+        comfy_bridge.fallback_progress_factory = saved
+
+
 def plan_jobs(graph: ApiGraph, inputs: list[Path], image_input: str | None, input_dir: Path) -> list[Job]:
     """One job per photo (or per folder for a BackdropLoadImageFolder workflow); one job without inputs."""
     if not inputs:
@@ -195,12 +219,14 @@ def _run(args: argparse.Namespace) -> int:
         graph, _ = load_graph(args.workflow, specs)
         graph = apply_assignments(graph, args.assignments, specs)
     jobs = plan_jobs(graph, list(args.inputs or []), args.image_input, input_dir)
-    update, close = tqdm_progress("backdrop workflow", len(jobs), disable=args.quiet or not sys.stderr.isatty())
+    quiet = args.quiet or not sys.stderr.isatty()
+    update, close = tqdm_progress("backdrop workflow", len(jobs), disable=quiet)
     reports = []
     try:
-        for index, job in enumerate(jobs):
-            reports.append(run_job(job, output_dir))
-            update(index + 1, len(jobs))
+        with node_progress_bars(quiet):
+            for index, job in enumerate(jobs):
+                reports.append(run_job(job, output_dir))
+                update(index + 1, len(jobs))
     finally:
         close()
     summary = {"workflow": str(args.workflow), "set": list(args.assignments), "output_dir": str(output_dir),

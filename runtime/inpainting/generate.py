@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidModelError
 from ..progress import ProgressFn, report
 from .geometry import FAMILY_RESOLUTION, check_mask_aspect, outpaint_canvas, plan_canvas
 from .loader import LoadedPipeline
@@ -122,7 +122,7 @@ def _inpaint_one(handle: LoadedPipeline, pipe, image: np.ndarray, mask: np.ndarr
     y0, x0, y1, x1 = plan.crop
     work_image = _to_work(model_view[y0:y1, x0:x1], plan)
     work_regen = _to_work((~product[y0:y1, x0:x1]).astype(np.float32), plan, pad_value=1.0) > 0.5
-    generated = _run_pipeline(pipe, work_image, work_regen, settings, on_step)
+    generated = _run_pipeline(pipe, work_image, work_regen, settings, on_step, handle)
     alpha = seam_alpha(canvas_mask, settings.seam_feather)
     outputs = []
     for out in generated:
@@ -158,8 +158,8 @@ def _to_work(region: np.ndarray, plan, pad_value: float | None = None) -> np.nda
     return cv2.copyMakeBorder(resized, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=pad_value)
 
 
-def _run_pipeline(pipe, work_image: np.ndarray, work_regen: np.ndarray,
-                  settings: InpaintSettings, on_step: Callable[[int], None]) -> list[np.ndarray]:
+def _run_pipeline(pipe, work_image: np.ndarray, work_regen: np.ndarray, settings: InpaintSettings,
+                  on_step: Callable[[int], None], handle: LoadedPipeline) -> list[np.ndarray]:
     import torch
 
     image = torch.from_numpy(np.ascontiguousarray(np.clip(work_image, 0, 1).transpose(2, 0, 1)))[None]
@@ -168,6 +168,9 @@ def _run_pipeline(pipe, work_image: np.ndarray, work_regen: np.ndarray,
                   for k in range(settings.variations)]
 
     def on_step_end(_pipe, index, _timestep, kwargs):
+        latents = kwargs.get("latents")
+        if latents is not None and not bool(torch.isfinite(latents).all()):
+            raise InvalidModelError(non_finite_message(handle, f"the UNet's latents at step {index + 1}"))
         on_step(index + 1)
         return kwargs
 
@@ -177,4 +180,49 @@ def _run_pipeline(pipe, work_image: np.ndarray, work_regen: np.ndarray,
                    num_inference_steps=settings.steps, guidance_scale=settings.cfg, strength=settings.strength,
                    num_images_per_prompt=settings.variations, generator=generators, output_type="np",
                    callback_on_step_end=on_step_end)
-    return [np.asarray(img, dtype=np.float32) for img in out.images]
+    images = [np.asarray(img, dtype=np.float32) for img in out.images]
+    check_decoded(images, handle)
+    return images
+
+
+# ------------------------------------------------------------------------------- numeric overflow guard
+
+def check_decoded(images: list[np.ndarray], handle: LoadedPipeline) -> None:
+    """Raise ``InvalidModelError`` if the VAE gave NaN/inf, or an all-black image (infinities clamped to 0).
+
+    diffusers' ``output_type="np"`` keeps NaN (its clamp propagates NaN) and turns -inf into 0, so a
+    numeric overflow shows up as one of these two; neither is ever a real background.
+    """
+    for image in images:
+        if not np.isfinite(image).all():
+            raise InvalidModelError(non_finite_message(handle, "the VAE decode (NaN or infinite pixels)"))
+        if image.size and not image.any():
+            raise InvalidModelError(non_finite_message(handle, "the VAE decode (an all-black image: every "
+                                                               "value was -inf or below, then clamped to 0)"))
+
+
+def non_finite_message(handle: LoadedPipeline, stage: str) -> str:
+    """What happened (model, stage, dtype, device) and what to change, for the person running the model."""
+    dtype = _DTYPE_NAMES.get(str(handle.dtype), str(handle.dtype))
+    what = (f"{handle.describe()} produced NaN/infinite values in {stage} running in {dtype} on {handle.device}; "
+            "the result would be a black image, so nothing was returned. ")
+    engine = getattr(getattr(handle.pipe, "unet", None), "backend", None)
+    if engine is not None:
+        what += (f"Its UNet runs on the {engine.name} engine, which has its own precision: an fp16 engine can "
+                 "overflow where the torch UNet does not, so try the pipeline without Backdrop Load Engine, "
+                 "or export the engine in fp32 or bf16. ")
+    where = "the dtype of Backdrop Inpaint Loader, or --dtype for `backdrop run --checkpoint`"
+    if dtype == "fp16":
+        return what + (f"fp16 overflows in some models, SDXL's VAE above all. Set dtype to bf16 or fp32 ({where}), "
+                       "or use a VAE fixed for fp16 (for example madebyollin's sdxl-vae-fp16-fix) in a "
+                       "diffusers folder; lower LoRA strengths also help.")
+    if dtype == "bf16":
+        return what + (f"Set dtype to fp32 ({where}). If fp32 fails too, the weights themselves hold NaN/inf "
+                       "values: re-download or re-convert the model file, and check LoRA strengths.")
+    return what + ("In fp32 this means the weights themselves hold NaN/inf values (a damaged or badly converted "
+                   "file) or a LoRA at an extreme strength: re-download or re-convert the model file and lower "
+                   f"LoRA strengths. (With fp16 the usual fix is dtype bf16 or fp32, {where}, or a VAE fixed "
+                   "for fp16 such as madebyollin's sdxl-vae-fp16-fix.)")
+
+
+_DTYPE_NAMES = {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}

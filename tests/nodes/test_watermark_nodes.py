@@ -51,7 +51,7 @@ def photos():
 def test_schemas_follow_the_comfyui_contract():
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
     for node_id, cls in NODE_CLASS_MAPPINGS.items():
-        assert node_id.startswith("Backdrop") and cls.CATEGORY == "Backdrop/Provenance"
+        assert node_id.startswith("Backdrop") and cls.CATEGORY == "Backdrop/provenance"
         schema = cls.INPUT_TYPES()
         assert set(schema) <= {"required", "optional", "hidden"}
         params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
