@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,15 @@ def _release_accelerator_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+
+
+@contextmanager
+def models_dir_locator(models_dir: str | os.PathLike | None) -> Iterator[None]:
+    """For a CLI command: every loader reads ``models_dir`` (when given) until the block ends."""
+    previous = get_locator()
+    if models_dir:
+        set_locator(ModelLocator.from_models_dir(Path(models_dir)))
+    try:
+        yield
+    finally:
+        set_locator(previous)

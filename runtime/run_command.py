@@ -18,15 +18,10 @@ class RunSummary:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .models import ModelLocator, get_locator, set_locator
+    from .models import models_dir_locator
 
-    previous = get_locator()
-    if args.models_dir:  # every loader (SAM, captioner, pipeline, LoRAs) reads this folder for the run
-        set_locator(ModelLocator.from_models_dir(args.models_dir))
-    try:
+    with models_dir_locator(args.models_dir):  # every loader (SAM, captioner, pipeline, LoRAs) reads it
         return _run(args)
-    finally:
-        set_locator(previous)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -69,19 +69,15 @@ def config_from_args(args: argparse.Namespace):
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train-lora``; returns the exit code. Ctrl-C saves a checkpoint and exits with 130."""
     from .errors import Interrupted
-    from .models import ModelLocator, get_locator, set_locator
+    from .models import models_dir_locator
 
-    previous = get_locator()
-    if args.models_dir:
-        set_locator(ModelLocator.from_models_dir(args.models_dir))
-    try:
-        return _train(args)
-    except (KeyboardInterrupt, Interrupted):
-        print("backdrop: training interrupted; rerun with --resume to continue from the last checkpoint",
-              file=sys.stderr)
-        return 130
-    finally:
-        set_locator(previous)
+    with models_dir_locator(args.models_dir):
+        try:
+            return _train(args)
+        except (KeyboardInterrupt, Interrupted):
+            print("backdrop: training interrupted; rerun with --resume to continue from the last checkpoint",
+                  file=sys.stderr)
+            return 130
 
 
 def _train(args: argparse.Namespace) -> int:

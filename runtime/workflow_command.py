@@ -197,15 +197,10 @@ def saved_files(ui: Mapping[str, list[Any]], output_dir: Path) -> list[str]:
 
 
 def run_workflow_command(args: argparse.Namespace) -> int:
-    from .models import ModelLocator, get_locator, set_locator
+    from .models import models_dir_locator
 
-    previous = get_locator()
-    if args.models_dir:
-        set_locator(ModelLocator.from_models_dir(args.models_dir))
-    try:
+    with models_dir_locator(args.models_dir):
         return _run(args)
-    finally:
-        set_locator(previous)
 
 
 def _run(args: argparse.Namespace) -> int:
