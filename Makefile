@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Users inside ComfyUI keep ComfyUI's own torch: pyproject.toml does not pin it.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench docs clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(VENV)/.installed
 	$(PY) tests/bench_training.py
 	$(PY) tests/bench_watermark.py --quick
 	$(PY) tests/bench_export.py
+
+# Regenerate what is generated from the code: README reference sections and workflows/ (tests check both).
+docs: $(VENV)/.installed
+	$(PY) docs/make_readme_reference.py
+	$(PY) docs/make_workflows.py
 
 clean-venv:
 	rm -rf $(VENV)
