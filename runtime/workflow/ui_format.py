@@ -17,7 +17,7 @@ from .api_graph import ApiGraph, dependency_order, is_link, node_id_key
 from .specs import NodeSpec
 
 MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
-SKIPPED_UI_TYPES = frozenset({"Note", "MarkdownNote"})
+SKIPPED_UI_TYPES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})  # frontend-only nodes
 
 
 def widget_values_to_inputs(spec: NodeSpec, values: list[Any], where: str) -> dict[str, Any]:
@@ -78,17 +78,40 @@ def ui_to_api(workflow: Mapping[str, Any], specs: Mapping[str, NodeSpec]) -> Api
         else:
             named = widget_values_to_inputs(spec, list(values), where)
         for slot in node.get("inputs", []):
-            link = links.get(slot.get("link")) if slot.get("link") is not None else None
-            if link is None:
+            source = _link_source(slot.get("link"), links, by_id)
+            if source is _UNLINKED:
                 continue
-            origin = by_id.get(int(link[1]))
-            if origin is None or origin.get("mode", MODE_ALWAYS) == MODE_NEVER:
+            if source is None:
                 named.pop(slot["name"], None)
-                continue
-            named[slot["name"]] = [str(link[1]), int(link[2])]
+            else:
+                named[slot["name"]] = source
         title = node.get("title") or spec.display_name or node_type
         graph[str(node["id"])] = {"inputs": named, "class_type": node_type, "_meta": {"title": title}}
     return graph
+
+
+_UNLINKED = object()
+
+
+def _link_source(link_id: int | None, links: Mapping[int, list], by_id: Mapping[int, dict]) -> Any:
+    """What an input receives: an API link, a PrimitiveNode's value, None (muted source), or _UNLINKED.
+    Reroute nodes are followed to the real source, as the frontend does when it queues a prompt."""
+    seen = set()
+    while link_id is not None and link_id in links and link_id not in seen:
+        seen.add(link_id)
+        link = links[link_id]
+        origin = by_id.get(int(link[1]))
+        if origin is None or origin.get("mode", MODE_ALWAYS) == MODE_NEVER:
+            return None
+        if origin.get("type") == "Reroute":
+            inputs = origin.get("inputs") or [{}]
+            link_id = inputs[0].get("link")
+            continue
+        if origin.get("type") == "PrimitiveNode":
+            values = origin.get("widgets_values") or [None]
+            return values[0]
+        return [str(link[1]), int(link[2])]
+    return _UNLINKED
 
 
 def _node_size(spec: NodeSpec, sockets: int) -> list[int]:

@@ -177,3 +177,22 @@ def test_reordered_widget_values_are_caught():
         widget_values_to_inputs(spec, [3], "n")
     swapped = {"1": {"class_type": "Numbers", "inputs": widget_values_to_inputs(spec, [0, "fixed", 3], "n")}}
     assert any("seed: expects an integer" in p for p in workflow_problems(swapped, SPECS))
+
+
+def test_reroutes_are_followed_and_primitive_nodes_give_their_value():
+    g = graph()
+    ui = api_to_ui(g, SPECS, {k: (0, 0) for k in g})
+    link = next(row for row in ui["links"] if row[3] == 2 and row[4] == 0)  # Numbers -> Reciprocal.value
+    reroute = {"id": 50, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 90}],
+               "outputs": [{"name": "", "type": "NUMBER", "links": [link[0]]}]}
+    primitive = {"id": 51, "type": "PrimitiveNode", "mode": 0, "outputs": [{"type": "FLOAT", "links": [91]}],
+                 "widgets_values": [4.0, "fixed"]}
+    ui["nodes"] += [reroute, primitive]
+    ui["links"].append([90, 1, 0, 50, 0, "NUMBER"])
+    link[1], link[2] = 50, 0
+    target = next(n for n in ui["nodes"] if n["id"] == 2)
+    target["inputs"].append({"name": "scale", "type": "FLOAT", "widget": {"name": "scale"}, "link": 91})
+    ui["links"].append([91, 51, 0, 2, 2, "FLOAT"])
+    converted = ui_to_api(ui, SPECS)
+    assert set(converted) == {"1", "2", "3", "9"}
+    assert converted["2"]["inputs"]["value"] == ["1", 0] and converted["2"]["inputs"]["scale"] == 4.0
