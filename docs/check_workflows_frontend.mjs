@@ -10,7 +10,8 @@
 //   node --experimental-websocket docs/check_workflows_frontend.mjs --out /tmp/frontend-check [workflows/x.json ...]
 //
 // Options: --url http://127.0.0.1:8188 (a running ComfyUI), --browser PATH (default: $CHROMIUM, then
-// chromium-headless-shell / chromium on PATH), --timeout SECONDS (page start, default 120).
+// chromium-headless-shell / chromium on PATH), --timeout SECONDS (page start, default 120),
+// --window W,H (browser window, default 1600,1000; a wider one gives screenshots with readable node text).
 // Exit status 0 only when every workflow loaded cleanly and its prompt matches the API file.
 
 import { spawn } from "node:child_process";
@@ -23,10 +24,11 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BROWSERS = ["chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"];
 
 function parseArgs(argv) {
-  const args = { url: "http://127.0.0.1:8188", out: null, browser: process.env.CHROMIUM || null, timeout: 120, files: [] };
+  const args = { url: "http://127.0.0.1:8188", out: null, browser: process.env.CHROMIUM || null, timeout: 120,
+    window: "1600,1000", files: [] };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
-    if (["--url", "--out", "--browser", "--timeout"].includes(flag)) {
+    if (["--url", "--out", "--browser", "--timeout", "--window"].includes(flag)) {
       if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
       args[flag.slice(2)] = flag === "--timeout" ? Number(argv[++i]) : argv[++i];
     } else if (flag.startsWith("--")) {
@@ -53,9 +55,9 @@ function findBrowser(explicit) {
   throw new Error(`no Chromium found (tried ${BROWSERS.join(", ")}); apt-get install chromium-headless-shell, or --browser`);
 }
 
-function launchBrowser(path, profile, timeoutMs) {
+function launchBrowser(path, profile, timeoutMs, windowSize) {
   const flags = ["--headless", "--disable-gpu", "--remote-debugging-port=0", `--user-data-dir=${profile}`,
-    "--window-size=1600,1000", "--no-first-run", "about:blank"];
+    `--window-size=${windowSize}`, "--no-first-run", "about:blank"];
   if (process.getuid?.() === 0) flags.unshift("--no-sandbox"); // Chromium refuses to sandbox as root
   const child = spawn(path, flags, { stdio: ["ignore", "ignore", "pipe"] });
   return new Promise((resolvePromise, reject) => {
@@ -241,7 +243,7 @@ async function main() {
   }
   mkdirSync(args.out, { recursive: true });
   const profile = mkdtempSync(join(tmpdir(), "comfy-frontend-"));
-  const { child, endpoint } = await launchBrowser(findBrowser(args.browser), profile, 30_000);
+  const { child, endpoint } = await launchBrowser(findBrowser(args.browser), profile, 30_000, args.window);
   let failures = 0;
   try {
     const port = new URL(endpoint).port;

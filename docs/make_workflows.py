@@ -67,7 +67,7 @@ def product_background() -> tuple[dict, dict]:
                    negative_prompt=link(7, 1), product_mask=link(9, 1), **MARK),
         "11": node("BackdropSave", "Save (C2PA)", images=link(10), filename_prefix="backdrop/product", **SAVE),
     }
-    layout = {"1": (0, 0), "2": (0, 1), "3": (1, 0), "4": (1, 2), "5": (1, 1), "6": (2, 0), "7": (3, 0),
+    layout = {"1": (0, 0), "2": (0, 1.25), "3": (1, 0), "4": (1, 2), "5": (1, 1), "6": (2, 0), "7": (3, 0),
               "8": (3, 1), "9": (4, 0), "10": (5, 0), "11": (6, 0)}
     return graph, layout
 
@@ -192,8 +192,8 @@ def render() -> dict[Path, str]:
     files: dict[Path, str] = {}
     for name, (build, description) in WORKFLOWS.items():
         graph, layout = build()
-        positions = {k: (40 + c * COLUMN, 60 + r * ROW) for k, (c, r) in layout.items()}
-        bottom = max(r for _, r in layout.values()) + 1
+        positions = {k: (40 + c * COLUMN, 60 + round(r * ROW)) for k, (c, r) in layout.items()}
+        bottom = int(max(r for _, r in layout.values())) + 1
         note_id = str(max(int(k) for k in graph) + 1)
         ui = api_to_ui(graph, specs, positions, notes={note_id: ((40, 60 + bottom * ROW), description)})
         ui["extra"]["backdrop"] = {"name": name, "description": description}
