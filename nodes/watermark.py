@@ -42,8 +42,9 @@ class BackdropWatermark:
                                                                      "keep that mark; add-record: keep it and "
                                                                      "add a record to its ID"}),
                 "if_too_small": (list(TOO_SMALL_CHOICES), {"default": TOO_SMALL_CHOICES[0],
-                                                           "tooltip": "images under the codec's minimum side "
-                                                                      "cannot carry a mark"}),
+                                                           "tooltip": "images under the codec's minimum side, "
+                                                                      "or with too little area outside the "
+                                                                      "protected product, cannot carry a mark"}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.25, "max": 4.0, "step": 0.05,
                                        "tooltip": "1.0 keeps PSNR >= 40 dB; more survives harsher edits"}),
             },
@@ -88,8 +89,18 @@ class BackdropWatermark:
                 ids.append("")
                 lines.append(f"image {index + 1}: left unmarked: {too_small}")
             else:
-                result = get_service().mark(picture, base(index, len(images)), remark=if_already_marked,
-                                            strength=strength, protect=None if masks is None else masks[index])
+                try:
+                    result = get_service().mark(picture, base(index, len(images)), remark=if_already_marked,
+                                                strength=strength, protect=None if masks is None else masks[index])
+                except ImageTooSmallError as exc:  # too little unprotected area to read the mark back
+                    if if_too_small == "error":
+                        raise
+                    logger.warning("BackdropWatermark: image %d left unmarked: %s", index + 1, exc)
+                    outputs.append(picture)
+                    ids.append("")
+                    lines.append(f"image {index + 1}: left unmarked: {exc}")
+                    progress(index + 1, len(images))
+                    continue
                 outputs.append(result.image)
                 ids.append(result.watermark_id)
                 seq = f" (record seq {result.record.seq})" if result.record is not None else ""

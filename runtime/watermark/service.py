@@ -31,6 +31,7 @@ from ..errors import InvalidInputError
 from ..provenance.keys import KeyStore, load_keys, provenance_home
 from ..provenance.ledger import BROKEN, INTACT, LEDGER_FILENAME, NOT_FOUND, VALID, Ledger
 from ..provenance.records import Record, RecordContent, format_id, new_watermark_id, pixel_sha256
+from .arrays import ImageTooSmallError
 from .codec import MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed
 
 REMARK_POLICIES = ("refuse", "keep", "add-record")
@@ -138,8 +139,10 @@ class ProvenanceService:
             marked = np.where(keep if marked.ndim == 2 else keep[..., None], np.asarray(image), marked)
             check = detect(marked, self.keys.watermark_key)
             if not (check.found and check.payload == wid):
-                raise InvalidInputError(f"the protected area covers {keep.mean():.0%} of the image; the rest is too "
-                                        "small to carry a readable watermark. Protect less, or mark without it")
+                raise ImageTooSmallError(
+                    f"the mark did not read back once the protected product ({keep.mean():.0%} of the image) was "
+                    "restored: the rest is too small to carry a readable watermark at this size and strength. "
+                    "Use a larger image, a higher strength, or protect less")
         record = self.ledger.append(content, pixel_sha256(marked), watermark_id=wid)
         return MarkResult(marked, record.id_hex, record, "marked")
 

@@ -128,6 +128,20 @@ def test_watermark_reads_the_workflow(env, photos, models_dir):
     assert record.metadata["notes"] == "retouched" and len(record.metadata["workflow_sha256"]) == 64
 
 
+def test_a_product_that_leaves_too_little_area_follows_the_too_small_policy(env):
+    photo, _ = studio_product_photo(MIN_SIDE, MIN_SIDE + 16, seed=4)
+    images = image_batch(photo, photo)
+    product = np.zeros(photo.shape[:2], np.float32)
+    product[:, : photo.shape[1] - 8] = 1.0  # only an 8 px strip is left to carry the mark
+    mask = torch.from_numpy(np.stack([product, np.zeros_like(product)]))  # the second image protects nothing
+    image, ids, report = BackdropWatermark().mark(images, product_mask=mask, **MARK_DEFAULTS)
+    first, second = ids.split("\n")
+    assert first == "" and len(second) == 16 and torch.equal(image[0], images[0])
+    assert "image 1: left unmarked: the mark did not read back" in report and "image 2: marked" in report
+    with pytest.raises(ImageTooSmallError, match="did not read back"):
+        BackdropWatermark().mark(images, product_mask=mask, **{**MARK_DEFAULTS, "if_too_small": "error"})
+
+
 def test_too_small_and_already_marked(env, photos):
     small = image_batch(studio_product_photo(MIN_SIDE - 32, MIN_SIDE, seed=3)[0])
     image, ids, report = BackdropWatermark().mark(small, **MARK_DEFAULTS)
