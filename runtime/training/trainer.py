@@ -205,8 +205,17 @@ def train_lora(handle, entries: list[dict], config: TrainConfig, progress: Progr
 
     ``progress(done, total)`` may raise (``Interrupted``) to stop: a checkpoint is saved first when
     ``config.checkpoint_dir`` is set. ``resume_from`` continues a checkpoint of the same base model,
-    dataset and settings from its step.
+    dataset and settings from its step. Works when called under ``torch.inference_mode()`` (ComfyUI runs
+    every node that way) or ``no_grad``: the trained copy is built with autograd on.
     """
+    import torch
+
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_lora(handle, entries, config, progress, on_loss, resume_from)
+
+
+def _train_lora(handle, entries: list[dict], config: TrainConfig, progress: ProgressFn | None,
+                on_loss: LossFn | None, resume_from: str | Path | None) -> TrainResult:
     import torch
 
     config.check()

@@ -189,3 +189,19 @@ def test_gradient_checkpointing_gives_the_same_training(setup):
     assert saved.losses == pytest.approx(plain.losses, abs=1e-6)
     for key, value in plain.lora.items():
         torch.testing.assert_close(saved.lora[key], value, atol=1e-6, rtol=0)
+
+
+def test_training_works_where_comfyui_runs_nodes_under_inference_mode(setup):
+    """ComfyUI executes every node inside torch.inference_mode(): the model is loaded there (its weights
+    are inference tensors) and training is called there too."""
+    from comfyui_backdrop.runtime.inpainting.loader import load_pipeline
+    from comfyui_backdrop.runtime.models import free_models
+
+    free_models()  # load afresh, the way the loader node would inside ComfyUI
+    with torch.inference_mode():
+        handle = load_pipeline("diffusers/tiny-sd15-inpaint")
+        assert next(handle.pipe.unet.parameters()).is_inference()
+        result = train_lora(handle, setup["entries"], tiny_config(steps=3))
+    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(v.abs().sum() > 0 for k, v in result.lora.items() if "lora_B" in k or "lora_up" in k)
+    free_models()
