@@ -63,6 +63,9 @@ def add_workflow_arguments(run: argparse.ArgumentParser) -> None:
                             "(repeatable)")
     group.add_argument("--image-input", default=None, metavar="NODE.INPUT",
                        help="where each photo goes (default: the workflow's LoadImage node)")
+    group.add_argument("--dry-run", action="store_true",
+                       help="check the workflow against the installed nodes and models and list the runs, "
+                            "without running anything")
     group.add_argument("--input-dir", type=Path, default=None,
                        help="ComfyUI's input folder for LoadImage/BackdropVerify names (default: current folder)")
 
@@ -187,6 +190,25 @@ def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
     return report
 
 
+def _dry_run(jobs: list[Job], output_dir: Path) -> int:
+    """Validate every planned run (model and input names included) and print the plan."""
+    from .workflow.validate import workflow_problems
+
+    failed = 0
+    for job in jobs:
+        with comfy_folders(job.input_dir, output_dir):
+            _, specs = node_classes(job.input_dir, output_dir)
+            missing = sorted({n["class_type"] for n in job.graph.values()} - set(specs))
+            problems = [f"only runs inside ComfyUI: {', '.join(missing)}"] if missing else []
+            problems += workflow_problems(job.graph, specs, strict=True)
+        failed += bool(problems)
+        print(f"{'ok' if not problems else 'INVALID'}  {job.label}")
+        for problem in problems:
+            print(f"    - {problem}")
+    print(f"{len(jobs) - failed} of {len(jobs)} run(s) would start; nothing was run", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def saved_files(ui: Mapping[str, list[Any]], output_dir: Path) -> list[str]:
     files = []
     for entries in ui.values():
@@ -214,6 +236,8 @@ def _run(args: argparse.Namespace) -> int:
         graph, _ = load_graph(args.workflow, specs)
         graph = apply_assignments(graph, args.assignments, specs)
     jobs = plan_jobs(graph, list(args.inputs or []), args.image_input, input_dir)
+    if args.dry_run:
+        return _dry_run(jobs, output_dir)
     quiet = args.quiet or not sys.stderr.isatty()
     update, close = tqdm_progress("backdrop workflow", len(jobs), disable=quiet)
     reports = []

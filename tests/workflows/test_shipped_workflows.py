@@ -298,3 +298,17 @@ def test_backdrop_run_workflow_errors_before_running(tmp_path, capsys):
     assert code == 2 and "BackdropVerify has no input 'colour'" in capsys.readouterr().err
     code = main(["run", "--workflow", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
     assert code == 2 and "workflow file not found" in capsys.readouterr().err
+
+
+def test_dry_run_checks_model_names_without_running(studio, tmp_path, capsys):
+    from comfyui_backdrop.runtime.cli import main
+
+    out = tmp_path / "never"
+    args = ["run", "--workflow", str(WORKFLOWS / "api" / "product_background.json"), "--dry-run",
+            "--models-dir", str(studio / "models"), "--out", str(out), str(studio / "input" / "product.png")]
+    assert main(args) == 1  # the shipped model names are not in the tiny models folder
+    printed = capsys.readouterr().out
+    assert "INVALID  " in printed and "sam_model: 'sam_vit_b_01ec64.pth' is not one of: tiny_sam.safetensors" in printed
+    tiny = [x for a in TINY if _names_node(_load("product_background", api=True), a) for x in ("--set", a)]
+    assert main([*args, *tiny]) == 0 and not out.exists()
+    assert "ok  " in capsys.readouterr().out
