@@ -123,21 +123,23 @@ def apply_assignments(graph: ApiGraph, assignments: list[str], specs: Mapping[st
 
 
 def dependency_order(graph: ApiGraph, targets: list[str]) -> list[str]:
-    """``targets`` and every node they depend on, each once, dependencies first."""
+    """``targets`` and every node they depend on, each once, dependencies first (iterative: no depth limit)."""
     order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(node_id: str) -> None:
-        if node_id in seen:
-            return
-        seen.add(node_id)
-        for value in graph[node_id]["inputs"].values():
-            if is_link(value) and value[0] in graph:
-                visit(value[0])
-        order.append(node_id)
-
-    for node_id in targets:
-        visit(node_id)
+    done: set[str] = set()
+    for target in targets:
+        stack = [(target, False)]
+        while stack:
+            node_id, expanded = stack.pop()
+            if node_id in done:
+                continue
+            if expanded:
+                done.add(node_id)
+                order.append(node_id)
+                continue
+            stack.append((node_id, True))
+            for value in reversed(list(graph[node_id]["inputs"].values())):
+                if is_link(value) and value[0] in graph and value[0] not in done:
+                    stack.append((value[0], False))
     return order
 
 

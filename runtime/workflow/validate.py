@@ -102,22 +102,29 @@ def _link_problems(graph: ApiGraph, specs: Mapping[str, NodeSpec], where: str, d
 
 
 def _cycle_problems(graph: ApiGraph) -> list[str]:
-    state: dict[str, int] = {}
-
-    def visit(node_id: str) -> bool:
-        state[node_id] = 1
-        for value in graph[node_id]["inputs"].values():
-            if is_link(value) and value[0] in graph:
-                mark = state.get(value[0], 0)
-                if mark == 1 or (mark == 0 and visit(value[0])):
-                    return True
-        state[node_id] = 2
-        return False
-
-    for node_id in graph:
-        if state.get(node_id, 0) == 0 and visit(node_id):
-            return [f"the workflow has a cycle through node {node_id}"]
+    """A cycle through links makes a workflow unrunnable (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for root in graph:
+        if state.get(root):
+            continue
+        stack = [(root, iter(_sources(graph, root)))]
+        state[root] = 1
+        while stack:
+            node_id, sources = stack[-1]
+            source = next(sources, None)
+            if source is None:
+                state[node_id] = 2
+                stack.pop()
+            elif state.get(source) == 1:
+                return [f"the workflow has a cycle through node {source}"]
+            elif not state.get(source):
+                state[source] = 1
+                stack.append((source, iter(_sources(graph, source))))
     return []
+
+
+def _sources(graph: ApiGraph, node_id: str) -> list[str]:
+    return [v[0] for v in graph[node_id]["inputs"].values() if is_link(v) and v[0] in graph]
 
 
 def check_workflow(graph: ApiGraph, specs: Mapping[str, NodeSpec], strict: bool = False) -> None:

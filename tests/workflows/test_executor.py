@@ -196,3 +196,29 @@ def test_reroutes_are_followed_and_primitive_nodes_give_their_value():
     converted = ui_to_api(ui, SPECS)
     assert set(converted) == {"1", "2", "3", "9"}
     assert converted["2"]["inputs"]["value"] == ["1", 0] and converted["2"]["inputs"]["scale"] == 4.0
+
+
+class AddOne:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("FLOAT", {"forceInput": True})}}
+
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "add"
+
+    def add(self, x):
+        return (x + 1.0,)
+
+
+def test_a_long_chain_runs_without_hitting_the_recursion_limit():
+    classes = {**CLASSES, "AddOne": AddOne}
+    chain = {"n": {"class_type": "Numbers", "inputs": {"count": 1, "seed": 1}},
+             "0": {"class_type": "Reciprocal", "inputs": {"value": ["n", 0], "scale": 1.0}}}
+    for i in range(1, 3000):
+        chain[str(i)] = {"class_type": "AddOne", "inputs": {"x": [str(i - 1), 0]}}
+    chain["out"] = {"class_type": "Show", "inputs": {"value": ["2999", 0]}}
+    specs = specs_from_classes(classes)
+    chain["5"]["inputs"]["x"] = ["7", 0]  # 5 -> 7 -> 6 -> 5: a cycle deep in the chain is found
+    assert any("cycle" in p for p in workflow_problems(chain, specs))
+    chain["5"]["inputs"]["x"] = ["4", 0]
+    assert execute_workflow(chain, classes).ui["out"] == [{"value": [3000.0]}]
