@@ -48,6 +48,10 @@ class BackdropCaptionerLoader:
                    "models/LLM (local_files_only) and keeps it cached; Backdrop Free Models "
                    "releases it. Remote code is off unless allow_remote_code is on.")
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model):
+        return comfy_bridge.check_model_name("LLM", model)
+
     def load(self, model: str, device: str, dtype: str, allow_remote_code: bool):
         from ..runtime.captioning.loader import load_captioner
 

@@ -54,6 +54,28 @@ def model_choices(kind: str) -> list[str]:
         return []
 
 
+def check_model_name(kind: str, name: str) -> bool | str:
+    """For a node's ``VALIDATE_INPUTS``: True if ``name`` is in ``kind``'s folders, else the message that names
+    the folder, the file kinds and an example (ComfyUI shows it when a shared workflow names a missing model)."""
+    from ..runtime.models import missing_model_message
+
+    try:
+        available = locator().list(kind)
+        if name in available:
+            return True
+        return missing_model_message(kind, name, locator().folders(kind), available)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+
+
+def check_prefixed_model_name(value: str, kinds: tuple[str, ...]) -> bool | str:
+    """``<kind>/<name>`` names (e.g. ``checkpoints/x.safetensors``): the kind must be one of ``kinds``."""
+    kind, _, name = value.partition("/")
+    if kind not in kinds or not name:
+        return f"{value!r} must be {' or '.join(f'{k}/<name>' for k in kinds)}"
+    return check_model_name(kind, name)
+
+
 def progress_for(total: int) -> ProgressFn:
     """A callback for runtime loops: drives ComfyUI's ProgressBar and raises on interruption."""
     if _comfy_utils is not None:

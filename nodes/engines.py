@@ -104,6 +104,10 @@ class BackdropLoadEngine:
                    "The engine must come from this pipeline's model. A different LoRA stack is refit into "
                    "refittable engines by weight name; otherwise export an engine for that stack.")
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, engine):
+        return True if engine == LINKED_ENGINE else comfy_bridge.check_prefixed_model_name(engine, ("onnx", "tensorrt"))
+
     def load(self, pipeline, engine: str, provider: str, threads: int, engine_name: str | None = None):
         from ..export.attach import attach_engine
         from ..runtime.errors import InvalidInputError

@@ -40,6 +40,10 @@ class BackdropInpaintLoader:
                    "models/checkpoints (single files) or models/diffusers (folders), without any download. "
                    "Single files use the shipped configs and ComfyUI's own CLIP tokenizer.")
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model):
+        return comfy_bridge.check_prefixed_model_name(model, ("checkpoints", "diffusers"))
+
     def load(self, model: str, device: str, dtype: str):
         from ..runtime.inpainting.loader import load_pipeline
 
@@ -70,6 +74,10 @@ class BackdropLoRA:
     CATEGORY = CATEGORY
     DESCRIPTION = ("Stacks a LoRA from models/loras (kohya/ComfyUI or diffusers/peft format) on the pipeline; "
                    "chain several, each with its own strength. Switching LoRAs never reloads the base model.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name):
+        return comfy_bridge.check_model_name("loras", lora_name)
 
     def apply(self, pipeline, lora_name: str, strength: float, enabled: bool, fuse: bool):
         from ..runtime.inpainting.loras import add_lora

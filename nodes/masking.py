@@ -27,6 +27,10 @@ class BackdropSAMLoader:
     DESCRIPTION = ("Loads a segment-anything checkpoint (vit_b / vit_l / vit_h, .pth or .safetensors) offline from "
                    "models/sams; the architecture is detected from the weights.")
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, sam_model):
+        return comfy_bridge.check_model_name("sams", sam_model)
+
     def load(self, sam_model: str, device: str):
         from ..runtime.devices import resolve_device
         from ..runtime.masking.sam_loader import load_sam

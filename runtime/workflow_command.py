@@ -192,15 +192,16 @@ def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
 
 def _dry_run(jobs: list[Job], output_dir: Path) -> int:
     """Validate every planned run (model and input names included) and print the plan."""
-    from .workflow.validate import workflow_problems
+    from .workflow.validate import custom_validation_problems, workflow_problems
 
     failed = 0
     for job in jobs:
         with comfy_folders(job.input_dir, output_dir):
-            _, specs = node_classes(job.input_dir, output_dir)
+            classes, specs = node_classes(job.input_dir, output_dir)
             missing = sorted({n["class_type"] for n in job.graph.values()} - set(specs))
             problems = [f"only runs inside ComfyUI: {', '.join(missing)}"] if missing else []
             problems += workflow_problems(job.graph, specs, strict=True)
+            problems += custom_validation_problems(job.graph, classes)
         failed += bool(problems)
         print(f"{'ok' if not problems else 'INVALID'}  {job.label}")
         for problem in problems:

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import Interrupted
 from .api_graph import ApiGraph, dependency_order, is_link, node_id_key, node_title
 from .specs import NodeSpec, spec_from_class
-from .validate import WorkflowError, check_workflow
+from .validate import WorkflowError, custom_validation_problems, workflow_problems
 
 NodeProgress = Callable[[int, int, str], None]
 
@@ -72,7 +72,9 @@ def execute_workflow(graph: ApiGraph, classes: Mapping[str, type], *, ui_workflo
                              "in ComfyUI (or post it to its /prompt API); headless runs support this pack's nodes "
                              "and LoadImage, SaveImage and PreviewImage"])
     specs = {k: spec_from_class(k, c) for k, c in classes.items() if k in {n["class_type"] for n in graph.values()}}
-    check_workflow(graph, specs)
+    problems = workflow_problems(graph, specs) + custom_validation_problems(graph, classes)
+    if problems:
+        raise WorkflowError(problems)
     order = execution_order(graph, specs, targets)
     result = ExecutionResult(order=order)
     hidden_values = {"PROMPT": graph, "EXTRA_PNGINFO": {"workflow": ui_workflow} if ui_workflow else {}}

@@ -58,6 +58,7 @@ class NodeSpec:
     output_node: bool
     category: str = ""
     display_name: str = ""
+    custom_validated: frozenset[str] = frozenset()  # inputs the node's VALIDATE_INPUTS checks instead
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -97,7 +98,18 @@ def spec_from_class(class_type: str, node_class: type, display_name: str = "") -
     is_list = tuple(getattr(node_class, "OUTPUT_IS_LIST", (False,) * len(outputs)))
     return NodeSpec(class_type, tuple(inputs), hidden, tuple(str(o) for o in outputs), names, is_list,
                     bool(getattr(node_class, "INPUT_IS_LIST", False)), bool(getattr(node_class, "OUTPUT_NODE", False)),
-                    getattr(node_class, "CATEGORY", ""), display_name)
+                    getattr(node_class, "CATEGORY", ""), display_name, frozenset(custom_validated_inputs(node_class)))
+
+
+def custom_validated_inputs(node_class: type) -> list[str]:
+    """The input names a ``VALIDATE_INPUTS`` classmethod takes; ComfyUI skips its own range and choice
+    checks for those and calls the method instead."""
+    import inspect
+
+    method = getattr(node_class, "VALIDATE_INPUTS", None)
+    if method is None:
+        return []
+    return [n for n in inspect.signature(method).parameters if n not in ("cls", "self", "input_types")]
 
 
 def spec_from_object_info(class_type: str, info: Mapping[str, Any]) -> NodeSpec:

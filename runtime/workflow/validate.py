@@ -71,6 +71,8 @@ def workflow_problems(graph: ApiGraph, specs: Mapping[str, NodeSpec], strict: bo
             if is_link(value):
                 problems += _link_problems(graph, specs, where, declared, value)
                 continue
+            if declared.name in spec.custom_validated:
+                continue  # the node's VALIDATE_INPUTS decides (custom_validation_problems)
             reason = literal_problem(declared, value)
             if reason:
                 problems.append(f"{where}: {declared.name}: {reason}")
@@ -127,8 +129,22 @@ def _sources(graph: ApiGraph, node_id: str) -> list[str]:
     return [v[0] for v in graph[node_id]["inputs"].values() if is_link(v) and v[0] in graph]
 
 
-def check_workflow(graph: ApiGraph, specs: Mapping[str, NodeSpec], strict: bool = False) -> None:
-    """Raise ``WorkflowError`` listing every problem, if there are any."""
-    problems = workflow_problems(graph, specs, strict)
-    if problems:
-        raise WorkflowError(problems)
+def custom_validation_problems(graph: ApiGraph, classes: Mapping[str, type]) -> list[str]:
+    """Run each node's ``VALIDATE_INPUTS`` on its literal values, as ComfyUI does before queueing."""
+    from .specs import custom_validated_inputs
+
+    problems = []
+    for node_id, node in graph.items():
+        node_class = classes.get(node["class_type"])
+        names = custom_validated_inputs(node_class) if node_class is not None else []
+        values = {n: node["inputs"][n] for n in names if n in node["inputs"] and not is_link(node["inputs"][n])}
+        if not names or len(values) != len(names):
+            continue
+        try:
+            verdict = node_class.VALIDATE_INPUTS(**values)
+        except Exception as exc:  # a value of the wrong type: reported like any other problem
+            verdict = f"{type(exc).__name__}: {exc}"
+        if verdict is not True:
+            detail = "" if verdict is False else f": {verdict}"
+            problems.append(f"node {node_id} ({node_title(graph, node_id)}): {', '.join(names)}{detail}")
+    return problems

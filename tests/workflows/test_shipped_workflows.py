@@ -239,6 +239,27 @@ def test_engine_export_then_load_runs_on_the_onnx_engine(run, studio):
     assert len(_saved(result, studio)) == 1
 
 
+def test_a_shared_workflow_naming_missing_models_names_their_folders(studio, tmp_path):
+    """What ComfyUI shows (through VALIDATE_INPUTS) when a workflow names a model this machine lacks."""
+    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
+    from comfyui_backdrop.runtime.workflow.validate import WorkflowError
+
+    (tmp_path / "models" / "loras").mkdir(parents=True)
+    (tmp_path / "models" / "loras" / "style_a.safetensors").write_bytes(b"placeholder")
+    set_locator(ModelLocator.from_models_dir(tmp_path / "models"))
+    try:
+        with comfy_folders(studio / "input", studio / "output"), pytest.raises(WorkflowError) as caught:
+            classes, _ = node_classes(studio / "input", studio / "output")
+            execute_workflow(_load("catalog_folder", api=True), classes)
+        (problem,) = [p for p in caught.value.problems if "Studio LoRA" in p]
+        assert "Model 'backdrop_background.safetensors' was not found in models/loras" in problem
+        assert "for example models/loras/" in problem and "style_a.safetensors" in problem
+        assert classes["BackdropLoadEngine"].VALIDATE_INPUTS(engine="(engine input)") is True
+        assert "must be onnx/<name> or tensorrt/<name>" in classes["BackdropLoadEngine"].VALIDATE_INPUTS(engine="x")
+    finally:
+        set_locator(None)
+
+
 def test_native_ksampler_graph_names_the_core_nodes_it_needs(run):
     from comfyui_backdrop.runtime.workflow.validate import WorkflowError
 
@@ -308,7 +329,10 @@ def test_dry_run_checks_model_names_without_running(studio, tmp_path, capsys):
             "--models-dir", str(studio / "models"), "--out", str(out), str(studio / "input" / "product.png")]
     assert main(args) == 1  # the shipped model names are not in the tiny models folder
     printed = capsys.readouterr().out
-    assert "INVALID  " in printed and "sam_model: 'sam_vit_b_01ec64.pth' is not one of: tiny_sam.safetensors" in printed
+    assert "INVALID  " in printed and "node 2 (SAM): sam_model: Model 'sam_vit_b_01ec64.pth' was not found in " \
+        "models/sams" in printed and "Found there: tiny_sam.safetensors" in printed
+    assert "node 8 (Inpainting model): model: Model 'sd-v1-5-inpainting.safetensors' was not found in " \
+        "models/checkpoints" in printed
     tiny = [x for a in TINY if _names_node(_load("product_background", api=True), a) for x in ("--set", a)]
     assert main([*args, *tiny]) == 0 and not out.exists()
     assert "ok  " in capsys.readouterr().out
