@@ -3,7 +3,8 @@
 Photos given on the command line are fed to the workflow's image input (the LoadImage node, or
 ``--image-input NODE.INPUT``); a folder given to a workflow that starts with BackdropLoadImageFolder
 becomes that node's folder. Each photo is its own run: a failure is reported and the rest continue.
-A summary (``backdrop-summary-*.json``) is written to the output folder.
+A summary (``backdrop-summary.json``: per run its status, files, notes, errors and seconds per node) is
+written to the output folder.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .workflow.api_graph import (
     check_api_shape,
     find_node,
     is_ui_format,
+    node_title,
     read_workflow_file,
 )
 from .workflow.executor import execute_workflow
@@ -52,6 +54,7 @@ class JobReport:
     outputs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    node_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def add_workflow_arguments(run: argparse.ArgumentParser) -> None:
@@ -179,6 +182,7 @@ def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
         with comfy_folders(job.input_dir, output_dir):
             result = execute_workflow(job.graph, classes, continue_on_error=True, progress=progress_node)
         report.outputs = saved_files(result.ui, output_dir)
+        report.node_seconds = {f"{n} ({node_title(job.graph, n)})": round(t, 3) for n, t in result.seconds.items()}
         report.notes = [str(t) for entries in result.ui.values() for entry in entries if isinstance(entry, Mapping)
                         for t in entry.get("text", [])]
         report.errors = [f.describe() for f in result.failures]

@@ -302,6 +302,7 @@ def test_backdrop_run_workflow_over_photos_reports_failures_and_continues(studio
     bottle, broken = summary["jobs"]  # folder contents in name order
     assert broken["status"] == "failed" and "broken.png is not a readable image" in broken["errors"][0]
     assert bottle["status"] == "ok" and len(bottle["outputs"]) == 2
+    assert set(bottle["node_seconds"]) >= {"9 (New background (product exact))", "11 (Save (C2PA))"}
     assert all(Path(p).is_file() and Path(p).parent == out / "shoot" for p in bottle["outputs"])
     assert "FAILED" in capsys.readouterr().err
 
