@@ -134,7 +134,8 @@ def _check_output(node_id: str, kind: str, value) -> None:
 
 
 def test_every_node_returns_what_it_declares(pack):
-    """Run each node on example inputs (custom types come from the nodes that make them)."""
+    """Run each node on example inputs (custom types come from the nodes that make them), under
+    torch.inference_mode() as ComfyUI's executor does."""
     made: dict[str, object] = {}
     pending = dict(pack.NODE_CLASS_MAPPINGS)
     while pending:
@@ -155,7 +156,8 @@ def test_every_node_returns_what_it_declares(pack):
             if not ready:
                 continue
             image_in = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-            result = getattr(cls(), cls.FUNCTION)(**kwargs)
+            with torch.inference_mode():  # ComfyUI executes every node this way
+                result = getattr(cls(), cls.FUNCTION)(**kwargs)
             if isinstance(result, dict):  # output nodes may return {"ui": {...}, "result": (...)} like SaveImage
                 assert getattr(cls, "OUTPUT_NODE", False) and set(result) <= {"ui", "result"}, node_id
                 result = result.get("result", ())
