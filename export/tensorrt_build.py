@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from ..runtime.engines.profile import ShapeProfile
 from ..runtime.engines.spec import UNetSpec
 from ..runtime.engines.tensorrt_backend import import_tensorrt, trt_logger
 from ..runtime.errors import InvalidInputError, InvalidModelError
-from ..runtime.imaging import write_bytes_exclusive
+from ..runtime.imaging import replace_bytes_atomic, write_bytes_exclusive
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,11 +109,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
 
 def _save_timing_cache(path: Path, payload: bytes) -> None:
     """Replace the timing cache atomically: it only ever grows (old entries are loaded into the build)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-    os.replace(tmp, path)
+    replace_bytes_atomic(path, payload)
 
 
 def refit_engine(engine: Any, weights: dict[str, np.ndarray]) -> int:

@@ -122,7 +122,6 @@ register_model_folders()
 # ---- files for the provenance nodes (BackdropSave, BackdropVerify) -------------------------------------
 OUTPUT_DIR_ENV = "BACKDROP_OUTPUT_DIR"
 INPUT_DIR_ENV = "BACKDROP_INPUT_DIR"
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 def _fallback_dir(env: str, name: str) -> Path:
@@ -154,7 +153,9 @@ def input_image_names() -> list[str]:
         return []
     if folder_paths is not None:
         return sorted(folder_paths.filter_files_content_types(files, ["image"]))
-    return sorted(f for f in files if f.lower().endswith(_IMAGE_SUFFIXES))
+    from ..runtime.imaging import IMAGE_SUFFIXES
+
+    return sorted(f for f in files if f.lower().endswith(IMAGE_SUFFIXES))
 
 
 def input_image_path(name: str) -> Path:

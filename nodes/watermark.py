@@ -84,11 +84,8 @@ class BackdropWatermark:
         progress = comfy_bridge.progress_for(len(images))
         outputs, ids, lines = [], [], []
         for index, picture in enumerate(images):
-            if too_small:
-                outputs.append(picture)
-                ids.append("")
-                lines.append(f"image {index + 1}: left unmarked: {too_small}")
-            else:
+            unmarked = too_small
+            if not unmarked:
                 try:
                     result = get_service().mark(picture, base(index, len(images)), remark=if_already_marked,
                                                 strength=strength, protect=None if masks is None else masks[index])
@@ -96,11 +93,12 @@ class BackdropWatermark:
                     if if_too_small == "error":
                         raise
                     logger.warning("BackdropWatermark: image %d left unmarked: %s", index + 1, exc)
-                    outputs.append(picture)
-                    ids.append("")
-                    lines.append(f"image {index + 1}: left unmarked: {exc}")
-                    progress(index + 1, len(images))
-                    continue
+                    unmarked = str(exc)
+            if unmarked:
+                outputs.append(picture)
+                ids.append("")
+                lines.append(f"image {index + 1}: left unmarked: {unmarked}")
+            else:
                 outputs.append(result.image)
                 ids.append(result.watermark_id)
                 seq = f" (record seq {result.record.seq})" if result.record is not None else ""

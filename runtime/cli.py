@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import BackdropError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+from .imaging import IMAGE_SUFFIXES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidInputError
-from .imaging import LoadedImage, read_image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+from .imaging import IMAGE_SUFFIXES, LoadedImage, image_files, read_image
 
 
 @dataclass(frozen=True)
@@ -32,14 +30,6 @@ def subfolders(root: Path) -> list[str]:
     except OSError:
         found = []
     return [".", *found]
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name (hidden files left out)."""
-    if not folder.is_dir():
-        raise InvalidInputError(f"{folder} is not a folder")
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_folder(folder: Path, start: int = 0, limit: int = 0) -> FolderBatch:

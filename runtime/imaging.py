@@ -14,6 +14,7 @@ from .errors import InvalidInputError
 MIN_SIDE = 4
 MAX_SIDE = 16384
 WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # what read_image accepts
 
 
 @dataclass
@@ -133,12 +134,36 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, bit_depth: int = 8, al
     return write_bytes_exclusive(path, encoded.tobytes())
 
 
-def write_bytes_exclusive(path: str | os.PathLike, payload: bytes) -> Path:
+def write_bytes_exclusive(path: str | os.PathLike, payload: bytes, rename: bool = True) -> Path:
     """Write to a temp file in the same folder, then hard-link it to a free name (atomic, no overwrite).
 
-    Returns the path written: ``path`` itself, or ``stem-N.ext`` if ``path`` already exists.
+    Returns the path written: ``path`` itself, or ``stem-N.ext`` if ``path`` already exists. With
+    ``rename=False`` an existing ``path`` raises ``FileExistsError`` instead.
     """
     path = Path(path)
+    tmp = _temp_copy(path, payload)
+    try:
+        while True:
+            target = unique_path(path) if rename else path
+            try:
+                os.link(tmp, target)  # fails if target appeared meanwhile: never overwrites
+                return target
+            except FileExistsError:
+                if not rename:
+                    raise
+    finally:
+        os.unlink(tmp)
+
+
+def replace_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
+    """Replace ``path`` atomically (for generated files such as caches, never for a user's outputs)."""
+    path = Path(path)
+    os.replace(_temp_copy(path, payload), path)
+    return path
+
+
+def _temp_copy(path: Path, payload: bytes) -> str:
+    """``payload`` written and synced to a hidden temp file beside ``path``; returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
@@ -146,12 +171,16 @@ def write_bytes_exclusive(path: str | os.PathLike, payload: bytes) -> Path:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
-        while True:
-            target = unique_path(path)
-            try:
-                os.link(tmp, target)  # fails if target appeared meanwhile: never overwrites
-                return target
-            except FileExistsError:
-                continue
-    finally:
+    except BaseException:
         os.unlink(tmp)
+        raise
+    return tmp
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name (hidden files left out)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidInputError(f"{folder} is not a folder")
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -73,20 +73,20 @@ def add_workflow_arguments(run: argparse.ArgumentParser) -> None:
                        help="ComfyUI's input folder for LoadImage/BackdropVerify names (default: current folder)")
 
 
-def pack_classes() -> tuple[dict[str, type], dict[str, str]]:
-    """This pack's node classes (imported the way the CLI imports the package; ComfyUI is not needed)."""
-    from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-    return dict(NODE_CLASS_MAPPINGS), dict(NODE_DISPLAY_NAME_MAPPINGS)
-
-
-def node_classes(input_dir: Path, output_dir: Path) -> tuple[dict[str, type], dict[str, NodeSpec]]:
-    """Pack nodes plus headless LoadImage/SaveImage/PreviewImage, and their specs."""
+def node_classes(input_dir: Path, output_dir: Path) -> dict[str, type]:
+    """This pack's node classes (imported the way the CLI imports the package; ComfyUI is not needed) plus
+    headless LoadImage/SaveImage/PreviewImage."""
+    from ..nodes import NODE_CLASS_MAPPINGS
     from .workflow.core_nodes import core_node_classes
 
-    classes, names = pack_classes()
-    classes.update(core_node_classes(input_dir, output_dir))
-    return classes, specs_from_classes(classes, names)
+    return {**NODE_CLASS_MAPPINGS, **core_node_classes(input_dir, output_dir)}
+
+
+def node_specs(classes: Mapping[str, type]) -> dict[str, NodeSpec]:
+    """The specs of ``classes`` as they are now (combo listings read the folders: call it once per use)."""
+    from ..nodes import NODE_DISPLAY_NAME_MAPPINGS
+
+    return specs_from_classes(classes, NODE_DISPLAY_NAME_MAPPINGS)
 
 
 def load_graph(path: Path, specs: Mapping[str, NodeSpec]) -> tuple[ApiGraph, dict | None]:
@@ -177,7 +177,7 @@ def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
     """Run one job; failures (of the whole run or of single list items) are recorded, never raised."""
     report = JobReport(job.label)
     started = time.perf_counter()
-    classes, _ = node_classes(job.input_dir, output_dir)
+    classes = node_classes(job.input_dir, output_dir)
     try:
         with comfy_folders(job.input_dir, output_dir):
             result = execute_workflow(job.graph, classes, continue_on_error=True, progress=progress_node)
@@ -201,7 +201,8 @@ def _dry_run(jobs: list[Job], output_dir: Path) -> int:
     failed = 0
     for job in jobs:
         with comfy_folders(job.input_dir, output_dir):
-            classes, specs = node_classes(job.input_dir, output_dir)
+            classes = node_classes(job.input_dir, output_dir)
+            specs = node_specs(classes)
             missing = sorted({n["class_type"] for n in job.graph.values()} - set(specs))
             problems = [f"only runs inside ComfyUI: {', '.join(missing)}"] if missing else []
             problems += workflow_problems(job.graph, specs, strict=True)
@@ -237,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     output_dir = Path(args.out).resolve()
     input_dir = Path(args.input_dir or Path.cwd()).resolve()
     with comfy_folders(input_dir, output_dir):  # combo listings (input files) follow these folders
-        _, specs = node_classes(input_dir, output_dir)
+        specs = node_specs(node_classes(input_dir, output_dir))
         graph, _ = load_graph(args.workflow, specs)
         graph = apply_assignments(graph, args.assignments, specs)
     jobs = plan_jobs(graph, list(args.inputs or []), args.image_input, input_dir)

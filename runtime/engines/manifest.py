@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, InvalidModelError, MissingModelError
+from ..imaging import write_bytes_exclusive
 from .profile import ShapeProfile
 from .spec import UNetSpec
 
@@ -105,19 +105,10 @@ def write_manifest(manifest: EngineManifest, engine_path: str | os.PathLike) -> 
     """Write the manifest beside ``engine_path`` atomically; an existing manifest is never overwritten."""
     path = manifest_path(engine_path)
     payload = json.dumps(manifest.to_dict(), indent=1, sort_keys=False).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise InvalidModelError(f"{path} already exists; it was left untouched") from None
-    finally:
-        os.unlink(tmp)
-    return path
+        return write_bytes_exclusive(path, payload, rename=False)
+    except FileExistsError:
+        raise InvalidModelError(f"{path} already exists; it was left untouched") from None
 
 
 def _now() -> str:

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..imaging import IMAGE_SUFFIXES, image_files
 from ..progress import ProgressFn, report
+from ..provenance.file_hashes import file_sha256
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 MIN_PRODUCT_FRACTION = 0.002  # a product mask covering less than 0.2 % of the image counts as empty
@@ -47,16 +48,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InvalidInputError(f"dataset folder {folder} does not exist or is not a folder")
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return image_files(folder)
 
 
 def dataset_hash(entries: list[dict[str, Any]]) -> str:

@@ -52,8 +52,9 @@ def check_api_shape(data: Any, where: str = "workflow") -> ApiGraph:
         inputs = node.get("inputs", {})
         if not isinstance(inputs, Mapping):
             raise InvalidInputError(f"{where}: node {node_id!r} inputs must be an object")
-        graph[str(node_id)] = copy.deepcopy(dict(node))
-        graph[str(node_id)]["inputs"] = copy.deepcopy(dict(inputs))
+        node_copy = copy.deepcopy(dict(node))
+        node_copy["inputs"] = dict(node_copy.get("inputs", {}))
+        graph[str(node_id)] = node_copy
     return graph
 
 

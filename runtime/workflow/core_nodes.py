@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from ..batching import images_to_list
 from ..errors import InvalidInputError
-from ..imaging import read_image, to_integer, write_bytes_exclusive
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+from ..imaging import image_files, read_image, to_integer, write_bytes_exclusive
 
 
 def list_input_images(folder: Path) -> list[str]:
+    """What LoadImage lists: the images directly in the input folder (none if it does not exist)."""
     try:
-        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    except OSError:
+        return [p.name for p in image_files(folder)]
+    except (OSError, InvalidInputError):
         return []
 
 
@@ -102,7 +102,7 @@ def core_node_classes(input_dir: Path, output_dir: Path) -> dict[str, type]:
                 raise InvalidInputError(f"filename_prefix {filename_prefix!r} points outside {output_dir}")
             folder, prefix = target.parent, target.name
             saved = []
-            for image in np.asarray(images.detach().cpu() if hasattr(images, "detach") else images):
+            for image in images_to_list(images):
                 name = f"{prefix}_{next_counter(folder, prefix):05}_.png"
                 path = write_bytes_exclusive(folder / name, png_with_metadata(image[..., :3], prompt, extra_pnginfo))
                 subfolder = folder.relative_to(output_dir.resolve()).as_posix()

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from .api_graph import ApiGraph, is_link, node_title
-from .specs import InputSpec, NodeSpec, types_compatible
+from .specs import InputSpec, NodeSpec, custom_validated_inputs, types_compatible
 
 
 class WorkflowError(InvalidInputError):
@@ -131,8 +131,6 @@ def _sources(graph: ApiGraph, node_id: str) -> list[str]:
 
 def custom_validation_problems(graph: ApiGraph, classes: Mapping[str, type]) -> list[str]:
     """Run each node's ``VALIDATE_INPUTS`` on its literal values, as ComfyUI does before queueing."""
-    from .specs import custom_validated_inputs
-
     problems = []
     for node_id, node in graph.items():
         node_class = classes.get(node["class_type"])

@@ -14,10 +14,10 @@ import pytest
 
 from comfyui_backdrop.runtime.workflow.api_graph import apply_assignments, check_api_shape
 from comfyui_backdrop.runtime.workflow.executor import execute_workflow
-from comfyui_backdrop.runtime.workflow.specs import spec_from_object_info, specs_from_classes, types_compatible
+from comfyui_backdrop.runtime.workflow.specs import types_compatible
 from comfyui_backdrop.runtime.workflow.ui_format import ui_to_api, widget_values_to_inputs
 from comfyui_backdrop.runtime.workflow.validate import workflow_problems
-from comfyui_backdrop.runtime.workflow_command import comfy_folders, node_classes
+from comfyui_backdrop.runtime.workflow_command import comfy_folders, node_classes, node_specs
 from tests.caption_fixtures import build_tiny_florence2
 from tests.images import studio_product_photo, to_float
 from tests.sam_fixtures import build_tiny_sam, save_sam
@@ -26,7 +26,6 @@ from tests.training_fixtures import write_product_folder
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-CORE = json.loads((REPO / "tests" / "data" / "comfyui_core_nodes.json").read_text(encoding="utf-8"))
 # The files, model and input names the shipped workflows refer to (the README's workflow table lists them).
 EXPECTED_FILES = {"models/sams/sam_vit_b_01ec64.pth", "models/LLM/Florence-2-base/config.json",
                   "models/checkpoints/sd-v1-5-inpainting.safetensors", "models/loras/backdrop_background.safetensors",
@@ -44,16 +43,16 @@ def _generator():
     return module
 
 
+GENERATOR = _generator()
+
+
 def _load(name: str, api: bool = False) -> dict:
     return json.loads((WORKFLOWS / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def _specs() -> dict:
-    from comfyui_backdrop.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-    specs = {k: spec_from_object_info(k, v) for k, v in CORE.items() if not k.startswith("_")}
-    specs.update(specs_from_classes(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS))
-    return specs
+    """Our nodes' specs as they are now, and ComfyUI's core nodes from the 0.8.0 snapshot."""
+    return GENERATOR.load_specs()
 
 
 @pytest.fixture()
@@ -76,7 +75,7 @@ def test_the_six_workflows_ship_in_both_forms_and_are_current():
     assert NAMES == ["catalog_folder", "engine_export_load", "native_ksampler", "product_background", "train_lora",
                      "verify_image"]
     assert sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json")) == NAMES
-    stale = [str(p) for p, text in _generator().render().items() if p.read_text(encoding="utf-8") != text]
+    stale = [str(p) for p, text in GENERATOR.render().items() if p.read_text(encoding="utf-8") != text]
     assert not stale, f"out of date (run python docs/make_workflows.py): {stale}"
 
 
@@ -157,7 +156,8 @@ def run(studio, inpaint_models_root, monkeypatch):
 
     def _run(name: str, extra: list[str] = (), continue_on_error: bool = False):
         with comfy_folders(studio / "input", studio / "output"):
-            classes, specs = node_classes(studio / "input", studio / "output")
+            classes = node_classes(studio / "input", studio / "output")
+            specs = node_specs(classes)
             graph = _load(name, api=True)
             usable = [a for a in [*TINY, *extra] if _names_node(graph, a)]
             graph = apply_assignments(graph, usable, specs)
@@ -249,7 +249,7 @@ def test_a_shared_workflow_naming_missing_models_names_their_folders(studio, tmp
     set_locator(ModelLocator.from_models_dir(tmp_path / "models"))
     try:
         with comfy_folders(studio / "input", studio / "output"), pytest.raises(WorkflowError) as caught:
-            classes, _ = node_classes(studio / "input", studio / "output")
+            classes = node_classes(studio / "input", studio / "output")
             execute_workflow(_load("catalog_folder", api=True), classes)
         (problem,) = [p for p in caught.value.problems if "Studio LoRA" in p]
         assert "Model 'backdrop_background.safetensors' was not found in models/loras" in problem
