@@ -4,7 +4,6 @@
 - Every output slot holds a list. A node whose inputs are lists runs once per item (shorter lists repeat
   their last item) unless it sets ``INPUT_IS_LIST``; ``OUTPUT_IS_LIST`` outputs are concatenated.
 - Hidden inputs: PROMPT (the workflow), EXTRA_PNGINFO (``{"workflow": ui_workflow}`` when known), UNIQUE_ID.
-- Every node runs under ``torch.inference_mode()``.
 
 With ``continue_on_error`` a failing call for one list item (one photo of a folder) is recorded as an
 ``ItemFailure``, which flows downstream in that item's place, and the other items carry on.
@@ -118,8 +117,7 @@ def _run_node(node_id: str, title: str, node_class: type, spec: NodeSpec, inputs
         failed = next((v for v in kwargs.values() if isinstance(v, ItemFailure)), None)
         if failed is None:
             try:
-                with _inference_mode():
-                    returned = function(**kwargs)
+                returned = function(**kwargs)
             except (Interrupted, KeyboardInterrupt):
                 raise
             except Exception as exc:
@@ -138,13 +136,6 @@ def _run_node(node_id: str, title: str, node_class: type, spec: NodeSpec, inputs
             else:
                 outputs[slot].append(value)
     return outputs, ui
-
-
-def _inference_mode():
-    """ComfyUI runs every node under ``torch.inference_mode()``; headless runs do the same."""
-    import torch
-
-    return torch.inference_mode()
 
 
 def _result_tuple(returned: Any, ui: list[Any]) -> tuple:
