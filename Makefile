@@ -23,12 +23,12 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) tests/bench_masking.py
-	$(PY) tests/bench_sam.py
-	$(PY) tests/bench_inpaint.py
-	$(PY) tests/bench_training.py
-	$(PY) tests/bench_watermark.py --quick
-	$(PY) tests/bench_export.py
+	$(PY) benchmarks/bench_masking.py
+	$(PY) benchmarks/bench_sam.py
+	$(PY) benchmarks/bench_inpaint.py
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_watermark.py --quick
+	$(PY) benchmarks/bench_export.py
 
 # Regenerate what is generated from the code: README reference sections and workflows/ (tests check both).
 docs: $(VENV)/.installed

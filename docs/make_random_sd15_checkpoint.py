@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import torch
 
 from comfyui_backdrop.runtime.inpainting.single_file import CONFIGS_DIR
-from comfyui_backdrop.tests.inpaint_fixtures import to_ldm
+from comfyui_backdrop.tests.fixtures.inpaint_fixtures import to_ldm
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -11,7 +11,7 @@ outside the markers is hand-written and left alone. The sections come from:
   Model combos are rendered as the folder they list, not as this machine's files: while rendering,
   the model locator answers every listing with a marker naming its folder.
 - ``model-folders``: ``runtime.models.MODEL_FOLDERS``, plus which nodes and CLI options use each folder.
-- ``cli``: ``backdrop --help`` and ``backdrop <sub> --help`` from ``runtime.cli.build_parser()``, at a
+- ``cli``: ``backdrop --help`` and ``backdrop <sub> --help`` from ``cli.main.build_parser()``, at a
   fixed width of 100 columns and without colour.
 """
 
@@ -318,7 +318,7 @@ def _cli_uses(parser: argparse.ArgumentParser, kind: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------- cli
 
 def _parser() -> argparse.ArgumentParser:
-    from comfyui_backdrop.runtime.cli import build_parser
+    from comfyui_backdrop.cli.main import build_parser
 
     return build_parser()
 

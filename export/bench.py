@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runtime.imaging import write_bytes_exclusive
+from ..runtime.files import write_bytes_exclusive
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..runtime.engines.profile import ShapeProfile
 from ..runtime.engines.spec import UNetSpec
 from ..runtime.engines.tensorrt_backend import import_tensorrt, trt_logger
 from ..runtime.errors import InvalidInputError, InvalidModelError
-from ..runtime.imaging import replace_bytes_atomic, write_bytes_exclusive
+from ..runtime.files import replace_bytes_atomic, write_bytes_exclusive
 
 if TYPE_CHECKING:
     import numpy as np

@@ -44,7 +44,7 @@ class BackdropStudioBackdrop:
         from ..runtime.backdrop.studio import StudioOptions
         from ..runtime.backdrop.studio_job import studio_background
         from ..runtime.backdrop.styles import get_style
-        from ..runtime.batching import images_to_list, masks_for_batch, stack_images
+        from .tensors import images_to_list, masks_for_batch, stack_images
 
         images = images_to_list(image)
         height, width = images[0].shape[:2]

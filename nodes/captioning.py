@@ -102,9 +102,9 @@ class BackdropCaption:
 
     def caption(self, image, task: str, custom_instruction: str, max_new_tokens: int, num_beams: int,
                 sampling: bool, temperature: float, top_p: float, seed: int, captioner=None, product_mask=None):
-        from ..runtime.batching import images_to_list, masks_for_batch
         from ..runtime.captioning.captioner import GenerationSettings
         from ..runtime.captioning.pipeline import caption_images
+        from .tensors import images_to_list, masks_for_batch
 
         images = images_to_list(image)
         masks = None

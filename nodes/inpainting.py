@@ -135,9 +135,9 @@ class BackdropInpaint:
     def inpaint(self, pipeline, image, product_mask, positive: str, negative: str, variations: int, seed: int,
                 steps: int, cfg: float, scheduler: str, strength: float, resolution: int = 0, outpaint: str = "none",
                 seam_feather: int = 6, color_match: float = 1.0):
-        from ..runtime.batching import images_to_list, stack_images, stack_masks
         from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
         from ..runtime.inpainting.masks import masks_like_images
+        from .tensors import images_to_list, stack_images, stack_masks
 
         images = images_to_list(image)
         masks = masks_like_images(product_mask, images)
@@ -177,9 +177,9 @@ class BackdropComposite:
                    "original's size.")
 
     def composite(self, generated, original, product_mask, seam_feather: int, color_match: float):
-        from ..runtime.batching import images_to_list, stack_images
         from ..runtime.inpainting.composite import composite_original
         from ..runtime.inpainting.masks import masks_like_images, pair_generated_with_originals
+        from .tensors import images_to_list, stack_images
 
         generated_list, originals = images_to_list(generated), images_to_list(original)
         masks = masks_like_images(product_mask, originals)

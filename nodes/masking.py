@@ -74,9 +74,9 @@ class BackdropProductMask:
 
     def mask(self, image, fill_holes: bool, keep: str, grow_px: int, edge_refine: bool, feather_px: float,
              sam=None, box: str = "", points: str = ""):
-        from ..runtime.batching import images_to_list, stack_images, stack_masks
         from ..runtime.masking.product_mask import mask_preview, product_masks
         from ..runtime.masking.types import Prompt, RefineOptions, parse_box, parse_points
+        from .tensors import images_to_list, stack_images, stack_masks
 
         images = images_to_list(image)
         prompt = Prompt(box=parse_box(box), points=parse_points(points))

@@ -66,9 +66,9 @@ class BackdropWatermark:
 
     def mark(self, image, account: str, prompt: str, negative_prompt: str, generation_seed: int, metadata: str,
              if_already_marked: str, if_too_small: str, strength: float, product_mask=None, workflow_prompt=None):
-        from ..runtime.batching import images_to_list, masks_for_batch, stack_images
         from ..runtime.watermark import MIN_SIDE, ImageTooSmallError
         from ..runtime.watermark.service import get_service
+        from .tensors import images_to_list, masks_for_batch, stack_images
 
         images = images_to_list(image)
         height, width = images[0].shape[:2]
@@ -138,9 +138,9 @@ class BackdropVerify:
         return float("nan")  # the ledger can change between runs: always check again
 
     def verify(self, file: str = NO_FILE, image=None):
-        from ..runtime.batching import images_to_list
         from ..runtime.errors import InvalidInputError
         from ..runtime.watermark.service import get_service
+        from .tensors import images_to_list
 
         if image is None and file == NO_FILE:
             raise InvalidInputError("connect an image or choose a file to verify")
@@ -195,9 +195,9 @@ class BackdropSave:
 
     def save(self, images, filename_prefix: str, format: str, quality: int, resolution: str, c2pa: bool,
              prompt=None, extra_pnginfo=None):
-        from ..runtime.batching import images_to_list
         from ..runtime.saving import SaveOptions, comfy_metadata, comfy_style_path, save_image
         from ..runtime.watermark.service import get_service
+        from .tensors import images_to_list
 
         pictures = images_to_list(images)
         metadata = {} if comfy_bridge.metadata_disabled() else comfy_metadata(prompt, extra_pnginfo)

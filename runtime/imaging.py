@@ -1,15 +1,15 @@
-"""Reading, normalising and writing images: 8/16-bit, grayscale, RGBA; atomic, never-overwriting writes."""
+"""Reading, normalising and writing images: 8/16-bit, grayscale, RGBA (files go through ``files``: atomic, never overwritten)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InvalidInputError
+from .files import write_bytes_exclusive
 
 MIN_SIDE = 4
 MAX_SIDE = 16384
@@ -96,16 +96,6 @@ def to_integer(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.clip(np.rint(np.asarray(rgb, dtype=np.float64) * scale), 0, scale).astype(dtype)
 
 
-def unique_path(path: str | os.PathLike) -> Path:
-    """``path`` if free, else ``stem-1.ext``, ``stem-2.ext``... (an existing file is never reused)."""
-    path = Path(path)
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
 def write_image(path: str | os.PathLike, rgb: np.ndarray, bit_depth: int = 8, alpha: np.ndarray | None = None,
                 quality: int = 95) -> Path:
     """Write atomically, never overwriting: returns the path actually written (may get a ``-N`` suffix)."""
@@ -132,49 +122,6 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, bit_depth: int = 8, al
     if not ok:
         raise InvalidInputError(f"OpenCV could not encode {path.name}")
     return write_bytes_exclusive(path, encoded.tobytes())
-
-
-def write_bytes_exclusive(path: str | os.PathLike, payload: bytes, rename: bool = True) -> Path:
-    """Write to a temp file in the same folder, then hard-link it to a free name (atomic, no overwrite).
-
-    Returns the path written: ``path`` itself, or ``stem-N.ext`` if ``path`` already exists. With
-    ``rename=False`` an existing ``path`` raises ``FileExistsError`` instead.
-    """
-    path = Path(path)
-    tmp = _temp_copy(path, payload)
-    try:
-        while True:
-            target = unique_path(path) if rename else path
-            try:
-                os.link(tmp, target)  # fails if target appeared meanwhile: never overwrites
-                return target
-            except FileExistsError:
-                if not rename:
-                    raise
-    finally:
-        os.unlink(tmp)
-
-
-def replace_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
-    """Replace ``path`` atomically (for generated files such as caches, never for a user's outputs)."""
-    path = Path(path)
-    os.replace(_temp_copy(path, payload), path)
-    return path
-
-
-def _temp_copy(path: Path, payload: bytes) -> str:
-    """``payload`` written and synced to a hidden temp file beside ``path``; returns its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:

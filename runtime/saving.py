@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
-from .imaging import to_integer, write_bytes_exclusive
+from .files import write_bytes_exclusive
+from .imaging import to_integer
 
 FORMATS = ("png", "jpeg", "webp")
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}

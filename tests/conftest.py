@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from tests.images import studio_product_photo
+from tests.fixtures.images import studio_product_photo
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def inpaint_models_root(tmp_path_factory):
     """Tiny inpainting models (SD1.5 9-ch folder + single file, SD1.5 4-ch, SDXL 9-ch) and LoRAs, built once."""
-    from tests.inpaint_fixtures import build_inpaint_models
+    from tests.fixtures.inpaint_fixtures import build_inpaint_models
 
     return build_inpaint_models(tmp_path_factory.mktemp("inpaint") / "models")
 

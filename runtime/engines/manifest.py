@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, InvalidModelError, MissingModelError
-from ..imaging import write_bytes_exclusive
+from ..files import write_bytes_exclusive
 from .profile import ShapeProfile
 from .spec import UNetSpec
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..batching import masks_for_batch
 from ..errors import InvalidInputError
+from ..masking.broadcast import masks_for_batch
 from .geometry import check_mask_aspect
 
 

@@ -23,7 +23,7 @@ def save_checkpoint(folder: Path, step: int, unet, optimizer, generator, scaler,
     """Write ``checkpoint-<step>.pt`` in ``folder`` (a ``-N`` suffix if that name exists) and return its path."""
     import torch
 
-    from ..imaging import write_bytes_exclusive
+    from ..files import write_bytes_exclusive
 
     payload = {"format": CHECKPOINT_FORMAT, "step": step, "lora": lora_state(unet),
                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),

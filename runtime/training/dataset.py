@@ -152,7 +152,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> Path:
 
     if path.is_file():  # the same image prepared before: its mask is content-addressed, keep it
         return path
-    from ..imaging import write_bytes_exclusive
+    from ..files import write_bytes_exclusive
 
     ok, encoded = cv2.imencode(".png", (np.clip(mask, 0, 1) * 255 + 0.5).astype(np.uint8))
     if not ok:

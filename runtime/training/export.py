@@ -76,7 +76,7 @@ def save_lora(peft_state: dict, alpha: float, metadata: dict[str, str], name: st
     """
     from safetensors.torch import save
 
-    from ..imaging import write_bytes_exclusive
+    from ..files import write_bytes_exclusive
     from ..models import get_locator
 
     stem = Path(name).name.removesuffix(".safetensors")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from comfyui_backdrop.cli.bench import main as bench_main
 from comfyui_backdrop.export.bench import Candidate, interleaved, parity, percentile, speedups
-from comfyui_backdrop.runtime.bench_command import main as bench_main
-from tests.export.tiny_unets import tiny_sd15_unet
+from tests.fixtures.tiny_unets import tiny_sd15_unet
 
 
 def test_rounds_interleave_and_rotate():

@@ -15,7 +15,7 @@ from comfyui_backdrop.runtime.engines.manifest import EngineManifest, manifest_p
 from comfyui_backdrop.runtime.engines.profile import ShapeProfile
 from comfyui_backdrop.runtime.engines.spec import UNetSpec
 from comfyui_backdrop.runtime.errors import InvalidModelError, MissingModelError
-from tests.export.tiny_unets import tiny_sd15_unet
+from tests.fixtures.tiny_unets import tiny_sd15_unet
 
 SPEC = UNetSpec(family="sd15", in_channels=9, out_channels=4, context_dim=768, latent_multiple=8,
                 config={"block_out_channels": [320, 640, 1280, 1280]})

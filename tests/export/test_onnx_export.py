@@ -16,7 +16,7 @@ from comfyui_backdrop.export.refit import base_parameters, effective_lora_weight
 from comfyui_backdrop.runtime.engines.ort_backend import OrtUNetBackend
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
 from comfyui_backdrop.runtime.errors import InvalidModelError
-from tests.export.tiny_unets import SD15_LORA_TARGETS, add_random_lora, tiny_sd15_unet, tiny_sdxl_unet
+from tests.fixtures.tiny_unets import SD15_LORA_TARGETS, add_random_lora, tiny_sd15_unet, tiny_sdxl_unet
 
 TOL = 1e-4
 SHAPES = [(1, 16, 16), (2, 8, 24), (3, 24, 8)]  # (batch, latent h, latent w): square and non-square

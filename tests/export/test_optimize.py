@@ -10,7 +10,7 @@ from comfyui_backdrop.export.optimize import fusion_options, optimize_unet_onnx,
 from comfyui_backdrop.runtime.engines.ort_backend import OrtUNetBackend
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
 from comfyui_backdrop.runtime.errors import InvalidInputError
-from tests.export.tiny_unets import tiny_sd15_unet
+from tests.fixtures.tiny_unets import tiny_sd15_unet
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from comfyui_backdrop.export.onnx_export import example_inputs, export_unet_onnx
 from comfyui_backdrop.export.refit import effective_lora_weights, refit_weights
 from comfyui_backdrop.runtime.engines.profile import OutOfProfileError, ShapeProfile
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
-from tests.export.tiny_unets import add_random_lora, tiny_sd15_unet, tiny_sdxl_unet
+from tests.fixtures.tiny_unets import add_random_lora, tiny_sd15_unet, tiny_sdxl_unet
 
 trt = pytest.importorskip("tensorrt", reason="the tensorrt package is not installed (GPU machines only)")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU; none is visible")

@@ -11,8 +11,8 @@ from comfyui_backdrop.nodes.captioning import BackdropCaption, BackdropCaptioner
 from comfyui_backdrop.runtime.captioning.captioner import Captioner
 from comfyui_backdrop.runtime.errors import InvalidInputError, InvalidModelError
 from comfyui_backdrop.runtime.models import ModelLocator, set_locator
-from tests.caption_fixtures import build_tiny_blip, build_tiny_qwen2_vl, build_tiny_remote_code_vlm
-from tests.images import studio_product_photo
+from tests.fixtures.caption_fixtures import build_tiny_blip, build_tiny_qwen2_vl, build_tiny_remote_code_vlm
+from tests.fixtures.images import studio_product_photo
 
 CAPTION_WIDGETS = ["image", "task", "custom_instruction", "max_new_tokens", "num_beams", "sampling", "temperature",
                    "top_p", "seed"]

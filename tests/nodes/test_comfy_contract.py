@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.caption_fixtures import build_tiny_blip
-from tests.images import studio_product_photo
+from tests.fixtures.caption_fixtures import build_tiny_blip
+from tests.fixtures.images import studio_product_photo
+from tests.fixtures.sam_fixtures import build_tiny_sam, save_sam
+from tests.fixtures.training_fixtures import write_product_folder
 from tests.nodes.pack_loader import REPO_ROOT, load_pack_like_comfyui, unload_pack
-from tests.sam_fixtures import build_tiny_sam, save_sam
-from tests.training_fixtures import write_product_folder
 
 PRIMITIVES = {"INT": int, "FLOAT": float, "BOOLEAN": bool, "STRING": str}
 # Widget values that keep the tiny diffusion models quick; everything else uses the node's defaults.

@@ -10,8 +10,8 @@ from comfyui_backdrop.nodes import comfy_bridge
 from comfyui_backdrop.nodes.backdrop import BackdropStudioBackdrop
 from comfyui_backdrop.nodes.masking import BackdropProductMask, BackdropSAMLoader
 from comfyui_backdrop.runtime.errors import Interrupted, MissingModelError
-from tests.images import image_batch, iou, studio_product_photo
-from tests.sam_fixtures import build_tiny_sam, save_sam
+from tests.fixtures.images import image_batch, iou, studio_product_photo
+from tests.fixtures.sam_fixtures import build_tiny_sam, save_sam
 
 DEFAULTS = {"fill_holes": True, "keep": "main", "grow_px": 0, "edge_refine": True, "feather_px": 0.0}
 

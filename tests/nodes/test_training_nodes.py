@@ -11,7 +11,7 @@ from comfyui_backdrop.nodes.inpainting import BackdropInpaintLoader, BackdropLoR
 from comfyui_backdrop.nodes.training import BackdropTrainLoRA
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.training.export import read_metadata
-from tests.training_fixtures import locator_with_loras, write_product_folder
+from tests.fixtures.training_fixtures import locator_with_loras, write_product_folder
 
 SETTINGS = {"steps": 3, "rank": 2, "learning_rate": 5e-3, "resolution": 64, "seed": 1, "background_weight": 1.0,
             "product_weight": 0.1, "caption_dropout": 0.0, "checkpoint_every": 0, "resume": False}

@@ -23,7 +23,7 @@ from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.provenance.c2pa_manifest import read_manifest
 from comfyui_backdrop.runtime.watermark import MIN_SIDE, ImageTooSmallError
 from comfyui_backdrop.runtime.watermark.service import AlreadyMarkedError, get_service
-from tests.images import image_batch, studio_product_photo
+from tests.fixtures.images import image_batch, studio_product_photo
 
 MARK_DEFAULTS = {"account": "acme", "prompt": "bottle on linen", "negative_prompt": "text", "generation_seed": 42,
                  "metadata": '{"client": "ACME"}', "if_already_marked": "refuse", "if_too_small": "leave unmarked",

@@ -18,12 +18,12 @@ from comfyui_backdrop.runtime.captioning.tasks import TASKS, instructions_for
 from comfyui_backdrop.runtime.captioning.views import background_view, product_box, product_view
 from comfyui_backdrop.runtime.errors import InvalidInputError, InvalidModelError, MissingModelError
 from comfyui_backdrop.runtime.models import MODEL_CACHE, ModelLocator
-from tests.caption_fixtures import (
+from tests.fixtures.caption_fixtures import (
     build_llm_dir,
     build_text_only_model,
     build_tiny_remote_code_vlm,
 )
-from tests.images import studio_product_photo, to_float
+from tests.fixtures.images import studio_product_photo, to_float
 
 FAMILIES = {"tiny-blip": ("blip", "BlipForConditionalGeneration"),
             "tiny-blip2": ("blip2", "Blip2ForConditionalGeneration"),

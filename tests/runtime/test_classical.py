@@ -9,7 +9,7 @@ import pytest
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.masking.classical import estimate_foreground
 from comfyui_backdrop.runtime.masking.types import Prompt
-from tests.images import iou
+from tests.fixtures.images import iou
 
 # Measured raw-mask IoU on these 192x256 scenes: white 0.951, sweep 0.955, shadow 0.958, textured 0.983,
 # downscaled 0.964 (the edge is refined later by refine_mask). 0.9 leaves room for platform differences.

@@ -11,7 +11,7 @@ from comfyui_backdrop.runtime.engines.adapter import BackendUNet
 from comfyui_backdrop.runtime.engines.ort_backend import OrtUNetBackend
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
 from comfyui_backdrop.runtime.errors import InvalidInputError
-from tests.inpaint_fixtures import build_tiny_pipeline, write_tiny_tokenizer
+from tests.fixtures.inpaint_fixtures import build_tiny_pipeline, write_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

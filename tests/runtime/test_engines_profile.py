@@ -11,7 +11,7 @@ from comfyui_backdrop.runtime.engines.profile import OutOfProfileError, ShapePro
 from comfyui_backdrop.runtime.engines.spec import UNetSpec
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
 from comfyui_backdrop.runtime.errors import InvalidInputError
-from tests.export.tiny_unets import tiny_sd15_unet
+from tests.fixtures.tiny_unets import tiny_sd15_unet
 
 
 def test_profile_from_user_resolutions():

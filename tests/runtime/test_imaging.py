@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from comfyui_backdrop.runtime.batching import images_to_list, masks_for_batch
+from comfyui_backdrop.nodes.tensors import images_to_list, masks_for_batch
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.imaging import normalize_array, read_image, to_integer, write_image
 

@@ -17,7 +17,7 @@ from comfyui_backdrop.runtime.errors import InvalidModelError
 from comfyui_backdrop.runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds, non_finite_message
 from comfyui_backdrop.runtime.inpainting.loader import load_pipeline
 from comfyui_backdrop.runtime.models import MODEL_CACHE, ModelLocator, set_locator
-from tests.inpaint_fixtures import build_tiny_pipeline, write_tiny_tokenizer
+from tests.fixtures.inpaint_fixtures import build_tiny_pipeline, write_tiny_tokenizer
 
 FAST = InpaintSettings(prompt="a marble table", steps=2, resolution=128)
 

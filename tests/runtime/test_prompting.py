@@ -20,7 +20,7 @@ from comfyui_backdrop.runtime.prompting import (
     get_token_counter,
     load_compositions,
 )
-from tests.caption_fixtures import write_clip_tokenizer
+from tests.fixtures.caption_fixtures import write_clip_tokenizer
 
 CAPTION = "A green glass bottle with a cream label."
 SCENE = "on a marble kitchen counter"

@@ -19,7 +19,7 @@ from comfyui_backdrop.runtime.provenance.c2pa_manifest import (
 )
 from comfyui_backdrop.runtime.provenance.keys import load_keys
 from comfyui_backdrop.runtime.saving import encode_image
-from tests.images import studio_product_photo
+from tests.fixtures.images import studio_product_photo
 
 WID = 0x1234_5678_9ABC_DEF0 >> 1
 

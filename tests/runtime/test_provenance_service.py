@@ -18,7 +18,7 @@ from comfyui_backdrop.runtime.watermark.service import (
     get_service,
     mark_for_run,
 )
-from tests.images import studio_product_photo
+from tests.fixtures.images import studio_product_photo
 
 CONTENT = RecordContent(account="acme-studio", prompt="amber bottle on travertine, soft light",
                         negative_prompt="text, watermark", seed=1234,

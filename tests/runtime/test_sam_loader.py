@@ -17,7 +17,7 @@ from comfyui_backdrop.runtime.masking.sam_loader import (
     state_dict_shapes,
 )
 from comfyui_backdrop.runtime.models import MODEL_CACHE, ModelLocator
-from tests.sam_fixtures import build_tiny_sam, save_sam
+from tests.fixtures.sam_fixtures import build_tiny_sam, save_sam
 
 OFFICIAL = {  # (embed dim, depth, heads, global attention blocks) from segment_anything/build_sam.py
     "vit_b": (768, 12, 12, (2, 5, 8, 11)),

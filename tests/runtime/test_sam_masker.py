@@ -21,7 +21,7 @@ from comfyui_backdrop.runtime.masking.sam_loader import (
 from comfyui_backdrop.runtime.masking.sam_masker import SamMasker, rank_candidates
 from comfyui_backdrop.runtime.masking.types import Prompt
 from comfyui_backdrop.runtime.models import ModelLocator
-from tests.sam_fixtures import build_tiny_sam, save_sam
+from tests.fixtures.sam_fixtures import build_tiny_sam, save_sam
 
 H, W = 96, 128
 

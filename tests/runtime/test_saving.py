@@ -22,7 +22,7 @@ from comfyui_backdrop.runtime.saving import (
     resize_to_preset,
     save_image,
 )
-from tests.images import studio_product_photo
+from tests.fixtures.images import studio_product_photo
 
 PROMPT = {"3": {"class_type": "KSampler", "inputs": {"seed": 5, "positive": ["6", 0]}},
           "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "bottle on linen, é"}}}

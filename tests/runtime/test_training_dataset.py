@@ -11,7 +11,7 @@ import torch
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.training.augment import background_mask, drop_caption
 from comfyui_backdrop.runtime.training.dataset import prepare_dataset, read_manifest
-from tests.training_fixtures import write_blank, write_product_folder
+from tests.fixtures.training_fixtures import write_blank, write_product_folder
 
 
 def test_manifest_lists_masks_captions_and_hashes(tmp_path):

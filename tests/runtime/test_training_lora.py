@@ -10,7 +10,7 @@ from comfyui_backdrop.runtime.training.dataset import prepare_dataset
 from comfyui_backdrop.runtime.training.export import read_metadata
 from comfyui_backdrop.runtime.training.lora_setup import ALL_UNET_TARGETS
 from comfyui_backdrop.runtime.training.trainer import TrainConfig, evaluation_loss, train_lora, training_unet
-from tests.training_fixtures import locator_with_loras, write_product_folder
+from tests.fixtures.training_fixtures import locator_with_loras, write_product_folder
 
 SD15 = "checkpoints/tiny-sd15-inpaint.safetensors"
 

@@ -20,7 +20,7 @@ from comfyui_backdrop.runtime.watermark import (
     embed,
     is_marked,
 )
-from tests.watermark_images import noise_image, psnr, real_photos, studio_shot
+from tests.fixtures.watermark_images import noise_image, psnr, real_photos, studio_shot
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
@@ -207,7 +207,7 @@ def test_remarking_with_another_payload_is_refused(marked_astronaut):
 
 
 def test_remarking_check_sees_a_recompressed_crop(marked_astronaut):
-    from tests.watermark_images import jpeg
+    from tests.fixtures.watermark_images import jpeg
 
     crop = jpeg(marked_astronaut[37:37 + 300, 91:91 + 320], 80)
     with pytest.raises(AlreadyWatermarkedError):

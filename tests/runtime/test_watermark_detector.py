@@ -13,7 +13,15 @@ from comfyui_backdrop.runtime.watermark.lattice import estimate_lattices
 from comfyui_backdrop.runtime.watermark.payload import CODED_BITS, encode
 from comfyui_backdrop.runtime.watermark.perceptual import luma
 from comfyui_backdrop.runtime.watermark.residual import whitened_residual
-from tests.watermark_images import crop_area, noise_image, real_photos, resize, rotate, skimage_photo, studio_shot
+from tests.fixtures.watermark_images import (
+    crop_area,
+    noise_image,
+    real_photos,
+    resize,
+    rotate,
+    skimage_photo,
+    studio_shot,
+)
 
 KEY = b"detector-test-key-0123456789abcd"
 

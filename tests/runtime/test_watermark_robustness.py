@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from comfyui_backdrop.runtime.watermark import detect, embed
-from tests.watermark_images import blur, crop_area, jpeg, real_photos, resize, rotate, studio_shot, tone, webp
+from tests.fixtures.watermark_images import blur, crop_area, jpeg, real_photos, resize, rotate, studio_shot, tone, webp
 
 KEY = b"robustness-test-key-0123456789ab"
 IDS = {"astronaut": 0x0123_4567_89AB_CDEF, "coffee": 0xFEDC_BA98_7654_3210, "rocket": 0x1111_2222_3333_4444,

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comfyui_backdrop.cli.workflow import comfy_folders, node_classes, node_specs
 from comfyui_backdrop.runtime.workflow.api_graph import apply_assignments, check_api_shape
 from comfyui_backdrop.runtime.workflow.executor import execute_workflow
 from comfyui_backdrop.runtime.workflow.specs import types_compatible
 from comfyui_backdrop.runtime.workflow.ui_format import ui_to_api, widget_values_to_inputs
 from comfyui_backdrop.runtime.workflow.validate import workflow_problems
-from comfyui_backdrop.runtime.workflow_command import comfy_folders, node_classes, node_specs
-from tests.caption_fixtures import build_tiny_florence2
-from tests.images import studio_product_photo, to_float
-from tests.sam_fixtures import build_tiny_sam, save_sam
-from tests.training_fixtures import write_product_folder
+from tests.fixtures.caption_fixtures import build_tiny_florence2
+from tests.fixtures.images import studio_product_photo, to_float
+from tests.fixtures.sam_fixtures import build_tiny_sam, save_sam
+from tests.fixtures.training_fixtures import write_product_folder
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -283,7 +283,7 @@ def test_native_ksampler_on_a_live_comfyui():
 
 def test_backdrop_run_workflow_over_photos_reports_failures_and_continues(studio, inpaint_models_root, tmp_path,
                                                                          monkeypatch, capsys):
-    from comfyui_backdrop.runtime.cli import main
+    from comfyui_backdrop.cli.main import main
 
     monkeypatch.setenv("BACKDROP_CLIP_TOKENIZER", str(inpaint_models_root["tokenizer"]))
     photos = tmp_path / "shoot"
@@ -313,7 +313,7 @@ def test_backdrop_run_workflow_over_photos_reports_failures_and_continues(studio
 
 
 def test_backdrop_run_workflow_errors_before_running(tmp_path, capsys):
-    from comfyui_backdrop.runtime.cli import main
+    from comfyui_backdrop.cli.main import main
 
     code = main(["run", "--workflow", str(WORKFLOWS / "api" / "verify_image.json"), "--set", "2.colour=red",
                  "--out", str(tmp_path), "--quiet"])
@@ -323,7 +323,7 @@ def test_backdrop_run_workflow_errors_before_running(tmp_path, capsys):
 
 
 def test_dry_run_checks_model_names_without_running(studio, tmp_path, capsys):
-    from comfyui_backdrop.runtime.cli import main
+    from comfyui_backdrop.cli.main import main
 
     out = tmp_path / "never"
     args = ["run", "--workflow", str(WORKFLOWS / "api" / "product_background.json"), "--dry-run",

@@ -1,6 +1,6 @@
 """Benchmark: BackdropInpaint's wrapper overhead over a bare diffusers call on the same model, and peak memory.
 
-    python tests/bench_inpaint.py [--arch sd15|tiny] [--resolution 256] [--steps 4] [--rounds 3]
+    python benchmarks/bench_inpaint.py [--arch sd15|tiny] [--resolution 256] [--steps 4] [--rounds 3]
 
 ``sd15`` builds the real SD1.5-inpainting architecture (shipped configs, random weights); ``tiny``
 the test model (the worst case for relative overhead). Both calls run at the same working size with
@@ -31,7 +31,7 @@ def build_pipeline(arch: str, tokenizer_dir: Path):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from comfyui_backdrop.runtime.inpainting.single_file import CONFIGS_DIR
-    from tests.inpaint_fixtures import build_tiny_pipeline
+    from tests.fixtures.inpaint_fixtures import build_tiny_pipeline
 
     if arch == "tiny":
         return build_tiny_pipeline("sd15", tokenizer_dir)
@@ -63,8 +63,8 @@ def main() -> int:
     from comfyui_backdrop.runtime.inpainting.generate import InpaintSettings, _inpaint_one, _set_scheduler
     from comfyui_backdrop.runtime.inpainting.geometry import plan_canvas
     from comfyui_backdrop.runtime.inpainting.loader import LoadedPipeline
-    from tests.images import studio_product_photo
-    from tests.inpaint_fixtures import write_tiny_tokenizer
+    from tests.fixtures.images import studio_product_photo
+    from tests.fixtures.inpaint_fixtures import write_tiny_tokenizer
 
     tokenizer_dir = write_tiny_tokenizer(Path(tempfile.mkdtemp()) / "tok")
     pipe = build_pipeline(args.arch, tokenizer_dir)

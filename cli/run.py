@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BackdropError
+from ..runtime.errors import BackdropError
 
 
 @dataclass
@@ -18,36 +18,36 @@ class RunSummary:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .models import models_dir_locator
+    from ..runtime.models import models_dir_locator
 
     with models_dir_locator(args.models_dir):  # every loader (SAM, captioner, pipeline, LoRAs) reads it
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .backdrop.studio import StudioOptions
-    from .backdrop.styles import get_style
-    from .cli import collect_inputs
-    from .masking.types import Prompt, RefineOptions, parse_box, parse_points
+    from ..runtime.backdrop.studio import StudioOptions
+    from ..runtime.backdrop.styles import get_style
+    from ..runtime.masking.types import Prompt, RefineOptions, parse_box, parse_points
+    from .inputs import collect_inputs
 
     style = get_style(args.style)
     prompt = Prompt(box=parse_box(args.box), points=parse_points(args.points))
     refine = RefineOptions(fill_holes=not args.no_fill_holes, keep=args.keep, grow_px=args.grow,
                            edge_refine=not args.no_edge_refine, feather_px=args.feather)
     studio = StudioOptions(shadow=args.shadow, vignette=args.vignette, light=args.light, seed=args.seed)
-    from .devices import resolve_device
+    from ..runtime.devices import resolve_device
 
     args.device = resolve_device(args.device)
     sam = _load_sam(args.sam, args.models_dir, args.device) if args.sam else None
     pipeline = None
     if args.checkpoint:
-        from .inpaint_run import load_for_run
+        from .inpaint_options import load_for_run
 
         pipeline = load_for_run(args)
     captioner = _load_captioner(args.captioner, args.models_dir, args.device) if args.captioner else None
     args.prompt_json = args.prompt_json or captioner is not None
     if args.prompt_json:
-        from .prompting import get_composition
+        from ..runtime.prompting import get_composition
 
         get_composition(args.composition)  # fail before the batch on a bad name
     inputs = collect_inputs(args.inputs)
@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner, pipeline=None) -> list[Path]:
     import numpy as np
 
-    from .imaging import read_image, write_image
+    from ..runtime.imaging import read_image, write_image
 
     loaded = read_image(path)
     image = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
@@ -81,18 +81,18 @@ def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner
     bit_depth = loaded.bit_depth if args.format == "png" else 8
     positive, negative = style.prompt_text, style.negative_text
     if pipeline is None:
-        from .backdrop.studio_job import studio_background
+        from ..runtime.backdrop.studio_job import studio_background
 
         result = studio_background(image, style, sam=sam, prompt=prompt, refine=refine, studio=studio)
         images, alpha = [result.image], result.product_alpha
     else:
         images, alpha, positive, negative = _inpaint_file(pipeline, image, loaded.rgb, args, style, prompt, refine,
                                                           sam, captioner)
-    from .inpaint_run import output_names
+    from .inpaint_options import output_names
 
     names = output_names(path.stem, slug, len(images), args.format, args.out)
     if args.watermark:
-        from .watermark_run import model_hashes, write_marked
+        from .watermark_options import model_hashes, write_marked
 
         hashes = model_hashes(args)
         out = [write_marked(name, img, alpha >= 0.5, args, positive, negative, hashes, style.name)
@@ -109,10 +109,10 @@ def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner
 
 def _inpaint_file(pipeline, image, rgb, args, style, prompt, refine, sam, captioner):
     """Mask, caption + compose the prompt, then generate backgrounds around the exact product."""
-    from .captioning.pipeline import caption_for_run
-    from .inpaint_run import inpaint_for_run
-    from .masking.product_mask import product_mask
-    from .prompting import compose_prompt
+    from ..runtime.captioning.pipeline import caption_for_run
+    from ..runtime.masking.product_mask import product_mask
+    from ..runtime.prompting import compose_prompt
+    from .inpaint_options import inpaint_for_run
 
     alpha = product_mask(image, sam=sam, prompt=prompt, refine=refine)
     captions = caption_for_run(rgb, alpha, captioner)
@@ -128,9 +128,9 @@ def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, capt
     """Captions (VLM or image statistics) and the composed prompts, beside the output image."""
     import json
 
-    from .captioning.pipeline import caption_for_run
-    from .imaging import write_bytes_exclusive
-    from .prompting import compose_prompt
+    from ..runtime.captioning.pipeline import caption_for_run
+    from ..runtime.files import write_bytes_exclusive
+    from ..runtime.prompting import compose_prompt
 
     captions = caption_for_run(rgb, alpha, captioner)
     composed = compose_prompt(captions["product_caption"], style, args.composition, scene=args.scene,
@@ -153,26 +153,26 @@ def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, capt
 
 def _locator(models_dir: Path | None):
     """``--models-dir`` when given, else the default locator."""
-    from .models import ModelLocator, get_locator
+    from ..runtime.models import ModelLocator, get_locator
 
     return ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
 
 
 def _load_sam(name: str, models_dir: Path | None, device: str):
-    from .masking.sam_loader import load_sam
-    from .masking.sam_masker import SamMasker
+    from ..runtime.masking.sam_loader import load_sam
+    from ..runtime.masking.sam_masker import SamMasker
 
     return SamMasker(load_sam(name, device=device, locator=_locator(models_dir)))
 
 
 def _load_captioner(name: str, models_dir: Path | None, device: str):
-    from .captioning.loader import load_captioner
+    from ..runtime.captioning.loader import load_captioner
 
     return load_captioner(name, device=device, locator=_locator(models_dir))
 
 
 def _progress(total: int, quiet: bool):
-    from .progress import tqdm_progress
+    from ..runtime.progress import tqdm_progress
 
     return tqdm_progress("backdrop run", total, disable=quiet or not sys.stderr.isatty())
 

@@ -20,10 +20,10 @@ def add_watermark_arguments(run: argparse.ArgumentParser) -> None:
 
 def model_hashes(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
     """SHA-256 of the checkpoint and each LoRA the run used, for the provenance record."""
-    from .inpaint_run import parse_lora
-    from .inpainting.loader import split_model_name
-    from .models import get_locator
-    from .provenance.file_hashes import file_sha256
+    from ..runtime.inpainting.loader import split_model_name
+    from ..runtime.models import get_locator
+    from ..runtime.provenance.file_hashes import file_sha256
+    from .inpaint_options import parse_lora
 
     locator, models, loras = get_locator(), {}, {}
     if args.checkpoint:
@@ -40,10 +40,10 @@ def model_hashes(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, st
 def write_marked(path: Path, image: np.ndarray, product: np.ndarray, args: argparse.Namespace, prompt: str,
                  negative: str, hashes: tuple[dict[str, str], dict[str, str]], style: str) -> Path:
     """Mark ``image`` (float [H,W,C]) around its exact ``product`` (bool [H,W]), record it and save it."""
-    from .imaging import to_integer
-    from .provenance.keys import load_keys
-    from .saving import SaveOptions, save_image
-    from .watermark.service import mark_for_run
+    from ..runtime.imaging import to_integer
+    from ..runtime.provenance.keys import load_keys
+    from ..runtime.saving import SaveOptions, save_image
+    from ..runtime.watermark.service import mark_for_run
 
     marked, record = mark_for_run(to_integer(image, 8), account=args.account or getpass.getuser(), prompt=prompt,
                                   negative_prompt=negative, seed=args.seed, models=hashes[0], loras=hashes[1],

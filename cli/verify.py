@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import BackdropError
+from ..runtime.errors import BackdropError
 
 
 def add_verify_parser(subparsers) -> None:
@@ -31,8 +31,8 @@ def add_verify_parser(subparsers) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from .cli import collect_inputs
-    from .watermark.service import ProvenanceService, Verification
+    from ..runtime.watermark.service import ProvenanceService, Verification
+    from .inputs import collect_inputs
 
     service = ProvenanceService(args.home)
     files = collect_inputs(args.files)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError
+from ..runtime.errors import InvalidInputError
 
 
 def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     """The diffusion options of ``backdrop run`` (all ignored without --checkpoint)."""
-    from .inpainting.geometry import OUTPAINT_CHOICES
-    from .inpainting.loader import DTYPES
-    from .inpainting.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+    from ..runtime.inpainting.geometry import OUTPAINT_CHOICES
+    from ..runtime.inpainting.loader import DTYPES
+    from ..runtime.inpainting.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
     group = run.add_argument_group("diffusion inpainting (with --checkpoint)")
     group.add_argument("--checkpoint", default=None,
@@ -54,8 +54,8 @@ def parse_lora(text: str) -> tuple[str, float]:
 
 def load_for_run(args: argparse.Namespace):
     """The pipeline (with its LoRA stack) for ``--checkpoint``."""
-    from .inpainting.loader import load_pipeline
-    from .inpainting.loras import add_lora
+    from ..runtime.inpainting.loader import load_pipeline
+    from ..runtime.inpainting.loras import add_lora
 
     handle = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype,
                            tokenizer_dir=args.tokenizer_dir)
@@ -68,7 +68,7 @@ def load_for_run(args: argparse.Namespace):
 def inpaint_for_run(handle, image: np.ndarray, alpha: np.ndarray, positive: str, negative: str,
                     args: argparse.Namespace):
     """Variations of ``image`` with a generated background around its exact product (an InpaintResult)."""
-    from .inpainting.generate import InpaintSettings, inpaint_backgrounds
+    from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
 
     settings = InpaintSettings(prompt=args.prompt or positive, negative_prompt=args.negative or negative,
                                seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,

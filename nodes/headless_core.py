@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..batching import images_to_list
-from ..errors import InvalidInputError
-from ..imaging import image_files, read_image, to_integer, write_bytes_exclusive
+from ..runtime.errors import InvalidInputError
+from ..runtime.files import write_bytes_exclusive
+from ..runtime.imaging import image_files, read_image, to_integer
+from .tensors import images_to_list
 
 
 def list_input_images(folder: Path) -> list[str]:

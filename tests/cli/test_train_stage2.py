@@ -7,13 +7,13 @@ import argparse
 import pytest
 import torch
 
+from comfyui_backdrop.cli.train import add_train_parser, run_train
 from comfyui_backdrop.runtime.errors import InvalidInputError
-from comfyui_backdrop.runtime.train_command import add_train_parser, run_train
 from comfyui_backdrop.runtime.training.dataset import prepare_dataset
 from comfyui_backdrop.runtime.training.export import read_metadata
 from comfyui_backdrop.runtime.training.stage2 import curated_entries, read_scores, stage2_config
 from comfyui_backdrop.runtime.training.trainer import TrainConfig, train_lora
-from tests.training_fixtures import locator_with_loras, private_models_dir, write_product_folder
+from tests.fixtures.training_fixtures import locator_with_loras, private_models_dir, write_product_folder
 
 SD15 = "checkpoints/tiny-sd15-inpaint.safetensors"
 

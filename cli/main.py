@@ -7,8 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import BackdropError
-from .imaging import IMAGE_SUFFIXES
+from ..runtime.errors import BackdropError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,22 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write <name>_<style>.json with captions and the composed prompts "
                           "(always on with --captioner)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    from .inpaint_run import add_inpaint_arguments
+    from .inpaint_options import add_inpaint_arguments
 
     add_inpaint_arguments(run)
-    from .watermark_run import add_watermark_arguments
+    from .watermark_options import add_watermark_arguments
 
     add_watermark_arguments(run)
-    from .workflow_command import add_workflow_arguments
+    from .workflow import add_workflow_arguments
 
     add_workflow_arguments(run)
 
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")
 
-    from .bench_command import add_bench_parser
-    from .train_command import add_train_parser
-    from .verify_command import add_verify_parser
+    from .bench import add_bench_parser
+    from .train import add_train_parser
+    from .verify import add_verify_parser
 
     add_bench_parser(sub)
     add_train_parser(sub)
@@ -77,28 +76,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run" and args.workflow is not None:
-            from .workflow_command import run_workflow_command
+            from .workflow import run_workflow_command
 
             return run_workflow_command(args)
         if args.command == "run":
             if not args.inputs:
                 print("backdrop run: error: give product photos or folders (or --workflow FILE)", file=sys.stderr)
                 return 2
-            from .run_command import run_command
+            from .run import run_command
 
             return run_command(args)
         if args.command == "styles":
             return _list_styles(args.verbose)
         if args.command == "bench":
-            from .bench_command import run_bench
+            from .bench import run_bench
 
             return run_bench(args)
         if args.command == "train-lora":
-            from .train_command import run_train
+            from .train import run_train
 
             return run_train(args)
         if args.command == "verify":
-            from .verify_command import run_verify
+            from .verify import run_verify
 
             return run_verify(args)
     except BackdropError as exc:
@@ -108,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _list_styles(verbose: bool) -> int:
-    from .backdrop.styles import load_styles, styles_file
+    from ..runtime.backdrop.styles import load_styles, styles_file
 
     print(f"# styles from {styles_file()}")
     for preset in load_styles().values():
@@ -120,18 +119,6 @@ def _list_styles(verbose: bool) -> int:
         else:
             print(preset.name)
     return 0
-
-
-def collect_inputs(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, plus the images directly inside any folder (sorted). Missing paths are kept so
-    they are reported as failures rather than silently dropped."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
-    return found
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .training.augment import AUGMENTATIONS
+from ..runtime.training.augment import AUGMENTATIONS
 
 
 def add_train_parser(subparsers) -> None:
@@ -51,8 +51,8 @@ def add_train_parser(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .training.dataset import default_output_dir
-    from .training.trainer import TrainConfig
+    from ..runtime.training.dataset import default_output_dir
+    from ..runtime.training.trainer import TrainConfig
 
     dataset_dir = args.dataset_dir or default_output_dir(args.dataset)
     checkpoint_dir = args.checkpoint_dir or dataset_dir / "checkpoints" / Path(args.name).stem
@@ -68,8 +68,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train-lora``; returns the exit code. Ctrl-C saves a checkpoint and exits with 130."""
-    from .errors import Interrupted
-    from .models import models_dir_locator
+    from ..runtime.errors import Interrupted
+    from ..runtime.models import models_dir_locator
 
     with models_dir_locator(args.models_dir):
         try:
@@ -86,16 +86,16 @@ def _train(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from .errors import Interrupted
-    from .inpainting.loader import load_pipeline
-    from .training.recipe import run_recipe
+    from ..runtime.errors import Interrupted
+    from ..runtime.inpainting.loader import load_pipeline
+    from ..runtime.training.recipe import run_recipe
 
     config = config_from_args(args)
     config.check()
     handle = load_pipeline(args.model, device=args.device, dtype="fp32" if args.device == "cpu" else "auto")
     captioner = None
     if args.captioner:
-        from .captioning.loader import load_captioner
+        from ..runtime.captioning.loader import load_captioner
 
         captioner = load_captioner(args.captioner, device=args.device)
     bars: list = []

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError
+from ..runtime.errors import InvalidInputError
 
 BACKENDS = ("eager", "compile", "ort-plain", "ort", "ort-int8", "trt")
 DEFAULT_CPU = ("eager", "compile", "ort", "ort-int8")
@@ -123,7 +123,7 @@ def _unet_step(unet: Any, backends: list[str], args: argparse.Namespace, work: P
 
     from ..export.bench import Candidate, measure
     from ..export.onnx_export import example_inputs
-    from .engines.spec import UNetSpec
+    from ..runtime.engines.spec import UNetSpec
 
     spec = UNetSpec.from_unet(unet)
     latent = (size[0] // 8, size[1] // 8)
@@ -160,7 +160,7 @@ def _fp32_reference(unet: Any, call: list, dtype: Any) -> Any:
     """fp32 eager output: the parity reference for every backend."""
     import torch
 
-    from .engines.torch_backend import TorchUNetBackend
+    from ..runtime.engines.torch_backend import TorchUNetBackend
 
     if dtype == torch.float32:
         return TorchUNetBackend(unet).run(*call).float().cpu()
@@ -173,8 +173,8 @@ def _fp32_reference(unet: Any, call: list, dtype: Any) -> Any:
 
 def _make_backend(name: str, unet: Any, spec: Any, work: Path, device: Any, threads: int, exports: dict,
                   args: argparse.Namespace) -> tuple[Any, str]:
-    from .engines.ort_backend import OrtUNetBackend
-    from .engines.torch_backend import TorchUNetBackend
+    from ..runtime.engines.ort_backend import OrtUNetBackend
+    from ..runtime.engines.torch_backend import TorchUNetBackend
 
     if name == "eager":
         return TorchUNetBackend(unet), ""
@@ -230,8 +230,8 @@ def _tensorrt_backend(plain: Any, spec: Any, work: Path, device: Any, args: argp
     except ImportError:
         return None, "the tensorrt package is not installed"
     from ..export.tensorrt_build import BuildSettings, build_engine
-    from .engines.profile import ShapeProfile
-    from .engines.tensorrt_backend import TensorRTUNetBackend
+    from ..runtime.engines.profile import ShapeProfile
+    from ..runtime.engines.tensorrt_backend import TensorRTUNetBackend
 
     width, height = args.width or args.size, args.height or args.size
     profile = ShapeProfile.from_resolutions([(width, height)], batch=(args.batch, args.batch, args.batch),
@@ -262,9 +262,9 @@ def _pipeline(handle: Any, backends: list[str], args: argparse.Namespace, work: 
     import torch
 
     from ..export.bench import Candidate, measure
-    from .engines.adapter import BackendUNet
-    from .engines.spec import UNetSpec
-    from .inpainting.loras import activated
+    from ..runtime.engines.adapter import BackendUNet
+    from ..runtime.engines.spec import UNetSpec
+    from ..runtime.inpainting.loras import activated
 
     height, width = size
     image = torch.linspace(0, 1, 3 * height * width).reshape(1, 3, height, width)
@@ -319,7 +319,7 @@ def _backends(requested: str | None, device: Any) -> list[str]:
 def _threads(requested: int | None) -> int:
     import torch
 
-    from .engines.ort_backend import physical_cores
+    from ..runtime.engines.ort_backend import physical_cores
 
     threads = requested or physical_cores()
     torch.set_num_threads(threads)
@@ -327,8 +327,8 @@ def _threads(requested: int | None) -> int:
 
 
 def _load_handle(args: argparse.Namespace) -> Any:
-    from .inpainting.loader import load_pipeline
-    from .models import ModelLocator, set_locator
+    from ..runtime.inpainting.loader import load_pipeline
+    from ..runtime.models import ModelLocator, set_locator
 
     if args.models_dir:
         set_locator(ModelLocator.from_models_dir(args.models_dir))

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BackdropError, InvalidInputError
-from .workflow.api_graph import (
+from ..runtime.errors import BackdropError, InvalidInputError
+from ..runtime.workflow.api_graph import (
     ApiGraph,
     apply_assignments,
     check_api_shape,
@@ -30,9 +30,9 @@ from .workflow.api_graph import (
     node_title,
     read_workflow_file,
 )
-from .workflow.executor import execute_workflow
-from .workflow.specs import NodeSpec, specs_from_classes
-from .workflow.ui_format import ui_to_api
+from ..runtime.workflow.executor import execute_workflow
+from ..runtime.workflow.specs import NodeSpec, specs_from_classes
+from ..runtime.workflow.ui_format import ui_to_api
 
 FOLDER_NODE = "BackdropLoadImageFolder"
 
@@ -77,7 +77,7 @@ def node_classes(input_dir: Path, output_dir: Path) -> dict[str, type]:
     """This pack's node classes (imported the way the CLI imports the package; ComfyUI is not needed) plus
     headless LoadImage/SaveImage/PreviewImage."""
     from ..nodes import NODE_CLASS_MAPPINGS
-    from .workflow.core_nodes import core_node_classes
+    from ..nodes.headless_core import core_node_classes
 
     return {**NODE_CLASS_MAPPINGS, **core_node_classes(input_dir, output_dir)}
 
@@ -119,7 +119,7 @@ def comfy_folders(input_dir: Path, output_dir: Path) -> Iterator[None]:
 def node_progress_bars(disable: bool) -> Iterator[None]:
     """A second, transient bar for the steps of long nodes (inpainting, captioning, training)."""
     from ..nodes import comfy_bridge
-    from .progress import tqdm_progress
+    from ..runtime.progress import tqdm_progress
 
     def factory(total: int):
         update, close = tqdm_progress("  steps", total, disable=disable)
@@ -148,7 +148,7 @@ def plan_jobs(graph: ApiGraph, inputs: list[Path], image_input: str | None, inpu
         node_id = find_node(graph, FOLDER_NODE)
         return [_with_value(graph, node_id, "folder", p.resolve().name, str(p), p.resolve().parent) for p in inputs]
     node_id, input_name = _image_input(graph, image_input)
-    from .cli import collect_inputs
+    from .inputs import collect_inputs
 
     return [_with_value(graph, node_id, input_name, p.name, str(p), p.resolve().parent)
             for p in collect_inputs(inputs)]
@@ -196,7 +196,7 @@ def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
 
 def _dry_run(jobs: list[Job], output_dir: Path) -> int:
     """Validate every planned run (model and input names included) and print the plan."""
-    from .workflow.validate import custom_validation_problems, workflow_problems
+    from ..runtime.workflow.validate import custom_validation_problems, workflow_problems
 
     failed = 0
     for job in jobs:
@@ -225,15 +225,15 @@ def saved_files(ui: Mapping[str, list[Any]], output_dir: Path) -> list[str]:
 
 
 def run_workflow_command(args: argparse.Namespace) -> int:
-    from .models import models_dir_locator
+    from ..runtime.models import models_dir_locator
 
     with models_dir_locator(args.models_dir):
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .imaging import write_bytes_exclusive
-    from .progress import tqdm_progress
+    from ..runtime.files import write_bytes_exclusive
+    from ..runtime.progress import tqdm_progress
 
     output_dir = Path(args.out).resolve()
     input_dir = Path(args.input_dir or Path.cwd()).resolve()

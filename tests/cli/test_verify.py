@@ -9,11 +9,11 @@ import sqlite3
 import cv2
 import pytest
 
+from comfyui_backdrop.cli.verify import add_verify_parser, run_verify
 from comfyui_backdrop.runtime.provenance.records import RecordContent
 from comfyui_backdrop.runtime.saving import SaveOptions, save_image
-from comfyui_backdrop.runtime.verify_command import add_verify_parser, run_verify
 from comfyui_backdrop.runtime.watermark.service import ProvenanceService
-from tests.images import studio_product_photo
+from tests.fixtures.images import studio_product_photo
 
 
 def verify(argv: list[str]) -> int:

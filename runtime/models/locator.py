@@ -1,4 +1,4 @@
-"""Where models live, how they are listed and resolved, and how weights are loaded safely.
+"""Where models live: the folder kinds, and listing and resolving model names in them.
 
 Model names only ever come from folder listings: ``resolve`` refuses anything that is not listed, so
 a name can never smuggle in an arbitrary path. Inside ComfyUI the folders come from ``folder_paths``
@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .errors import InvalidModelError, MissingModelError
+from ..errors import MissingModelError
 
 MODELS_DIR_ENV = "BACKDROP_MODELS_DIR"
 
@@ -133,90 +132,6 @@ def set_locator(locator: ModelLocator | None) -> None:
     global _locator
     with _locator_lock:
         _locator = locator
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Load tensors safely: safetensors, or ``torch.load(weights_only=True)`` for .pth/.pt/.ckpt/.bin."""
-    import torch
-
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt files raise many different types
-        reason = f"{type(exc).__name__}: {exc}"
-        raise InvalidModelError(f"{path.name} could not be read as a weights file ({reason})") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InvalidModelError(f"{path.name} does not hold a flat dictionary of tensors")
-    return state
-
-
-def file_fingerprint(path: str | os.PathLike) -> tuple[str, int, int]:
-    """A cheap identity for cache keys: resolved path, size and mtime."""
-    st = Path(path).stat()
-    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-class ModelCache:
-    """Keeps loaded models across runs; ``free`` releases them explicitly."""
-
-    def __init__(self) -> None:
-        self._items: dict[Any, Any] = {}
-        self._lock = threading.Lock()
-
-    def get_or_load(self, key: Any, loader: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._items:
-                return self._items[key]
-        value = loader()
-        with self._lock:
-            return self._items.setdefault(key, value)
-
-    def free(self, predicate: Callable[[Any], bool] | None = None) -> int:
-        """Drop cached models (all, or those whose key matches); returns how many were dropped."""
-        with self._lock:
-            keys = [k for k in self._items if predicate is None or predicate(k)]
-            for key in keys:
-                del self._items[key]
-        if keys:
-            _release_accelerator_memory()
-        return len(keys)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._items
-
-
-MODEL_CACHE = ModelCache()
-
-
-def free_models() -> int:
-    """Free every model the runtime has cached. Returns how many were freed."""
-    return MODEL_CACHE.free()
-
-
-def _release_accelerator_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """Benchmark of the classical (weight-free) masker on real photographed objects with known masks.
 
-    .venv/bin/python tests/bench_masking.py [--json PATH] [--quick]
+    .venv/bin/python benchmarks/bench_masking.py [--json PATH] [--quick]
 
 Each object of ``tests/data/masking`` (cut from scikit-image's photos with a by-eye-checked mask) is
 composited onto plain backgrounds (white, white with a floor shadow, a grey sweep with vignette, pastel)

@@ -1,9 +1,9 @@
 """Benchmark for issue 8: the exported UNet path against torch, on an SD1.5-architecture UNet step.
 
 Run (CPU target: random weights, 64x64 latent = 512 px, batch 2):
-    .venv/bin/python tests/bench_export.py
+    .venv/bin/python benchmarks/bench_export.py
 GPU target (TensorRT fp16 vs torch fp16 eager, 512 px, batch 2):
-    .venv/bin/python tests/bench_export.py --device cuda --dtype fp16
+    .venv/bin/python benchmarks/bench_export.py --device cuda --dtype fp16
 Extra arguments go to `backdrop bench` (for example --rounds 7 or --backends eager,ort-int8).
 Reports land in bench-out/export/ as JSON, markdown and PNG; the verdicts on the targets are printed.
 """
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from comfyui_backdrop.runtime.bench_command import add_bench_parser, run_bench
+from comfyui_backdrop.cli.bench import add_bench_parser, run_bench
 
 OUT = Path("bench-out") / "export"
 

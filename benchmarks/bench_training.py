@@ -1,6 +1,6 @@
 """Benchmark: LoRA training steps per second and peak memory (not collected by pytest).
 
-    python tests/bench_training.py [--arch tiny|sd15] [--resolution 64] [--steps 20] [--batch-size 1]
+    python benchmarks/bench_training.py [--arch tiny|sd15] [--resolution 64] [--steps 20] [--batch-size 1]
                                    [--device auto] [--threads 0]
 
 ``tiny`` is the test model; ``sd15`` the real SD1.5-inpainting architecture (shipped configs, random
@@ -42,8 +42,8 @@ def main() -> int:
     from comfyui_backdrop.runtime.training.dataset import prepare_dataset
     from comfyui_backdrop.runtime.training.trainer import TrainConfig, train_lora
     from tests.bench_inpaint import build_pipeline
-    from tests.inpaint_fixtures import write_tiny_tokenizer
-    from tests.training_fixtures import write_product_folder
+    from tests.fixtures.inpaint_fixtures import write_tiny_tokenizer
+    from tests.fixtures.training_fixtures import write_product_folder
 
     tmp = Path(tempfile.mkdtemp())
     device = torch.device(resolve_device(args.device))

@@ -1,6 +1,6 @@
 """Benchmark of the watermark codec (issue 6): speed on one core, PSNR, robustness, false positives.
 
-    .venv/bin/python tests/bench_watermark.py [--quick] [--out results.json] [--fp-samples N] [--workers K]
+    .venv/bin/python benchmarks/bench_watermark.py [--quick] [--out results.json] [--fp-samples N] [--workers K]
 
 * Speed: embed and detect, ms and ms per megapixel at 0.26, 1 and 4 MP, one thread everywhere
   (OpenCV, OpenMP/MKL/OpenBLAS pinned before numpy is imported); median of repeats.
@@ -44,8 +44,8 @@ if str(ROOT) not in sys.path:  # run as a script: make the shared test helpers (
 from comfyui_backdrop.runtime.watermark import codec, detect, embed  # noqa: E402
 from comfyui_backdrop.runtime.watermark.payload import int_to_bits  # noqa: E402
 from comfyui_backdrop.runtime.watermark.scoring import log10_false_positive  # noqa: E402
-from tests.images import studio_product_photo  # noqa: E402
-from tests.watermark_images import (  # noqa: E402
+from tests.fixtures.images import studio_product_photo  # noqa: E402
+from tests.fixtures.watermark_images import (  # noqa: E402
     blur,
     crop_area,
     jpeg,

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from comfyui_backdrop.runtime.cli import main
-from tests.images import studio_product_photo
+from comfyui_backdrop.cli.main import main
+from tests.fixtures.images import studio_product_photo
 
 
 def _write(path, rgb: np.ndarray) -> None:
@@ -129,7 +129,7 @@ def test_prompt_json_records_captions_and_prompts(tmp_path, product_photo):
 def test_run_with_a_captioner_from_models_llm(tmp_path, product_photo):
     import json
 
-    from tests.caption_fixtures import build_tiny_blip
+    from tests.fixtures.caption_fixtures import build_tiny_blip
 
     build_tiny_blip(tmp_path / "models" / "LLM" / "tiny-blip")
     _write(tmp_path / "p.png", product_photo[0])

@@ -1,6 +1,6 @@
 """Benchmark of the SAM prompt/decoder step with a cached image embedding (run on demand, not by pytest).
 
-    .venv/bin/python tests/bench_sam.py [--repeats 7] [--warmup 2] [--threads N] [--json out.json]
+    .venv/bin/python benchmarks/bench_sam.py [--repeats 7] [--warmup 2] [--threads N] [--json out.json]
 
 SAM vit_b is built with random weights (no weights offline). The prompt encoder and mask decoder are
 the same for vit_b/l/h, so the decoder timings are those of real checkpoints; the encoder pass is
