@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..runtime.errors import BackdropError, InvalidInputError
+from ..runtime.host import HeadlessHost, Host
+from ..runtime.progress import ProgressFn
 from ..runtime.workflow.api_graph import (
     ApiGraph,
     apply_assignments,
@@ -73,13 +73,15 @@ def add_workflow_arguments(run: argparse.ArgumentParser) -> None:
                        help="ComfyUI's input folder for LoadImage/BackdropVerify names (default: current folder)")
 
 
-def node_classes(input_dir: Path, output_dir: Path) -> dict[str, type]:
-    """This pack's node classes (imported the way the CLI imports the package; ComfyUI is not needed) plus
-    headless LoadImage/SaveImage/PreviewImage."""
+def node_classes(host: Host) -> dict[str, type]:
+    """This pack's node classes bound to ``host`` (imported the way the CLI imports the package; ComfyUI is not
+    needed) plus headless LoadImage/SaveImage/PreviewImage on the host's folders."""
     from ..nodes import NODE_CLASS_MAPPINGS
+    from ..nodes.comfy_host import bind_host
     from ..nodes.headless_core import core_node_classes
 
-    return {**NODE_CLASS_MAPPINGS, **core_node_classes(input_dir, output_dir)}
+    return {**bind_host(NODE_CLASS_MAPPINGS, host),
+            **core_node_classes(host.input_directory(), host.output_directory())}
 
 
 def node_specs(classes: Mapping[str, type]) -> dict[str, NodeSpec]:
@@ -97,31 +99,11 @@ def load_graph(path: Path, specs: Mapping[str, NodeSpec]) -> tuple[ApiGraph, dic
     return check_api_shape(data, str(path)), None
 
 
-@contextmanager
-def comfy_folders(input_dir: Path, output_dir: Path) -> Iterator[None]:
-    """Point the pack's input/output folders (used by BackdropSave, BackdropVerify...) at these folders."""
-    from ..nodes import comfy_bridge
-
-    saved = {k: os.environ.get(k) for k in (comfy_bridge.INPUT_DIR_ENV, comfy_bridge.OUTPUT_DIR_ENV)}
-    os.environ[comfy_bridge.INPUT_DIR_ENV] = str(input_dir)
-    os.environ[comfy_bridge.OUTPUT_DIR_ENV] = str(output_dir)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextmanager
-def node_progress_bars(disable: bool) -> Iterator[None]:
-    """A second, transient bar for the steps of long nodes (inpainting, captioning, training)."""
-    from ..nodes import comfy_bridge
+def step_bars(disable: bool) -> Callable[[int], ProgressFn]:
+    """A progress factory for a second, transient bar over the steps of long nodes (inpainting, training...)."""
     from ..runtime.progress import tqdm_progress
 
-    def factory(total: int):
+    def factory(total: int) -> ProgressFn:
         update, close = tqdm_progress("  steps", total, disable=disable)
 
         def step(done: int, total_: int) -> None:
@@ -131,12 +113,7 @@ def node_progress_bars(disable: bool) -> Iterator[None]:
 
         return step
 
-    saved = comfy_bridge.fallback_progress_factory
-    comfy_bridge.fallback_progress_factory = factory
-    try:
-        yield
-    finally:
-        comfy_bridge.fallback_progress_factory = saved
+    return factory
 
 
 def plan_jobs(graph: ApiGraph, inputs: list[Path], image_input: str | None, input_dir: Path) -> list[Job]:
@@ -173,14 +150,15 @@ def _with_value(graph: ApiGraph, node_id: str, name: str, value: str, label: str
     return Job(label, copy, input_dir)
 
 
-def run_job(job: Job, output_dir: Path, progress_node=None) -> JobReport:
-    """Run one job; failures (of the whole run or of single list items) are recorded, never raised."""
+def run_job(job: Job, output_dir: Path, steps: Callable[[int], ProgressFn] | None = None,
+            progress_node=None) -> JobReport:
+    """Run one job; failures (of the whole run or of single list items) are recorded, never raised. ``steps``
+    makes the progress callback of long nodes."""
     report = JobReport(job.label)
     started = time.perf_counter()
-    classes = node_classes(job.input_dir, output_dir)
+    classes = node_classes(HeadlessHost(job.input_dir, output_dir, progress_factory=steps))
     try:
-        with comfy_folders(job.input_dir, output_dir):
-            result = execute_workflow(job.graph, classes, continue_on_error=True, progress=progress_node)
+        result = execute_workflow(job.graph, classes, continue_on_error=True, progress=progress_node)
         report.outputs = saved_files(result.ui, output_dir)
         report.node_seconds = {f"{n} ({node_title(job.graph, n)})": round(t, 3) for n, t in result.seconds.items()}
         report.notes = [str(t) for entries in result.ui.values() for entry in entries if isinstance(entry, Mapping)
@@ -200,13 +178,12 @@ def _dry_run(jobs: list[Job], output_dir: Path) -> int:
 
     failed = 0
     for job in jobs:
-        with comfy_folders(job.input_dir, output_dir):
-            classes = node_classes(job.input_dir, output_dir)
-            specs = node_specs(classes)
-            missing = sorted({n["class_type"] for n in job.graph.values()} - set(specs))
-            problems = [f"only runs inside ComfyUI: {', '.join(missing)}"] if missing else []
-            problems += workflow_problems(job.graph, specs, strict=True)
-            problems += custom_validation_problems(job.graph, classes)
+        classes = node_classes(HeadlessHost(job.input_dir, output_dir))
+        specs = node_specs(classes)
+        missing = sorted({n["class_type"] for n in job.graph.values()} - set(specs))
+        problems = [f"only runs inside ComfyUI: {', '.join(missing)}"] if missing else []
+        problems += workflow_problems(job.graph, specs, strict=True)
+        problems += custom_validation_problems(job.graph, classes)
         failed += bool(problems)
         print(f"{'ok' if not problems else 'INVALID'}  {job.label}")
         for problem in problems:
@@ -237,10 +214,9 @@ def _run(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.out).resolve()
     input_dir = Path(args.input_dir or Path.cwd()).resolve()
-    with comfy_folders(input_dir, output_dir):  # combo listings (input files) follow these folders
-        specs = node_specs(node_classes(input_dir, output_dir))
-        graph, _ = load_graph(args.workflow, specs)
-        graph = apply_assignments(graph, args.assignments, specs)
+    specs = node_specs(node_classes(HeadlessHost(input_dir, output_dir)))  # combo listings follow these folders
+    graph, _ = load_graph(args.workflow, specs)
+    graph = apply_assignments(graph, args.assignments, specs)
     jobs = plan_jobs(graph, list(args.inputs or []), args.image_input, input_dir)
     if args.dry_run:
         return _dry_run(jobs, output_dir)
@@ -248,10 +224,9 @@ def _run(args: argparse.Namespace) -> int:
     update, close = tqdm_progress("backdrop workflow", len(jobs), disable=quiet)
     reports = []
     try:
-        with node_progress_bars(quiet):
-            for index, job in enumerate(jobs):
-                reports.append(run_job(job, output_dir))
-                update(index + 1, len(jobs))
+        for index, job in enumerate(jobs):
+            reports.append(run_job(job, output_dir, steps=step_bars(quiet)))
+            update(index + 1, len(jobs))
     finally:
         close()
     summary = {"workflow": str(args.workflow), "set": list(args.assignments), "output_dir": str(output_dir),

@@ -175,13 +175,16 @@ WORKFLOWS = {
 }
 
 
-def load_specs() -> dict:
+def load_specs(host=None) -> dict:
+    """Core-node specs from the snapshot plus ours; combo listings read ``host``'s folders when one is given."""
     from comfyui_backdrop.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from comfyui_backdrop.nodes.comfy_host import bind_host
     from comfyui_backdrop.runtime.workflow.specs import spec_from_object_info, specs_from_classes
 
     core = json.loads(CORE_SNAPSHOT.read_text(encoding="utf-8"))
     specs = {k: spec_from_object_info(k, v) for k, v in core.items() if not k.startswith("_")}
-    specs.update(specs_from_classes(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS))
+    classes = NODE_CLASS_MAPPINGS if host is None else bind_host(NODE_CLASS_MAPPINGS, host)
+    specs.update(specs_from_classes(classes, NODE_DISPLAY_NAME_MAPPINGS))
     return specs
 
 

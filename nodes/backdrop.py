@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import comfy_bridge
+from .comfy_host import HostedNode
 
 
 def style_choices() -> list[str]:
@@ -11,7 +11,7 @@ def style_choices() -> list[str]:
     return style_names()
 
 
-class BackdropStudioBackdrop:
+class BackdropStudioBackdrop(HostedNode):
     """A seamless paper sweep in a style's palette, vignette and contact shadow; product pixels unchanged."""
 
     @classmethod
@@ -52,7 +52,7 @@ class BackdropStudioBackdrop:
         preset = get_style(style)
         options = StudioOptions(shadow=None if shadow < 0 else shadow, vignette=None if vignette < 0 else vignette,
                                 seed=seed)
-        progress = comfy_bridge.progress_for(len(images))
+        progress = self.host.progress(len(images))
         out = []
         for index, (img, mask) in enumerate(zip(images, masks, strict=True)):
             out.append(studio_background(img, preset, alpha=mask, studio=options).image)
@@ -60,7 +60,7 @@ class BackdropStudioBackdrop:
         return (stack_images(out),)
 
 
-class BackdropFreeModels:
+class BackdropFreeModels(HostedNode):
     """Free every model Backdrop has cached (SAM, captioners, pipelines)."""
 
     @classmethod

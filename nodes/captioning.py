@@ -7,6 +7,7 @@ import logging
 
 from . import comfy_bridge
 from .backdrop import style_choices
+from .comfy_host import HostedNode
 
 CATEGORY = "Backdrop/captioning"
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def _composition_choices() -> list[str]:
     return composition_names()
 
 
-class BackdropCaptionerLoader:
+class BackdropCaptionerLoader(HostedNode):
     """Load a vision-language model from models/LLM (Florence-2, BLIP / BLIP-2, Qwen2-VL / Qwen2.5-VL...)."""
 
     @classmethod
@@ -59,7 +60,7 @@ class BackdropCaptionerLoader:
                                locator=comfy_bridge.locator()),)
 
 
-class BackdropCaption:
+class BackdropCaption(HostedNode):
     """A product caption and a background caption for every image in the batch."""
 
     @classmethod
@@ -113,11 +114,11 @@ class BackdropCaption:
         settings = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, sampling=sampling,
                                       temperature=temperature, top_p=top_p, seed=seed)
         pairs = caption_images(images, masks, captioner, task, custom_instruction, settings,
-                               progress=comfy_bridge.progress_for(len(images)))
+                               progress=self.host.progress(len(images)))
         return ([p.product for p in pairs], [p.background for p in pairs])
 
 
-class BackdropStylePrompt:
+class BackdropStylePrompt(HostedNode):
     """Positive/negative prompts from a product caption, a style, a composition and a scene."""
 
     @classmethod

@@ -1,34 +1,23 @@
-"""The only place that touches ComfyUI internals: model folders, progress bars, interruption.
+"""ComfyUI's model folders, tokenizer and settings, as the nodes need them (progress, Cancel and the input/output
+folders come from the node's host: ``comfy_host``).
 
-Without ComfyUI (tests, the CLI importing the package) everything falls back: folders come from
-``BACKDROP_MODELS_DIR`` / ``./models`` and progress goes to an optional plain callback.
+Without ComfyUI (tests, the CLI importing the package) model folders come from ``--models-dir`` /
+``BACKDROP_MODELS_DIR`` / ``./models``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from ..runtime.models import MODEL_FOLDERS, ModelLocator, get_locator, set_locator
-from ..runtime.progress import ProgressFn
 
 try:  # ComfyUI puts these top-level modules on sys.path; outside it they do not exist.
     import folder_paths  # type: ignore[import-not-found]
 except ImportError:
     folder_paths = None
 
-try:
-    import comfy.model_management as _model_management  # type: ignore[import-not-found]
-    import comfy.utils as _comfy_utils  # type: ignore[import-not-found]
-except ImportError:
-    _comfy_utils = None
-    _model_management = None
-
 IN_COMFYUI = folder_paths is not None
-
-# Outside ComfyUI a test or host can observe progress through this factory: total -> callback.
-fallback_progress_factory: Callable[[int], ProgressFn] | None = None
 
 
 def register_model_folders() -> None:
@@ -76,27 +65,6 @@ def check_prefixed_model_name(value: str, kinds: tuple[str, ...]) -> bool | str:
     return check_model_name(kind, name)
 
 
-def progress_for(total: int) -> ProgressFn:
-    """A callback for runtime loops: drives ComfyUI's ProgressBar and raises on interruption."""
-    if _comfy_utils is not None:
-        bar = _comfy_utils.ProgressBar(total)
-
-        def update(done: int, total_: int) -> None:
-            _model_management.throw_exception_if_processing_interrupted()
-            bar.update_absolute(done, total_)
-
-        return update
-    if fallback_progress_factory is not None:
-        return fallback_progress_factory(total)
-    return lambda done, total_: None
-
-
-def check_interrupted() -> None:
-    """Raise ComfyUI's interrupt exception if the user pressed Cancel (no-op outside ComfyUI)."""
-    if _model_management is not None:
-        _model_management.throw_exception_if_processing_interrupted()
-
-
 def clip_tokenizer_dir() -> Path | None:
     """ComfyUI's own SD1 CLIP tokenizer folder (comfy/sd1_tokenizer), or None outside ComfyUI."""
     try:
@@ -117,55 +85,6 @@ def register_clip_tokenizer() -> None:
 
 
 register_model_folders()
-
-
-# ---- files for the provenance nodes (BackdropSave, BackdropVerify) -------------------------------------
-OUTPUT_DIR_ENV = "BACKDROP_OUTPUT_DIR"
-INPUT_DIR_ENV = "BACKDROP_INPUT_DIR"
-
-
-def _fallback_dir(env: str, name: str) -> Path:
-    import tempfile
-
-    return Path(os.environ.get(env) or Path(tempfile.gettempdir()) / "comfyui-backdrop" / name).expanduser()
-
-
-def output_directory() -> Path:
-    """ComfyUI's output folder; outside ComfyUI ``$BACKDROP_OUTPUT_DIR``, else a folder in the temp dir."""
-    if folder_paths is not None:
-        return Path(folder_paths.get_output_directory())
-    return _fallback_dir(OUTPUT_DIR_ENV, "output")
-
-
-def input_directory() -> Path:
-    """ComfyUI's input folder; outside ComfyUI ``$BACKDROP_INPUT_DIR``, else a folder in the temp dir."""
-    if folder_paths is not None:
-        return Path(folder_paths.get_input_directory())
-    return _fallback_dir(INPUT_DIR_ENV, "input")
-
-
-def input_image_names() -> list[str]:
-    """Image files directly in the input folder (what LoadImage lists), sorted."""
-    folder = input_directory()
-    try:
-        files = [p.name for p in folder.iterdir() if p.is_file()]
-    except OSError:
-        return []
-    if folder_paths is not None:
-        return sorted(folder_paths.filter_files_content_types(files, ["image"]))
-    from ..runtime.imaging import IMAGE_SUFFIXES
-
-    return sorted(f for f in files if f.lower().endswith(IMAGE_SUFFIXES))
-
-
-def input_image_path(name: str) -> Path:
-    """Path of an input-folder image chosen in a combo; only listed names are accepted outside ComfyUI
-    (inside, ComfyUI validates combo values against the list before the node runs)."""
-    if folder_paths is not None:
-        return Path(folder_paths.get_annotated_filepath(name))
-    if name not in input_image_names():
-        raise FileNotFoundError(f"{name!r} is not an image in the input folder {input_directory()}")
-    return input_directory() / name
 
 
 def metadata_disabled() -> bool:

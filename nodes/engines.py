@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import comfy_bridge
+from .comfy_host import HostedNode
 
 CATEGORY = "Backdrop/engines"
 PIPELINE = "BACKDROP_PIPELINE"
@@ -20,7 +21,7 @@ def engine_choices() -> list[str]:
         LINKED_ENGINE]
 
 
-class BackdropExportEngine:
+class BackdropExportEngine(HostedNode):
     """Export the pipeline's UNet (with its LoRA stack fused) to ONNX or a TensorRT engine, or reuse a cached one."""
 
     @classmethod
@@ -75,7 +76,7 @@ class BackdropExportEngine:
         return (f"{format}/{result.path.name}",)
 
 
-class BackdropLoadEngine:
+class BackdropLoadEngine(HostedNode):
     """Make the pipeline sample with an exported engine instead of its torch UNet."""
 
     @classmethod

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from . import comfy_bridge
+from .comfy_host import HostedNode
 
 CATEGORY = "Backdrop/io"
 
 
-class BackdropLoadImageFolder:
+class BackdropLoadImageFolder(HostedNode):
     """Every photo in a folder of ComfyUI's input folder, as a list: nodes downstream run once per photo,
     so photos of different sizes never need to share a batch."""
 
@@ -17,7 +17,7 @@ class BackdropLoadImageFolder:
 
         return {
             "required": {
-                "folder": (subfolders(comfy_bridge.input_directory()),
+                "folder": (subfolders(cls.host.input_directory()),
                            {"default": ".", "tooltip": "a folder inside ComfyUI's input folder ('.' = the input "
                                                        "folder itself)"}),
                 "start": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
@@ -46,7 +46,7 @@ class BackdropLoadImageFolder:
         from ..runtime.errors import InvalidInputError
         from ..runtime.image_folder import load_folder, subfolders
 
-        root = comfy_bridge.input_directory()
+        root = self.host.input_directory()
         if folder not in subfolders(root):
             raise InvalidInputError(f"{folder!r} is not a folder in the input folder {root}")
         batch = load_folder(root / folder, start, limit)

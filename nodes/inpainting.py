@@ -7,6 +7,7 @@ from ..runtime.inpainting.geometry import OUTPAINT_CHOICES
 from ..runtime.inpainting.loader import DTYPES
 from ..runtime.inpainting.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from . import comfy_bridge
+from .comfy_host import HostedNode
 
 CATEGORY = "Backdrop/inpainting"
 PIPELINE = "BACKDROP_PIPELINE"
@@ -17,7 +18,7 @@ def pipeline_choices() -> list[str]:
     return [f"{kind}/{name}" for kind in ("checkpoints", "diffusers") for name in comfy_bridge.model_choices(kind)]
 
 
-class BackdropInpaintLoader:
+class BackdropInpaintLoader(HostedNode):
     """Load an SD1.5 or SDXL inpainting pipeline (or a regular checkpoint) offline."""
 
     @classmethod
@@ -51,7 +52,7 @@ class BackdropInpaintLoader:
         return (load_pipeline(model, device=device, dtype=dtype),)
 
 
-class BackdropLoRA:
+class BackdropLoRA(HostedNode):
     """Add a LoRA from models/loras to the pipeline's stack; chain several, each with its own strength."""
 
     @classmethod
@@ -87,7 +88,7 @@ class BackdropLoRA:
         return (add_lora(pipeline, lora_name, strength, fuse=fuse or pipeline.fuse_loras),)
 
 
-class BackdropInpaint:
+class BackdropInpaint(HostedNode):
     """New backgrounds around the product; product pixels stay bit-exact."""
 
     @classmethod
@@ -146,11 +147,11 @@ class BackdropInpaint:
                                    resolution=resolution, outpaint=outpaint, seam_feather=seam_feather,
                                    color_match=color_match)
         total = settings.effective_steps() * len(images)
-        result = inpaint_backgrounds(pipeline, images, masks, settings, progress=comfy_bridge.progress_for(total))
+        result = inpaint_backgrounds(pipeline, images, masks, settings, progress=self.host.progress(total))
         return (stack_images(result.images), stack_masks(result.product_masks))
 
 
-class BackdropComposite:
+class BackdropComposite(HostedNode):
     """Paste the original product back, bit for bit, onto any generated image (e.g. from a KSampler graph)."""
 
     @classmethod

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..runtime.devices import DEVICES
 from . import comfy_bridge
+from .comfy_host import HostedNode
 
 CATEGORY = "Backdrop/masking"
 
 
-class BackdropSAMLoader:
+class BackdropSAMLoader(HostedNode):
     """Load a segment-anything checkpoint (vit_b / vit_l / vit_h, .pth or .safetensors) from models/sams."""
 
     @classmethod
@@ -40,7 +41,7 @@ class BackdropSAMLoader:
         return (SamMasker(loaded),)
 
 
-class BackdropProductMask:
+class BackdropProductMask(HostedNode):
     """Find the main product in each image (no clicks needed) and return product/background masks."""
 
     @classmethod
@@ -83,7 +84,7 @@ class BackdropProductMask:
         refine = RefineOptions(fill_holes=fill_holes, keep=keep, grow_px=grow_px, edge_refine=edge_refine,
                                feather_px=feather_px)
         masks = product_masks(images, sam=sam, prompt=prompt, refine=refine,
-                              progress=comfy_bridge.progress_for(len(images)))
+                              progress=self.host.progress(len(images)))
         product = stack_masks(masks)
         preview = stack_images([mask_preview(img, m) for img, m in zip(images, masks, strict=True)])
         return (product, 1.0 - product, preview)

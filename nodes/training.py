@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import comfy_bridge
+from .comfy_host import HostedNode
 
 CATEGORY = "Backdrop/training"
 
 
-def resolve_dataset_folder(dataset: str) -> Path:
+def resolve_dataset_folder(dataset: str, input_dir: Path) -> Path:
     """An existing folder path as given, else a folder of that name under ComfyUI's input folder."""
     from ..runtime.errors import InvalidInputError
 
@@ -19,13 +19,13 @@ def resolve_dataset_folder(dataset: str) -> Path:
     given = Path(text).expanduser()
     if given.is_dir():
         return given
-    under_input = comfy_bridge.input_directory() / text
+    under_input = input_dir / text
     if under_input.is_dir():
         return under_input
     raise InvalidInputError(f"dataset folder {text!r} was found neither as a path nor under {under_input.parent}")
 
 
-class BackdropTrainLoRA:
+class BackdropTrainLoRA(HostedNode):
     """Train a background-inpainting LoRA on all UNet layers from a folder of product photos."""
 
     @classmethod
@@ -81,17 +81,21 @@ class BackdropTrainLoRA:
         from ..runtime.training.recipe import run_recipe
         from ..runtime.training.trainer import TrainConfig
 
-        folder = resolve_dataset_folder(dataset)
+        input_dir = self.host.input_directory()
+        folder = resolve_dataset_folder(dataset, input_dir)
         dataset_dir = default_output_dir(folder)
         config = TrainConfig(steps=steps, rank=rank, learning_rate=learning_rate, resolution=resolution, seed=seed,
                              background_weight=background_weight, product_weight=product_weight,
                              caption_dropout=caption_dropout, checkpoint_every=checkpoint_every,
                              checkpoint_dir=str(dataset_dir / "checkpoints" / Path(lora_name).stem))
-        curated_path = resolve_dataset_folder(curated) if curated.strip() and not curated.strip().endswith(".csv") \
-            else (Path(curated.strip()).expanduser() if curated.strip() else None)
+        curated_text = curated.strip()
+        if curated_text and not curated_text.endswith(".csv"):
+            curated_path = resolve_dataset_folder(curated_text, input_dir)
+        else:
+            curated_path = Path(curated_text).expanduser() if curated_text else None
         result = run_recipe(pipeline.with_loras(()), folder, lora_name, config, dataset_dir=dataset_dir,
                             captioner=captioner, curated=curated_path, stage2_steps=stage2_steps, top_k=top_k or None,
-                            resume=resume, progress_factory=lambda label, total: comfy_bridge.progress_for(total))
+                            resume=resume, progress_factory=lambda label, total: self.host.progress(total))
         return (result.lora_path.name, result.summary())
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 
 from . import comfy_bridge
+from .comfy_host import HostedNode
 
 CATEGORY = "Backdrop/provenance"
 NO_FILE = "none"
@@ -20,7 +21,7 @@ def _remark_choices() -> list[str]:
     return list(REMARK_POLICIES)
 
 
-class BackdropWatermark:
+class BackdropWatermark(HostedNode):
     """Hide a watermark ID in every image and write one signed provenance record per image."""
 
     @classmethod
@@ -81,7 +82,7 @@ class BackdropWatermark:
             logger.warning("BackdropWatermark: %d image(s) left unmarked: %s", len(images), too_small)
         masks = None if product_mask is None else masks_for_batch(product_mask, len(images), height, width)
         base = _record_content(account, prompt, negative_prompt, generation_seed, metadata, workflow_prompt)
-        progress = comfy_bridge.progress_for(len(images))
+        progress = self.host.progress(len(images))
         outputs, ids, lines = [], [], []
         for index, picture in enumerate(images):
             unmarked = too_small
@@ -107,14 +108,14 @@ class BackdropWatermark:
         return (stack_images(outputs), "\n".join(ids), "\n".join(lines))
 
 
-class BackdropVerify:
+class BackdropVerify(HostedNode):
     """Read the watermark of each image (or of a file in the input folder) and check its ledger record."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "file": ([NO_FILE, *comfy_bridge.input_image_names()],
+                "file": ([NO_FILE, *cls.host.input_image_names()],
                          {"default": NO_FILE, "tooltip": "an image in ComfyUI's input folder (its C2PA manifest "
                                                          "is checked too)"}),
             },
@@ -148,12 +149,12 @@ class BackdropVerify:
         results = []
         if image is not None:
             pictures = images_to_list(image)
-            progress = comfy_bridge.progress_for(len(pictures))
+            progress = self.host.progress(len(pictures))
             for index, picture in enumerate(pictures):
                 results.append(service.verify_image(picture, source=f"image {index + 1}"))
                 progress(index + 1, len(pictures))
         if file != NO_FILE:
-            results.append(service.verify_file(comfy_bridge.input_image_path(file)))
+            results.append(service.verify_file(self.host.input_image_path(file)))
         reports = [r.summary() for r in results]
         outputs = ([r.found for r in results], [r.watermark_id for r in results], [float(r.score) for r in results],
                    [json.dumps(r.record, ensure_ascii=False) if r.record else "" for r in results],
@@ -161,7 +162,7 @@ class BackdropVerify:
         return {"ui": {"text": reports}, "result": outputs}
 
 
-class BackdropSave:
+class BackdropSave(HostedNode):
     """Save PNG, JPEG or WebP with workflow metadata and a signed C2PA manifest; never overwrites."""
 
     @classmethod
@@ -203,8 +204,8 @@ class BackdropSave:
         metadata = {} if comfy_bridge.metadata_disabled() else comfy_metadata(prompt, extra_pnginfo)
         options = SaveOptions(fmt=format, quality=quality, resolution=resolution, c2pa=c2pa, metadata=metadata)
         service = get_service() if c2pa else None
-        output_dir = comfy_bridge.output_directory()
-        progress = comfy_bridge.progress_for(len(pictures))
+        output_dir = self.host.output_directory()
+        progress = self.host.progress(len(pictures))
         saved_ui = []
         for index, picture in enumerate(pictures):
             path, subfolder = comfy_style_path(output_dir, filename_prefix, format, picture.shape[1],

@@ -64,10 +64,24 @@ def inpaint_models(inpaint_models_root, monkeypatch):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_provenance_dirs(tmp_path_factory):
-    """Keys, ledger and node output/input folders in a temp dir: tests never touch ~/.config."""
+    """Keys and ledger in a temp dir (tests never touch ~/.config), and the nodes' host folders there too."""
+    from comfyui_backdrop.nodes.comfy_host import HostedNode
+    from comfyui_backdrop.runtime.host import HeadlessHost
+
     root = tmp_path_factory.mktemp("provenance")
     with pytest.MonkeyPatch.context() as mp:
-        for name, sub in (("BACKDROP_HOME", "home"), ("BACKDROP_OUTPUT_DIR", "output"),
-                          ("BACKDROP_INPUT_DIR", "input")):
-            mp.setenv(name, str(root / sub))
+        mp.setenv("BACKDROP_HOME", str(root / "home"))
+        mp.setattr(HostedNode, "host", HeadlessHost(root / "input", root / "output"))
         yield root
+
+
+def use_node_host(monkeypatch, input_dir=None, output_dir=None, progress_factory=None):
+    """Give every node class a headless host with these folders and this progress factory for one test."""
+    from comfyui_backdrop.nodes.comfy_host import HostedNode
+    from comfyui_backdrop.runtime.host import HeadlessHost
+
+    current = HostedNode.host
+    host = HeadlessHost(input_dir or current.input_directory(), output_dir or current.output_directory(),
+                        progress_factory=progress_factory)
+    monkeypatch.setattr(HostedNode, "host", host)
+    return host

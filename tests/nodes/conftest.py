@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import use_node_host
+
 
 @pytest.fixture()
 def progress_log(monkeypatch):
-    """Every (done, total) a node reports through comfy_bridge.progress_for, outside ComfyUI."""
-    from comfyui_backdrop.nodes import comfy_bridge
-
+    """Every (done, total) a node reports through its host's progress, outside ComfyUI."""
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", lambda total: lambda d, t: calls.append((d, t)))
+    use_node_host(monkeypatch, progress_factory=lambda total: lambda d, t: calls.append((d, t)))
     return calls

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_backdrop.nodes import NODE_CLASS_MAPPINGS, comfy_bridge
+from comfyui_backdrop.nodes import NODE_CLASS_MAPPINGS
 from comfyui_backdrop.nodes.captioning import BackdropCaption, BackdropCaptionerLoader, BackdropStylePrompt
 from comfyui_backdrop.runtime.captioning.captioner import Captioner
 from comfyui_backdrop.runtime.errors import InvalidInputError, InvalidModelError
 from comfyui_backdrop.runtime.models import ModelLocator, set_locator
+from tests.conftest import use_node_host
 from tests.fixtures.caption_fixtures import build_tiny_blip, build_tiny_qwen2_vl, build_tiny_remote_code_vlm
 from tests.fixtures.images import studio_product_photo
 
@@ -34,7 +35,7 @@ def llm_models(tmp_path_factory):
 @pytest.fixture()
 def progress_calls(monkeypatch):
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", lambda total: lambda d, t: calls.append((d, t)))
+    use_node_host(monkeypatch, progress_factory=lambda total: lambda d, t: calls.append((d, t)))
     return calls
 
 

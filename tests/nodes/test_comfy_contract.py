@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -37,13 +36,15 @@ def pack(tmp_path_factory, inpaint_models_root):
     shutil.copytree(inpaint_models_root["root"] / "loras", root / "models" / "loras")  # the train node writes here
     mp = pytest.MonkeyPatch()
     mp.setenv("BACKDROP_CLIP_TOKENIZER", str(inpaint_models_root["tokenizer"]))
-    write_product_folder(Path(os.environ["BACKDROP_INPUT_DIR"]) / "train_catalog", count=2)
+    write_product_folder(root / "input" / "train_catalog", count=2)
     folder = root / "custom_nodes" / "ComfyUI-Backdrop"
     folder.parent.mkdir()
     folder.symlink_to(REPO_ROOT, target_is_directory=True)
     save_sam(build_tiny_sam(), root / "models" / "sams" / "tiny_sam.safetensors")
     build_tiny_blip(root / "models" / "LLM" / "tiny-blip")
     module = load_pack_like_comfyui(folder)
+    host = sys.modules[module.__name__ + ".runtime.host"].HeadlessHost(root / "input", root / "output")
+    mp.setattr(sys.modules[module.__name__ + ".nodes.comfy_host"].HostedNode, "host", host)
     models = sys.modules[module.__name__ + ".runtime.models"]
     models.set_locator(models.ModelLocator.from_models_dir(root / "models"))
     _export_example_engine(module, root / "models" / "onnx")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_backdrop.nodes import comfy_bridge
 from comfyui_backdrop.nodes.inpainting import BackdropComposite, BackdropInpaint, BackdropInpaintLoader, BackdropLoRA
 from comfyui_backdrop.runtime.errors import InvalidInputError
+from tests.conftest import use_node_host
 
 FAST = {"positive": "wooden table", "negative": "", "variations": 2, "seed": 3, "steps": 2, "cfg": 5.0,
         "scheduler": "euler", "strength": 1.0, "resolution": 128}
@@ -24,7 +24,7 @@ def photo_batch(product_photo):
 
 def test_inpaint_node_returns_variations_with_exact_products(inpaint_models, photo_batch, monkeypatch):
     calls = []
-    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", lambda total: lambda d, t: calls.append((d, t)))
+    use_node_host(monkeypatch, progress_factory=lambda total: lambda d, t: calls.append((d, t)))
     images, masks = photo_batch
     before = images.clone()
     (pipeline,) = BackdropInpaintLoader().load("checkpoints/tiny-sd15-inpaint.safetensors", "cpu", "auto")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_backdrop.nodes import comfy_bridge
 from comfyui_backdrop.nodes.backdrop import BackdropStudioBackdrop
 from comfyui_backdrop.nodes.masking import BackdropProductMask, BackdropSAMLoader
 from comfyui_backdrop.runtime.errors import Interrupted, MissingModelError
+from tests.conftest import use_node_host
 from tests.fixtures.images import image_batch, iou, studio_product_photo
 from tests.fixtures.sam_fixtures import build_tiny_sam, save_sam
 
@@ -53,7 +53,7 @@ def test_interrupting_stops_theimage_batch(monkeypatch):
                 raise Interrupted("cancelled")
         return cb
 
-    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", factory)
+    use_node_host(monkeypatch, progress_factory=factory)
     bottle, _ = studio_product_photo(64, 64, seed=1)
     with pytest.raises(Interrupted):
         BackdropProductMask().mask(image_batch(bottle, bottle), **DEFAULTS)

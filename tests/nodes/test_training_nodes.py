@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from comfyui_backdrop.nodes import comfy_bridge
 from comfyui_backdrop.nodes.inpainting import BackdropInpaintLoader, BackdropLoRA
 from comfyui_backdrop.nodes.training import BackdropTrainLoRA
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.training.export import read_metadata
+from tests.conftest import use_node_host
 from tests.fixtures.training_fixtures import locator_with_loras, write_product_folder
 
 SETTINGS = {"steps": 3, "rank": 2, "learning_rate": 5e-3, "resolution": 64, "seed": 1, "background_weight": 1.0,
@@ -29,10 +29,9 @@ def private_loras(inpaint_models_root, tmp_path, monkeypatch):
 
 
 def test_node_trains_from_a_folder_under_input(private_loras, tmp_path, monkeypatch):
-    monkeypatch.setenv(comfy_bridge.INPUT_DIR_ENV, str(tmp_path / "input"))
     write_product_folder(tmp_path / "input" / "catalog", count=2)
     calls = []
-    monkeypatch.setattr(comfy_bridge, "fallback_progress_factory", lambda total: lambda d, t: calls.append((d, t)))
+    use_node_host(monkeypatch, tmp_path / "input", progress_factory=lambda total: lambda d, t: calls.append((d, t)))
     (pipeline,) = BackdropInpaintLoader().load("checkpoints/tiny-sd15-inpaint.safetensors", "cpu", "auto")
     (styled,) = BackdropLoRA().apply(pipeline, "style_a.safetensors", 1.0, enabled=True, fuse=False)
     name, report = BackdropTrainLoRA().train(styled, "catalog", "node_bg", **SETTINGS)
@@ -45,7 +44,7 @@ def test_node_trains_from_a_folder_under_input(private_loras, tmp_path, monkeypa
 
 
 def test_node_explains_a_missing_dataset(private_loras, tmp_path, monkeypatch):
-    monkeypatch.setenv(comfy_bridge.INPUT_DIR_ENV, str(tmp_path / "input"))
+    use_node_host(monkeypatch, tmp_path / "input")
     (pipeline,) = BackdropInpaintLoader().load("checkpoints/tiny-sd15-inpaint.safetensors", "cpu", "auto")
     with pytest.raises(InvalidInputError, match="found neither as a path nor under"):
         BackdropTrainLoRA().train(pipeline, "nowhere", "x", **SETTINGS)

@@ -23,6 +23,7 @@ from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.provenance.c2pa_manifest import read_manifest
 from comfyui_backdrop.runtime.watermark import MIN_SIDE, ImageTooSmallError
 from comfyui_backdrop.runtime.watermark.service import AlreadyMarkedError, get_service
+from tests.conftest import use_node_host
 from tests.fixtures.images import image_batch, studio_product_photo
 
 MARK_DEFAULTS = {"account": "acme", "prompt": "bottle on linen", "negative_prompt": "text", "generation_seed": 42,
@@ -35,9 +36,10 @@ SAVE_DEFAULTS = {"filename_prefix": "Backdrop", "format": "png", "quality": 95, 
 @pytest.fixture()
 def env(tmp_path, monkeypatch):
     """Private provenance home, output and input folders for one test."""
-    for name, sub in (("BACKDROP_HOME", "home"), ("BACKDROP_OUTPUT_DIR", "output"), ("BACKDROP_INPUT_DIR", "input")):
+    for sub in ("home", "output", "input"):
         (tmp_path / sub).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / sub))
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    use_node_host(monkeypatch, tmp_path / "input", tmp_path / "output")
     return tmp_path
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfyui_backdrop.cli.workflow import comfy_folders, node_classes, node_specs
+from comfyui_backdrop.cli.workflow import node_classes, node_specs
+from comfyui_backdrop.runtime.host import HeadlessHost
 from comfyui_backdrop.runtime.workflow.api_graph import apply_assignments, check_api_shape
 from comfyui_backdrop.runtime.workflow.executor import execute_workflow
 from comfyui_backdrop.runtime.workflow.specs import types_compatible
@@ -50,9 +51,14 @@ def _load(name: str, api: bool = False) -> dict:
     return json.loads((WORKFLOWS / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def _specs() -> dict:
-    """Our nodes' specs as they are now, and ComfyUI's core nodes from the 0.8.0 snapshot."""
-    return GENERATOR.load_specs()
+def _specs(root: Path) -> dict:
+    """Our nodes' specs as they are now (combos listing ``root``'s input folder), and ComfyUI's core nodes from the
+    0.8.0 snapshot."""
+    return GENERATOR.load_specs(_host(root))
+
+
+def _host(root: Path) -> HeadlessHost:
+    return HeadlessHost(root / "input", root / "output")
 
 
 @pytest.fixture()
@@ -66,8 +72,7 @@ def studio_with_expected_files(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"placeholder")
     set_locator(ModelLocator.from_models_dir(tmp_path / "models"))
-    with comfy_folders(tmp_path / "input", tmp_path / "output"):
-        yield tmp_path
+    yield tmp_path
     set_locator(None)
 
 
@@ -82,12 +87,12 @@ def test_the_six_workflows_ship_in_both_forms_and_are_current():
 @pytest.mark.parametrize("name", NAMES)
 def test_api_form_validates_against_the_node_definitions(name, studio_with_expected_files):
     graph = check_api_shape(_load(name, api=True))
-    assert workflow_problems(graph, _specs(), strict=True) == []
+    assert workflow_problems(graph, _specs(studio_with_expected_files), strict=True) == []
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_form_loads_and_converts_to_the_api_form(name, studio_with_expected_files):
-    ui, specs = _load(name), _specs()
+    ui, specs = _load(name), _specs(studio_with_expected_files)
     assert ui["version"] == 0.4 and ui["last_node_id"] >= max(n["id"] for n in ui["nodes"])
     assert ui["last_link_id"] == len(ui["links"]) and len({n["id"] for n in ui["nodes"]}) == len(ui["nodes"])
     nodes = {n["id"]: n for n in ui["nodes"]}
@@ -111,7 +116,7 @@ def test_ui_form_loads_and_converts_to_the_api_form(name, studio_with_expected_f
 
 
 def test_a_reordered_or_retyped_widget_fails_validation(studio_with_expected_files):
-    ui, specs = _load("product_background"), _specs()
+    ui, specs = _load("product_background"), _specs(studio_with_expected_files)
     inpaint = next(n for n in ui["nodes"] if n["type"] == "BackdropInpaint")
     values = inpaint["widgets_values"]
     steps_at = [w.name for w in specs["BackdropInpaint"].widgets].index("steps") + 1  # +1: seed's control value
@@ -155,13 +160,12 @@ def run(studio, inpaint_models_root, monkeypatch):
     set_locator(ModelLocator.from_models_dir(studio / "models"))
 
     def _run(name: str, extra: list[str] = (), continue_on_error: bool = False):
-        with comfy_folders(studio / "input", studio / "output"):
-            classes = node_classes(studio / "input", studio / "output")
-            specs = node_specs(classes)
-            graph = _load(name, api=True)
-            usable = [a for a in [*TINY, *extra] if _names_node(graph, a)]
-            graph = apply_assignments(graph, usable, specs)
-            return execute_workflow(graph, classes, continue_on_error=continue_on_error), graph
+        classes = node_classes(_host(studio))
+        specs = node_specs(classes)
+        graph = _load(name, api=True)
+        usable = [a for a in [*TINY, *extra] if _names_node(graph, a)]
+        graph = apply_assignments(graph, usable, specs)
+        return execute_workflow(graph, classes, continue_on_error=continue_on_error), graph
 
     yield _run
     set_locator(None)
@@ -248,8 +252,8 @@ def test_a_shared_workflow_naming_missing_models_names_their_folders(studio, tmp
     (tmp_path / "models" / "loras" / "style_a.safetensors").write_bytes(b"placeholder")
     set_locator(ModelLocator.from_models_dir(tmp_path / "models"))
     try:
-        with comfy_folders(studio / "input", studio / "output"), pytest.raises(WorkflowError) as caught:
-            classes = node_classes(studio / "input", studio / "output")
+        classes = node_classes(_host(studio))
+        with pytest.raises(WorkflowError) as caught:
             execute_workflow(_load("catalog_folder", api=True), classes)
         (problem,) = [p for p in caught.value.problems if "Studio LoRA" in p]
         assert "Model 'backdrop_background.safetensors' was not found in models/loras" in problem
