@@ -30,9 +30,9 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_watermark.py --quick
 	$(PY) benchmarks/bench_export.py
 
-# Regenerate what is generated from the code: README reference sections and workflows/ (tests check both).
+# Regenerate what is generated from the code: the reference in docs/*.md and workflows/ (tests check both).
 docs: $(VENV)/.installed
-	$(PY) docs/make_readme_reference.py
+	$(PY) docs/make_reference.py
 	$(PY) docs/make_workflows.py
 
 clean-venv:

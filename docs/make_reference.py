@@ -1,18 +1,24 @@
-"""Regenerate README.md's reference sections from the code, so they cannot go stale.
+"""Regenerate the reference in docs/*.md from the code, so it cannot go stale.
 
-    .venv/bin/python docs/make_readme_reference.py          # rewrite the generated sections of README.md
-    .venv/bin/python docs/make_readme_reference.py --check  # exit 1 and name the stale sections
+    .venv/bin/python docs/make_reference.py          # rewrite the generated sections of docs/*.md (or: make docs)
+    .venv/bin/python docs/make_reference.py --check  # exit 1 and name the stale files and sections
 
-Each section sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; everything
-outside the markers is hand-written and left alone. The sections come from:
+Each generated file holds its sections between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
+everything outside the markers is hand-written and left alone (a missing file is created with bare
+markers). Every file starts with an ``about`` section saying it is generated, from what, and by which
+command. The sections and where they go:
 
-- ``node-index`` and ``nodes``: the node classes in ``comfyui_backdrop.nodes.NODE_CLASS_MAPPINGS``
-  (CATEGORY, DESCRIPTION, INPUT_TYPES in widget order, RETURN_TYPES / RETURN_NAMES, OUTPUT_NODE).
-  Model combos are rendered as the folder they list, not as this machine's files: while rendering,
-  the model locator answers every listing with a marker naming its folder.
-- ``model-folders``: ``runtime.models.MODEL_FOLDERS``, plus which nodes and CLI options use each folder.
-- ``cli``: ``backdrop --help`` and ``backdrop <sub> --help`` from ``cli.main.build_parser()``, at a
-  fixed width of 100 columns and without colour.
+- ``docs/nodes.md``: ``node-index`` and ``nodes``, from the node classes in
+  ``comfyui_backdrop.nodes.NODE_CLASS_MAPPINGS`` (CATEGORY, DESCRIPTION, EXPERIMENTAL, INPUT_TYPES in widget
+  order with tooltips, RETURN_TYPES / RETURN_NAMES / OUTPUT_TOOLTIPS, OUTPUT_NODE). Model combos are rendered
+  as the folder they list, not as this machine's files: while rendering, the model locator answers every
+  listing with a marker naming its folder.
+- ``docs/model-folders.md``: ``model-folders``, from ``runtime.models.MODEL_FOLDERS``, plus which nodes and CLI
+  options use each folder.
+- ``docs/cli.md``: ``cli``, ``backdrop --help`` and ``backdrop <sub> --help`` from ``cli.main.build_parser()``,
+  at a fixed width of 100 columns and without colour.
+
+docs/troubleshooting.md and docs/watermark.md are hand-written: nothing here touches them.
 """
 
 from __future__ import annotations
@@ -28,15 +34,26 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
 COLUMNS = 100
-SECTIONS = ("node-index", "nodes", "model-folders", "cli")
-REGENERATE = "python docs/make_readme_reference.py"
+REGENERATE = "python docs/make_reference.py"
+
+# file (relative to the repo root) -> (its title when the file is created, its generated sections in order)
+FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "docs/nodes.md": ("Nodes", ("about", "node-index", "nodes")),
+    "docs/cli.md": ("Command line", ("about", "cli")),
+    "docs/model-folders.md": ("Model folders", ("about", "model-folders")),
+}
+_SOURCES = {
+    "docs/nodes.md": "the node classes (`DESCRIPTION`, `INPUT_TYPES` and their tooltips, `RETURN_NAMES`, "
+                     "`OUTPUT_TOOLTIPS`, `EXPERIMENTAL`)",
+    "docs/cli.md": "the `backdrop` argument parser (`cli/main.py`: `build_parser()`)",
+    "docs/model-folders.md": "`runtime.models.MODEL_FOLDERS` and the nodes and CLI options that name each folder",
+}
 
 _MARKER = "\x00models/{kind}\x00"
 _MARKER_RE = re.compile("\x00models/([A-Za-z0-9_]+)\x00")
-_INPUT_IMAGE = "backdrop-readme-input-image.png"  # what combos listing ComfyUI's input folder show
-_INPUT_FOLDER = "backdrop-readme-input-folder"
+_INPUT_IMAGE = "backdrop-reference-input-image.png"  # what combos listing ComfyUI's input folder show
+_INPUT_FOLDER = "backdrop-reference-input-folder"
 _INPUT_NAMES = {_INPUT_IMAGE: "an image in ComfyUI's `input` folder",
                 _INPUT_FOLDER: "a folder in ComfyUI's `input` folder"}
 _PRESET_ENVS = ("BACKDROP_STYLES_FILE", "BACKDROP_COMPOSITIONS_FILE")
@@ -52,10 +69,10 @@ def end_marker(name: str) -> str:
     return f"<!-- /generated:{name} -->"
 
 
-def read_sections(text: str) -> dict[str, str]:
+def read_sections(text: str, names: tuple[str, ...] | None = None) -> dict[str, str]:
     """The current body of every generated section found in ``text`` (without the markers)."""
     found = {}
-    for name in SECTIONS:
+    for name in names or re.findall(r"<!-- generated:([\w-]+) -->", text):
         begin, end = begin_marker(name), end_marker(name)
         if begin in text and end in text:
             found[name] = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
@@ -67,26 +84,59 @@ def replace_sections(text: str, sections: dict[str, str]) -> str:
     for name, body in sections.items():
         begin, end = begin_marker(name), end_marker(name)
         if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-            raise ValueError(f"README.md needs exactly one {begin} ... {end} pair")
+            raise ValueError(f"the file needs exactly one {begin} ... {end} pair")
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)
         text = f"{head}{begin}\n{body.strip(chr(10))}\n{end}{tail}"
     return text
 
 
-def render_sections() -> dict[str, str]:
-    """Every generated section, rendered from the code as it is now."""
+def skeleton(path: str) -> str:
+    """What a missing generated file starts as: its title, and its sections' markers with nothing between."""
+    title, names = FILES[path]
+    about, rest = names[0], names[1:]
+    parts = [f"{begin_marker(about)}\n{end_marker(about)}", f"# {title}"]
+    parts += [f"{begin_marker(name)}\n{end_marker(name)}" for name in rest]
+    return "\n\n".join(parts) + "\n"
+
+
+def render_about(path: str) -> str:
+    return (f"> **Generated file.** Its reference sections come from {_SOURCES[path]},\n"
+            f"> written by `{REGENERATE}` (or `make docs`); `tests/test_readme.py` fails while they are stale.\n"
+            f"> Change the code and regenerate; only the text outside the `<!-- generated:... -->` markers is "
+            f"written by hand.")
+
+
+def render_sections() -> dict[str, dict[str, str]]:
+    """Every generated section of every file, rendered from the code as it is now: {file: {section: body}}."""
     with reference_environment():
         nodes = collect_nodes()
         parser = _parser()
-        return {"node-index": render_node_index(nodes), "nodes": render_nodes(nodes),
-                "model-folders": render_model_folders(nodes, parser), "cli": render_cli(parser)}
+        bodies = {"node-index": render_node_index(nodes), "nodes": render_nodes(nodes),
+                  "model-folders": render_model_folders(nodes, parser), "cli": render_cli(parser)}
+    return {path: {name: (render_about(path) if name == "about" else bodies[name]) for name in names}
+            for path, (_, names) in FILES.items()}
 
 
-def stale_sections(readme_text: str) -> list[str]:
-    """Names of the sections whose README body differs from what the code gives now (or that are missing)."""
-    current = read_sections(readme_text)
-    return [name for name, body in render_sections().items() if current.get(name) != body.strip("\n")]
+def render_file(path: str, current: str | None, sections: dict[str, str]) -> str:
+    """The whole text ``path`` should have: ``current`` (or its skeleton) with its generated sections replaced."""
+    return replace_sections(skeleton(path) if current is None else current, sections)
+
+
+def stale_files(root: Path = ROOT) -> dict[str, list[str]]:
+    """Per generated file under ``root`` that differs from what the code gives now: its stale section names
+    (every section when the file is missing)."""
+    stale = {}
+    for path, sections in render_sections().items():
+        file = root / path
+        if not file.exists():
+            stale[path] = list(sections)
+            continue
+        current = read_sections(file.read_text(encoding="utf-8"), tuple(sections))
+        names = [name for name, body in sections.items() if current.get(name) != body.strip("\n")]
+        if names:
+            stale[path] = names
+    return stale
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -112,7 +162,7 @@ def reference_environment() -> Iterator[None]:
                 os.environ.pop(key, None)
             os.environ.update({"BACKDROP_INPUT_DIR": inputs, "COLUMNS": str(COLUMNS), "LINES": "50",
                                "NO_COLOR": "1", "PYTHON_COLORS": "0"})
-            models.set_locator(FolderMarkers(lambda kind: [], description="README reference"))
+            models.set_locator(FolderMarkers(lambda kind: [], description="docs reference"))
             yield
         finally:
             models.set_locator(previous)
@@ -135,11 +185,14 @@ def collect_nodes() -> list[dict[str, Any]]:
         inputs = [(name, spec, section == "optional") for section in ("required", "optional")
                   for name, spec in schema.get(section, {}).items()]
         names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-        listed = getattr(cls, "OUTPUT_IS_LIST", (False,) * len(cls.RETURN_TYPES))
+        listed = getattr(cls, "OUTPUT_IS_LIST", None) or (False,) * len(cls.RETURN_TYPES)
+        tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None) or ("",) * len(cls.RETURN_TYPES)
         nodes.append({"id": node_id, "name": NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id),
                       "category": cls.CATEGORY, "description": getattr(cls, "DESCRIPTION", ""),
-                      "inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES, listed, strict=True)),
-                      "output_node": bool(getattr(cls, "OUTPUT_NODE", False))})
+                      "inputs": inputs,
+                      "outputs": list(zip(names, cls.RETURN_TYPES, listed, tooltips, strict=True)),
+                      "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+                      "experimental": bool(getattr(cls, "EXPERIMENTAL", False))})
     return nodes
 
 
@@ -147,19 +200,24 @@ def render_node_index(nodes: list[dict[str, Any]]) -> str:
     lines = ["| node | category | what it does |", "|---|---|---|"]
     for node in _by_category(nodes):
         link = f"[**{_text(node['name'])}**](#{anchor(_heading(node))})"
+        if node["experimental"]:
+            link += " *(experimental)*"
         lines.append(f"| {link} `{node['id']}` | {node['category']} | {_text(first_sentence(node['description']))} |")
     return "\n".join(lines)
 
 
 def render_nodes(nodes: list[dict[str, Any]]) -> str:
-    out = [f"<!-- Generated from the node classes by {REGENERATE}; edit DESCRIPTION / tooltips, not this. -->"]
+    out = []
     category = None
     for node in _by_category(nodes):
         if node["category"] != category:
             category = node["category"]
-            out.append(f"\n### {category}")
+            out.append(f"{chr(10) if out else ''}### {category}")
         out.append(f"\n#### {_heading(node)}\n")
         out.append(_text(node["description"]))
+        if node["experimental"]:
+            out.append("\n*Experimental (`EXPERIMENTAL = True`): ComfyUI flags it in the node library; its inputs "
+                       "and outputs may still change.*")
         if node["output_node"]:
             out.append("\n*Output node: ComfyUI runs it even when nothing is connected to its outputs.*")
         out.append("")
@@ -169,9 +227,12 @@ def render_nodes(nodes: list[dict[str, Any]]) -> str:
             out.extend(_input_row(name, spec, optional) for name, spec, optional in node["inputs"])
         else:
             out.append("No inputs.")
-        outputs = ", ".join(f"`{name}` ({'list of ' if listed else ''}{kind})"
-                            for name, kind, listed in node["outputs"]) or "none (it writes files)"
-        out.append(f"\n**Outputs:** {outputs}")
+        if node["outputs"]:
+            out += ["", "| output | type | notes |", "|---|---|---|"]
+            out.extend(f"| `{name}` | {'list of ' if listed else ''}{kind} | {_text(tooltip)} |"
+                       for name, kind, listed, tooltip in node["outputs"])
+        else:
+            out.append("\nNo outputs (it writes files).")
     return "\n".join(out)
 
 
@@ -332,10 +393,11 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def render_cli(parser: argparse.ArgumentParser) -> str:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    out = [f"<!-- Generated from runtime/cli.py by {REGENERATE}: argparse of Python {version}, "
-           f"{COLUMNS} columns. -->", "", "```text", "$ backdrop --help", parser.format_help().rstrip(), "```"]
+    out = [f"<!-- Generated from cli/main.py by {REGENERATE}: argparse of Python {version}, "
+           f"{COLUMNS} columns. -->", "", "### `backdrop`", "", "```text", "$ backdrop --help",
+           parser.format_help().rstrip(), "```"]
     for name, sub in _subcommands(parser).items():
-        out += ["", f"#### `backdrop {name}`", "", "```text", f"$ backdrop {name} --help", sub.format_help().rstrip(),
+        out += ["", f"### `backdrop {name}`", "", "```text", f"$ backdrop {name} --help", sub.format_help().rstrip(),
                 "```"]
     return "\n".join(out)
 
@@ -353,7 +415,7 @@ def cli_option_strings(section_or_parser: str | argparse.ArgumentParser) -> dict
         return {name: {s for a in sub._actions for s in (a.option_strings or [a.metavar or a.dest])} - _HELP
                 for name, sub in _subcommands(section_or_parser).items()}
     found: dict[str, set[str]] = {}
-    for block in re.split(r"\n#### `backdrop ", section_or_parser)[1:]:
+    for block in re.split(r"\n#+ `backdrop ", section_or_parser)[1:]:
         name = block.split("`", 1)[0]
         help_text = block.split("```text", 1)[1].split("```", 1)[0]
         options: set[str] = set()
@@ -374,27 +436,31 @@ _HELP = {"-h", "--help"}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if README.md is stale")
-    parser.add_argument("--readme", type=Path, default=README, help="README file (default: the repo's)")
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if a generated file is stale")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the repository whose docs/ to check or write (default: this one)")
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
     if args.check:
-        stale = stale_sections(text)
-        if stale:
-            print(f"{args.readme}: stale generated sections: {', '.join(stale)}; run {REGENERATE}")
-            return 1
-        print(f"{args.readme}: generated sections are up to date")
-        return 0
-    updated = replace_sections(text, render_sections())
-    if updated == text:
-        print(f"{args.readme}: already up to date")
-        return 0
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=args.readme.parent, suffix=".tmp",
-                                     delete=False) as handle:
-        handle.write(updated)
-    os.chmod(handle.name, args.readme.stat().st_mode & 0o777)
-    os.replace(handle.name, args.readme)
-    print(f"{args.readme}: regenerated {', '.join(SECTIONS)}")
+        stale = stale_files(args.root)
+        for path, names in stale.items():
+            print(f"{path}: stale generated sections: {', '.join(names)}; run {REGENERATE}")
+        if not stale:
+            print(f"{', '.join(FILES)}: up to date")
+        return 1 if stale else 0
+    for path, sections in render_sections().items():
+        file = args.root / path
+        current = file.read_text(encoding="utf-8") if file.exists() else None
+        updated = render_file(path, current, sections)
+        if updated == current:
+            print(f"{path}: already up to date")
+            continue
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=file.parent, suffix=".tmp",
+                                         delete=False) as handle:
+            handle.write(updated)
+        os.chmod(handle.name, file.stat().st_mode & 0o777 if current is not None else 0o644)
+        os.replace(handle.name, file)
+        print(f"{path}: {'regenerated' if current is not None else 'created'} {', '.join(sections)}")
     return 0
 
 
