@@ -34,6 +34,7 @@ class BackdropStudioBackdrop(HostedNode):
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("the product, pixel-exact, on the style's studio backdrop (same size as the input)",)
     FUNCTION = "render"
     CATEGORY = "Backdrop/background"
     DESCRIPTION = ("Draws a studio background without model weights: a seamless paper sweep in the style's "
@@ -69,6 +70,7 @@ class BackdropFreeModels(HostedNode):
 
     RETURN_TYPES = ("INT",)
     RETURN_NAMES = ("freed",)
+    OUTPUT_TOOLTIPS = ("how many cached models were released",)
     FUNCTION = "free"
     CATEGORY = "Backdrop/utils"
     OUTPUT_NODE = True

@@ -43,6 +43,7 @@ class BackdropCaptionerLoader(HostedNode):
 
     RETURN_TYPES = ("BACKDROP_CAPTIONER",)
     RETURN_NAMES = ("captioner",)
+    OUTPUT_TOOLTIPS = ("the loaded vision-language model, for BackdropCaption",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Loads a vision-language model (Florence-2, BLIP / BLIP-2, Qwen2-VL / Qwen2.5-VL) offline from "
@@ -92,6 +93,8 @@ class BackdropCaption(HostedNode):
 
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("product_caption", "background_caption")
+    OUTPUT_TOOLTIPS = ('a caption of the product alone, one per image (a list)',
+                       'a caption of the background around the product, one per image (a list)')
     OUTPUT_IS_LIST = (True, True)
     FUNCTION = "caption"
     CATEGORY = CATEGORY
@@ -145,6 +148,10 @@ class BackdropStylePrompt(HostedNode):
 
     RETURN_TYPES = ("STRING", "STRING", "STRING")
     RETURN_NAMES = ("positive", "negative", "report")
+    OUTPUT_TOOLTIPS = ("the positive prompt: product caption + style + composition + scene "
+                       "(for CLIPTextEncode or BackdropInpaint)",
+                       "the style's negative prompt",
+                       "how the prompt was built, with any warnings (e.g. truncated to the text encoder's limit)")
     FUNCTION = "compose"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Composes positive and negative prompts from a product caption, a style preset, a composition "

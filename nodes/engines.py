@@ -24,6 +24,9 @@ def engine_choices() -> list[str]:
 class BackdropExportEngine(HostedNode):
     """Export the pipeline's UNet (with its LoRA stack fused) to ONNX or a TensorRT engine, or reuse a cached one."""
 
+    # The TensorRT half of this node has never run on a GPU here: ComfyUI shows it as experimental until it has.
+    EXPERIMENTAL = True
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
@@ -51,6 +54,7 @@ class BackdropExportEngine(HostedNode):
 
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("engine",)
+    OUTPUT_TOOLTIPS = ("the engine's name (onnx/<file> or tensorrt/<file>), for BackdropLoadEngine",)
     FUNCTION = "export"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
@@ -79,6 +83,9 @@ class BackdropExportEngine(HostedNode):
 class BackdropLoadEngine(HostedNode):
     """Make the pipeline sample with an exported engine instead of its torch UNet."""
 
+    # The TensorRT half of this node has never run on a GPU here: ComfyUI shows it as experimental until it has.
+    EXPERIMENTAL = True
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
@@ -99,6 +106,7 @@ class BackdropLoadEngine(HostedNode):
 
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("the pipeline with its UNet running on the engine",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Makes the pipeline sample with an exported ONNX or TensorRT engine instead of its torch UNet. "

@@ -28,6 +28,9 @@ class BackdropLoadImageFolder(HostedNode):
 
     RETURN_TYPES = ("IMAGE", "STRING", "STRING")
     RETURN_NAMES = ("images", "names", "report")
+    OUTPUT_TOOLTIPS = ('one IMAGE per readable photo (a list: nodes downstream run once per photo)',
+                       "each photo's file name without extension, in the same order (usable as filename_prefix)",
+                       'which files were loaded and which were skipped, and why')
     OUTPUT_IS_LIST = (True, True, False)
     FUNCTION = "load"
     CATEGORY = CATEGORY

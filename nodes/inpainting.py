@@ -35,6 +35,8 @@ class BackdropInpaintLoader(HostedNode):
 
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ('the inpainting pipeline (model, LoRA stack), for BackdropInpaint, BackdropLoRA and '
+                       'BackdropTrainLoRA',)
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Loads an SD1.5 or SDXL inpainting pipeline (or a regular checkpoint) offline from "
@@ -71,6 +73,7 @@ class BackdropLoRA(HostedNode):
 
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("the same pipeline with this LoRA added to its stack",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Stacks a LoRA from models/loras (kohya/ComfyUI or diffusers/peft format) on the pipeline; "
@@ -127,6 +130,8 @@ class BackdropInpaint(HostedNode):
 
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("images", "product_mask")
+    OUTPUT_TOOLTIPS = ("the generated images, variations image-major, with every product pixel equal to the input's",
+                       'the product mask of each output (it moves with the product when outpainting)')
     FUNCTION = "inpaint"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Generates new backgrounds around the product with the diffusion pipeline; product pixels stay "
@@ -170,6 +175,8 @@ class BackdropComposite(HostedNode):
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ('the generated image with the original product pasted back pixel-exact, seams blended '
+                       'outside the product',)
     FUNCTION = "composite"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Pastes the original product back, bit for bit, onto any generated image (for example from a "

@@ -23,6 +23,7 @@ class BackdropSAMLoader(HostedNode):
 
     RETURN_TYPES = ("BACKDROP_SAM",)
     RETURN_NAMES = ("sam",)
+    OUTPUT_TOOLTIPS = ("the loaded segment-anything model, for BackdropProductMask",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Loads a segment-anything checkpoint (vit_b / vit_l / vit_h, .pth or .safetensors) offline from "
@@ -67,6 +68,9 @@ class BackdropProductMask(HostedNode):
 
     RETURN_TYPES = ("MASK", "MASK", "IMAGE")
     RETURN_NAMES = ("product_mask", "background_mask", "preview")
+    OUTPUT_TOOLTIPS = ('1 on the product, 0 elsewhere: what must stay exact',
+                       '1 where a new background goes (the polarity VAEEncodeForInpaint and SetLatentNoiseMask expect)',
+                       'the photo with the product mask tinted, to check the mask at a glance')
     FUNCTION = "mask"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Finds the main product in each image without clicks (SAM when connected, else a weight-free "

@@ -67,6 +67,8 @@ class BackdropTrainLoRA(HostedNode):
 
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("lora_name", "report")
+    OUTPUT_TOOLTIPS = ("the trained LoRA's file name in models/loras, ready for BackdropLoRA",
+                       'dataset, steps and loss summary of the run')
     FUNCTION = "train"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True

@@ -58,6 +58,9 @@ class BackdropWatermark(HostedNode):
 
     RETURN_TYPES = ("IMAGE", "STRING", "STRING")
     RETURN_NAMES = ("image", "watermark_id", "report")
+    OUTPUT_TOOLTIPS = ('the marked images; product pixels are left exact',
+                       'the watermark ID of each image, one per line (its key to the signed ledger record)',
+                       'what happened to each image (marked, already marked, too small), one per line')
     FUNCTION = "mark"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Embeds an invisible, keyed watermark ID in every image and writes a signed, hash-chained "
@@ -124,6 +127,13 @@ class BackdropVerify(HostedNode):
 
     RETURN_TYPES = ("BOOLEAN", "STRING", "FLOAT", "STRING", "STRING", "STRING", "STRING")
     RETURN_NAMES = ("found", "watermark_id", "score", "record", "signature", "chain", "report")
+    OUTPUT_TOOLTIPS = ('whether a watermark was found, per image (a list)',
+                       'the watermark ID read, per image',
+                       'detection score per image (higher is surer)',
+                       'the ledger record as JSON, per image (empty when the ID is not in this ledger)',
+                       'signature status of the record, per image',
+                       'hash-chain status of the ledger around the record, per image',
+                       'a readable summary per image')
     OUTPUT_IS_LIST = (True,) * 7
     OUTPUT_NODE = True  # a verification is worth running on its own; the reports are shown on the node
     FUNCTION = "verify"

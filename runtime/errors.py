@@ -3,8 +3,31 @@
 from __future__ import annotations
 
 
+PACKAGE = "comfyui_backdrop"
+_LOADED_AS = __name__.rpartition(".runtime.errors")[0]  # a file path when ComfyUI imports the folder
+
+
+def public_module_name(module: str) -> str:
+    """``module`` under the installed package's name (``comfyui_backdrop.…``) however the pack was imported.
+
+    ComfyUI names an error by ``type.__module__ + "." + type.__qualname__`` and imports this pack by folder path, so
+    it would show "/…/custom_nodes/ComfyUI-Backdrop.runtime.errors.InvalidInputError". Our errors carry the package
+    name instead: readable in ComfyUI's error dialog, and what pickle imports where the package is installed.
+    """
+    if _LOADED_AS and (module == _LOADED_AS or module.startswith(_LOADED_AS + ".")):
+        return PACKAGE + module[len(_LOADED_AS):]
+    return module
+
+
 class BackdropError(Exception):
     """Base class for every error the runtime raises on purpose."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = public_module_name(cls.__module__)
+
+
+BackdropError.__module__ = public_module_name(BackdropError.__module__)
 
 
 class MissingModelError(BackdropError, FileNotFoundError):

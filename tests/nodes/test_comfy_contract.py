@@ -87,6 +87,27 @@ def test_ids_categories_and_schemas(pack):
         assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
         names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
         assert len(names) == len(cls.RETURN_TYPES), node_id
+        tips = getattr(cls, "OUTPUT_TOOLTIPS", None if cls.RETURN_TYPES else ())
+        assert tips is not None and len(tips) == len(cls.RETURN_TYPES), f"{node_id}: a tooltip for every output"
+        assert all(isinstance(t, str) and len(t) > 10 for t in tips), node_id
+
+
+def test_nodes_never_run_on_a_gpu_are_marked_experimental(pack):
+    """The engine nodes' TensorRT path has never run on a GPU here: ComfyUI's node info must say experimental."""
+    for node_id in ("BackdropExportEngine", "BackdropLoadEngine"):
+        assert pack.NODE_CLASS_MAPPINGS[node_id].EXPERIMENTAL is True, node_id
+
+
+def test_errors_shown_in_comfyui_name_a_readable_type(pack):
+    """ComfyUI reports ``type.__module__ + '.' + __qualname__``; the pack is imported by a file path, which must not
+    leak into the error type the user sees."""
+    errors = sys.modules[pack.__name__ + ".runtime.errors"]
+    assert "/" in pack.__name__  # loaded by path, as ComfyUI does
+    node = pack.NODE_CLASS_MAPPINGS["BackdropProductMask"]()
+    with pytest.raises(errors.BackdropError) as caught:
+        node.mask(torch.zeros(1, 2, 2, 5), fill_holes=True, keep="main", grow_px=0, edge_refine=True, feather_px=0.0)
+    shown = f"{type(caught.value).__module__}.{type(caught.value).__qualname__}"
+    assert shown == "comfyui_backdrop.runtime.errors.InvalidInputError"
 
 
 def _check_input_spec(node_id: str, name: str, spec) -> None:
