@@ -109,8 +109,8 @@ def render_about(path: str) -> str:
 
 def render_sections() -> dict[str, dict[str, str]]:
     """Every generated section of every file, rendered from the code as it is now: {file: {section: body}}."""
-    with reference_environment():
-        nodes = collect_nodes()
+    with reference_environment() as inputs:
+        nodes = collect_nodes(inputs)
         parser = _parser()
         bodies = {"node-index": render_node_index(nodes), "nodes": render_nodes(nodes),
                   "model-folders": render_model_folders(nodes, parser), "cli": render_cli(parser)}
@@ -142,8 +142,9 @@ def stale_files(root: Path = ROOT) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------ environment
 
 @contextlib.contextmanager
-def reference_environment() -> Iterator[None]:
-    """Shipped presets, markers instead of the listings of model and input folders, 100 columns, no colour."""
+def reference_environment() -> Iterator[Path]:
+    """Shipped presets, markers instead of the listings of model and input folders, 100 columns, no colour.
+    Yields the input folder the nodes' host should list."""
     from comfyui_backdrop.runtime import models
 
     class FolderMarkers(models.ModelLocator):
@@ -151,7 +152,7 @@ def reference_environment() -> Iterator[None]:
             models.MODEL_FOLDERS[kind]  # unknown kinds still fail loudly
             return [_MARKER.format(kind=kind)]
 
-    saved_env = {k: os.environ.get(k) for k in (*_PRESET_ENVS, "BACKDROP_INPUT_DIR", "COLUMNS", "LINES",
+    saved_env = {k: os.environ.get(k) for k in (*_PRESET_ENVS, "COLUMNS", "LINES",
                                                 "NO_COLOR", "PYTHON_COLORS")}
     previous = models.get_locator()
     with tempfile.TemporaryDirectory() as inputs:
@@ -160,10 +161,10 @@ def reference_environment() -> Iterator[None]:
         try:
             for key in _PRESET_ENVS:
                 os.environ.pop(key, None)
-            os.environ.update({"BACKDROP_INPUT_DIR": inputs, "COLUMNS": str(COLUMNS), "LINES": "50",
+            os.environ.update({"COLUMNS": str(COLUMNS), "LINES": "50",
                                "NO_COLOR": "1", "PYTHON_COLORS": "0"})
             models.set_locator(FolderMarkers(lambda kind: [], description="docs reference"))
-            yield
+            yield Path(inputs)
         finally:
             models.set_locator(previous)
             for key, value in saved_env.items():
@@ -175,12 +176,15 @@ def reference_environment() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------- nodes
 
-def collect_nodes() -> list[dict[str, Any]]:
-    """One dict per registered node: id, display name, category, description, inputs, outputs, flags."""
+def collect_nodes(input_dir: Path) -> list[dict[str, Any]]:
+    """One dict per registered node: id, display name, category, description, inputs, outputs, flags. Combos that
+    list input files list ``input_dir``."""
     from comfyui_backdrop.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from comfyui_backdrop.nodes.comfy_host import bind_host
+    from comfyui_backdrop.runtime.host import HeadlessHost
 
     nodes = []
-    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+    for node_id, cls in bind_host(NODE_CLASS_MAPPINGS, HeadlessHost(input_dir, input_dir)).items():
         schema = cls.INPUT_TYPES()
         inputs = [(name, spec, section == "optional") for section in ("required", "optional")
                   for name, spec in schema.get(section, {}).items()]

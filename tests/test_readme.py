@@ -111,7 +111,7 @@ def test_every_node_is_documented(ref, rendered, current):
                 f"{node_id}'s output tooltip {tooltip!r} is missing from the reference"
 
 
-def test_output_tooltips_and_experimental_are_shown(ref, monkeypatch):
+def test_output_tooltips_and_experimental_are_shown(ref, monkeypatch, tmp_path):
     from comfyui_backdrop.nodes import NODE_CLASS_MAPPINGS
 
     class TooltipProbe:
@@ -130,7 +130,7 @@ def test_output_tooltips_and_experimental_are_shown(ref, monkeypatch):
                                                         "tooltip": "how hard"})}}
 
     monkeypatch.setitem(NODE_CLASS_MAPPINGS, "BackdropTooltipProbe", TooltipProbe)
-    nodes = ref.collect_nodes()
+    nodes = ref.collect_nodes(tmp_path)
     text, index = ref.render_nodes(nodes), ref.render_node_index(nodes)
     block = text.split("#### BackdropTooltipProbe (`BackdropTooltipProbe`)", 1)[1]
     assert "| `image` | IMAGE | the picture with a \\| pipe |" in block
