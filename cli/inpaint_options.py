@@ -1,13 +1,14 @@
-"""``backdrop run --checkpoint``: the diffusion path of the run command (same runtime as BackdropInpaint)."""
+"""``backdrop run --checkpoint``: the diffusion options of the run command (same runtime as BackdropInpaint)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..runtime.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from .run_plan import InpaintPlan
 
 
 def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
@@ -52,33 +53,12 @@ def parse_lora(text: str) -> tuple[str, float]:
         raise InvalidInputError(f"--lora {text!r}: the strength after ':' must be a number") from None
 
 
-def load_for_run(args: argparse.Namespace):
-    """The pipeline (with its LoRA stack) for ``--checkpoint``."""
+def load_pipeline_for(plan: InpaintPlan, device: str):
+    """The pipeline of ``--checkpoint`` with its LoRA stack."""
     from ..runtime.inpainting.loader import load_pipeline
     from ..runtime.inpainting.loras import add_lora
 
-    handle = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype,
-                           tokenizer_dir=args.tokenizer_dir)
-    for text in args.lora:
-        name, strength = parse_lora(text)
-        handle = add_lora(handle, name, strength, fuse=args.fuse_loras)
+    handle = load_pipeline(plan.checkpoint, device=device, dtype=plan.dtype, tokenizer_dir=plan.tokenizer_dir)
+    for name, strength in plan.loras:
+        handle = add_lora(handle, name, strength, fuse=plan.fuse_loras)
     return handle
-
-
-def inpaint_for_run(handle, image: np.ndarray, alpha: np.ndarray, positive: str, negative: str,
-                    args: argparse.Namespace):
-    """Variations of ``image`` with a generated background around its exact product (an InpaintResult)."""
-    from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
-
-    settings = InpaintSettings(prompt=args.prompt or positive, negative_prompt=args.negative or negative,
-                               seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,
-                               strength=args.strength, variations=args.variations, resolution=args.resolution,
-                               outpaint=args.outpaint, seam_feather=args.seam_feather, color_match=args.color_match)
-    return inpaint_backgrounds(handle, [image], [alpha], settings)
-
-
-def output_names(stem: str, slug: str, count: int, suffix: str, out: Path) -> list[Path]:
-    if count == 1:
-        return [out / f"{stem}_{slug}.{suffix}"]
-    return [out / f"{stem}_{slug}_{k}.{suffix}" for k in range(count)]
-

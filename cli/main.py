@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..runtime.errors import BackdropError
+from . import exit_codes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,52 +74,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``backdrop`` command; returns the exit code (0 ok, 1 some inputs failed, 2 usage or setup error,
+    130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run" and args.workflow is not None:
-            from .workflow import run_workflow_command
-
-            return run_workflow_command(args)
-        if args.command == "run":
-            if not args.inputs:
-                print("backdrop run: error: give product photos or folders (or --workflow FILE)", file=sys.stderr)
-                return 2
-            from .run import run_command
-
-            return run_command(args)
-        if args.command == "styles":
-            return _list_styles(args.verbose)
-        if args.command == "bench":
-            from .bench import run_bench
-
-            return run_bench(args)
-        if args.command == "train-lora":
-            from .train import run_train
-
-            return run_train(args)
-        if args.command == "verify":
-            from .verify import run_verify
-
-            return run_verify(args)
+        return _command(args)(args)
     except BackdropError as exc:
         print(f"backdrop: error: {exc}", file=sys.stderr)
-        return 2
-    return 2
+        return exit_codes.USAGE
+    except KeyboardInterrupt:
+        print("backdrop: interrupted (Ctrl-C)", file=sys.stderr)
+        return exit_codes.INTERRUPTED
 
 
-def _list_styles(verbose: bool) -> int:
-    from ..runtime.backdrop.styles import load_styles, styles_file
+def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    """The function that runs ``args.command`` (imported only when chosen: start-up stays fast)."""
+    if args.command == "run" and args.workflow is not None:
+        from .workflow import run_workflow_command
 
-    print(f"# styles from {styles_file()}")
-    for preset in load_styles().values():
-        if verbose:
-            hexes = " ".join("#{:02X}{:02X}{:02X}".format(*(round(c * 255) for c in v))
-                             for v in preset.palette.values())
-            print(f"{preset.name}\n  prompt:   {preset.prompt_text}\n  negative: {preset.negative_text}")
-            print(f"  palette:  {hexes}")
-        else:
-            print(preset.name)
-    return 0
+        return run_workflow_command
+    if args.command == "run":
+        from .run import run_command
+
+        return run_command
+    if args.command == "styles":
+        from .styles import list_styles
+
+        return list_styles
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench
+    if args.command == "train-lora":
+        from .train import run_train
+
+        return run_train
+    from .verify import run_verify
+
+    return run_verify
 
 
 if __name__ == "__main__":

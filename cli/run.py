@@ -1,5 +1,9 @@
-"""``backdrop run``: mask each product photo, put it on a new background, write it. One failure never
-stops the batch; every failure is reported at the end and makes the exit code non-zero."""
+"""``backdrop run``: mask each product photo, put it on a new background, write it.
+
+One failure never stops the batch: every failure is reported at the end with the files that photo had already
+written, and makes the exit code 1. Ctrl-C stops after the current file; the summary still lists what was written
+and what was not, and the exit code is 130.
+"""
 
 from __future__ import annotations
 
@@ -7,142 +11,203 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..runtime.errors import BackdropError
+from . import exit_codes
+from .run_plan import RunPlan
+
+
+@dataclass(frozen=True)
+class RunModels:
+    """What the run loads once and keeps for every photo (None where the plan needs no model)."""
+
+    sam: Any = None
+    captioner: Any = None
+    pipeline: Any = None
+    model_hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
+
+
+@dataclass
+class PhotoOutcome:
+    """What one photo produced: the files written (even when a later step failed) and the error, if any."""
+
+    source: Path
+    written: list[Path] = field(default_factory=list)
+    error: str | None = None
 
 
 @dataclass
 class RunSummary:
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    outcomes: list[PhotoOutcome] = field(default_factory=list)
+    not_started: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def written(self) -> list[Path]:
+        return [path for outcome in self.outcomes for path in outcome.written]
+
+    @property
+    def failed(self) -> list[PhotoOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.error is not None]
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """``backdrop run PHOTOS...``: the exit code (see ``exit_codes``)."""
     from ..runtime.models import models_dir_locator
 
+    if not args.inputs:
+        print("backdrop run: error: give product photos or folders (or --workflow FILE)", file=sys.stderr)
+        return exit_codes.USAGE
     with models_dir_locator(args.models_dir):  # every loader (SAM, captioner, pipeline, LoRAs) reads it
-        return _run(args)
+        plan = RunPlan.from_args(args)
+        summary = run_plan(plan, load_models(plan))
+    print_summary(summary)
+    if summary.interrupted:
+        return exit_codes.INTERRUPTED
+    return exit_codes.SOME_FAILED if summary.failed else exit_codes.OK
 
 
-def _run(args: argparse.Namespace) -> int:
-    from ..runtime.backdrop.studio import StudioOptions
-    from ..runtime.backdrop.styles import get_style
-    from ..runtime.masking.types import Prompt, RefineOptions, parse_box, parse_points
-    from .inputs import collect_inputs
+def load_models(plan: RunPlan) -> RunModels:
+    """Load what the plan needs, once, before the first photo (so a missing model fails the run up front)."""
+    from ..runtime.models import ModelLocator, get_locator
 
-    style = get_style(args.style)
-    prompt = Prompt(box=parse_box(args.box), points=parse_points(args.points))
-    refine = RefineOptions(fill_holes=not args.no_fill_holes, keep=args.keep, grow_px=args.grow,
-                           edge_refine=not args.no_edge_refine, feather_px=args.feather)
-    studio = StudioOptions(shadow=args.shadow, vignette=args.vignette, light=args.light, seed=args.seed)
-    from ..runtime.devices import resolve_device
+    locator = ModelLocator.from_models_dir(plan.models_dir) if plan.models_dir else get_locator()
+    sam = captioner = pipeline = None
+    if plan.sam:
+        from ..runtime.masking.sam_loader import load_sam
+        from ..runtime.masking.sam_masker import SamMasker
 
-    args.device = resolve_device(args.device)
-    sam = _load_sam(args.sam, args.models_dir, args.device) if args.sam else None
-    pipeline = None
-    if args.checkpoint:
-        from .inpaint_options import load_for_run
+        sam = SamMasker(load_sam(plan.sam, device=plan.device, locator=locator))
+    if plan.captioner:
+        from ..runtime.captioning.loader import load_captioner
 
-        pipeline = load_for_run(args)
-    captioner = _load_captioner(args.captioner, args.models_dir, args.device) if args.captioner else None
-    args.prompt_json = args.prompt_json or captioner is not None
-    if args.prompt_json:
-        from ..runtime.prompting import get_composition
+        captioner = load_captioner(plan.captioner, device=plan.device, locator=locator)
+    hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    if plan.inpaint is not None:
+        from .inpaint_options import load_pipeline_for
 
-        get_composition(args.composition)  # fail before the batch on a bad name
-    inputs = collect_inputs(args.inputs)
-    if not inputs:
-        raise BackdropError("no input images found")
+        pipeline = load_pipeline_for(plan.inpaint, plan.device)
+        if plan.watermark is not None:
+            from .watermark_options import model_hashes
+
+            hashes = model_hashes(plan.inpaint.checkpoint, [name for name, _ in plan.inpaint.loras])
+    return RunModels(sam=sam, captioner=captioner, pipeline=pipeline, model_hashes=hashes)
+
+
+def run_plan(plan: RunPlan, models: RunModels) -> RunSummary:
+    """Process every photo of the plan; failures are recorded, Ctrl-C ends the batch with a summary."""
+    from ..runtime.progress import tqdm_progress
 
     summary = RunSummary()
-    progress, close = _progress(len(inputs), args.quiet)
+    progress, close = tqdm_progress("backdrop run", len(plan.inputs), disable=plan.quiet or not sys.stderr.isatty())
     try:
-        for index, path in enumerate(inputs):
+        for index, path in enumerate(plan.inputs):
+            outcome = PhotoOutcome(path)
+            summary.outcomes.append(outcome)
             try:
-                summary.written.extend(_process_one(path, args, style, prompt, refine, studio, sam, captioner,
-                                                    pipeline))
+                process_photo(path, plan, models, outcome.written)
+            except KeyboardInterrupt:
+                outcome.error = "interrupted (Ctrl-C)"
+                summary.interrupted = True
+                summary.not_started = list(plan.inputs[index + 1:])
+                break
             except (BackdropError, OSError, ValueError) as exc:
-                summary.failed.append((path, str(exc)))
-            progress(index + 1, len(inputs))
+                outcome.error = str(exc)
+            progress(index + 1, len(plan.inputs))
     finally:
         close()
-    _print_summary(summary)
-    return 1 if summary.failed else 0
+    return summary
 
 
-def _process_one(path: Path, args, style, prompt, refine, studio, sam, captioner, pipeline=None) -> list[Path]:
-    import numpy as np
-
+def process_photo(path: Path, plan: RunPlan, models: RunModels, written: list[Path]) -> None:
+    """Mask, caption and prompt (once), generate, then write; each file written is appended to ``written``."""
     from ..runtime.imaging import read_image, write_image
 
     loaded = read_image(path)
     image = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
-    slug = style.name.lower().replace(" ", "-")
-    bit_depth = loaded.bit_depth if args.format == "png" else 8
-    positive, negative = style.prompt_text, style.negative_text
-    if pipeline is None:
-        from ..runtime.backdrop.studio_job import studio_background
-
-        result = studio_background(image, style, sam=sam, prompt=prompt, refine=refine, studio=studio)
-        images, alpha = [result.image], result.product_alpha
+    alpha = _product_alpha(image, plan, models)
+    captions, composed = _captions_and_prompt(loaded.rgb, alpha, plan, models) if plan.needs_prompt else ({}, None)
+    if plan.inpaint is None:
+        images, out_alpha, positive, negative = _studio(image, alpha, plan)
     else:
-        images, alpha, positive, negative = _inpaint_file(pipeline, image, loaded.rgb, args, style, prompt, refine,
-                                                          sam, captioner)
-    from .inpaint_options import output_names
+        images, out_alpha, positive, negative = _inpaint(image, alpha, composed, plan, models)
+    names = output_names(path.stem, plan.style_slug, len(images), plan.format, plan.out)
+    bit_depth = loaded.bit_depth if plan.format == "png" else 8
+    for name, picture in zip(names, images, strict=True):
+        if plan.watermark is not None:
+            from .watermark_options import write_marked
 
-    names = output_names(path.stem, slug, len(images), args.format, args.out)
-    if args.watermark:
-        from .watermark_options import model_hashes, write_marked
-
-        hashes = model_hashes(args)
-        out = [write_marked(name, img, alpha >= 0.5, args, positive, negative, hashes, style.name)
-               for name, img in zip(names, images, strict=True)]
-    else:
-        out = [write_image(name, img, bit_depth=bit_depth) for name, img in zip(names, images, strict=True)]
-    if args.save_mask:
-        mask_rgb = np.repeat(alpha[..., None], 3, axis=2)
-        out.append(write_image(args.out / f"{path.stem}_mask.png", mask_rgb, bit_depth=8))
-    if args.prompt_json:
-        out.append(_write_prompt_json(path, out[0], loaded.rgb, alpha, args, style, captioner))
-    return out
+            written.append(write_marked(name, picture, out_alpha >= 0.5, plan, positive, negative,
+                                        models.model_hashes))
+        else:
+            written.append(write_image(name, picture, bit_depth=bit_depth))
+    if plan.save_mask:
+        mask_rgb = np.repeat(out_alpha[..., None], 3, axis=2)
+        written.append(write_image(plan.out / f"{path.stem}_mask.png", mask_rgb, bit_depth=8))
+    if plan.prompt_json:
+        written.append(_write_prompt_json(path, written[0], captions, composed, plan))
 
 
-def _inpaint_file(pipeline, image, rgb, args, style, prompt, refine, sam, captioner):
-    """Mask, caption + compose the prompt, then generate backgrounds around the exact product."""
-    from ..runtime.captioning.pipeline import caption_for_run
+def output_names(stem: str, slug: str, count: int, suffix: str, out: Path) -> list[Path]:
+    """``<stem>_<style>.<ext>``, or ``<stem>_<style>_<k>.<ext>`` for several variations."""
+    if count == 1:
+        return [out / f"{stem}_{slug}.{suffix}"]
+    return [out / f"{stem}_{slug}_{k}.{suffix}" for k in range(count)]
+
+
+def _product_alpha(image: np.ndarray, plan: RunPlan, models: RunModels) -> np.ndarray:
     from ..runtime.masking.product_mask import product_mask
+
+    return product_mask(image, sam=models.sam, prompt=plan.mask_prompt, refine=plan.refine)
+
+
+def _captions_and_prompt(rgb: np.ndarray, alpha: np.ndarray, plan: RunPlan, models: RunModels):
+    """Captions (VLM or image statistics) of the photo as given, and the prompt composed from them: computed once
+    per photo and used by both the diffusion step and the prompt JSON."""
+    from ..runtime.captioning.pipeline import caption_for_run
     from ..runtime.prompting import compose_prompt
-    from .inpaint_options import inpaint_for_run
 
-    alpha = product_mask(image, sam=sam, prompt=prompt, refine=refine)
-    captions = caption_for_run(rgb, alpha, captioner)
-    composed = compose_prompt(captions["product_caption"], style, args.composition, scene=args.scene,
+    captions = caption_for_run(rgb, alpha, models.captioner)
+    composed = compose_prompt(captions["product_caption"], plan.style, plan.composition, scene=plan.scene,
                               background_caption=captions["background_caption"])
-    result = inpaint_for_run(pipeline, image, alpha, composed.positive, composed.negative, args)
-    positive, negative = args.prompt or composed.positive, args.negative or composed.negative
-    # the mask on the output canvas (it moves when outpainting)
-    return result.images, result.product_masks[0], positive, negative
+    return captions, composed
 
 
-def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, captioner) -> Path:
-    """Captions (VLM or image statistics) and the composed prompts, beside the output image."""
+def _studio(image: np.ndarray, alpha: np.ndarray, plan: RunPlan):
+    from ..runtime.backdrop.studio_job import studio_background
+
+    result = studio_background(image, plan.style, alpha=alpha, studio=plan.studio)
+    return [result.image], result.product_alpha, plan.style.prompt_text, plan.style.negative_text
+
+
+def _inpaint(image: np.ndarray, alpha: np.ndarray, composed, plan: RunPlan, models: RunModels):
+    """Generate backgrounds around the exact product; the mask returned is on the output canvas (it moves when
+    outpainting)."""
+    from ..runtime.inpainting.generate import inpaint_backgrounds
+
+    settings = plan.inpaint.settings_for(composed.positive, composed.negative)
+    result = inpaint_backgrounds(models.pipeline, [image], [alpha], settings)
+    return result.images, result.product_masks[0], settings.prompt, settings.negative_prompt
+
+
+def _write_prompt_json(source: Path, output: Path, captions: dict[str, str], composed, plan: RunPlan) -> Path:
+    """Captions and the composed prompts, beside the first output image."""
     import json
 
-    from ..runtime.captioning.pipeline import caption_for_run
     from ..runtime.files import write_bytes_exclusive
-    from ..runtime.prompting import compose_prompt
 
-    captions = caption_for_run(rgb, alpha, captioner)
-    composed = compose_prompt(captions["product_caption"], style, args.composition, scene=args.scene,
-                              background_caption=captions["background_caption"])
-    captions["caption_source"] = captions.pop("source")
     record = {
         "input": str(source),
         "output": str(output),
-        "style": style.name,
-        "composition": args.composition,
-        "captioner": args.captioner,
-        **captions,
+        "style": plan.style.name,
+        "composition": plan.composition,
+        "captioner": plan.captioner,
+        "product_caption": captions["product_caption"],
+        "background_caption": captions["background_caption"],
+        "caption_source": captions["source"],
         "positive": composed.positive,
         "negative": composed.negative,
         "warnings": list(composed.warnings),
@@ -151,35 +216,13 @@ def _write_prompt_json(source: Path, output: Path, rgb, alpha, args, style, capt
     return write_bytes_exclusive(output.with_suffix(".json"), payload)
 
 
-def _locator(models_dir: Path | None):
-    """``--models-dir`` when given, else the default locator."""
-    from ..runtime.models import ModelLocator, get_locator
-
-    return ModelLocator.from_models_dir(models_dir) if models_dir else get_locator()
-
-
-def _load_sam(name: str, models_dir: Path | None, device: str):
-    from ..runtime.masking.sam_loader import load_sam
-    from ..runtime.masking.sam_masker import SamMasker
-
-    return SamMasker(load_sam(name, device=device, locator=_locator(models_dir)))
-
-
-def _load_captioner(name: str, models_dir: Path | None, device: str):
-    from ..runtime.captioning.loader import load_captioner
-
-    return load_captioner(name, device=device, locator=_locator(models_dir))
-
-
-def _progress(total: int, quiet: bool):
-    from ..runtime.progress import tqdm_progress
-
-    return tqdm_progress("backdrop run", total, disable=quiet or not sys.stderr.isatty())
-
-
-def _print_summary(summary: RunSummary) -> None:
+def print_summary(summary: RunSummary) -> None:
+    """Every file written, every photo that failed (with what it had written), and what Ctrl-C left undone."""
     for path in summary.written:
         print(f"wrote {path}")
-    for path, reason in summary.failed:
-        print(f"FAILED {path}: {reason}", file=sys.stderr)
-    print(f"{len(summary.written)} file(s) written, {len(summary.failed)} input(s) failed", file=sys.stderr)
+    for outcome in summary.failed:
+        print(f"FAILED {outcome.source}: {outcome.error}", file=sys.stderr)
+    for path in summary.not_started:
+        print(f"NOT RUN {path}", file=sys.stderr)
+    print(f"{len(summary.written)} file(s) written, {len(summary.failed)} input(s) failed"
+          + (f", {len(summary.not_started)} not run (interrupted)" if summary.interrupted else ""), file=sys.stderr)

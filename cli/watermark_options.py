@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import getpass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .run_plan import RunPlan
 
 
 def add_watermark_arguments(run: argparse.ArgumentParser) -> None:
@@ -18,37 +22,32 @@ def add_watermark_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--no-c2pa", action="store_true", help="with --watermark: no C2PA manifest in the files")
 
 
-def model_hashes(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
-    """SHA-256 of the checkpoint and each LoRA the run used, for the provenance record."""
+def model_hashes(checkpoint: str | None, loras: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """SHA-256 of the checkpoint file (a diffusers folder is not hashed) and each LoRA the run used."""
     from ..runtime.inpainting.loader import split_model_name
     from ..runtime.models import get_locator
-    from ..runtime.provenance.file_hashes import file_sha256
-    from .inpaint_options import parse_lora
+    from ..runtime.provenance.file_hashes import hash_model_files
 
-    locator, models, loras = get_locator(), {}, {}
-    if args.checkpoint:
-        kind, name = split_model_name(args.checkpoint)
-        path = locator.resolve(kind, name)
-        if path.is_file():
-            models[f"{kind}/{name}"] = file_sha256(path)
-    for text in args.lora:
-        name, _ = parse_lora(text)
-        loras[name] = file_sha256(locator.resolve("loras", name))
-    return models, loras
+    locator, models = get_locator(), {}
+    if checkpoint:
+        kind, name = split_model_name(checkpoint)
+        if locator.resolve(kind, name).is_file():
+            models[f"{kind}/{name}"] = (kind, name)
+    return hash_model_files(locator.resolve, models, loras)
 
 
-def write_marked(path: Path, image: np.ndarray, product: np.ndarray, args: argparse.Namespace, prompt: str,
-                 negative: str, hashes: tuple[dict[str, str], dict[str, str]], style: str) -> Path:
+def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPlan, prompt: str, negative: str,
+                 hashes: tuple[dict[str, str], dict[str, str]]) -> Path:
     """Mark ``image`` (float [H,W,C]) around its exact ``product`` (bool [H,W]), record it and save it."""
     from ..runtime.imaging import to_integer
     from ..runtime.provenance.keys import load_keys
     from ..runtime.saving import SaveOptions, save_image
     from ..runtime.watermark.service import mark_for_run
 
-    marked, record = mark_for_run(to_integer(image, 8), account=args.account or getpass.getuser(), prompt=prompt,
-                                  negative_prompt=negative, seed=args.seed, models=hashes[0], loras=hashes[1],
-                                  metadata={"style": style}, protect=product)
-    options = SaveOptions(fmt={"jpg": "jpeg"}.get(args.format, args.format), quality=95, c2pa=not args.no_c2pa)
+    marked, record = mark_for_run(to_integer(image, 8), account=plan.watermark.account, prompt=prompt,
+                                  negative_prompt=negative, seed=plan.seed, models=hashes[0], loras=hashes[1],
+                                  metadata={"style": plan.style.name}, protect=product)
+    options = SaveOptions(fmt={"jpg": "jpeg"}.get(plan.format, plan.format), quality=95, c2pa=plan.watermark.c2pa)
     saved = save_image(marked, path, options, keys=load_keys(),
                        binding=lambda _pixels: (record.id, record.record_hash))
     return saved.path

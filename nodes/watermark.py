@@ -231,13 +231,13 @@ class BackdropSave(HostedNode):
 
 def _record_content(account: str, prompt: str, negative_prompt: str, seed: int, metadata: str, workflow_prompt):
     """A factory (index, count) -> RecordContent: explicit inputs win over facts read from the workflow."""
-    from ..runtime.provenance.file_hashes import hash_named_files
+    from ..runtime.provenance.file_hashes import hash_model_files
     from ..runtime.provenance.records import RecordContent
     from ..runtime.provenance.workflow_facts import workflow_facts
 
     facts = workflow_facts(workflow_prompt)
-    models = hash_named_files({name: comfy_bridge.model_file_path(kind, name) for name, kind in facts.models.items()})
-    loras = hash_named_files({name: comfy_bridge.model_file_path("loras", name) for name in facts.loras})
+    models, loras = hash_model_files(comfy_bridge.model_file_path,
+                                     {name: (kind, name) for name, kind in facts.models.items()}, facts.loras)
     extra = _parse_metadata(metadata)
     if isinstance(workflow_prompt, dict) and workflow_prompt:
         import hashlib

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 CHUNK = 4 << 20
@@ -44,3 +45,12 @@ def hash_named_files(paths: dict[str, str | os.PathLike | None]) -> dict[str, st
         except OSError:
             hashes[name] = ""
     return hashes
+
+
+def hash_model_files(resolve: Callable[[str, str], str | os.PathLike | None],
+                     models: Mapping[str, tuple[str, str]], loras: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The (models, loras) hashes of a provenance record: ``models`` maps each record name to (folder kind, model
+    name), ``loras`` are names in the loras folder, and ``resolve(kind, name)`` gives a file's path (None if
+    unknown). One function for the CLI and the nodes, so both record the same hashes."""
+    return (hash_named_files({key: resolve(kind, name) for key, (kind, name) in models.items()}),
+            hash_named_files({name: resolve("loras", name) for name in loras}))

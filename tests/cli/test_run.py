@@ -182,3 +182,80 @@ def test_run_with_watermark_then_verify_finds_the_record(tmp_path, product_photo
     found = json.loads(capsys.readouterr().out)["files"][0]
     assert found["found"] and found["record"]["account"] == "studio-a"
     assert "tiny-sd15-inpaint" in json.dumps(found["record"]["models"])
+
+
+def test_checkpoint_captioner_prompt_json_and_outpaint_caption_each_photo_once(tmp_path, product_photo,
+                                                                                inpaint_models, monkeypatch, capsys):
+    """--checkpoint + --captioner + --prompt-json + --outpaint to another aspect, over a folder: every photo ok,
+    every file written, and each photo captioned once (one product + one background generation)."""
+    import json
+
+    from comfyui_backdrop.runtime.captioning.captioner import Captioner
+    from tests.fixtures.caption_fixtures import build_tiny_blip
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for kind in ("checkpoints", "loras"):
+        (models / kind).symlink_to(inpaint_models / kind, target_is_directory=True)
+    build_tiny_blip(models / "LLM" / "tiny-blip")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo, _ = product_photo
+    _write(photos / "a.png", photo)
+    _write(photos / "b.png", photo[:, ::-1])
+    generations = []
+    real_caption = Captioner.caption
+
+    def counting_caption(self, image, instruction, settings=None):
+        generations.append(instruction)
+        return real_caption(self, image, instruction, settings)
+
+    monkeypatch.setattr(Captioner, "caption", counting_caption)
+    out = tmp_path / "out"
+    code = main(["run", str(photos), "--out", str(out), "--models-dir", str(models), "--quiet",
+                 "--checkpoint", "tiny-sd15-inpaint.safetensors", "--captioner", "tiny-blip", "--prompt-json",
+                 "--outpaint", "16:9", "--steps", "2", "--resolution", "128", "--save-mask"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "0 input(s) failed" in err and "FAILED" not in err
+    assert len(generations) == 2 * 2  # two photos, each captioned once: product + background
+    for stem in ("a", "b"):
+        image = cv2.imread(str(out / f"{stem}_minimal-studio.png"))
+        assert abs(image.shape[1] / image.shape[0] - 16 / 9) < 0.02  # outpainted to 16:9
+        record = json.loads((out / f"{stem}_minimal-studio.json").read_text())
+        assert record["caption_source"] != "statistics" and record["positive"]
+        assert (out / f"{stem}_mask.png").is_file()
+
+
+def test_out_naming_a_file_is_one_error_before_any_work(tmp_path, product_photo, capsys):
+    _write(tmp_path / "p.png", product_photo[0])
+    (tmp_path / "taken").write_text("not a folder")
+    code = main(["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "taken"), "--quiet"])
+    assert code == 2 and "is a file; give a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def test_ctrl_c_stops_the_batch_with_a_summary_and_exit_130(tmp_path, product_photo, monkeypatch, capsys):
+    """Ctrl-C while the second photo is processed: the first photo's file is listed, the rest are listed as not
+    run, the exit code is 130 and no temporary file is left."""
+    from comfyui_backdrop.runtime.masking import product_mask as masking
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for stem in ("a", "b", "c"):
+        _write(photos / f"{stem}.png", product_photo[0])
+    real_mask, calls = masking.product_mask, []
+
+    def mask_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_mask(*args, **kwargs)
+
+    monkeypatch.setattr(masking, "product_mask", mask_then_ctrl_c)
+    out = tmp_path / "out"
+    assert main(["run", str(photos), "--out", str(out), "--quiet"]) == 130
+    captured = capsys.readouterr()
+    assert f"wrote {out / 'a_minimal-studio.png'}" in captured.out
+    assert f"NOT RUN {photos / 'c.png'}" in captured.err and "interrupted" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["a_minimal-studio.png"]  # no temp files

@@ -1,0 +1,125 @@
+"""``backdrop run``'s plan: every option parsed and checked once, before any photo is touched, then frozen.
+
+The parsed ``argparse.Namespace`` never travels further than ``RunPlan.from_args``: the code that processes
+photos reads the plan, and nothing changes it during the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runtime.backdrop.studio import StudioOptions
+from ..runtime.backdrop.styles import StylePreset
+from ..runtime.errors import InvalidInputError
+from ..runtime.inpainting.generate import InpaintSettings
+from ..runtime.masking.types import Prompt, RefineOptions
+
+
+@dataclass(frozen=True)
+class InpaintPlan:
+    """The diffusion path (``--checkpoint``): which model and LoRAs, and the sampling settings."""
+
+    checkpoint: str
+    loras: tuple[tuple[str, float], ...]
+    fuse_loras: bool
+    dtype: str
+    tokenizer_dir: str | None
+    prompt: str | None  # None: composed from the captions and the style
+    negative: str | None
+    settings: InpaintSettings  # its prompts are filled in per photo
+
+    def settings_for(self, positive: str, negative: str) -> InpaintSettings:
+        """The sampling settings with this photo's prompts (explicit --prompt/--negative win)."""
+        from dataclasses import replace
+
+        return replace(self.settings, prompt=self.prompt or positive, negative_prompt=self.negative or negative)
+
+
+@dataclass(frozen=True)
+class WatermarkPlan:
+    """``--watermark``: who the records name and whether files carry a C2PA manifest."""
+
+    account: str
+    c2pa: bool
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything ``backdrop run`` does to each photo, decided before the first one."""
+
+    inputs: tuple[Path, ...]
+    out: Path
+    format: str
+    models_dir: Path | None
+    device: str
+    style: StylePreset
+    mask_prompt: Prompt
+    refine: RefineOptions
+    studio: StudioOptions
+    seed: int
+    sam: str | None
+    captioner: str | None
+    composition: str
+    scene: str
+    save_mask: bool
+    prompt_json: bool
+    inpaint: InpaintPlan | None
+    watermark: WatermarkPlan | None
+    quiet: bool
+
+    @property
+    def style_slug(self) -> str:
+        return self.style.name.lower().replace(" ", "-")
+
+    @property
+    def needs_prompt(self) -> bool:
+        """Captions and a composed prompt are needed: for diffusion, or to write the prompt JSON."""
+        return self.inpaint is not None or self.prompt_json
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunPlan:
+        """Parse and check every option (unknown style or composition, bad box, LoRA strengths...)."""
+        from ..runtime.backdrop.styles import get_style
+        from ..runtime.devices import resolve_device
+        from ..runtime.masking.types import parse_box, parse_points
+        from ..runtime.prompting import get_composition
+        from .inputs import collect_inputs
+
+        prompt_json = bool(args.prompt_json or args.captioner)  # captions are always recorded with a VLM
+        if prompt_json:
+            get_composition(args.composition)  # fail before the batch on a bad name
+        inputs = tuple(collect_inputs(args.inputs))
+        if not inputs:
+            raise InvalidInputError("no input images found")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"--out {out} is a file; give a folder (it is created when missing)")
+        return cls(
+            inputs=inputs, out=out, format=args.format, models_dir=args.models_dir,
+            device=resolve_device(args.device), style=get_style(args.style),
+            mask_prompt=Prompt(box=parse_box(args.box), points=parse_points(args.points)),
+            refine=RefineOptions(fill_holes=not args.no_fill_holes, keep=args.keep, grow_px=args.grow,
+                                 edge_refine=not args.no_edge_refine, feather_px=args.feather),
+            studio=StudioOptions(shadow=args.shadow, vignette=args.vignette, light=args.light, seed=args.seed),
+            seed=args.seed, sam=args.sam, captioner=args.captioner, composition=args.composition, scene=args.scene,
+            save_mask=args.save_mask, prompt_json=prompt_json, inpaint=_inpaint_plan(args),
+            watermark=WatermarkPlan(account=args.account or getpass.getuser(), c2pa=not args.no_c2pa)
+            if args.watermark else None,
+            quiet=args.quiet)
+
+
+def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
+    from .inpaint_options import parse_lora
+
+    if not args.checkpoint:
+        return None
+    settings = InpaintSettings(prompt="", seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,
+                               strength=args.strength, variations=args.variations, resolution=args.resolution,
+                               outpaint=args.outpaint, seam_feather=args.seam_feather, color_match=args.color_match)
+    settings.validate()
+    return InpaintPlan(checkpoint=args.checkpoint, loras=tuple(parse_lora(text) for text in args.lora),
+                       fuse_loras=args.fuse_loras, dtype=args.dtype, tokenizer_dir=args.tokenizer_dir,
+                       prompt=args.prompt, negative=args.negative, settings=settings)
