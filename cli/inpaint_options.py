@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from ..runtime.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from .run_plan import InpaintPlan
 
 
 def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
@@ -51,14 +47,3 @@ def parse_lora(text: str) -> tuple[str, float]:
         return name, float(strength)
     except ValueError:
         raise InvalidInputError(f"--lora {text!r}: the strength after ':' must be a number") from None
-
-
-def load_pipeline_for(plan: InpaintPlan, device: str):
-    """The pipeline of ``--checkpoint`` with its LoRA stack."""
-    from ..runtime.inpainting.loader import load_pipeline
-    from ..runtime.inpainting.loras import add_lora
-
-    handle = load_pipeline(plan.checkpoint, device=device, dtype=plan.dtype, tokenizer_dir=plan.tokenizer_dir)
-    for name, strength in plan.loras:
-        handle = add_lora(handle, name, strength, fuse=plan.fuse_loras)
-    return handle

@@ -87,9 +87,7 @@ def load_models(plan: RunPlan) -> RunModels:
         captioner = load_captioner(plan.captioner, device=plan.device, locator=locator)
     hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
     if plan.inpaint is not None:
-        from .inpaint_options import load_pipeline_for
-
-        pipeline = load_pipeline_for(plan.inpaint, plan.device)
+        pipeline = plan.inpaint.load_pipeline(plan.device)
         if plan.watermark is not None:
             from .watermark_options import model_hashes
 
@@ -99,7 +97,7 @@ def load_models(plan: RunPlan) -> RunModels:
 
 def run_plan(plan: RunPlan, models: RunModels) -> RunSummary:
     """Process every photo of the plan; failures are recorded, Ctrl-C ends the batch with a summary."""
-    from ..runtime.progress import tqdm_progress
+    from .progress_bars import tqdm_progress
 
     summary = RunSummary()
     progress, close = tqdm_progress("backdrop run", len(plan.inputs), disable=plan.quiet or not sys.stderr.isatty())

@@ -31,6 +31,16 @@ class InpaintPlan:
     negative: str | None
     settings: InpaintSettings  # its prompts are filled in per photo
 
+    def load_pipeline(self, device: str):
+        """The pipeline of ``--checkpoint`` with its LoRA stack (from the models folders)."""
+        from ..runtime.inpainting.loader import load_pipeline
+        from ..runtime.inpainting.loras import add_lora
+
+        handle = load_pipeline(self.checkpoint, device=device, dtype=self.dtype, tokenizer_dir=self.tokenizer_dir)
+        for name, strength in self.loras:
+            handle = add_lora(handle, name, strength, fuse=self.fuse_loras)
+        return handle
+
     def settings_for(self, positive: str, negative: str) -> InpaintSettings:
         """The sampling settings with this photo's prompts (explicit --prompt/--negative win)."""
         from dataclasses import replace

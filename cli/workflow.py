@@ -101,7 +101,7 @@ def load_graph(path: Path, specs: Mapping[str, NodeSpec]) -> tuple[ApiGraph, dic
 
 def step_bars(disable: bool) -> Callable[[int], ProgressFn]:
     """A progress factory for a second, transient bar over the steps of long nodes (inpainting, training...)."""
-    from ..runtime.progress import tqdm_progress
+    from .progress_bars import tqdm_progress
 
     def factory(total: int) -> ProgressFn:
         update, close = tqdm_progress("  steps", total, disable=disable)
@@ -210,7 +210,7 @@ def run_workflow_command(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..runtime.files import write_bytes_exclusive
-    from ..runtime.progress import tqdm_progress
+    from .progress_bars import tqdm_progress
 
     output_dir = Path(args.out).resolve()
     input_dir = Path(args.input_dir or Path.cwd()).resolve()

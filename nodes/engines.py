@@ -66,11 +66,11 @@ class BackdropExportEngine(HostedNode):
                onnx_target: str, refittable: bool, optimization_level: int):
         from ..export.engine_export import EngineRequest, export_pipeline_engine
         from ..runtime.engines.profile import ShapeProfile, parse_resolutions
+        from ..runtime.engines.spec import UNetSpec
 
-        spec_multiple = 2 ** (len(pipeline.pipe.unet.config.down_block_types) - 1)
         profile = ShapeProfile.from_resolutions(parse_resolutions(resolutions),
                                                 batch=(1, 2 * images_per_batch, 2 * images_per_batch),
-                                                latent_multiple=spec_multiple)
+                                                latent_multiple=UNetSpec.from_unet(pipeline.pipe.unet).latent_multiple)
         if precision == "auto":
             precision = "fp16" if format == "tensorrt" else "fp32"
         request = EngineRequest(format=format, precision=precision, profile=profile,

@@ -19,17 +19,3 @@ def report(progress: ProgressFn | None, done: int, total: int) -> None:
     """Call ``progress`` if one was given."""
     if progress is not None:
         progress(done, total)
-
-
-def tqdm_progress(desc: str, total: int, disable: bool = False) -> tuple[ProgressFn, Callable[[], None]]:
-    """A tqdm-backed progress callback plus a close function, for the CLI."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="img", disable=disable)
-
-    def update(done: int, total_: int) -> None:
-        bar.total = total_
-        bar.n = done
-        bar.refresh()
-
-    return update, bar.close
