@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,57 @@ DEFAULT_CPU = ("eager", "compile", "ort", "ort-int8")
 DEFAULT_GPU = ("eager", "compile", "ort", "trt")
 LABELS = {"eager": "torch eager", "compile": "torch.compile", "ort-plain": "onnxruntime (plain export)",
           "ort": "onnxruntime (optimized)", "ort-int8": "onnxruntime int8 (dynamic)", "trt": "TensorRT"}
-CONFIGS = Path(__file__).resolve().parent / "inpainting" / "configs"
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """``backdrop bench``'s options, parsed and checked once."""
+
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+    precision: str  # fp32 | fp16 | bf16
+    backends: tuple[str, ...]
+    threads: int
+    height: int
+    width: int
+    batch: int
+    tokens: int
+    seed: int
+    rounds: int
+    warmup: int
+    steps: int
+
+    @property
+    def latent(self) -> tuple[int, int]:
+        return self.height // 8, self.width // 8
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BenchPlan:
+        import torch
+
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidInputError("--device cuda was given, but torch sees no CUDA GPU")
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+        return cls(device=device, dtype=dtype, precision=args.dtype, backends=tuple(_backends(args.backends, device)),
+                   threads=_threads(args.threads), height=args.height or args.size, width=args.width or args.size,
+                   batch=args.batch, tokens=args.tokens, seed=args.seed, rounds=args.rounds, warmup=args.warmup,
+                   steps=args.steps)
+
+
+@dataclass
+class Exports:
+    """Exported models shared by the backends of one run (each built once), in ``work``."""
+
+    work: Path
+    built: dict[str, Any] = field(default_factory=dict)
+
+
+def shipped_unet_config(family: str) -> Path:
+    """The UNet config.json shipped for ``family`` (sd15, sdxl) with the inpainting runtime."""
+    from ..runtime.inpainting import configs
+
+    return Path(configs.__file__).resolve().parent / family / "unet" / "config.json"
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -64,35 +115,32 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``; prints the table and the report paths."""
-    import torch
+    from ..runtime.models import models_dir_locator
 
+    with models_dir_locator(args.models_dir):
+        return _run_bench(args)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
     from ..export.bench import BenchReport, markdown_table, write_report
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("--device cuda was given, but torch sees no CUDA GPU")
-    backends = _backends(args.backends, device)
-    threads = _threads(args.threads)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    width, height = args.width or args.size, args.height or args.size
+    plan = BenchPlan.from_args(args)
     handle = _load_handle(args) if args.model else None
-    unet = handle.pipe.unet if handle else build_unet(args.family, args.unet_config, args.seed, dtype, device)
+    unet = handle.pipe.unet if handle else build_unet(args.family, args.unet_config, plan.seed, plan.dtype,
+                                                      plan.device)
     settings = {"command": "backdrop " + " ".join(shlex.quote(a) for a in _argv(args)),
                 "unet": handle.describe() if handle else f"{args.family} random weights ({_config_name(args)})",
-                "batch": args.batch, "image": f"{width}x{height}", "tokens": args.tokens, "device": str(device),
-                "dtype": args.dtype, "threads": threads, "rounds": args.rounds, "warmup": args.warmup,
-                "baseline": LABELS["eager"], "machine": _machine(), "versions": _versions()}
-    report = BenchReport(title=f"UNet backends: {settings['unet']}, batch {args.batch}, {width}x{height}",
+                "batch": plan.batch, "image": f"{plan.width}x{plan.height}", "tokens": plan.tokens,
+                "device": str(plan.device), "dtype": plan.precision, "threads": plan.threads, "rounds": plan.rounds,
+                "warmup": plan.warmup, "baseline": LABELS["eager"], "machine": _machine(), "versions": _versions()}
+    report = BenchReport(title=f"UNet backends: {settings['unet']}, batch {plan.batch}, {plan.width}x{plan.height}",
                          settings=settings)
     with tempfile.TemporaryDirectory(prefix="backdrop-bench-") as tmp:
-        work = Path(args.work_dir or tmp)
-        exports: dict[str, Any] = {}
-        report.sections["UNet step"] = _unet_step(unet, backends, args, work, device, dtype, (height, width),
-                                                  threads, exports)
+        exports = Exports(Path(args.work_dir or tmp))
+        report.sections["UNet step"] = _unet_step(unet, plan, exports)
         gc.collect()
         if handle is not None:
-            report.sections["pipeline"] = _pipeline(handle, backends, args, work, device, (height, width), threads,
-                                                    exports)
+            report.sections["pipeline"] = _pipeline(handle, plan, exports)
     for name, rows in report.sections.items():
         print(f"\n{name}\n" + markdown_table(rows, LABELS["eager"]))
     paths = write_report(report, args.out)
@@ -107,7 +155,7 @@ def build_unet(family: str, config_path: Path | None, seed: int, dtype: Any, dev
     import torch
     from diffusers import UNet2DConditionModel
 
-    path = config_path or CONFIGS / family / "unet" / "config.json"
+    path = config_path or shipped_unet_config(family)
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -117,8 +165,7 @@ def build_unet(family: str, config_path: Path | None, seed: int, dtype: Any, dev
     return (unet if dtype == torch.float32 else unet.to(dtype)).eval()
 
 
-def _unet_step(unet: Any, backends: list[str], args: argparse.Namespace, work: Path, device: Any, dtype: Any,
-               size: tuple[int, int], threads: int, exports: dict[str, Any]) -> list:
+def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> list:
     import torch
 
     from ..export.bench import Candidate, measure
@@ -126,15 +173,14 @@ def _unet_step(unet: Any, backends: list[str], args: argparse.Namespace, work: P
     from ..runtime.engines.spec import UNetSpec
 
     spec = UNetSpec.from_unet(unet)
-    latent = (size[0] // 8, size[1] // 8)
-    feeds = example_inputs(spec, batch=args.batch, latent=latent, tokens=args.tokens, dtype=dtype, device=device,
-                           seed=args.seed)
+    feeds = example_inputs(spec, batch=plan.batch, latent=plan.latent, tokens=plan.tokens, dtype=plan.dtype,
+                           device=plan.device, seed=plan.seed)
     call = [feeds.get(n) for n in ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")]
-    reference = _fp32_reference(unet, call, dtype)
+    reference = _fp32_reference(unet, call, plan.dtype)
     candidates = {}
-    for name in sorted(backends, key=lambda b: b == "compile"):  # compile last: exports fail fast, not after it
+    for name in sorted(plan.backends, key=lambda b: b == "compile"):  # compile last: exports fail fast, not after it
         started = time.perf_counter()
-        backend, notes = _make_backend(name, unet, spec, work, device, threads, exports, args)
+        backend, notes = _make_backend(name, unet, spec, plan, exports)
         if backend is None:
             print(f"{LABELS[name]}: skipped ({notes})", file=sys.stderr)
             continue
@@ -143,9 +189,9 @@ def _unet_step(unet: Any, backends: list[str], args: argparse.Namespace, work: P
             run()  # compile now, so compilation is reported as setup and not as a slow first round
         candidates[name] = Candidate(LABELS[name], run, setup_s=time.perf_counter() - started, notes=notes)
         gc.collect()
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    ordered = [candidates[b] for b in backends if b in candidates]
-    return measure(ordered, reference, rounds=args.rounds, warmup=args.warmup, baseline=LABELS["eager"],
+    sync = torch.cuda.synchronize if plan.device.type == "cuda" else None
+    ordered = [candidates[b] for b in plan.backends if b in candidates]
+    return measure(ordered, reference, rounds=plan.rounds, warmup=plan.warmup, baseline=LABELS["eager"],
                    sync=sync, on_round=_print_round)
 
 
@@ -171,8 +217,7 @@ def _fp32_reference(unet: Any, call: list, dtype: Any) -> Any:
     return out
 
 
-def _make_backend(name: str, unet: Any, spec: Any, work: Path, device: Any, threads: int, exports: dict,
-                  args: argparse.Namespace) -> tuple[Any, str]:
+def _make_backend(name: str, unet: Any, spec: Any, plan: BenchPlan, exports: Exports) -> tuple[Any, str]:
     from ..runtime.engines.ort_backend import OrtUNetBackend
     from ..runtime.engines.torch_backend import TorchUNetBackend
 
@@ -180,14 +225,14 @@ def _make_backend(name: str, unet: Any, spec: Any, work: Path, device: Any, thre
         return TorchUNetBackend(unet), ""
     if name == "compile":
         return TorchUNetBackend(unet, compile=True), "compile time in setup"
-    provider = "cuda" if device.type == "cuda" else "cpu"
+    provider, threads = ("cuda" if plan.device.type == "cuda" else "cpu"), plan.threads
     if provider == "cuda" and name in ("ort", "ort-plain", "ort-int8") and not _has_ort_cuda():
         return None, "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"
-    plain = _plain_export(unet, work, exports)
+    plain = _plain_export(unet, exports)
     if name == "ort-plain":
         return OrtUNetBackend(plain.path, plain.spec, provider=provider, threads=threads), f"opset {plain.opset}"
     if name == "ort":
-        optimized = _optimized(plain, work, exports, provider, args.dtype == "fp16", _latent(args))
+        optimized = _optimized(plain, exports, provider, plan.precision == "fp16", plan.latent)
         fused = ", ".join(f"{op} {n}" for op, n in optimized.fused_ops.items())
         return OrtUNetBackend(optimized.path, plain.spec, provider=provider, threads=threads), f"fused: {fused}"
     if name == "ort-int8":
@@ -195,35 +240,35 @@ def _make_backend(name: str, unet: Any, spec: Any, work: Path, device: Any, thre
 
         if provider != "cpu":
             return None, "int8 dynamic quantization is a CPU option"
-        if "int8" not in exports:
-            exports["int8"] = quantize_unet_int8(_optimized(plain, work, exports, provider, False, _latent(args)).path,
-                                                 work / "unet_int8.onnx")
-        return (OrtUNetBackend(exports["int8"].path, plain.spec, threads=threads),
+        if "int8" not in exports.built:
+            exports.built["int8"] = quantize_unet_int8(_optimized(plain, exports, provider, False, plan.latent).path,
+                                                       exports.work / "unet_int8.onnx")
+        return (OrtUNetBackend(exports.built["int8"].path, plain.spec, threads=threads),
                 "optimized graph, MatMul weights int8 per channel, convs fp32")
-    return _tensorrt_backend(plain, spec, work, device, args)
+    return _tensorrt_backend(plain, spec, plan, exports)
 
 
-def _optimized(plain: Any, work: Path, exports: dict, provider: str, fp16: bool, latent: tuple[int, int]) -> Any:
-    if "ort" not in exports:
+def _optimized(plain: Any, exports: Exports, provider: str, fp16: bool, latent: tuple[int, int]) -> Any:
+    if "ort" not in exports.built:
         from ..export.optimize import optimize_unet_onnx
 
-        exports["ort"] = optimize_unet_onnx(plain.path, work / "unet_optimized.onnx", target=provider, fp16=fp16,
-                                            latent_size=latent)
+        exports.built["ort"] = optimize_unet_onnx(plain.path, exports.work / "unet_optimized.onnx", target=provider,
+                                                  fp16=fp16, latent_size=latent)
         gc.collect()
-    return exports["ort"]
+    return exports.built["ort"]
 
 
-def _plain_export(unet: Any, work: Path, exports: dict) -> Any:
-    if "plain" not in exports:
+def _plain_export(unet: Any, exports: Exports) -> Any:
+    if "plain" not in exports.built:
         from ..export.onnx_export import export_unet_onnx
 
-        exports["plain"] = export_unet_onnx(unet, work / "unet.onnx")
+        exports.built["plain"] = export_unet_onnx(unet, exports.work / "unet.onnx")
         gc.collect()
-    return exports["plain"]
+    return exports.built["plain"]
 
 
-def _tensorrt_backend(plain: Any, spec: Any, work: Path, device: Any, args: argparse.Namespace) -> tuple[Any, str]:
-    if device.type != "cuda":
+def _tensorrt_backend(plain: Any, spec: Any, plan: BenchPlan, exports: Exports) -> tuple[Any, str]:
+    if plan.device.type != "cuda":
         return None, "TensorRT needs --device cuda"
     try:
         import tensorrt  # noqa: F401
@@ -233,19 +278,14 @@ def _tensorrt_backend(plain: Any, spec: Any, work: Path, device: Any, args: argp
     from ..runtime.engines.profile import ShapeProfile
     from ..runtime.engines.tensorrt_backend import TensorRTUNetBackend
 
-    width, height = args.width or args.size, args.height or args.size
-    profile = ShapeProfile.from_resolutions([(width, height)], batch=(args.batch, args.batch, args.batch),
-                                            tokens=args.tokens, latent_multiple=spec.latent_multiple)
-    precision = "bf16" if args.dtype == "bf16" else "fp16"
+    profile = ShapeProfile.from_resolutions([(plan.width, plan.height)], batch=(plan.batch,) * 3,
+                                            tokens=plan.tokens, latent_multiple=spec.latent_multiple)
+    precision = "bf16" if plan.precision == "bf16" else "fp16"
     started = time.perf_counter()
-    engine = build_engine(plain.path, work / "unet.engine", spec, profile,
-                          BuildSettings(precision=precision, timing_cache_dir=work))
+    engine = build_engine(plain.path, exports.work / "unet.engine", spec, profile,
+                          BuildSettings(precision=precision, timing_cache_dir=exports.work))
     built = time.perf_counter() - started
-    return TensorRTUNetBackend(engine, spec, device=device), f"{precision}, engine built in {built:.0f}s"
-
-
-def _latent(args: argparse.Namespace) -> tuple[int, int]:
-    return (args.height or args.size) // 8, (args.width or args.size) // 8
+    return TensorRTUNetBackend(engine, spec, device=plan.device), f"{precision}, engine built in {built:.0f}s"
 
 
 def _has_ort_cuda() -> bool:
@@ -256,8 +296,7 @@ def _has_ort_cuda() -> bool:
 
 # --------------------------------------------------------------------------------------- the full pipeline
 
-def _pipeline(handle: Any, backends: list[str], args: argparse.Namespace, work: Path, device: Any,
-              size: tuple[int, int], threads: int, exports: dict[str, Any]) -> list:
+def _pipeline(handle: Any, plan: BenchPlan, exports: Exports) -> list:
     import numpy as np
     import torch
 
@@ -266,7 +305,7 @@ def _pipeline(handle: Any, backends: list[str], args: argparse.Namespace, work: 
     from ..runtime.engines.spec import UNetSpec
     from ..runtime.inpainting.loras import activated
 
-    height, width = size
+    height, width = plan.height, plan.width
     image = torch.linspace(0, 1, 3 * height * width).reshape(1, 3, height, width)
     mask = torch.zeros(1, 1, height, width)
     mask[..., height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 1.0
@@ -275,8 +314,8 @@ def _pipeline(handle: Any, backends: list[str], args: argparse.Namespace, work: 
         def run() -> Any:
             with torch.inference_mode():
                 out = pipe(prompt="a product on a marble table", negative_prompt="blurry", image=image,
-                           mask_image=mask, height=height, width=width, num_inference_steps=args.steps,
-                           guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(args.seed),
+                           mask_image=mask, height=height, width=width, num_inference_steps=plan.steps,
+                           guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(plan.seed),
                            output_type="np")
             return np.asarray(out.images)
 
@@ -285,12 +324,12 @@ def _pipeline(handle: Any, backends: list[str], args: argparse.Namespace, work: 
     candidates = []
     spec = UNetSpec.from_unet(handle.pipe.unet)
     with activated(handle) as base_pipe:
-        for name in backends:
+        for name in plan.backends:
             started = time.perf_counter()
             if name == "eager":
                 pipe, notes = base_pipe, ""
             else:
-                backend, notes = _make_backend(name, handle.pipe.unet, spec, work, device, threads, exports, args)
+                backend, notes = _make_backend(name, handle.pipe.unet, spec, plan, exports)
                 if backend is None:
                     continue
                 pipe = handle.with_unet(BackendUNet(backend, dtype=handle.dtype, device=handle.device)).pipe
@@ -299,7 +338,7 @@ def _pipeline(handle: Any, backends: list[str], args: argparse.Namespace, work: 
                 run()
             candidates.append(Candidate(LABELS[name], run, setup_s=time.perf_counter() - started, notes=notes))
         reference = candidates[0].run() if candidates and candidates[0].name == LABELS["eager"] else None
-        return measure(candidates, reference, rounds=max(1, args.rounds // 2), warmup=1, baseline=LABELS["eager"],
+        return measure(candidates, reference, rounds=max(1, plan.rounds // 2), warmup=1, baseline=LABELS["eager"],
                        on_round=_print_round)
 
 
@@ -328,10 +367,7 @@ def _threads(requested: int | None) -> int:
 
 def _load_handle(args: argparse.Namespace) -> Any:
     from ..runtime.inpainting.loader import load_pipeline
-    from ..runtime.models import ModelLocator, set_locator
 
-    if args.models_dir:
-        set_locator(ModelLocator.from_models_dir(args.models_dir))
     return load_pipeline(args.model, device=args.device, dtype=args.dtype)
 
 
@@ -388,7 +424,7 @@ def _print_round(index: int, times: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``bench`` standalone (until ``backdrop bench`` is wired into runtime/cli.py)."""
+    """Run ``bench`` alone, without the rest of the ``backdrop`` parser (used by benchmarks/ and tests)."""
     parser = argparse.ArgumentParser(prog="backdrop")
     sub = parser.add_subparsers(dest="command", required=True)
     add_bench_parser(sub)
