@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import re
 import shutil
@@ -13,21 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.docs_scripts import load_docs_script
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 README_LIMIT = 15 * 1024
 HAND_WRITTEN = ("docs/troubleshooting.md",)
 
 
-def _load_generator():
-    """docs/make_reference.py, imported from its file (docs/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("make_reference", ROOT / "docs" / "make_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATOR = _load_generator()
+GENERATOR = load_docs_script("make_reference")
 GENERATED = [(path, name) for path, (_, names) in GENERATOR.FILES.items() for name in names]
 
 

@@ -3,7 +3,6 @@ links connect matching types) and the API forms run end to end on tiny models th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from comfyui_backdrop.runtime.workflow.specs import types_compatible
 from comfyui_backdrop.runtime.workflow.ui_format import ui_to_api, widget_values_to_inputs
 from comfyui_backdrop.runtime.workflow.validate import workflow_problems
 from tests.fixtures.caption_fixtures import build_tiny_florence2
+from tests.fixtures.docs_scripts import load_docs_script
 from tests.fixtures.images import studio_product_photo, to_float
 from tests.fixtures.sam_fixtures import build_tiny_sam, save_sam
 from tests.fixtures.training_fixtures import write_product_folder
@@ -37,14 +37,7 @@ TINY = ["Inpainting model.model=checkpoints/tiny-sd15-inpaint.safetensors", "Bas
         "Captioner (VLM).model=tiny-florence2", "BackdropInpaint.steps=2", "BackdropInpaint.resolution=128"]
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_workflows", REPO / "docs" / "make_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATOR = _generator()
+GENERATOR = load_docs_script("make_workflows")
 
 
 def _load(name: str, api: bool = False) -> dict:
