@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,17 +33,40 @@ from ..runtime.workflow.api_graph import (
 from ..runtime.workflow.executor import execute_workflow
 from ..runtime.workflow.specs import NodeSpec, specs_from_classes
 from ..runtime.workflow.ui_format import ui_to_api
+from . import exit_codes
 
 FOLDER_NODE = "BackdropLoadImageFolder"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
     """One run of the workflow: the photo (or folder) it is for and the graph to run."""
 
     label: str
     graph: ApiGraph
     input_dir: Path
+
+
+@dataclass(frozen=True)
+class WorkflowPlan:
+    """``backdrop run --workflow``: the graph with every ``--set`` applied, checked once, and the runs to make."""
+
+    workflow: Path
+    assignments: tuple[str, ...]
+    output_dir: Path
+    jobs: tuple[Job, ...]
+    quiet: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WorkflowPlan:
+        output_dir = Path(args.out).resolve()
+        input_dir = Path(args.input_dir or Path.cwd()).resolve()
+        specs = node_specs(node_classes(HeadlessHost(input_dir, output_dir)))  # combo listings follow these folders
+        graph, _ = load_graph(args.workflow, specs)
+        graph = apply_assignments(graph, args.assignments, specs)
+        jobs = plan_jobs(graph, list(args.inputs or []), args.image_input, input_dir)
+        return cls(workflow=Path(args.workflow), assignments=tuple(args.assignments), output_dir=output_dir,
+                   jobs=tuple(jobs), quiet=args.quiet or not sys.stderr.isatty())
 
 
 @dataclass
@@ -172,7 +195,7 @@ def run_job(job: Job, output_dir: Path, steps: Callable[[int], ProgressFn] | Non
     return report
 
 
-def _dry_run(jobs: list[Job], output_dir: Path) -> int:
+def _dry_run(jobs: Sequence[Job], output_dir: Path) -> int:
     """Validate every planned run (model and input names included) and print the plan."""
     from ..runtime.workflow.validate import custom_validation_problems, workflow_problems
 
@@ -212,28 +235,30 @@ def _run(args: argparse.Namespace) -> int:
     from ..runtime.files import write_bytes_exclusive
     from .progress_bars import tqdm_progress
 
-    output_dir = Path(args.out).resolve()
-    input_dir = Path(args.input_dir or Path.cwd()).resolve()
-    specs = node_specs(node_classes(HeadlessHost(input_dir, output_dir)))  # combo listings follow these folders
-    graph, _ = load_graph(args.workflow, specs)
-    graph = apply_assignments(graph, args.assignments, specs)
-    jobs = plan_jobs(graph, list(args.inputs or []), args.image_input, input_dir)
+    plan = WorkflowPlan.from_args(args)
     if args.dry_run:
-        return _dry_run(jobs, output_dir)
-    quiet = args.quiet or not sys.stderr.isatty()
-    update, close = tqdm_progress("backdrop workflow", len(jobs), disable=quiet)
-    reports = []
+        return _dry_run(plan.jobs, plan.output_dir)
+    update, close = tqdm_progress("backdrop workflow", len(plan.jobs), disable=plan.quiet)
+    reports: list[JobReport] = []
+    interrupted = False
     try:
-        for index, job in enumerate(jobs):
-            reports.append(run_job(job, output_dir, steps=step_bars(quiet)))
-            update(index + 1, len(jobs))
+        for index, job in enumerate(plan.jobs):
+            try:
+                reports.append(run_job(job, plan.output_dir, steps=step_bars(plan.quiet)))
+            except KeyboardInterrupt:
+                interrupted = True
+                reports.append(JobReport(job.label, status="interrupted", errors=["interrupted (Ctrl-C)"]))
+                reports += [JobReport(j.label, status="not run") for j in plan.jobs[index + 1:]]
+                break
+            update(index + 1, len(plan.jobs))
     finally:
         close()
-    summary = {"workflow": str(args.workflow), "set": list(args.assignments), "output_dir": str(output_dir),
+    summary = {"workflow": str(plan.workflow), "set": list(plan.assignments), "output_dir": str(plan.output_dir),
                "runs": len(reports), "ok": sum(r.status == "ok" for r in reports),
-               "failed": sum(r.status != "ok" for r in reports), "jobs": [vars(r) for r in reports]}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = write_bytes_exclusive(output_dir / "backdrop-summary.json",
+               "failed": sum(r.status != "ok" for r in reports), "interrupted": interrupted,
+               "jobs": [vars(r) for r in reports]}
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = write_bytes_exclusive(plan.output_dir / "backdrop-summary.json",
                                          json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
     for report in reports:
         for path in report.outputs:
@@ -242,5 +267,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{report.label}: {note}")
         for error in report.errors:
             print(f"FAILED {report.label}: {error}", file=sys.stderr)
+        if report.status == "not run":
+            print(f"NOT RUN {report.label}", file=sys.stderr)
     print(f"{summary['ok']} of {len(reports)} run(s) ok; summary: {summary_path}", file=sys.stderr)
-    return 1 if summary["failed"] else 0
+    if interrupted:
+        return exit_codes.INTERRUPTED
+    return exit_codes.SOME_FAILED if summary["failed"] else exit_codes.OK

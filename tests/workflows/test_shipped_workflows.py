@@ -309,6 +309,35 @@ def test_backdrop_run_workflow_over_photos_reports_failures_and_continues(studio
     assert "signature: valid; chain: intact" in capsys.readouterr().out
 
 
+def test_ctrl_c_in_a_workflow_run_writes_the_summary_and_exits_130(studio, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the second photo: the first photo's run is kept in the summary, the rest are listed as not
+    run, and the exit code is 130."""
+    from comfyui_backdrop.cli import workflow as workflow_command
+    from comfyui_backdrop.cli.main import main
+
+    photos = tmp_path / "shoot"
+    photos.mkdir()
+    for stem in ("a", "b", "c"):
+        shutil.copy(studio / "input" / "product.png", photos / f"{stem}.png")
+    real, calls = workflow_command.execute_workflow, []
+
+    def execute_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workflow_command, "execute_workflow", execute_then_ctrl_c)
+    out = tmp_path / "out"
+    code = main(["run", "--workflow", str(WORKFLOWS / "verify_image.json"), "--out", str(out), "--quiet",
+                 str(photos)])
+    assert code == 130
+    summary = json.loads((out / "backdrop-summary.json").read_text(encoding="utf-8"))
+    assert summary["interrupted"] is True
+    assert [job["status"] for job in summary["jobs"]] == ["ok", "interrupted", "not run"]
+    assert f"NOT RUN {photos / 'c.png'}" in capsys.readouterr().err
+
+
 def test_backdrop_run_workflow_errors_before_running(tmp_path, capsys):
     from comfyui_backdrop.cli.main import main
 
