@@ -3,7 +3,12 @@ up and check its signed ledger record, and read its C2PA manifest.
 
 Exit status: 0 when every file carries a mark whose record is in the ledger with a valid signature
 and an intact chain (and, with ``--ledger``, the whole ledger verifies); 1 otherwise (unmarked,
-unknown ID, tampered record, unreadable file); 2 for usage errors.
+unknown ID, tampered record, missing or unreadable file, a wiped ledger); 2 for usage errors, among them a
+--home (or $BACKDROP_HOME) without keys: verify never creates keys.
+
+verify only reads: the ledger is opened read-only and never changed. It warns (on stderr, and under
+"warnings" in --json) when the ledger file is readable by other users or holds fewer records than the keys
+signed (wiped, emptied or cut short).
 """
 
 from __future__ import annotations
@@ -34,35 +39,63 @@ def run_verify(args: argparse.Namespace) -> int:
     from ..runtime.watermark.service import ProvenanceService, Verification
     from .inputs import collect_inputs
 
-    service = ProvenanceService(args.home)
+    service = ProvenanceService(args.home, create_keys=False)  # a --home typo is an error, never a new key set
     files = collect_inputs(args.files)
     if not files:
         raise BackdropError("no images to verify")
     results: list[Verification] = []
     for path in files:
-        try:
-            results.append(service.verify_file(path))
-        except (BackdropError, OSError, ValueError) as exc:
-            results.append(Verification(source=str(path), message=f"unreadable: {exc}"))
+        results.append(_verify_one(service, path))
     ledger = service.ledger.verify() if args.ledger else None
+    warnings = _ledger_warnings(service, ledger)
     failed = [r for r in results if not _verified(r)]
     ok = not failed and (ledger is None or ledger.ok)
     if args.json:
         document = {"files": [r.to_json_dict() for r in results], "ledger": None if ledger is None else {
             "records": ledger.records, "signature": ledger.signature, "chain": ledger.chain,
-            "problems": ledger.problems, "ok": ledger.ok}}
+            "problems": ledger.problems, "ok": ledger.ok, "file_state": ledger.file_state,
+            "witnessed_seq": ledger.witnessed_seq}, "warnings": warnings}
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         for result in results:
             print(result.summary())
         if ledger is not None:
-            print(f"ledger {service.ledger.path}: {ledger.records} record(s); signatures {ledger.signature}; "
+            state = "" if ledger.file_state == "ok" else f" (file {ledger.file_state})"
+            print(f"ledger {service.ledger.path}: {ledger.records} record(s){state}; signatures {ledger.signature}; "
                   f"chain {ledger.chain}")
             for problem in ledger.problems:
                 print(f"  problem: {problem}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(results)} file(s) did not verify", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _verify_one(service, path: Path):
+    """One file's Verification; a missing or unreadable file is reported as not checked, saying which."""
+    from ..runtime.watermark.service import Verification
+
+    if not path.exists():
+        why = (f"{path} does not exist (a link to a missing file)" if path.is_symlink()
+               else f"{path} does not exist")
+        return Verification(source=str(path), error=why, message=why)
+    if not path.is_file():
+        why = f"{path} is not a file"
+        return Verification(source=str(path), error=why, message=why)
+    try:
+        return service.verify_file(path)
+    except (BackdropError, OSError, ValueError) as exc:
+        why = f"unreadable: {exc}"
+        return Verification(source=str(path), error=why, message=why)
+
+
+def _ledger_warnings(service, ledger) -> list[str]:
+    """File-mode warnings, and (without --ledger, whose report carries them) a wiped or cut-short ledger."""
+    warnings = list(service.ledger.file_warnings() if ledger is None else ledger.warnings)
+    if ledger is None:
+        warnings.extend(service.ledger.integrity_problems())
+    return warnings
 
 
 def _verified(result) -> bool:

@@ -38,16 +38,27 @@ def model_hashes(checkpoint: str | None, loras: Sequence[str]) -> tuple[dict[str
 
 def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPlan, prompt: str, negative: str,
                  hashes: tuple[dict[str, str], dict[str, str]]) -> Path:
-    """Mark ``image`` (float [H,W,C]) around its exact ``product`` (bool [H,W]), record it and save it."""
-    from ..runtime.imaging import to_integer
-    from ..runtime.provenance.keys import load_keys
-    from ..runtime.saving import SaveOptions, save_image
-    from ..runtime.watermark.service import mark_for_run
+    """Mark ``image`` (float [H,W,C]) around its exact ``product`` (bool [H,W]), save it, then record it.
 
-    marked, record = mark_for_run(to_integer(image, 8), account=plan.watermark.account, prompt=prompt,
-                                  negative_prompt=negative, seed=plan.seed, models=hashes[0], loras=hashes[1],
-                                  metadata={"style": plan.style.name}, protect=product)
+    The record is committed only once the file is saved: a failed save (or Ctrl-C) leaves no record, and
+    if the record cannot be committed the file just written is removed again. One record per delivered file.
+    """
+    from ..runtime.imaging import to_integer
+    from ..runtime.saving import SaveOptions, save_image
+    from ..runtime.watermark.service import marked_for_delivery
+
     options = SaveOptions(fmt={"jpg": "jpeg"}.get(plan.format, plan.format), quality=95, c2pa=plan.watermark.c2pa)
-    saved = save_image(marked, path, options, keys=load_keys(),
-                       binding=lambda _pixels: (record.id, record.record_hash))
+    saved = None
+    try:
+        with marked_for_delivery(to_integer(image, 8), account=plan.watermark.account, prompt=prompt,
+                                 negative_prompt=negative, seed=plan.seed, models=hashes[0], loras=hashes[1],
+                                 metadata={"style": plan.style.name}, protect=product) as (marked, record, service):
+            saved = save_image(marked, path, options, keys=service.keys,
+                               binding=lambda _pixels: (record.id, record.record_hash))
+    except BaseException:
+        if saved is not None:  # saved, but the record did not commit: take back the file we just wrote
+            for written in (saved.path, saved.sidecar):
+                if written is not None:
+                    Path(written).unlink(missing_ok=True)
+        raise
     return saved.path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .comfy_host import HostedNode
+from .tensors import mask_tooltip, with_rules
 
 
 def style_choices() -> list[str]:
@@ -20,7 +21,7 @@ class BackdropStudioBackdrop(HostedNode):
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "product photos (any batch size)"}),
-                "product_mask": ("MASK", {"tooltip": "1 = product (BackdropProductMask's product_mask)"}),
+                "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = product (BackdropProductMask's product_mask)")}),
                 "style": (names, {"default": "Minimal Studio" if "Minimal Studio" in names else names[0],
                                   "tooltip": "palette and studio look from the style presets"}),
                 "shadow": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05,
@@ -37,9 +38,9 @@ class BackdropStudioBackdrop(HostedNode):
     OUTPUT_TOOLTIPS = ("the product, pixel-exact, on the style's studio backdrop (same size as the input)",)
     FUNCTION = "render"
     CATEGORY = "Backdrop/background"
-    DESCRIPTION = ("Draws a studio background without model weights: a seamless paper sweep in the style's "
-                   "palette with key light, vignette and a contact shadow from the mask. Product pixels stay "
-                   "bit-exact.")
+    DESCRIPTION = with_rules("Draws a studio background without model weights: a seamless paper sweep in the "
+                             "style's palette with key light, vignette and a contact shadow from the mask. Product "
+                             "pixels stay bit-exact.")
 
     def render(self, image, product_mask, style: str, shadow: float, vignette: float, seed: int):
         from ..runtime.backdrop.studio import StudioOptions
@@ -47,9 +48,10 @@ class BackdropStudioBackdrop(HostedNode):
         from ..runtime.backdrop.styles import get_style
         from .tensors import images_to_list, masks_for_batch, stack_images
 
-        images = images_to_list(image)
+        node = "BackdropStudioBackdrop"
+        images = images_to_list(image, node, "image")
         height, width = images[0].shape[:2]
-        masks = masks_for_batch(product_mask, len(images), height, width)
+        masks = masks_for_batch(product_mask, len(images), height, width, node, "product_mask")
         preset = get_style(style)
         options = StudioOptions(shadow=None if shadow < 0 else shadow, vignette=None if vignette < 0 else vignette,
                                 seed=seed)

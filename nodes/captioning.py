@@ -8,6 +8,7 @@ import logging
 from . import comfy_bridge
 from .backdrop import style_choices
 from .comfy_host import HostedNode
+from .tensors import mask_tooltip, with_rules
 
 CATEGORY = "Backdrop/captioning"
 logger = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class BackdropCaption(HostedNode):
             },
             "optional": {
                 "captioner": ("BACKDROP_CAPTIONER", {"tooltip": "without one, captions come from image statistics"}),
-                "product_mask": ("MASK", {"tooltip": "1 = product; the background is captioned with it filled out"}),
+                "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = product; the background is captioned with it "
+                                                                 "filled out")}),
             },
         }
 
@@ -98,11 +100,11 @@ class BackdropCaption(HostedNode):
     OUTPUT_IS_LIST = (True, True)
     FUNCTION = "caption"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Captions the product (on a crop of itself) and its background (with the product filled out) "
-                   "for every image; without a captioner the captions come from image statistics. "
-                   "Outputs are always lists with one caption per image (a batch of 1 gives a list of 1). "
-                   "Nodes downstream run once per caption; split the images the same way (Rebatch Images, "
-                   "batch size 1) to keep caption i with image i.")
+    DESCRIPTION = with_rules("Captions the product (on a crop of itself) and its background (with the product "
+                             "filled out) for every image; without a captioner the captions come from image "
+                             "statistics. Outputs are always lists with one caption per image (a batch of 1 gives a "
+                             "list of 1). Nodes downstream run once per caption; split the images the same way "
+                             "(Rebatch Images, batch size 1) to keep caption i with image i.")
 
     def caption(self, image, task: str, custom_instruction: str, max_new_tokens: int, num_beams: int,
                 sampling: bool, temperature: float, top_p: float, seed: int, captioner=None, product_mask=None):
@@ -110,10 +112,11 @@ class BackdropCaption(HostedNode):
         from ..runtime.captioning.pipeline import caption_images
         from .tensors import images_to_list, masks_for_batch
 
-        images = images_to_list(image)
+        images = images_to_list(image, "BackdropCaption", "image")
         masks = None
         if product_mask is not None:
-            masks = masks_for_batch(product_mask, len(images), images[0].shape[0], images[0].shape[1])
+            masks = masks_for_batch(product_mask, len(images), images[0].shape[0], images[0].shape[1],
+                                    "BackdropCaption", "product_mask")
         settings = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, sampling=sampling,
                                       temperature=temperature, top_p=top_p, seed=seed)
         pairs = caption_images(images, masks, captioner, task, custom_instruction, settings,

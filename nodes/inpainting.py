@@ -8,6 +8,7 @@ from ..runtime.inpainting.loader import DTYPES
 from ..runtime.inpainting.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from . import comfy_bridge
 from .comfy_host import HostedNode
+from .tensors import input_source, mask_tooltip, with_rules
 
 CATEGORY = "Backdrop/inpainting"
 PIPELINE = "BACKDROP_PIPELINE"
@@ -101,7 +102,8 @@ class BackdropInpaint(HostedNode):
                 "pipeline": (PIPELINE, {"tooltip": "from Backdrop Inpaint Loader, Backdrop LoRA or Backdrop Load "
                                                    "Engine"}),
                 "image": ("IMAGE", {"tooltip": "product photos (RGB or RGBA, any batch size)"}),
-                "product_mask": ("MASK", {"tooltip": "1 = product (kept exactly), 0 = background (regenerated)"}),
+                "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = product (kept exactly), 0 = background "
+                                                                 "(regenerated)")}),
                 "positive": ("STRING", {"multiline": True, "default": "product photo on a clean studio backdrop",
                                      "tooltip": "the new background (Backdrop Style Prompt's positive)"}),
                 "negative": ("STRING", {"multiline": True, "default": "blurry, lowres, watermark, text",
@@ -134,9 +136,9 @@ class BackdropInpaint(HostedNode):
                        'the product mask of each output (it moves with the product when outpainting)')
     FUNCTION = "inpaint"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Generates new backgrounds around the product with the diffusion pipeline; product pixels stay "
-                   "bit-exact. Returns `variations` images per input (image-major). product_mask is the product "
-                   "on the output canvas (it moves when outpainting).")
+    DESCRIPTION = with_rules("Generates new backgrounds around the product with the diffusion pipeline; product "
+                             "pixels stay bit-exact. Returns `variations` images per input (image-major). "
+                             "product_mask is the product on the output canvas (it moves when outpainting).")
 
     def inpaint(self, pipeline, image, product_mask, positive: str, negative: str, variations: int, seed: int,
                 steps: int, cfg: float, scheduler: str, strength: float, resolution: int = 0, outpaint: str = "none",
@@ -145,8 +147,8 @@ class BackdropInpaint(HostedNode):
         from ..runtime.inpainting.masks import masks_like_images
         from .tensors import images_to_list, stack_images, stack_masks
 
-        images = images_to_list(image)
-        masks = masks_like_images(product_mask, images)
+        images = images_to_list(image, "BackdropInpaint", "image")
+        masks = masks_like_images(product_mask, images, input_source("BackdropInpaint", "product_mask"))
         settings = InpaintSettings(prompt=positive, negative_prompt=negative, seed=seed, steps=steps, cfg=cfg,
                                    scheduler=scheduler, strength=strength, variations=variations,
                                    resolution=resolution, outpaint=outpaint, seam_feather=seam_feather,
@@ -165,7 +167,7 @@ class BackdropComposite(HostedNode):
             "required": {
                 "generated": ("IMAGE", {"tooltip": "generated images; with variations, all of original 0's first"}),
                 "original": ("IMAGE", {"tooltip": "the original photos"}),
-                "product_mask": ("MASK", {"tooltip": "1 = product"}),
+                "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = product, at the originals' size")}),
                 "seam_feather": ("INT", {"default": 6, "min": 0, "max": 128,
                                          "tooltip": "blend width outside the product, in pixels"}),
                 "color_match": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
@@ -179,18 +181,20 @@ class BackdropComposite(HostedNode):
                        'outside the product',)
     FUNCTION = "composite"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Pastes the original product back, bit for bit, onto any generated image (for example from a "
-                   "native KSampler graph). Generated images may be a multiple of the originals (variations, "
-                   "image-major) and slightly smaller (VAE crops to multiples of 8); they are resized to the "
-                   "original's size.")
+    DESCRIPTION = with_rules("Pastes the original product back, bit for bit, onto any generated image (for example "
+                             "from a native KSampler graph). Generated images may be a multiple of the originals "
+                             "(variations, image-major) and slightly smaller (VAE crops to multiples of 8); they are "
+                             "resized to the original's size.")
 
     def composite(self, generated, original, product_mask, seam_feather: int, color_match: float):
         from ..runtime.inpainting.composite import composite_original
         from ..runtime.inpainting.masks import masks_like_images, pair_generated_with_originals
         from .tensors import images_to_list, stack_images
 
-        generated_list, originals = images_to_list(generated), images_to_list(original)
-        masks = masks_like_images(product_mask, originals)
+        node = "BackdropComposite"
+        generated_list = images_to_list(generated, node, "generated")
+        originals = images_to_list(original, node, "original")
+        masks = masks_like_images(product_mask, originals, input_source(node, "product_mask"))
         outputs = [composite_original(gen, originals[i], masks[i], seam_feather, color_match)
                    for gen, i in pair_generated_with_originals(generated_list, len(originals))]
         return (stack_images(outputs),)

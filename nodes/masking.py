@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..runtime.devices import DEVICES
 from . import comfy_bridge
 from .comfy_host import HostedNode
+from .tensors import with_rules
 
 CATEGORY = "Backdrop/masking"
 
@@ -73,9 +74,10 @@ class BackdropProductMask(HostedNode):
                        'the photo with the product mask tinted, to check the mask at a glance')
     FUNCTION = "mask"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Finds the main product in each image without clicks (SAM when connected, else a weight-free "
-                   "masker). product_mask is 1 on the product; background_mask is 1 where a new background goes "
-                   "(the polarity VAEEncodeForInpaint and SetLatentNoiseMask expect).")
+    DESCRIPTION = with_rules("Finds the main product in each image without clicks (SAM when connected, else a "
+                             "weight-free masker). product_mask is 1 on the product; background_mask is 1 where a new "
+                             "background goes (the polarity VAEEncodeForInpaint and SetLatentNoiseMask expect).",
+                             masks=False)
 
     def mask(self, image, fill_holes: bool, keep: str, grow_px: int, edge_refine: bool, feather_px: float,
              sam=None, box: str = "", points: str = ""):
@@ -83,7 +85,7 @@ class BackdropProductMask(HostedNode):
         from ..runtime.masking.types import Prompt, RefineOptions, parse_box, parse_points
         from .tensors import images_to_list, stack_images, stack_masks
 
-        images = images_to_list(image)
+        images = images_to_list(image, "BackdropProductMask", "image")
         prompt = Prompt(box=parse_box(box), points=parse_points(points))
         refine = RefineOptions(fill_holes=fill_holes, keep=keep, grow_px=grow_px, edge_refine=edge_refine,
                                feather_px=feather_px)

@@ -1,7 +1,13 @@
-"""BackdropTrainLoRA: a thin adapter over runtime.training (dataset prep, stage 1, optional stage 2)."""
+"""BackdropTrainLoRA: a thin adapter over runtime.training (dataset prep, stage 1, optional stage 2).
+
+Inside ComfyUI any /prompt client can queue a node, so the node reads only folders inside ComfyUI's input folder
+(a combo, like BackdropLoadImageFolder) and writes its working files (masks, manifest, checkpoints) under the output
+folder's ``backdrop-training/<dataset>``, never into the user's photo folder.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .comfy_host import HostedNode
@@ -9,20 +15,36 @@ from .comfy_host import HostedNode
 CATEGORY = "Backdrop/training"
 
 
+def dataset_choices(input_dir: Path) -> list[str]:
+    from ..runtime.image_folder import subfolders
+
+    return subfolders(input_dir)
+
+
 def resolve_dataset_folder(dataset: str, input_dir: Path) -> Path:
-    """An existing folder path as given, else a folder of that name under ComfyUI's input folder."""
+    """A folder listed by ``dataset_choices`` (inside ComfyUI's input folder); anything else is refused."""
     from ..runtime.errors import InvalidInputError
 
-    text = dataset.strip()
-    if not text:
-        raise InvalidInputError("give a dataset folder: a path, or a folder name under ComfyUI's input folder")
-    given = Path(text).expanduser()
-    if given.is_dir():
-        return given
-    under_input = input_dir / text
-    if under_input.is_dir():
-        return under_input
-    raise InvalidInputError(f"dataset folder {text!r} was found neither as a path nor under {under_input.parent}")
+    text = (dataset or "").strip()
+    if text not in dataset_choices(input_dir):
+        raise InvalidInputError(f"dataset {text!r} is not a folder in ComfyUI's input folder {input_dir}; "
+                                "BackdropTrainLoRA reads only folders there: put the photos in a folder under input/ "
+                                "and pick it from the list")
+    return input_dir / text
+
+
+def resolve_inside_input(text: str, input_dir: Path, what: str) -> Path:
+    """``text`` (relative, or absolute but inside) as a path inside ``input_dir``; '..' escapes are refused."""
+    from ..runtime.errors import InvalidInputError
+
+    root = os.path.abspath(input_dir)
+    candidate = os.path.abspath(os.path.join(root, os.path.expanduser(text.strip())))
+    if os.path.commonpath([root, candidate]) != root:
+        raise InvalidInputError(f"{what} {text!r} is outside ComfyUI's input folder {input_dir}; BackdropTrainLoRA "
+                                "reads only files and folders inside it")
+    if not os.path.exists(candidate):
+        raise InvalidInputError(f"{what} {text!r} was not found in ComfyUI's input folder {input_dir}")
+    return Path(candidate)
 
 
 class BackdropTrainLoRA(HostedNode):
@@ -34,8 +56,10 @@ class BackdropTrainLoRA(HostedNode):
             "required": {
                 "pipeline": ("BACKDROP_PIPELINE", {"tooltip": "base model from BackdropInpaintLoader "
                                                    "(its LoRA stack is ignored: training starts from the base)"}),
-                "dataset": ("STRING", {"default": "", "tooltip": "folder of product photos: a path, or a folder "
-                                       "under ComfyUI's input folder; .txt files beside images are captions"}),
+                "dataset": (dataset_choices(cls.host.input_directory()),
+                            {"default": ".", "tooltip": "a folder of product photos inside ComfyUI's input folder "
+                                                        "('.' = the input folder itself); .txt files beside images "
+                                                        "are captions"}),
                 "lora_name": ("STRING", {"default": "backdrop_background", "tooltip": "file name in models/loras"}),
                 "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "stage 1 training steps"}),
                 "rank": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "LoRA rank (its size); alpha = rank"}),
@@ -58,7 +82,8 @@ class BackdropTrainLoRA(HostedNode):
             "optional": {
                 "captioner": ("BACKDROP_CAPTIONER", {"tooltip": "without one, captions come from image statistics"}),
                 "curated": ("STRING", {"default": "", "tooltip": "stage 2: a folder of curated photos, or a CSV "
-                                       "of 'image,score' rows naming dataset images"}),
+                                       "of 'image,score' rows naming dataset images, inside ComfyUI's input "
+                                       "folder"}),
                 "stage2_steps": ("INT", {"default": 0, "min": 0, "max": 100000,
                                          "tooltip": "stage 2 (curated fine-tune) steps; 0: no stage 2"}),
                 "top_k": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "stage 2: best k (0: all)"}),
@@ -68,37 +93,38 @@ class BackdropTrainLoRA(HostedNode):
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("lora_name", "report")
     OUTPUT_TOOLTIPS = ("the trained LoRA's file name in models/loras, ready for BackdropLoRA",
-                       'dataset, steps and loss summary of the run')
+                       'dataset, steps and loss summary of the run (also shown on the node)')
     FUNCTION = "train"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
     DESCRIPTION = ("Prepares masks + captions for a folder of product photos and trains a LoRA for background "
-                   "inpainting; the LoRA is saved in models/loras and loads in BackdropLoRA and LoraLoader.")
+                   "inpainting; the LoRA is saved in models/loras and loads in BackdropLoRA and LoraLoader. "
+                   "Reads only folders inside ComfyUI's input folder; its working files (masks, manifest, "
+                   "checkpoints) go to output/backdrop-training/<dataset>, never into the photo folder. The run's "
+                   "summary is shown on the node.")
 
     def train(self, pipeline, dataset: str, lora_name: str, steps: int, rank: int, learning_rate: float,
               resolution: int, seed: int, background_weight: float, product_weight: float, caption_dropout: float,
               checkpoint_every: int, resume: bool, captioner=None, curated: str = "", stage2_steps: int = 0,
               top_k: int = 0):
-        from ..runtime.training.dataset import default_output_dir
+        from ..runtime.training.dataset import working_dir
         from ..runtime.training.recipe import run_recipe
         from ..runtime.training.trainer import TrainConfig
 
         input_dir = self.host.input_directory()
         folder = resolve_dataset_folder(dataset, input_dir)
-        dataset_dir = default_output_dir(folder)
+        curated_text = (curated or "").strip()
+        curated_path = resolve_inside_input(curated_text, input_dir, "curated") if curated_text else None
+        dataset_dir = working_dir(self.host.output_directory(), "input" if dataset.strip() == "." else dataset)
         config = TrainConfig(steps=steps, rank=rank, learning_rate=learning_rate, resolution=resolution, seed=seed,
                              background_weight=background_weight, product_weight=product_weight,
                              caption_dropout=caption_dropout, checkpoint_every=checkpoint_every,
                              checkpoint_dir=str(dataset_dir / "checkpoints" / Path(lora_name).stem))
-        curated_text = curated.strip()
-        if curated_text and not curated_text.endswith(".csv"):
-            curated_path = resolve_dataset_folder(curated_text, input_dir)
-        else:
-            curated_path = Path(curated_text).expanduser() if curated_text else None
         result = run_recipe(pipeline.with_loras(()), folder, lora_name, config, dataset_dir=dataset_dir,
                             captioner=captioner, curated=curated_path, stage2_steps=stage2_steps, top_k=top_k or None,
                             resume=resume, progress_factory=lambda label, total: self.host.progress(total))
-        return (result.lora_path.name, result.summary())
+        summary = result.summary()
+        return {"ui": {"text": [summary]}, "result": (result.lora_path.name, summary)}
 
 
 NODE_CLASS_MAPPINGS = {"BackdropTrainLoRA": BackdropTrainLoRA}

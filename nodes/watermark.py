@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 
+from ..runtime.errors import InvalidInputError
 from . import comfy_bridge
 from .comfy_host import HostedNode
+from .tensors import mask_tooltip, with_rules
 
 CATEGORY = "Backdrop/provenance"
 NO_FILE = "none"
@@ -37,7 +39,8 @@ class BackdropWatermark(HostedNode):
                 "generation_seed": ("INT", {"default": -1, "min": -1, "max": 0xFFFFFFFFFFFFFFFF,
                                             "tooltip": "-1 = the seed of the workflow's sampler"}),
                 "metadata": ("STRING", {"default": "", "multiline": True,
-                                        "tooltip": "notes, or a JSON object, stored in the signed record"}),
+                                        "tooltip": "notes, or a JSON object (at most 32 levels deep), stored in "
+                                                   "the signed record"}),
                 "if_already_marked": (_remark_choices(), {"default": "refuse",
                                                           "tooltip": "refuse: stop with the existing ID; keep: "
                                                                      "keep that mark; add-record: keep it and "
@@ -50,8 +53,8 @@ class BackdropWatermark(HostedNode):
                                        "tooltip": "1.0 keeps PSNR >= 40 dB; more survives harsher edits"}),
             },
             "optional": {
-                "product_mask": ("MASK", {"tooltip": "1 = keep these pixels bit-exact (the product); the mark "
-                                                     "goes around them"}),
+                "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = keep these pixels bit-exact (the product); "
+                                                                  "the mark goes around them")}),
             },
             "hidden": {"workflow_prompt": "PROMPT"},
         }
@@ -63,18 +66,22 @@ class BackdropWatermark(HostedNode):
                        'what happened to each image (marked, already marked, too small), one per line')
     FUNCTION = "mark"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Embeds an invisible, keyed watermark ID in every image and writes a signed, hash-chained "
-                   "ledger record (prompt, seed, model and "
-                   "LoRA hashes, account, time). watermark_id has one line per image (empty when unmarked). "
-                   "With product_mask the product pixels stay bit-exact.")
+    DESCRIPTION = with_rules("Embeds an invisible, keyed watermark ID in every image and writes a signed, "
+                             "hash-chained ledger record (prompt, seed, model and LoRA hashes, account, time). "
+                             "watermark_id has one line per image (empty when unmarked). With product_mask the "
+                             "product pixels stay bit-exact. A batch is all or nothing: when one image is refused "
+                             "(already marked, with if_already_marked = refuse) no record is written for any.")
 
     def mark(self, image, account: str, prompt: str, negative_prompt: str, generation_seed: int, metadata: str,
              if_already_marked: str, if_too_small: str, strength: float, product_mask=None, workflow_prompt=None):
+        """All or nothing: every image is checked and marked first; the records of the whole batch are then
+        written in one ledger transaction. A refused or failing image anywhere leaves no record at all."""
         from ..runtime.watermark import MIN_SIDE, ImageTooSmallError
-        from ..runtime.watermark.service import get_service
+        from ..runtime.watermark.service import AlreadyMarkedError, get_service
         from .tensors import images_to_list, masks_for_batch, stack_images
 
-        images = images_to_list(image)
+        node = "BackdropWatermark"
+        images = images_to_list(image, node, "image")
         height, width = images[0].shape[:2]
         too_small = ""
         if min(height, width) < MIN_SIDE:
@@ -82,33 +89,46 @@ class BackdropWatermark(HostedNode):
                          f"{MIN_SIDE} px")
             if if_too_small == "error":
                 raise ImageTooSmallError(too_small)
-            logger.warning("BackdropWatermark: %d image(s) left unmarked: %s", len(images), too_small)
-        masks = None if product_mask is None else masks_for_batch(product_mask, len(images), height, width)
+        masks = (None if product_mask is None else
+                 masks_for_batch(product_mask, len(images), height, width, node, "product_mask"))
         base = _record_content(account, prompt, negative_prompt, generation_seed, metadata, workflow_prompt)
+        service = get_service()
         progress = self.host.progress(len(images))
-        outputs, ids, lines = [], [], []
+        prepared, unmarked = [], {}  # unmarked: index -> why
         for index, picture in enumerate(images):
-            unmarked = too_small
-            if not unmarked:
+            if too_small:
+                unmarked[index] = too_small
+            else:
                 try:
-                    result = get_service().mark(picture, base(index, len(images)), remark=if_already_marked,
-                                                strength=strength, protect=None if masks is None else masks[index])
+                    prepared.append(service.prepare_mark(picture, base(index, len(images)), remark=if_already_marked,
+                                                         strength=strength, policy_input="if_already_marked",
+                                                         protect=None if masks is None else masks[index]))
                 except ImageTooSmallError as exc:  # too little unprotected area to read the mark back
                     if if_too_small == "error":
-                        raise
-                    logger.warning("BackdropWatermark: image %d left unmarked: %s", index + 1, exc)
-                    unmarked = str(exc)
-            if unmarked:
-                outputs.append(picture)
-                ids.append("")
-                lines.append(f"image {index + 1}: left unmarked: {unmarked}")
-            else:
+                        raise ImageTooSmallError(f"{node}: image {index + 1} of {len(images)}: {exc}") from exc
+                    unmarked[index] = str(exc)
+                except AlreadyMarkedError as exc:  # refused: nothing of the batch is recorded
+                    raise AlreadyMarkedError(f"{node}: image {index + 1} of {len(images)}: {exc}",
+                                             exc.existing_payload) from exc
+            progress(index + 1, len(images))
+        for index, why in unmarked.items():
+            logger.warning("BackdropWatermark: image %d left unmarked: %s", index + 1, why)
+        with service.recording(prepared) as results:
+            marked = iter(results)
+            outputs, ids, lines = [], [], []
+            for index, picture in enumerate(images):
+                if index in unmarked:
+                    outputs.append(picture)
+                    ids.append("")
+                    lines.append(f"image {index + 1}: left unmarked: {unmarked[index]}")
+                    continue
+                result = next(marked)
                 outputs.append(result.image)
                 ids.append(result.watermark_id)
                 seq = f" (record seq {result.record.seq})" if result.record is not None else ""
                 lines.append(f"image {index + 1}: {result.status} {result.watermark_id}{seq}")
-            progress(index + 1, len(images))
-        return (stack_images(outputs), "\n".join(ids), "\n".join(lines))
+            batch = stack_images(outputs)  # delivered: the records commit when this block ends
+        return (batch, "\n".join(ids), "\n".join(lines))
 
 
 class BackdropVerify(HostedNode):
@@ -138,11 +158,11 @@ class BackdropVerify(HostedNode):
     OUTPUT_NODE = True  # a verification is worth running on its own; the reports are shown on the node
     FUNCTION = "verify"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Reads the watermark of each image (or of a file in the input folder) and checks its signed "
-                   "ledger record and C2PA manifest. One entry per image (the connected batch first, then the "
-                   "chosen file). Unmarked: found is false and the ID empty. signature: valid / invalid / "
-                   "untrusted signer / no record; chain: intact / broken / no record. record is the ledger record "
-                   "as JSON.")
+    DESCRIPTION = with_rules("Reads the watermark of each image (or of a file in the input folder) and checks its "
+                             "signed ledger record and C2PA manifest. One entry per image (the connected batch "
+                             "first, then the chosen file). Unmarked: found is false and the ID empty. signature: "
+                             "valid / invalid / untrusted signer / no record; chain: intact / broken / no record. "
+                             "record is the ledger record as JSON.", masks=False)
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):
@@ -158,7 +178,7 @@ class BackdropVerify(HostedNode):
         service = get_service()
         results = []
         if image is not None:
-            pictures = images_to_list(image)
+            pictures = images_to_list(image, "BackdropVerify", "image")
             progress = self.host.progress(len(pictures))
             for index, picture in enumerate(pictures):
                 results.append(service.verify_image(picture, source=f"image {index + 1}"))
@@ -200,9 +220,10 @@ class BackdropSave(HostedNode):
     OUTPUT_NODE = True
     FUNCTION = "save"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Saves PNG, JPEG or WebP with workflow metadata and a signed C2PA manifest. "
-                   "Writes <prefix>_00001_.<ext> in the output folder and never overwrites. PNG keeps the "
-                   "workflow in text chunks like SaveImage; JPEG/WebP keep it in EXIF (prompt:/workflow:).")
+    DESCRIPTION = with_rules("Saves PNG, JPEG or WebP with workflow metadata and a signed C2PA manifest. "
+                             "Writes <prefix>_00001_.<ext> in the output folder and never overwrites. PNG keeps the "
+                             "workflow in text chunks like SaveImage; JPEG/WebP keep it in EXIF (prompt:/workflow:).",
+                             masks=False)
 
     def save(self, images, filename_prefix: str, format: str, quality: int, resolution: str, c2pa: bool,
              prompt=None, extra_pnginfo=None):
@@ -210,7 +231,7 @@ class BackdropSave(HostedNode):
         from ..runtime.watermark.service import get_service
         from .tensors import images_to_list
 
-        pictures = images_to_list(images)
+        pictures = images_to_list(images, "BackdropSave", "images")
         metadata = {} if comfy_bridge.metadata_disabled() else comfy_metadata(prompt, extra_pnginfo)
         options = SaveOptions(fmt=format, quality=quality, resolution=resolution, c2pa=c2pa, metadata=metadata)
         service = get_service() if c2pa else None
@@ -260,14 +281,24 @@ def _record_content(account: str, prompt: str, negative_prompt: str, seed: int, 
 
 
 def _parse_metadata(text: str) -> dict:
+    """The metadata input: a JSON object as it is, anything else kept as notes. JSON nested deeper than a record
+    takes is an error (never a RecursionError)."""
+    from ..runtime.provenance.records import check_metadata_depth
+
     text = (text or "").strip()
     if not text:
         return {}
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise InvalidInputError("BackdropWatermark: metadata is JSON nested too deeply to read; records take at most "
+                                "32 levels. Flatten it (for example store the deep part as a string)") from None
     except ValueError:
         return {"notes": text}
-    return value if isinstance(value, dict) else {"notes": text}
+    if not isinstance(value, dict):
+        return {"notes": text}
+    check_metadata_depth(value, "BackdropWatermark: metadata")
+    return value
 
 
 NODE_CLASS_MAPPINGS = {

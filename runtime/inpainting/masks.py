@@ -6,19 +6,16 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..masking.broadcast import masks_for_batch
-from .geometry import check_mask_aspect
 
 
-def masks_like_images(masks, images: list[np.ndarray]) -> list[np.ndarray]:
+def masks_like_images(masks, images: list[np.ndarray], source: str = "product_mask") -> list[np.ndarray]:
     """One float32 mask per image at that image's size; a single mask is broadcast.
 
-    A mask of another size is resized only when its aspect ratio matches the image's.
+    The rule of ``masking.broadcast.masks_for_batch``: a mask of another size is resized only when its aspect
+    ratio matches the image's; NaN is an error.
     """
     height, width = images[0].shape[:2]
-    shape = tuple(getattr(masks, "shape", np.shape(masks)))
-    if len(shape) >= 2:
-        check_mask_aspect((int(shape[-2]), int(shape[-1])), (height, width))
-    return masks_for_batch(masks, len(images), height, width)
+    return masks_for_batch(masks, len(images), height, width, source=source)
 
 
 def pair_generated_with_originals(generated: list[np.ndarray], originals: int) -> list[tuple[np.ndarray, int]]:

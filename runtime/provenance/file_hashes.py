@@ -48,7 +48,8 @@ def hash_named_files(paths: dict[str, str | os.PathLike | None]) -> dict[str, st
 
 
 def hash_model_files(resolve: Callable[[str, str], str | os.PathLike | None],
-                     models: Mapping[str, tuple[str, str]], loras: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+                     models: Mapping[str, tuple[str, str]],
+                     loras: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
     """The (models, loras) hashes of a provenance record: ``models`` maps each record name to (folder kind, model
     name), ``loras`` are names in the loras folder, and ``resolve(kind, name)`` gives a file's path (None if
     unknown). One function for the CLI and the nodes, so both record the same hashes."""

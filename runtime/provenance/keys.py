@@ -10,6 +10,7 @@ Everything is generated on first use and kept under the provenance home
       c2pa_root_ca.key.pem     0600  its private key (kept to renew the signing certificate)
       c2pa_signer.pem          0600  C2PA signing certificate issued by the root (Ed25519, emailProtection EKU)
       c2pa_signer.key.pem      0600  its private key
+      ledger_witness.json      0600  the ledger's last signed seq (written by the ledger; catches a wiped ledger)
 
 The set is written to a temporary folder and renamed into place in one step, so two processes that
 start at once never mix keys: the loser discards its set and loads the winner's. Existing keys are
@@ -122,14 +123,34 @@ class KeyStore:
         return (self.folder / name).read_bytes()
 
 
-def load_keys(home: str | os.PathLike | None = None) -> KeyStore:
-    """The key store under ``home`` (default :func:`provenance_home`), generated once on first use."""
-    home = Path(home) if home is not None else provenance_home()
+class NoKeysError(InvalidInputError):
+    """The provenance home has no key folder (and the caller must not create one, e.g. ``backdrop verify``)."""
+
+
+def load_keys(home: str | os.PathLike | None = None, create: bool = True) -> KeyStore:
+    """The key store under ``home`` (default :func:`provenance_home`), generated once on first use.
+
+    ``create=False`` (for commands that only check, such as ``backdrop verify``) never generates keys: a home
+    without a key folder raises :class:`NoKeysError` naming where it looked.
+    """
+    explicit = home is not None
+    home = Path(home).expanduser() if home is not None else provenance_home()
     folder = home / KEYS_DIRNAME
     if not folder.exists():
+        if not create:
+            raise NoKeysError(_no_keys_message(home, folder, explicit))
         _create_key_folder(home, folder)
     _check_key_folder(folder)
     return KeyStore(folder)
+
+
+def _no_keys_message(home: Path, folder: Path, explicit: bool) -> str:
+    where = ("as given" if explicit else f"from ${HOME_ENV}" if os.environ.get(HOME_ENV) else
+             f"the default; ${HOME_ENV} is not set")
+    state = "does not exist" if not home.exists() else "has no keys/ folder"
+    return (f"no provenance keys: the home {home} ({where}) {state}; looked for {folder}. Images can only be "
+            f"checked with the keys that marked them: give the folder that holds keys/ and ledger.sqlite3 "
+            f"(--home, or ${HOME_ENV})")
 
 
 def _create_key_folder(home: Path, folder: Path) -> None:

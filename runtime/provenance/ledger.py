@@ -12,6 +12,20 @@ Tamper evidence, per record and for the whole ledger:
   record's hash and no seq number is skipped; otherwise ``broken`` with the reason (content altered,
   records missing, not linked, out of order). Removing records from the end is caught by the head.
 
+Wipes and truncations: every append also moves a signed *witness* of the head, kept in the key folder
+(``keys/<ledger stem>_witness.json``, 0600). A ledger file that was deleted, emptied, replaced by a fresh one
+or cut short reads as such (``verify`` names the seq the keys signed last), and appending to it is refused, so
+a wipe cannot be papered over by marking one more image. A brand-new home has no witness yet: its empty ledger
+is fine. Deleting the witness needs write access to the key folder, which holds the signing key anyway.
+
+Reading never changes the ledger: readers open it read-only (``file:...?mode=ro``), never create it and never
+write a schema into it; a missing or empty file reads as a ledger without records (and ``verify`` says which).
+Only appends create or write the file.
+
+Records follow delivery: :meth:`Ledger.appending` holds the append transaction open while the caller
+delivers the image (saves the file, returns the batch) and commits only when that succeeded; a failure
+rolls every record of the batch back, so a record always stands for an image that was delivered.
+
 What a local ledger cannot prove: someone holding the signing key can rewrite history, and a copy of
 an *older* ledger file (with its own older, validly signed head) is indistinguishable from a
 truncation. Keep backups of the key folder apart from the ledger to make the first harder. SQLite's
@@ -26,7 +40,9 @@ import datetime as _dt
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +54,7 @@ from .records import (
     RecordContent,
     canonical_bytes,
     format_id,
+    json_depth,
     new_watermark_id,
     signed_message,
 )
@@ -45,11 +62,17 @@ from .records import (
 LEDGER_FILENAME = "ledger.sqlite3"
 BUSY_TIMEOUT_S = 30.0
 HEAD_DOMAIN = b"comfyui-backdrop/ledger-head/v1\n"
+WITNESS_DOMAIN = b"comfyui-backdrop/ledger-witness/v1\n"
+WITNESS_SUFFIX = "_witness.json"
+MAX_STORED_DEPTH = 500  # JSON read back from a row deeper than this is kept as raw text (and fails its hash)
 
 VALID, INVALID, UNTRUSTED = "valid", "invalid", "untrusted signer"
 INTACT, BROKEN = "intact", "broken"
 NOT_FOUND = "no record"
+# What the ledger file looks like on disk (LedgerReport.file_state).
+FILE_MISSING, FILE_EMPTY, FILE_NO_TABLES, FILE_OK = "missing", "empty (0 bytes)", "no ledger tables", "ok"
 
+_POSIX = os.name == "posix"
 _COLUMNS = ("seq", "id", "created_at", "account", "prompt", "negative_prompt", "seed", "models", "loras",
             "image_sha256", "metadata", "signer", "prev_hash", "record_hash", "signature")
 _SCHEMA = """
@@ -96,30 +119,57 @@ class RecordCheck:
 
 @dataclass
 class LedgerReport:
-    """Result of checking every record in order, plus the signed head."""
+    """Result of checking every record in order, the signed head and the witness in the key folder."""
 
     records: int = 0
     signature: str = VALID  # valid when every record's signature is valid
-    chain: str = INTACT  # intact when every link and the head are
+    chain: str = INTACT  # intact when every link, the head and the witness are
     problems: list[str] = field(default_factory=list)
     per_record: dict[int, RecordCheck] = field(default_factory=dict)  # seq -> check
+    file_state: str = FILE_OK  # ok | missing | empty (0 bytes) | no ledger tables
+    witnessed_seq: int | None = None  # the last seq this home's keys signed (None: no witness yet)
+    warnings: list[str] = field(default_factory=list)  # e.g. the file is readable by other users
 
     @property
     def ok(self) -> bool:
         return self.signature == VALID and self.chain == INTACT
 
 
+@dataclass(frozen=True)
+class PendingRecord:
+    """A record to append: what the caller states, the hash of the delivered pixels and the watermark ID."""
+
+    content: RecordContent
+    image_sha256: str
+    watermark_id: int
+    add_to_existing: bool = False
+
+
+@dataclass(frozen=True)
+class Witness:
+    """The last (seq, record hash) this home's keys signed, kept in the key folder apart from the ledger."""
+
+    seq: int
+    record_hash: str
+    valid: bool  # signed by this ledger key
+    path: Path
+
+
 class Ledger:
     """Append-only, signed, chained records in ``<home>/ledger.sqlite3``.
 
     Each operation opens its own short-lived connection, so one Ledger may be shared between threads
-    and several processes may write to the same file.
+    and several processes may write to the same file. Reads are read-only connections.
     """
 
     def __init__(self, path: str | os.PathLike, keys: KeyStore) -> None:
         self.path = Path(path)
         self.keys = keys
         self._ready = False
+
+    @property
+    def witness_path(self) -> Path:
+        return self.keys.folder / f"{self.path.stem}{WITNESS_SUFFIX}"
 
     # ---- writing -------------------------------------------------------------------------------------
     def append(self, content: RecordContent, image_sha256: str, watermark_id: int | None = None,
@@ -130,23 +180,48 @@ class Ledger:
         already holds (the re-marking policy ``add-record``); the first record stays the image's origin.
         """
         wid = new_watermark_id() if watermark_id is None else int(watermark_id)
+        with self.appending([PendingRecord(content, image_sha256, wid, add_to_existing)]) as (record,):
+            pass
+        return record
+
+    @contextlib.contextmanager
+    def appending(self, pending: Sequence[PendingRecord]) -> Iterator[list[Record]]:
+        """Sign and insert ``pending`` in one transaction; yields the records, commits when the block succeeds.
+
+        Use it to make records follow delivery: save the image (or hand the batch on) inside the block. An
+        exception in the block rolls every record back: nothing is recorded for a batch that was not
+        delivered. Other writers wait while the block runs (up to ``BUSY_TIMEOUT_S``), so keep it short.
+        """
         with self._transaction() as con:
-            exists = con.execute("SELECT 1 FROM records WHERE id = ?", (wid,)).fetchone() is not None
-            if exists and not add_to_existing:
-                raise InvalidInputError(f"watermark ID {format_id(wid)} is already in the ledger")
-            if add_to_existing and not exists:
-                raise InvalidInputError(f"watermark ID {format_id(wid)} has no record to add to")
             last_seq, last_hash = self._chain_tip(con)
-            record = self._signed_record(content, image_sha256, wid, last_seq + 1, last_hash)
-            con.execute(f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                        _to_row(record))
-            head_sig = self.keys.sign(_head_message(record.seq, record.record_hash)).hex()
-            con.execute("INSERT OR REPLACE INTO head (one, seq, record_hash, signer, signature) VALUES (1, ?, ?, ?, ?)",
-                        (record.seq, record.record_hash, self.keys.ledger_public_key_hex, head_sig))
+            self._refuse_if_wiped(last_seq)
+            records = []
+            for item in pending:
+                record = self._insert(con, item, last_seq + 1, last_hash)
+                last_seq, last_hash = record.seq, record.record_hash
+                records.append(record)
+            if records:
+                head_sig = self.keys.sign(_head_message(last_seq, last_hash)).hex()
+                con.execute("INSERT OR REPLACE INTO head (one, seq, record_hash, signer, signature) "
+                            "VALUES (1, ?, ?, ?, ?)", (last_seq, last_hash, self.keys.ledger_public_key_hex, head_sig))
+            yield records
+            if records:
+                self._write_witness(last_seq, last_hash)  # before COMMIT: restored if the commit fails
+
+    def _insert(self, con: sqlite3.Connection, item: PendingRecord, seq: int, prev_hash: str) -> Record:
+        wid = int(item.watermark_id)
+        exists = con.execute("SELECT 1 FROM records WHERE id = ?", (wid,)).fetchone() is not None
+        if exists and not item.add_to_existing:
+            raise InvalidInputError(f"watermark ID {format_id(wid)} is already in the ledger")
+        if item.add_to_existing and not exists:
+            raise InvalidInputError(f"watermark ID {format_id(wid)} has no record to add to")
+        record = self._signed_record(item.content, item.image_sha256, wid, seq, prev_hash)
+        con.execute(f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    _to_row(record))
         return record
 
     def contains(self, watermark_id: int) -> bool:
-        with self._connection() as con:
+        with self._reader() as con:
             return con.execute("SELECT 1 FROM records WHERE id = ?", (int(watermark_id),)).fetchone() is not None
 
     def _signed_record(self, content: RecordContent, image_sha256: str, wid: int, seq: int,
@@ -163,30 +238,117 @@ class Ledger:
 
     def _chain_tip(self, con: sqlite3.Connection) -> tuple[int, str]:
         """(seq, hash) to chain onto: the signed head if it verifies, else the last row, else genesis."""
-        head = con.execute("SELECT seq, record_hash, signer, signature FROM head WHERE one = 1").fetchone()
+        head = _head_row(con)
         if head and self._head_valid(*head):
             return int(head[0]), str(head[1])
         last = con.execute("SELECT seq, record_hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
 
+    def _refuse_if_wiped(self, tip_seq: int) -> None:
+        """Appending to a ledger that lost records would hide the loss: refuse, saying how to go on."""
+        witness = self.witness()
+        if witness is None:
+            return
+        if not witness.valid:
+            raise InvalidInputError(
+                f"the ledger witness {witness.path} is damaged or was not signed by this home's key, so a wiped "
+                f"ledger could not be told from an intact one; nothing was recorded. Restore the key folder from a "
+                f"backup, or move {witness.path.name} away to accept {self.path} as it is")
+        if witness.seq > tip_seq:
+            raise InvalidInputError(
+                f"{self._loss_message(tip_seq, witness)}; nothing was recorded, so the loss stays visible. Restore "
+                f"the ledger from a backup; to start a new ledger anyway, move both {self.path} and {witness.path} "
+                "away (their records can then no longer be verified here)")
+
+    # ---- the witness (key folder) --------------------------------------------------------------------
+    def witness(self) -> Witness | None:
+        """The signed witness of the last seq this home's keys appended, or None for a home without one."""
+        path = self.witness_path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            seq, digest = int(data["seq"]), str(data["record_hash"])
+            signer, signature = str(data["signer"]), str(data["signature"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
+            return Witness(seq=0, record_hash="", valid=False, path=path)
+        valid = signer == self.keys.ledger_public_key_hex and _ed25519_valid(
+            signer, signature, _witness_message(seq, digest))
+        return Witness(seq=seq, record_hash=digest, valid=valid, path=path)
+
+    def _write_witness(self, seq: int, digest: str) -> None:
+        path = self.witness_path
+        data = {"v": 1, "ledger": self.path.name, "seq": seq, "record_hash": digest,
+                "signer": self.keys.ledger_public_key_hex,
+                "signature": self.keys.sign(_witness_message(seq, digest)).hex()}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _loss_message(self, last_seq: int, witness: Witness) -> str:
+        state = self.file_state()
+        signed = f"this home's keys signed {witness.seq} record(s) (witness {witness.path})"
+        if state == FILE_MISSING:
+            return f"the ledger file {self.path} is missing, but {signed}: it was deleted or moved"
+        if state != FILE_OK or last_seq == 0:
+            what = {FILE_EMPTY: "is an empty file", FILE_NO_TABLES: "holds no ledger tables"}.get(state,
+                                                                                                  "holds no records")
+            return f"the ledger {self.path} {what} but {signed}: it was wiped or replaced"
+        return (f"the ledger ends at seq {last_seq} but {signed}, up to seq {witness.seq}: records were removed "
+                "from the end, or an older copy of the ledger was put back")
+
     # ---- reading -------------------------------------------------------------------------------------
     def get(self, watermark_id: int) -> Record | None:
         """The ID's first (origin) record, or None."""
-        with self._connection() as con:
+        with self._reader() as con:
             row = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM records WHERE id = ? ORDER BY seq LIMIT 1",
                               (int(watermark_id),)).fetchone()
         return None if row is None else _from_row(row)
 
     def records(self) -> Iterator[Record]:
         """All records in ledger order (by seq)."""
-        with self._connection() as con:
+        with self._reader() as con:
             rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM records ORDER BY seq").fetchall()
         for row in rows:
             yield _from_row(row)
 
     def __len__(self) -> int:
-        with self._connection() as con:
+        with self._reader() as con:
             return int(con.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def file_state(self) -> str:
+        """``ok``, ``missing``, ``empty (0 bytes)`` or ``no ledger tables``: the file as found, read-only."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return FILE_MISSING
+        if size == 0:
+            return FILE_EMPTY
+        con, tables = self._open_file_read_only()
+        con.close()
+        return FILE_OK if tables else FILE_NO_TABLES
+
+    def file_warnings(self) -> list[str]:
+        """Things about the ledger file a user should fix: readable by other users (it holds private prompts)."""
+        warnings = []
+        if not _POSIX:
+            return warnings
+        try:
+            mode = stat.S_IMODE(self.path.stat().st_mode)  # SQLite gives its -wal and -shm files the same mode
+        except OSError:
+            return warnings
+        if mode & 0o044:
+            warnings.append(f"{self.path} is readable by other users (mode {mode:04o}) but holds private prompts and "
+                            f"accounts; fix with: chmod 600 '{self.path}'*")
+        return warnings
 
     # ---- verification --------------------------------------------------------------------------------
     def check_signature(self, record: Record) -> str:
@@ -198,14 +360,14 @@ class Ledger:
 
     def check_id(self, watermark_id: int) -> list[tuple[Record, RecordCheck]]:
         """Every record of an ID (origin first), each checked against its neighbours: no full scan."""
-        with self._connection() as con:
+        with self._reader() as con:
             seqs = [r[0] for r in con.execute("SELECT seq FROM records WHERE id = ? ORDER BY seq",
                                               (int(watermark_id),))]
         return [self.check_seq(seq) for seq in seqs]
 
     def check_seq(self, seq: int) -> tuple[Record, RecordCheck]:
-        """The record at ``seq`` and its status against its neighbours (previous, next, head)."""
-        with self._connection() as con:
+        """The record at ``seq`` and its status against its neighbours (previous, next, head, witness)."""
+        with self._reader() as con:
             row = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM records WHERE seq = ?", (int(seq),)).fetchone()
             if row is None:
                 raise InvalidInputError(f"the ledger has no record at seq {seq}")
@@ -214,18 +376,25 @@ class Ledger:
                                    "LIMIT 1", (record.seq,)).fetchone()
             next_row = con.execute("SELECT seq, prev_hash FROM records WHERE seq > ? ORDER BY seq LIMIT 1",
                                    (record.seq,)).fetchone()
-            head = con.execute("SELECT seq, record_hash, signer, signature FROM head WHERE one = 1").fetchone()
+            head = _head_row(con)
         previous = None if prev_row is None else _from_row(prev_row)
         problems = self._link_problems(record, previous)
         if next_row is not None and next_row[1] != record.record_hash:
             problems.append(f"the next record (seq {next_row[0]}) does not link to this one")
         if next_row is None:
             problems.extend(self._head_problems(head, record))
+            problems.extend(self._witness_problems(record))
         return record, RecordCheck(self.check_signature(record), BROKEN if problems else INTACT, tuple(problems))
 
+    def integrity_problems(self) -> list[str]:
+        """Without a full scan: is the ledger missing, wiped or cut short compared with the witness?"""
+        with self._reader() as con:
+            row = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        return self._witness_problems(None if row is None else _from_row(row))
+
     def verify(self) -> LedgerReport:
-        """Check every record's signature and link, and the head, in one pass."""
-        report = LedgerReport()
+        """Check every record's signature and link, the head and the witness, in one pass. Read-only."""
+        report = LedgerReport(file_state=self.file_state(), warnings=self.file_warnings())
         chain_problems: list[str] = []
         previous: Record | None = None
         for record in self.records():
@@ -237,14 +406,35 @@ class Ledger:
             if check.signature != VALID:
                 report.problems.append(f"seq {record.seq} (ID {record.id_hex}): signature {check.signature}")
             previous = record
-        with self._connection() as con:
-            head = con.execute("SELECT seq, record_hash, signer, signature FROM head WHERE one = 1").fetchone()
+        with self._reader() as con:
+            head = _head_row(con)
         chain_problems.extend(f"head: {p}" for p in self._head_problems(head, previous))
+        witness_problems = self._witness_problems(previous)
+        chain_problems.extend(witness_problems)
+        witness = self.witness()
+        report.witnessed_seq = None if witness is None else witness.seq
+        if report.file_state == FILE_EMPTY and not witness_problems:
+            report.warnings.append(f"the ledger file {self.path} is empty (0 bytes); this home has no witness of "
+                                   "earlier records, so whether it held any cannot be told")
         report.problems.extend(chain_problems)
         bad_signatures = sum(c.signature != VALID for c in report.per_record.values())
         report.signature = VALID if not bad_signatures else f"{INVALID} ({bad_signatures} of {report.records})"
         report.chain = INTACT if not chain_problems else f"{BROKEN}: {chain_problems[0]}"
         return report
+
+    def _witness_problems(self, last: Record | None) -> list[str]:
+        witness = self.witness()
+        if witness is None:
+            return []
+        if not witness.valid:
+            return [f"the ledger witness {witness.path} is damaged or not signed by this home's key"]
+        last_seq = 0 if last is None else last.seq
+        if witness.seq > last_seq:
+            return [self._loss_message(last_seq, witness)]
+        if witness.seq == last_seq and last is not None and witness.record_hash != last.record_hash:
+            return [f"the last record (seq {last_seq}) is not the one this home's keys signed (witness "
+                    f"{witness.path}): the end of the ledger was replaced"]
+        return []
 
     def _link_problems(self, record: Record, previous: Record | None) -> list[str]:
         problems = []
@@ -282,7 +472,45 @@ class Ledger:
 
     # ---- connections ---------------------------------------------------------------------------------
     @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection; a missing file or one without our tables reads as an empty ledger."""
+        if self.path.exists():
+            con, tables = self._open_file_read_only()
+            if not tables:
+                con.close()
+                con = _empty_ledger()
+        else:
+            con = _empty_ledger()
+        try:
+            yield con
+        except sqlite3.DatabaseError as exc:  # e.g. a records table of another shape: not our ledger
+            raise self._unusable(exc) from exc
+        finally:
+            con.close()
+
+    def _open_file_read_only(self) -> tuple[sqlite3.Connection, bool]:
+        """(read-only connection to the file, whether it holds the records table). Never writes the file."""
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        con = None
+        try:
+            try:
+                con = _connect(uri)
+                return con, _has_tables(con)
+            except sqlite3.OperationalError as first:  # e.g. a WAL ledger in a folder this user cannot write
+                if con is not None:
+                    con.close()
+                if "not a database" in str(first):
+                    raise
+                con = _connect(uri + "&immutable=1")
+                return con, _has_tables(con)
+        except sqlite3.DatabaseError as exc:
+            if con is not None:
+                con.close()
+            raise self._unusable(exc) from exc
+
+    @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A writing connection (creates the file and its schema on first use)."""
         self._prepare()
         con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
@@ -296,12 +524,30 @@ class Ledger:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._connection() as con:
             con.execute("BEGIN IMMEDIATE")
+            witness_before = _read_bytes(self.witness_path)
             try:
                 yield con
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-            con.execute("COMMIT")
+            try:
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                self._restore_witness(witness_before)
+                raise
+
+    def _restore_witness(self, previous: bytes | None) -> None:
+        with contextlib.suppress(OSError):
+            if previous is None:
+                self.witness_path.unlink(missing_ok=True)
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.witness_path.name}.", suffix=".tmp",
+                                           dir=self.witness_path.parent)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(previous)
+                os.replace(tmp, self.witness_path)
 
     def _prepare(self) -> None:
         if self._ready:
@@ -320,11 +566,46 @@ class Ledger:
                 con.execute(statement)
             con.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            raise InvalidInputError(f"{self.path} is not a usable provenance ledger ({exc}); move it away to start "
-                                    "a new one (keep it: its records are still evidence)") from exc
+            raise self._unusable(exc) from exc
         finally:
             con.close()
         self._ready = True
+
+    def _unusable(self, exc: Exception) -> InvalidInputError:
+        return InvalidInputError(f"{self.path} is not a usable provenance ledger ({exc}); move it away to start "
+                                 "a new one (keep it: its records are still evidence)")
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return con
+
+
+def _has_tables(con: sqlite3.Connection) -> bool:
+    names = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return "records" in names
+
+
+def _empty_ledger() -> sqlite3.Connection:
+    """An in-memory ledger without records: what reading a missing or table-less file sees."""
+    con = sqlite3.connect(":memory:", isolation_level=None)
+    con.executescript(_SCHEMA)
+    return con
+
+
+def _head_row(con: sqlite3.Connection):
+    try:
+        return con.execute("SELECT seq, record_hash, signer, signature FROM head WHERE one = 1").fetchone()
+    except sqlite3.OperationalError:  # a ledger whose head table was dropped: no head
+        return None
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _ed25519_valid(public_hex: str, signature_hex: str, message: bytes) -> bool:
@@ -340,6 +621,10 @@ def _ed25519_valid(public_hex: str, signature_hex: str, message: bytes) -> bool:
 
 def _head_message(seq: int, digest: str) -> bytes:
     return HEAD_DOMAIN + f"{seq}:{digest}".encode("ascii")
+
+
+def _witness_message(seq: int, digest: str) -> bytes:
+    return WITNESS_DOMAIN + f"{seq}:{digest}".encode()
 
 
 def _to_row(record: Record) -> tuple:
@@ -374,9 +659,10 @@ def _dumps(value) -> str:
 
 def _loads(text):
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (TypeError, ValueError):
-        return text  # edited to invalid JSON: the raw text makes the hash differ
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (TypeError, ValueError, RecursionError):
+        return text  # edited to invalid (or absurdly nested) JSON: the raw text makes the hash differ
+    return value if json_depth(value) <= MAX_STORED_DEPTH else text
 
 
 def _reject_constant(name: str):

@@ -26,6 +26,7 @@ RECORD_VERSION = 1
 ID_BITS = 63
 GENESIS_HASH = "0" * 64
 SIGNATURE_DOMAIN = b"comfyui-backdrop/ledger-record/v1\n"
+MAX_METADATA_DEPTH = 32  # nesting levels of a record's metadata (a dict of lists of dicts... counts each level)
 
 
 def new_watermark_id() -> int:
@@ -96,6 +97,9 @@ class RecordContent:
             if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                       for k, v in value.items()):
                 raise InvalidInputError(f"{name} must map names to hash strings, got {value!r}")
+        if not isinstance(self.metadata, dict):
+            raise InvalidInputError(f"metadata must be a JSON object (a dict), got {type(self.metadata).__name__}")
+        check_metadata_depth(self.metadata)
         try:
             json.dumps(self.metadata, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -140,6 +144,31 @@ class Record:
         data = asdict(self)
         data["id"] = self.id_hex
         return data
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON-like value (a scalar is 0, ``{}`` and ``[]`` are 1), counted without recursion,
+    so absurdly deep input cannot overflow the stack."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_metadata_depth(metadata: Any, what: str = "metadata") -> None:
+    """Refuse metadata nested deeper than ``MAX_METADATA_DEPTH`` with a message instead of a RecursionError."""
+    depth = json_depth(metadata)
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidInputError(f"{what} is nested {depth} levels deep; records take at most {MAX_METADATA_DEPTH} "
+                                "levels. Flatten it (for example store the deep part as a string)")
 
 
 def canonical_bytes(data: dict[str, Any]) -> bytes:

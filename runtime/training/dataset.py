@@ -59,8 +59,20 @@ def dataset_hash(entries: list[dict[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
+WORK_FOLDER = "backdrop-training"
+
+
 def default_output_dir(folder: str | os.PathLike) -> Path:
+    """``<folder>/.backdrop-dataset``: the CLI's default (``backdrop train-lora --dataset-dir`` moves it)."""
     return Path(folder) / ".backdrop-dataset"
+
+
+def working_dir(root: str | os.PathLike, dataset_name: str) -> Path:
+    """``<root>/backdrop-training/<dataset name>``: working files (masks, manifest, checkpoints) kept out of the
+    user's photo folder, e.g. under ComfyUI's output folder. ``.`` (a whole input folder) becomes ``input``."""
+    name = Path(str(dataset_name).strip()).name
+    safe = "".join(c if c.isalnum() or c in "-_. " else "_" for c in name).strip(" .") or "input"
+    return Path(root) / WORK_FOLDER / safe
 
 
 def prepare_dataset(folder: str | os.PathLike, output_dir: str | os.PathLike | None = None, captioner=None,

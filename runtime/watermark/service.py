@@ -5,12 +5,18 @@ an image that already carries a mark under this installation's key is never mark
 instead is chosen with ``remark``:
 
 * ``refuse`` (default): raise :class:`AlreadyMarkedError`, naming the existing ID and whether this
-  ledger has a record of it. Nothing is written.
+  ledger has a record of it. Nothing is written. The message names the setting the user sees
+  (``policy_input``: the node's ``if_already_marked``; ``None`` for ``backdrop run``, which has none).
 * ``keep``: return the pixels unchanged with the existing ID and its origin record (None if this
   ledger does not know the ID). No record is written.
 * ``add-record``: keep the existing mark and append a *further* signed record to that ID (with this
   call's prompt, account... and the hash of these pixels). The ID's first record stays its origin;
   verification lists the later ones. Refused when the ledger has no record of the ID.
+
+**Records follow delivery.** :meth:`ProvenanceService.prepare_mark` embeds the mark and writes nothing;
+:meth:`ProvenanceService.recording` appends the records of a whole batch in one ledger transaction that
+commits only when the caller's block (saving the file, handing the batch on) succeeds. A failed save or a
+refused image anywhere in a batch leaves no record. :meth:`ProvenanceService.mark` does both for one image.
 
 Other bad input: an image smaller than the codec's ``MIN_SIDE`` raises ``ImageTooSmallError`` stating the
 minimum; an unmarked image verifies as ``found=False`` with an empty ID; a tampered ledger record is
@@ -19,8 +25,10 @@ reported through its signature and chain status.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..provenance.keys import KeyStore, load_keys, provenance_home
-from ..provenance.ledger import BROKEN, INTACT, LEDGER_FILENAME, NOT_FOUND, VALID, Ledger
+from ..provenance.ledger import BROKEN, INTACT, LEDGER_FILENAME, NOT_FOUND, VALID, Ledger, PendingRecord
 from ..provenance.records import Record, RecordContent, format_id, new_watermark_id, pixel_sha256
 from .arrays import ImageTooSmallError
 from .codec import MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed
@@ -53,6 +61,17 @@ class MarkResult:
 
 
 @dataclass
+class PendingMark:
+    """A mark embedded but not yet recorded: :meth:`ProvenanceService.recording` records it on delivery."""
+
+    image: np.ndarray  # the pixels to deliver (marked, or the input unchanged when an existing mark is kept)
+    watermark_id: int
+    status: str  # marked | kept existing mark | added a record to the existing mark
+    to_record: PendingRecord | None  # None: nothing to record (an existing mark kept)
+    origin: Record | None = None  # the existing ID's origin record (kept / added-to marks)
+
+
+@dataclass
 class Verification:
     """Everything known about one image: the mark, its ledger record and (for files) the C2PA manifest."""
 
@@ -70,6 +89,7 @@ class Verification:
     c2pa: dict[str, Any] | None = None  # files only: ManifestInfo fields + summary
     message: str = ""  # e.g. too small to carry a mark
     details: dict[str, Any] = field(default_factory=dict)
+    error: str = ""  # the image could not be checked at all (missing file, not an image...)
 
     @property
     def tampered(self) -> bool:
@@ -85,7 +105,9 @@ class Verification:
 
     def summary(self) -> str:
         lines = [f"{self.source}:" + (" TAMPERED" if self.tampered else "")]
-        if self.found:
+        if self.error:
+            lines.append(f"  not checked: {self.error}")
+        elif self.found:
             lines.append(f"  watermark {self.watermark_id} (score {self.score:.1f}, "
                          f"false-positive probability {self.false_positive_probability:.1e})")
             if self.record is None:
@@ -109,32 +131,48 @@ class Verification:
 class ProvenanceService:
     """Keys + ledger + codec under one provenance home (see provenance.keys for the layout)."""
 
-    def __init__(self, home: str | os.PathLike | None = None) -> None:
-        self.home = Path(home) if home is not None else provenance_home()
-        self.keys: KeyStore = load_keys(self.home)
+    def __init__(self, home: str | os.PathLike | None = None, create_keys: bool = True) -> None:
+        """``create_keys=False`` (checking only) never generates keys: a home without them raises NoKeysError."""
+        self.home = Path(home).expanduser() if home is not None else provenance_home()
+        self.keys: KeyStore = load_keys(home, create=create_keys)
         self.ledger = Ledger(self.home / LEDGER_FILENAME, self.keys)
 
     # ---- marking -------------------------------------------------------------------------------------
     def mark(self, image: np.ndarray, content: RecordContent, *, remark: str = "refuse", strength: float = 1.0,
-             protect: np.ndarray | None = None) -> MarkResult:
+             protect: np.ndarray | None = None, policy_input: str | None = "remark") -> MarkResult:
         """Embed a fresh ID and append its signed record (the record's image hash is of the marked pixels).
 
         ``protect``: optional HxW mask (bool, or float where > 0.5 counts) of pixels that must stay
         bit-exact, e.g. the product. The mark is embedded everywhere else, then read back; if the rest
         of the image is too small to carry it, nothing is recorded and InvalidInputError says so.
-        The input array is never modified. See the module docstring for ``remark``.
+        The input array is never modified. See the module docstring for ``remark``. The record is written
+        at once: to record only once the image is delivered, use :meth:`prepare_mark` and :meth:`recording`.
+        """
+        pending = self.prepare_mark(image, content, remark=remark, strength=strength, protect=protect,
+                                    policy_input=policy_input)
+        with self.recording([pending]) as (result,):
+            return result
+
+    def prepare_mark(self, image: np.ndarray, content: RecordContent, *, remark: str = "refuse",
+                     strength: float = 1.0, protect: np.ndarray | None = None,
+                     policy_input: str | None = "remark") -> PendingMark:
+        """Everything :meth:`mark` does except writing the record: embed, check, and say what to record.
+
+        Raises (and so records nothing) for a refused re-mark, an image too small to carry a mark, or a
+        protected area that leaves too little room. ``policy_input`` is the name of the re-marking setting
+        as the user sees it, used in the refusal message (``None``: the caller offers no such setting).
         """
         if remark not in REMARK_POLICIES:
             raise InvalidInputError(f"unknown re-marking policy {remark!r}; use one of {', '.join(REMARK_POLICIES)}")
         keep = None if protect is None else _protect_mask(protect, np.asarray(image).shape[:2])
         existing = self.detect(image)
         if existing.found:
-            return self._already_marked(image, existing.payload, content, remark)
+            return self._already_marked(image, existing.payload, content, remark, policy_input)
         wid = self._unused_id()
         try:
             marked = embed(image, wid, self.keys.watermark_key, strength=strength)
         except AlreadyWatermarkedError as exc:  # the codec's own check can see marks detect() missed
-            return self._already_marked(image, exc.existing_payload, content, remark)
+            return self._already_marked(image, exc.existing_payload, content, remark, policy_input)
         if keep is not None and keep.any():
             marked = np.where(keep if marked.ndim == 2 else keep[..., None], np.asarray(image), marked)
             check = detect(marked, self.keys.watermark_key)
@@ -143,23 +181,31 @@ class ProvenanceService:
                     f"the mark did not read back once the protected product ({keep.mean():.0%} of the image) was "
                     "restored: the rest is too small to carry a readable watermark at this size and strength. "
                     "Use a larger image, a higher strength, or protect less")
-        record = self.ledger.append(content, pixel_sha256(marked), watermark_id=wid)
-        return MarkResult(marked, record.id_hex, record, "marked")
+        return PendingMark(marked, wid, "marked", PendingRecord(content, pixel_sha256(marked), wid))
 
-    def _already_marked(self, image: np.ndarray, existing_id: int, content: RecordContent, remark: str
-                        ) -> MarkResult:
+    @contextlib.contextmanager
+    def recording(self, pending: Sequence[PendingMark]) -> Iterator[list[MarkResult]]:
+        """Record a batch of prepared marks when the block delivering them succeeds: all or nothing.
+
+        Yields one MarkResult per pending mark (records signed, not yet committed). An exception in the
+        block rolls every record back; leaving it commits them all.
+        """
+        to_record = [p.to_record for p in pending if p.to_record is not None]
+        with self.ledger.appending(to_record) as records:
+            written = iter(records)
+            yield [MarkResult(p.image, format_id(p.watermark_id),
+                              next(written) if p.to_record is not None else p.origin, p.status) for p in pending]
+
+    def _already_marked(self, image: np.ndarray, existing_id: int, content: RecordContent, remark: str,
+                        policy_input: str | None = "remark") -> PendingMark:
         origin = self.ledger.get(existing_id)
-        wid = format_id(existing_id)
         if remark == "keep":
-            return MarkResult(np.array(image, copy=True), wid, origin, "kept existing mark")
+            return PendingMark(np.array(image, copy=True), existing_id, "kept existing mark", None, origin)
         if remark == "add-record" and origin is not None:
-            record = self.ledger.append(content, pixel_sha256(image), watermark_id=existing_id, add_to_existing=True)
-            return MarkResult(np.array(image, copy=True), wid, record, "added a record to the existing mark")
-        where = "its record is in this ledger" if origin else "this ledger has no record of it"
-        hint = ("use remark='keep' to keep that mark, or remark='add-record' to add a record to it" if origin
-                else "use remark='keep' to keep that mark, or mark the unmarked original")
-        raise AlreadyMarkedError(f"the image already carries watermark {wid} ({where}); a second mark is refused: "
-                                 f"{hint}", existing_id)
+            return PendingMark(np.array(image, copy=True), existing_id, "added a record to the existing mark",
+                               PendingRecord(content, pixel_sha256(image), existing_id, add_to_existing=True), origin)
+        raise AlreadyMarkedError(already_marked_message(format_id(existing_id), origin is not None, policy_input),
+                                 existing_id)
 
     def _unused_id(self) -> int:
         while True:
@@ -191,8 +237,9 @@ class ProvenanceService:
         checked = self.ledger.check_id(detection.payload)
         if not checked:
             result.signature = result.chain = NOT_FOUND
-            result.problems.append("this ledger has no record with this ID (made by another installation "
-                                   "sharing the key, or the record was deleted)")
+            lost = self.ledger.integrity_problems()
+            result.problems.extend(lost or ["this ledger has no record with this ID (made by another installation "
+                                            "sharing the key, or the record was deleted)"])
             return result
         (origin, _), later = checked[0], checked[1:]
         result.record = origin.to_json_dict()
@@ -250,13 +297,46 @@ def get_service(home: str | os.PathLike | None = None) -> ProvenanceService:
         return _services[path]
 
 
+@contextlib.contextmanager
+def marked_for_delivery(image_uint8: np.ndarray, *, account: str, prompt: str, negative_prompt: str = "",
+                        seed: int | None = None, models: dict[str, str] | None = None,
+                        loras: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
+                        protect: np.ndarray | None = None, home: str | os.PathLike | None = None
+                        ) -> Iterator[tuple[np.ndarray, Record, ProvenanceService]]:
+    """For ``backdrop run``: yields (marked image, its record, the service); save the image inside the block.
+
+    The record is committed only when the block succeeds, so a failed save leaves no record. An image that
+    already carries a mark is refused (``backdrop run`` has no re-marking setting).
+    """
+    content = RecordContent(account=account, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+                            models=dict(models or {}), loras=dict(loras or {}), metadata=dict(metadata or {}))
+    service = get_service(home)
+    pending = service.prepare_mark(image_uint8, content, remark="refuse", protect=protect, policy_input=None)
+    with service.recording([pending]) as (result,):
+        yield result.image, result.record, service
+
+
+def already_marked_message(wid: str, has_record: bool, policy_input: str | None) -> str:
+    """Why a second mark is refused and what to do, in the words of the setting the user sees."""
+    where = "its record is in this ledger" if has_record else "this ledger has no record of it"
+    if policy_input is None:
+        hint = ("start from the unmarked original: a photo that already carries a mark cannot be marked again "
+                "(a ComfyUI BackdropWatermark node can keep the mark or add a record to it)")
+    elif has_record:
+        hint = (f"set {policy_input} to 'keep' to keep that mark, or to 'add-record' to add a record to it")
+    else:
+        hint = f"set {policy_input} to 'keep' to keep that mark, or mark the unmarked original"
+    return f"the image already carries watermark {wid} ({where}); a second mark is refused: {hint}"
+
+
 def mark_for_run(image_uint8: np.ndarray, *, account: str, prompt: str, negative_prompt: str = "",
                  seed: int | None = None, models: dict[str, str] | None = None, loras: dict[str, str] | None = None,
                  metadata: dict[str, Any] | None = None, protect: np.ndarray | None = None, remark: str = "refuse",
                  home: str | os.PathLike | None = None) -> tuple[np.ndarray, Record]:
-    """For ``backdrop run``: watermark one output and record it. ``models``/``loras`` map names to SHA-256
-    (see provenance.file_hashes); ``protect`` is the product mask to keep bit-exact. Returns (marked image,
-    same dtype as the input, and its record)."""
+    """Watermark one output and record it at once. ``models``/``loras`` map names to SHA-256 (see
+    provenance.file_hashes); ``protect`` is the product mask to keep bit-exact. Returns (marked image, same
+    dtype as the input, and its record). To record only once the file is saved, use
+    :func:`marked_for_delivery` (``backdrop run`` does)."""
     content = RecordContent(account=account, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
                             models=dict(models or {}), loras=dict(loras or {}), metadata=dict(metadata or {}))
     result = get_service(home).mark(image_uint8, content, remark=remark, protect=protect)

@@ -70,7 +70,9 @@ def test_missing_and_unreadable_files_are_reported(files, tmp_path, capsys):
     assert verify([str(tmp_path / "broken.png"), str(tmp_path / "nope.png"), "--home", str(home), "--json"]) == 1
     entries = json.loads(capsys.readouterr().out)["files"]
     assert [e["found"] for e in entries] == [False, False]
-    assert all(e["message"].startswith("unreadable") for e in entries)
+    # issue 14 changed the missing file's wording: it says plainly that the file does not exist
+    assert entries[0]["message"].startswith("unreadable") and entries[0]["error"] == entries[0]["message"]
+    assert entries[1]["error"] == f"{tmp_path / 'nope.png'} does not exist"
 
 
 def test_tampered_ledger_fails_verification(files, tmp_path, capsys):
@@ -86,3 +88,58 @@ def test_tampered_ledger_fails_verification(files, tmp_path, capsys):
     [entry] = document["files"]
     assert entry["found"] and entry["tampered"] and entry["signature"] == "invalid" and entry["chain"] == "broken"
     assert document["ledger"]["ok"] is False and document["ledger"]["signature"].startswith("invalid")
+
+
+# ---- issue 14: records follow delivery; verify reads only ----------------------------------------------------------
+
+def test_run_writes_a_record_only_for_a_file_it_delivered(tmp_path, monkeypatch):
+    """Before: `backdrop run --watermark` recorded each output before saving it, so a failing save (here the --out
+    folder turns into a file after the run was planned) still left a record."""
+    from comfyui_backdrop.cli.main import build_parser
+    from comfyui_backdrop.cli.run import RunModels, run_plan
+    from comfyui_backdrop.cli.run_plan import RunPlan
+    from comfyui_backdrop.runtime.imaging import write_image
+    from comfyui_backdrop.runtime.watermark.service import get_service
+    from tests.fixtures.images import to_float
+
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    write_image(tmp_path / "bottle.png", to_float(studio_product_photo(256, 320, seed=4)[0]))
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = RunPlan.from_args(build_parser().parse_args(
+        ["run", str(tmp_path / "bottle.png"), "--out", str(out), "--watermark", "--quiet"]))
+    out.rmdir()
+    out.write_bytes(b"a file now stands where the output folder was")
+    summary = run_plan(plan, RunModels())
+    assert summary.failed and not summary.outcomes[0].written
+    assert len(get_service().ledger) == 0, "no record for an image that was never saved"
+    assert not list(tmp_path.glob("**/.*.tmp"))
+
+    out.unlink()
+    summary = run_plan(plan, RunModels())
+    [saved] = summary.outcomes[0].written
+    assert not summary.failed and len(get_service().ledger) == 1
+    assert verify([str(saved), "--home", str(tmp_path / "home")]) == 0
+
+
+def test_verify_never_changes_the_ledger(files, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    home, png = files[:2]
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    ledger = copy / "ledger.sqlite3"
+
+    def fingerprint():
+        return hashlib.sha256(ledger.read_bytes()).hexdigest(), ledger.stat().st_mtime_ns, ledger.stat().st_size
+
+    before = fingerprint()
+    assert verify([str(png), "--home", str(copy), "--ledger", "--json"]) == 0
+    assert fingerprint() == before
+    capsys.readouterr()
+    ledger.write_bytes(b"")  # wiped: verify reports it and leaves the evidence as it found it
+    assert verify([str(png), "--home", str(copy), "--ledger"]) == 1
+    out = capsys.readouterr().out
+    assert "0 record(s) (file empty (0 bytes))" in out and "wiped or replaced" in out
+    assert ledger.stat().st_size == 0

@@ -34,8 +34,15 @@ def test_node_trains_from_a_folder_under_input(private_loras, tmp_path, monkeypa
     use_node_host(monkeypatch, tmp_path / "input", progress_factory=lambda total: lambda d, t: calls.append((d, t)))
     (pipeline,) = BackdropInpaintLoader().load("checkpoints/tiny-sd15-inpaint.safetensors", "cpu", "auto")
     (styled,) = BackdropLoRA().apply(pipeline, "style_a.safetensors", 1.0, enabled=True, fuse=False)
-    name, report = BackdropTrainLoRA().train(styled, "catalog", "node_bg", **SETTINGS)
+    photos_before = sorted(p.name for p in (tmp_path / "input" / "catalog").iterdir())
+    returned = BackdropTrainLoRA().train(styled, "catalog", "node_bg", **SETTINGS)
+    name, report = returned["result"]  # issue 14: the node also shows its summary (a UI dict, as BackdropVerify)
+    assert returned["ui"] == {"text": [report]}
     assert name == "node_bg.safetensors" and (private_loras / name).is_file()
+    # working files go under the output folder, never into the user's photo folder
+    assert sorted(p.name for p in (tmp_path / "input" / "catalog").iterdir()) == photos_before
+    work = BackdropTrainLoRA.host.output_directory() / "backdrop-training" / "catalog"
+    assert (work / "manifest.json").is_file() and any((work / "masks").iterdir())
     assert "dataset: 2 images" in report and "stage 1: 3 steps" in report
     assert (3, 3) in calls and (2, 2) in calls  # dataset preparation, then training
     assert read_metadata(private_loras / name)["backdrop.rank"] == "2"
@@ -46,6 +53,29 @@ def test_node_trains_from_a_folder_under_input(private_loras, tmp_path, monkeypa
 def test_node_explains_a_missing_dataset(private_loras, tmp_path, monkeypatch):
     use_node_host(monkeypatch, tmp_path / "input")
     (pipeline,) = BackdropInpaintLoader().load("checkpoints/tiny-sd15-inpaint.safetensors", "cpu", "auto")
-    with pytest.raises(InvalidInputError, match="found neither as a path nor under"):
+    with pytest.raises(InvalidInputError, match="'nowhere' is not a folder in ComfyUI's input folder"):
         BackdropTrainLoRA().train(pipeline, "nowhere", "x", **SETTINGS)
     assert BackdropTrainLoRA.CATEGORY == "Backdrop/training"
+
+
+def test_node_reads_only_folders_inside_the_input_folder(private_loras, tmp_path, monkeypatch):
+    """Issue 14: any /prompt client could name a server path; the node now takes input folders only and never
+    writes into the folder it reads."""
+    outside = tmp_path / "elsewhere"
+    write_product_folder(outside, count=2)
+    write_product_folder(tmp_path / "input" / "catalog", count=2)
+    (tmp_path / "input" / "best").mkdir()
+    use_node_host(monkeypatch, tmp_path / "input", tmp_path / "output")
+    spec = BackdropTrainLoRA.INPUT_TYPES()["required"]
+    assert list(spec)[:3] == ["pipeline", "dataset", "lora_name"], "widget order is public API"
+    assert spec["dataset"][0] == [".", "best", "catalog"] and spec["dataset"][1]["default"] in spec["dataset"][0]
+    (pipeline,) = BackdropInpaintLoader().load("checkpoints/tiny-sd15-inpaint.safetensors", "cpu", "auto")
+    before = sorted(p.name for p in outside.iterdir())
+    for bad in (str(outside), "../elsewhere", "catalog/../../elsewhere"):
+        with pytest.raises(InvalidInputError, match="is not a folder in ComfyUI's input folder"):
+            BackdropTrainLoRA().train(pipeline, bad, "x", **SETTINGS)
+    for bad in (str(outside), "../elsewhere/scores.csv"):
+        with pytest.raises(InvalidInputError, match="outside ComfyUI's input folder"):
+            BackdropTrainLoRA().train(pipeline, "catalog", "x", curated=bad, stage2_steps=1, **SETTINGS)
+    assert sorted(p.name for p in outside.iterdir()) == before, "nothing was written outside the input folder"
+    assert not (tmp_path / "input" / "catalog" / ".backdrop-dataset").exists()

@@ -184,3 +184,33 @@ def test_save_then_verify_the_file(env, photos):
     assert found == [True] and wids == [ids.split("\n")[0]] and signatures == ["valid"] and chains == ["intact"]
     assert "C2PA manifest trusted" in reports[0] and json.loads(records[0])["account"] == "acme"
     assert "identical to the marked image" in reports[0], "the saved PNG holds exactly the recorded pixels"
+
+
+# ---- issue 14 --------------------------------------------------------------------------------------------------------
+
+def test_a_refused_image_anywhere_in_a_batch_leaves_no_record(env, photos):
+    """Before: a batch [unmarked, marked] with refuse recorded the first image, then failed."""
+    marked, marked_id, _ = BackdropWatermark().mark(photos[:1], **MARK_DEFAULTS)
+    count = len(get_service().ledger)
+    mixed = torch.cat([photos[1:], marked])
+    with pytest.raises(AlreadyMarkedError, match=rf"BackdropWatermark: image 2 of 2: .*{marked_id}") as caught:
+        BackdropWatermark().mark(mixed, **MARK_DEFAULTS)
+    assert "set if_already_marked to 'keep'" in str(caught.value) and "remark=" not in str(caught.value)
+    assert caught.value.existing_payload == int(marked_id, 16)
+    assert len(get_service().ledger) == count, "all or nothing: the unmarked first image got no record either"
+    _, ids, report = BackdropWatermark().mark(mixed, **{**MARK_DEFAULTS, "if_already_marked": "keep"})
+    first, second = ids.split("\n")
+    assert second == marked_id and "kept existing mark" in report
+    assert len(get_service().ledger) == count + 1 and get_service().ledger.get(int(first, 16)) is not None
+
+
+def test_deeply_nested_metadata_is_a_clear_error(env, photos):
+    """Before: metadata JSON nested 2,000 deep raised a raw RecursionError."""
+    count = len(get_service().ledger)
+    for depth in (2000, 100):
+        deep = "[" * depth + "]" * depth
+        with pytest.raises(InvalidInputError, match="BackdropWatermark: metadata is .*nested .*at most 32"):
+            BackdropWatermark().mark(photos[:1], **{**MARK_DEFAULTS, "metadata": '{"a": ' + deep + "}"})
+    assert len(get_service().ledger) == count
+    _, ids, _ = BackdropWatermark().mark(photos[:1], **{**MARK_DEFAULTS, "metadata": '{"a": [[["ok"]]]}'})
+    assert get_service().ledger.get(int(ids, 16)).metadata == {"a": [[["ok"]]]}

@@ -168,3 +168,68 @@ def test_protected_product_pixels_stay_exact(tmp_path):
     with pytest.raises(InvalidInputError, match="must match"):
         service.mark(photo, CONTENT, protect=product[:100])
     assert len(service.ledger) == count, "a failed mark records nothing"
+
+
+# ---- issue 14: records follow delivery; the refusal names the user's setting -----------------------------------------
+
+def test_prepare_mark_records_nothing_and_recording_rolls_back_a_failed_delivery(tmp_path, photo):
+    from comfyui_backdrop.runtime.watermark.service import PendingMark
+
+    service = ProvenanceService(tmp_path)
+    pending = service.prepare_mark(photo[:256, :256], CONTENT)
+    assert isinstance(pending, PendingMark) and pending.status == "marked" and len(service.ledger) == 0
+    assert service.detect(pending.image).payload == pending.watermark_id, "the pixels are marked already"
+    with pytest.raises(OSError, match="disk full"), service.recording([pending]) as results:
+        assert results[0].record.image_sha256 == pixel_sha256(pending.image)
+        raise OSError("disk full")  # the save failed: the image was never delivered
+    assert len(service.ledger) == 0 and service.ledger.get(pending.watermark_id) is None
+    with service.recording([pending]) as (result,):
+        pass
+    assert len(service.ledger) == 1 and service.verify_image(result.image).signature == "valid"
+
+
+def test_marked_for_delivery_records_only_a_saved_file(tmp_path, monkeypatch, photo):
+    from comfyui_backdrop.runtime.watermark.service import marked_for_delivery
+
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    (tmp_path / "not-a-folder").write_bytes(b"a file where the output folder should be")
+    with pytest.raises(OSError), marked_for_delivery(photo[:256, :320], account="cli", prompt="p") as (image, _, _):
+        target = tmp_path / "not-a-folder" / "out.png"
+        target.parent.mkdir(parents=True, exist_ok=True)  # fails: the save cannot happen
+    assert len(get_service().ledger) == 0
+    with marked_for_delivery(photo[:256, :320], account="cli", prompt="p") as (image, record, service):
+        (tmp_path / "out.npy").write_bytes(image.tobytes())
+    assert len(service.ledger) == 1 and service.ledger.get(record.id) == record
+    with pytest.raises(AlreadyMarkedError, match="start from the unmarked original"), \
+            marked_for_delivery(image, account="cli", prompt="p"):
+        pass
+    assert len(service.ledger) == 1
+
+
+def test_the_refusal_names_the_setting_the_user_sees(tmp_path, marked, service):
+    with pytest.raises(AlreadyMarkedError, match="set if_already_marked to 'keep'") as caught:
+        service.mark(marked.image, CONTENT, policy_input="if_already_marked")
+    assert "remark=" not in str(caught.value) and "'add-record'" in str(caught.value)
+    with pytest.raises(AlreadyMarkedError, match="set remark to 'keep'"):
+        service.mark(marked.image, CONTENT)
+
+
+def test_a_wiped_ledger_is_named_when_a_marked_image_has_no_record(tmp_path, photo):
+    service = ProvenanceService(tmp_path)
+    result = service.mark(photo[:256, :256], CONTENT)
+    service.ledger.path.write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        service.ledger.path.with_name(service.ledger.path.name + suffix).unlink(missing_ok=True)
+    verification = ProvenanceService(tmp_path).verify_image(result.image)
+    assert verification.found and verification.record is None and verification.signature == "no record"
+    assert any("wiped or replaced" in p for p in verification.problems)
+    with pytest.raises(InvalidInputError, match="wiped"):
+        ProvenanceService(tmp_path).mark(photo[256:, 256:], CONTENT)
+
+
+def test_checking_never_creates_keys(tmp_path):
+    from comfyui_backdrop.runtime.provenance.keys import NoKeysError
+
+    with pytest.raises(NoKeysError, match=r"no provenance keys: the home .*typo \(as given\) does not exist"):
+        ProvenanceService(tmp_path / "typo", create_keys=False)
+    assert not (tmp_path / "typo").exists()
