@@ -164,18 +164,24 @@ def feather(alpha: np.ndarray, px: float) -> np.ndarray:
     return out
 
 
-def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def decontaminate(rgb: np.ndarray, alpha: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Foreground colours for edge pixels (0 < alpha < 1), so ``alpha*F + (1-alpha)*new_bg`` has no fringe.
 
     Each edge pixel takes a local average of nearby pure product pixels (alpha == 1), found by push-pull
     normalised convolution; none of the old background's colour is kept. All other pixels are returned
-    bit-identical.
+    bit-identical. ``out`` (an array the caller owns, ``rgb`` itself allowed) receives the result instead
+    of a new copy: on a large photo that saves a full-size copy.
     """
     image = np.asarray(rgb)
     alpha = np.asarray(alpha, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != alpha.shape:
         raise InvalidInputError(f"rgb {image.shape} and alpha {alpha.shape} do not match")
-    out = image.copy()
+    if out is None:
+        out = image.copy()
+    elif out is not image:
+        if out.shape != image.shape:
+            raise InvalidInputError(f"out {out.shape} must match rgb {image.shape}")
+        out[...] = image
     edge = (alpha > 0) & (alpha < 1)
     core = alpha >= 1
     if not edge.any() or not core.any():
@@ -183,7 +189,7 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     y0, y1, x0, x1 = _bbox(edge, margin=16, shape=alpha.shape)
     if not core[y0:y1, x0:x1].any():
         y0, y1, x0, x1 = 0, alpha.shape[0], 0, alpha.shape[1]
-    estimate = _push_pull(image[y0:y1, x0:x1].astype(np.float32), core[y0:y1, x0:x1])
+    estimate = _push_pull(np.asarray(image[y0:y1, x0:x1], dtype=np.float32), core[y0:y1, x0:x1])  # no copy
     crop_edge = edge[y0:y1, x0:x1]
     out[y0:y1, x0:x1][crop_edge] = estimate[crop_edge].astype(out.dtype)
     return out

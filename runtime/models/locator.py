@@ -42,6 +42,8 @@ MODEL_FOLDERS: dict[str, FolderSpec] = {
     "loras": FolderSpec((".safetensors",), "product_backgrounds.safetensors", "LoRA weights"),
     "onnx": FolderSpec((".onnx",), "unet_sd15_inpaint.onnx", "exported ONNX UNets"),
     "tensorrt": FolderSpec((".engine", ".plan"), "unet_sd15_inpaint_fp16.engine", "TensorRT engines"),
+    "openvino": FolderSpec((".xml",), "unet_sd15_inpaint_fp32.xml",
+                           "OpenVINO IR engines (.xml with its .bin) for the CPU: UNet, text encoders, VAE"),
 }
 
 
@@ -76,11 +78,9 @@ class ModelLocator:
             if spec.holds_folders:
                 names.update(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
                 continue
-            for path in folder.rglob("*"):
-                relative = path.relative_to(folder)
-                hidden = any(part.startswith(".") for part in relative.parts)
-                if not hidden and path.is_file() and path.suffix.lower() in spec.extensions:
-                    names.add(relative.as_posix())
+            for path in _model_files(folder):
+                if path.suffix.lower() in spec.extensions:
+                    names.add(path.relative_to(folder).as_posix())
         return sorted(names)
 
     def resolve(self, kind: str, name: str) -> Path:
@@ -93,6 +93,36 @@ class ModelLocator:
             if candidate.exists():
                 return candidate
         raise MissingModelError(missing_model_message(kind, name, self.folders(kind), available))
+
+
+MAX_FOLDER_DEPTH = 32
+
+
+def _model_files(folder: Path, ancestors: frozenset[tuple[int, int]] = frozenset(), depth: int = 0
+                 ) -> Iterator[Path]:
+    """Files under ``folder``, hidden entries left out, following symbolic links to files *and* folders
+    (as ComfyUI's ``os.walk(followlinks=True)`` does). A link back to a folder on the current path (a
+    loop) is not entered again, and the walk stops MAX_FOLDER_DEPTH folders down."""
+    try:
+        info = folder.stat()
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:  # unreadable, or a link to nothing
+        return
+    key = (info.st_dev, info.st_ino)
+    if key in ancestors or depth > MAX_FOLDER_DEPTH:
+        return
+    ancestors = ancestors | {key}
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symbolic links
+        except OSError:
+            continue
+        if is_dir:
+            yield from _model_files(Path(entry.path), ancestors, depth + 1)
+        elif is_file:
+            yield Path(entry.path)
 
 
 def missing_model_message(kind: str, name: str, folders: list[Path], available: list[str]) -> str:

@@ -120,8 +120,10 @@ def read_manifest(source: bytes | str | Path, fmt: str | None = None, keys: KeyS
     import c2pa
 
     if isinstance(source, (str, Path)):
+        from ..image_gate import read_file_bytes
+
         path = Path(source)
-        data, fmt = path.read_bytes(), fmt or path.suffix
+        data, fmt = read_file_bytes(path), fmt or path.suffix  # regular files within the image size limit only
     else:
         data = source
     mime = mime_type(fmt or "")

@@ -96,3 +96,39 @@ def test_model_cache_reuses_and_frees():
     assert cache.get_or_load("k", lambda: calls.append(1) or object()) is first
     assert calls == [1] and len(cache) == 1
     assert cache.free() == 1 and len(cache) == 0
+
+
+class _Config:
+    """A plain object pickled beside the tensors, as many training scripts save their settings."""
+
+    def __init__(self) -> None:
+        self.lr = 1e-4
+
+
+def test_pickled_objects_are_refused_with_a_plain_message(tmp_path):
+    # before: torch's advice was relayed ("Re-running torch.load with weights_only set to False will likely
+    # succeed"), which is the one thing that runs the file's code
+    torch.save({"w": torch.ones(2), "config": _Config()}, tmp_path / "trained.ckpt")
+    with pytest.raises(InvalidModelError) as err:
+        load_state_dict(tmp_path / "trained.ckpt")
+    message = str(err.value)
+    assert "trained.ckpt was refused for safety" in message and "pickled Python objects" in message
+    assert "_Config" in message and "Nothing in it was run" in message and "safetensors" in message
+    assert "weights_only" not in message and "likely succeed" not in message
+
+
+def test_symlinked_model_subfolders_are_listed_and_loops_do_not_hang(models_dir, tmp_path):
+    # before: Path.rglob did not follow a symlinked sub-folder, so models shared that way were invisible
+    shared = tmp_path / "shared_loras"
+    (shared / "styles").mkdir(parents=True)
+    (shared / "styles" / "glam.safetensors").write_bytes(b"x")
+    (shared / ".cache").mkdir()
+    (shared / ".cache" / "hidden.safetensors").write_bytes(b"x")
+    (shared / "styles" / "loop").symlink_to(shared, target_is_directory=True)  # a loop back up
+    (models_dir / "loras" / "team").symlink_to(shared, target_is_directory=True)
+    (models_dir / "loras" / "own.safetensors").write_bytes(b"x")
+    (models_dir / "loras" / "linked.safetensors").symlink_to(shared / "styles" / "glam.safetensors")
+    (models_dir / "loras" / "gone").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    locator = get_locator()
+    assert locator.list("loras") == ["linked.safetensors", "own.safetensors", "team/styles/glam.safetensors"]
+    assert locator.resolve("loras", "team/styles/glam.safetensors").read_bytes() == b"x"
