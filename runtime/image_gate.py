@@ -318,9 +318,9 @@ def _decode(data: bytes, header: ImageHeader, path: Path) -> np.ndarray:
         raise InvalidInputError(f"{path.name}: its header says {header.width}x{header.height} but it decodes to "
                                 f"{pixels.shape[1]}x{pixels.shape[0]}; the file is inconsistent and is not used")
     if pixels.ndim == 3 and pixels.shape[2] == 3:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB, dst=pixels)  # in place: no second full-size array
     elif pixels.ndim == 3 and pixels.shape[2] == 4:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
+        cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA, dst=pixels)
     if pixels.dtype not in (np.uint8, np.uint16, np.float32):
         pixels = pixels.astype(np.float32)
     return pixels

@@ -151,9 +151,9 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, bit_depth: int = 8, al
     channels = to_integer(rgb, bit_depth)
     if alpha is not None and suffix in (".png", ".webp", ".tif", ".tiff"):
         channels = np.dstack([channels, to_integer(alpha, bit_depth)])
-        channels = cv2.cvtColor(channels, cv2.COLOR_RGBA2BGRA)
+        cv2.cvtColor(channels, cv2.COLOR_RGBA2BGRA, dst=channels)  # our own array: converted in place
     else:
-        channels = cv2.cvtColor(channels, cv2.COLOR_RGB2BGR)
+        cv2.cvtColor(channels, cv2.COLOR_RGB2BGR, dst=channels)
     params: list[int] = []
     if suffix in (".jpg", ".jpeg"):
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
