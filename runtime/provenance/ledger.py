@@ -12,11 +12,12 @@ Tamper evidence, per record and for the whole ledger:
   record's hash and no seq number is skipped; otherwise ``broken`` with the reason (content altered,
   records missing, not linked, out of order). Removing records from the end is caught by the head.
 
-Wipes and truncations: every append also moves a signed *witness* of the head, kept in the key folder
-(``keys/<ledger stem>_witness.json``, 0600). A ledger file that was deleted, emptied, replaced by a fresh one
-or cut short reads as such (``verify`` names the seq the keys signed last), and appending to it is refused, so
-a wipe cannot be papered over by marking one more image. A brand-new home has no witness yet: its empty ledger
-is fine. Deleting the witness needs write access to the key folder, which holds the signing key anyway.
+Wipes and truncations: every append also moves a signed *witness* of the head (after the commit, and only
+forwards), kept in the key folder (``keys/<ledger stem>_witness.json``, 0600). A ledger file that was deleted,
+emptied, replaced by a fresh one or cut short reads as such (``verify`` names the seq the keys signed last), and
+appending to it is refused, so a wipe cannot be papered over by marking one more image. A brand-new home has no
+witness yet: its empty ledger is fine. Deleting the witness needs write access to the key folder, which holds the
+signing key anyway.
 
 Reading never changes the ledger: readers open it read-only (``file:...?mode=ro``), never create it and never
 write a schema into it; a missing or empty file reads as a ledger without records (and ``verify`` says which).
@@ -26,9 +27,10 @@ Records follow delivery: :meth:`Ledger.appending` holds the append transaction o
 delivers the image (saves the file, returns the batch) and commits only when that succeeded; a failure
 rolls every record of the batch back, so a record always stands for an image that was delivered.
 
-What a local ledger cannot prove: someone holding the signing key can rewrite history, and a copy of
-an *older* ledger file (with its own older, validly signed head) is indistinguishable from a
-truncation. Keep backups of the key folder apart from the ledger to make the first harder. SQLite's
+What a local ledger cannot prove: someone holding the signing key can rewrite history (the witness
+included), and an *older* ledger file put back together with the older key folder it came with looks like an
+intact, shorter ledger (an older ledger alone is caught by the witness). Keep backups of the key folder apart
+from the ledger to make the first harder. SQLite's
 WAL mode needs the ledger on a local file system, not a network share.
 """
 
@@ -192,10 +194,10 @@ class Ledger:
         exception in the block rolls every record back: nothing is recorded for a batch that was not
         delivered. Other writers wait while the block runs (up to ``BUSY_TIMEOUT_S``), so keep it short.
         """
+        records: list[Record] = []
         with self._transaction() as con:
             last_seq, last_hash = self._chain_tip(con)
             self._refuse_if_wiped(last_seq)
-            records = []
             for item in pending:
                 record = self._insert(con, item, last_seq + 1, last_hash)
                 last_seq, last_hash = record.seq, record.record_hash
@@ -205,8 +207,10 @@ class Ledger:
                 con.execute("INSERT OR REPLACE INTO head (one, seq, record_hash, signer, signature) "
                             "VALUES (1, ?, ?, ?, ?)", (last_seq, last_hash, self.keys.ledger_public_key_hex, head_sig))
             yield records
-            if records:
-                self._write_witness(last_seq, last_hash)  # before COMMIT: restored if the commit fails
+        if records:
+            # After COMMIT, and only forwards: a crash in between leaves the witness one behind (safe: never a false
+            # alarm), and a slower writer that committed earlier never moves it back.
+            self._advance_witness(last_seq, last_hash)
 
     def _insert(self, con: sqlite3.Connection, item: PendingRecord, seq: int, prev_hash: str) -> Record:
         wid = int(item.watermark_id)
@@ -275,6 +279,11 @@ class Ledger:
         valid = signer == self.keys.ledger_public_key_hex and _ed25519_valid(
             signer, signature, _witness_message(seq, digest))
         return Witness(seq=seq, record_hash=digest, valid=valid, path=path)
+
+    def _advance_witness(self, seq: int, digest: str) -> None:
+        current = self.witness()
+        if current is None or not current.valid or current.seq < seq:
+            self._write_witness(seq, digest)
 
     def _write_witness(self, seq: int, digest: str) -> None:
         path = self.witness_path
@@ -524,30 +533,12 @@ class Ledger:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._connection() as con:
             con.execute("BEGIN IMMEDIATE")
-            witness_before = _read_bytes(self.witness_path)
             try:
                 yield con
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-            try:
-                con.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
-                self._restore_witness(witness_before)
-                raise
-
-    def _restore_witness(self, previous: bytes | None) -> None:
-        with contextlib.suppress(OSError):
-            if previous is None:
-                self.witness_path.unlink(missing_ok=True)
-            else:
-                fd, tmp = tempfile.mkstemp(prefix=f".{self.witness_path.name}.", suffix=".tmp",
-                                           dir=self.witness_path.parent)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(previous)
-                os.replace(tmp, self.witness_path)
+            con.execute("COMMIT")
 
     def _prepare(self) -> None:
         if self._ready:
@@ -598,13 +589,6 @@ def _head_row(con: sqlite3.Connection):
     try:
         return con.execute("SELECT seq, record_hash, signer, signature FROM head WHERE one = 1").fetchone()
     except sqlite3.OperationalError:  # a ledger whose head table was dropped: no head
-        return None
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
         return None
 
 

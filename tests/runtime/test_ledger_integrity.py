@@ -249,3 +249,14 @@ def test_a_row_edited_to_absurdly_nested_json_is_reported_not_crashed_on(filled)
     report = _fresh(filled).verify()
     assert not report.ok and report.per_record[2].signature == "invalid"
     assert report.file_state == FILE_OK
+
+
+def test_a_witness_left_behind_by_a_crash_after_commit_is_no_alarm_and_never_moves_back(filled):
+    behind = filled.witness_path.read_bytes()  # seq 3
+    filled.append(_content(3), "3" * 64)
+    filled.witness_path.write_bytes(behind)  # as if the process died between COMMIT and moving the witness
+    book = _fresh(filled)
+    assert book.verify().ok and book.integrity_problems() == []
+    assert book.append(_content(4), "4" * 64).seq == 5 and book.witness().seq == 5
+    book._advance_witness(4, "0" * 64)  # a slower writer that committed earlier
+    assert book.witness().seq == 5 and book.verify().ok
