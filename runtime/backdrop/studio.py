@@ -123,15 +123,22 @@ def render_studio_backdrop(height: int, width: int, style: StylePreset, product_
     # Fine dither so 8-bit output shows no banding on smooth gradients (seeded: deterministic).
     rng = np.random.default_rng(options.seed if options else 0)
     image = np.empty((height, width, 3), np.float32)
-    rows = max(1, DITHER_BLOCK // (3 * width))
+    rows = min(height, max(1, DITHER_BLOCK // (3 * width)))
+    gain_buffer, ramp_buffer, fall_buffer = (np.empty((rows, width), np.float32) for _ in range(3))
+    noise_buffer = np.empty((rows, width, 3), np.float32)  # scratch reused for every block of rows
     for y0 in range(0, height, rows):
         y1 = min(height, y0 + rows)
-        gain = np.multiply.outer(light_y[y0:y1], light_x)
+        n = y1 - y0
+        gain, ramp, fall, noise = gain_buffer[:n], ramp_buffer[:n], fall_buffer[:n], noise_buffer[:n]
+        np.multiply.outer(light_y[y0:y1], light_x, out=gain)
         gain += np.float32(1.0)
         if vignette > 0:
-            ramp = np.add.outer(vignette_y[y0:y1], vignette_x)
+            np.add.outer(vignette_y[y0:y1], vignette_x, out=ramp)
             np.clip(ramp, 0.0, 1.0, out=ramp)
-            fall = _smoothstep(ramp)
+            np.multiply(ramp, ramp, out=fall)  # smoothstep: r * r * (3 - 2 r)
+            ramp *= np.float32(-2.0)
+            ramp += np.float32(3.0)
+            fall *= ramp
             fall *= np.float32(-0.45 * vignette)
             fall += np.float32(1.0)
             gain *= fall
@@ -142,7 +149,7 @@ def render_studio_backdrop(height: int, width: int, style: StylePreset, product_
                 gain[top - y0:bottom - y0, region_x] *= darkening[top - region_y.start:bottom - region_y.start]
         block = image[y0:y1]
         np.multiply(sweep[y0:y1, None, :], gain[..., None], out=block)
-        noise = rng.random(block.shape, dtype=np.float32)
+        rng.random(out=noise, dtype=np.float32)
         noise -= np.float32(0.5)
         noise *= np.float32(1.0 / 255.0)
         block += noise
