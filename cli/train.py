@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from ..runtime.errors import Interrupted
     from ..runtime.inpainting.loader import load_pipeline
-    from ..runtime.training.recipe import run_recipe
+    from ..runtime.training.recipe import Recipe, run_recipe
 
     config = config_from_args(args)
     config.check()
@@ -123,10 +123,10 @@ def _train(args: argparse.Namespace) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGINT, ask_stop) if in_main else None
     try:
-        result = run_recipe(handle, args.dataset, args.name, config, dataset_dir=args.dataset_dir, captioner=captioner,
-                            curated=args.curated, stage2_steps=args.stage2_steps, top_k=args.top_k,
-                            weighting="score" if args.score_weighted else "uniform", resume=args.resume,
-                            progress_factory=factory, on_loss=on_loss)
+        recipe = Recipe(args.dataset, args.name, config, dataset_dir=args.dataset_dir, curated=args.curated,
+                        stage2_steps=args.stage2_steps, top_k=args.top_k,
+                        weighting="score" if args.score_weighted else "uniform", resume=args.resume)
+        result = run_recipe(handle, recipe, captioner=captioner, progress_factory=factory, on_loss=on_loss)
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous_handler)

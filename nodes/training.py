@@ -108,7 +108,7 @@ class BackdropTrainLoRA(HostedNode):
               checkpoint_every: int, resume: bool, captioner=None, curated: str = "", stage2_steps: int = 0,
               top_k: int = 0):
         from ..runtime.training.dataset import working_dir
-        from ..runtime.training.recipe import run_recipe
+        from ..runtime.training.recipe import Recipe, run_recipe
         from ..runtime.training.trainer import TrainConfig
 
         input_dir = self.host.input_directory()
@@ -120,9 +120,10 @@ class BackdropTrainLoRA(HostedNode):
                              background_weight=background_weight, product_weight=product_weight,
                              caption_dropout=caption_dropout, checkpoint_every=checkpoint_every,
                              checkpoint_dir=str(dataset_dir / "checkpoints" / Path(lora_name).stem))
-        result = run_recipe(pipeline.with_loras(()), folder, lora_name, config, dataset_dir=dataset_dir,
-                            captioner=captioner, curated=curated_path, stage2_steps=stage2_steps, top_k=top_k or None,
-                            resume=resume, progress_factory=lambda label, total: self.host.progress(total))
+        recipe = Recipe(folder, lora_name, config, dataset_dir=dataset_dir, curated=curated_path,
+                        stage2_steps=stage2_steps, top_k=top_k or None, resume=resume)
+        result = run_recipe(pipeline.with_loras(()), recipe, captioner=captioner,
+                            progress_factory=lambda label, total: self.host.progress(total))
         summary = result.summary()
         return {"ui": {"text": [summary]}, "result": (result.lora_path.name, summary)}
 

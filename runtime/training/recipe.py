@@ -42,34 +42,47 @@ class RecipeResult:
         return "\n".join(lines + self.notes)
 
 
-def run_recipe(handle, dataset_folder: str | os.PathLike, lora_name: str, config: TrainConfig,
-               dataset_dir: str | os.PathLike | None = None, captioner=None, sam=None,
-               curated: str | os.PathLike | None = None, stage2_steps: int = 0, top_k: int | None = None,
-               weighting: str = "uniform", resume: bool = False,
+@dataclass(frozen=True)
+class Recipe:
+    """What to train: the photo folder, the LoRA's name, stage-1 settings, and the optional curated stage 2."""
+
+    dataset_folder: str | os.PathLike
+    lora_name: str
+    config: TrainConfig
+    dataset_dir: str | os.PathLike | None = None  # masks + manifest (default: beside the photos)
+    curated: str | os.PathLike | None = None  # stage 2: a folder or a CSV of scored images
+    stage2_steps: int = 0
+    top_k: int | None = None
+    weighting: str = "uniform"
+    resume: bool = False  # continue stage 1 from the newest checkpoint in config.checkpoint_dir
+
+
+def run_recipe(handle, recipe: Recipe, captioner=None, sam=None,
                progress_factory: Callable[[str, int], ProgressFn] | None = None,
                on_loss: LossFn | None = None) -> RecipeResult:
-    """Prepare ``dataset_folder``, train stage 1 (resuming the newest checkpoint when ``resume``),
-    then stage 2 on ``curated`` when ``stage2_steps`` > 0. The final LoRA is saved as ``lora_name``
+    """Prepare the dataset, train stage 1 (resuming the newest checkpoint when ``recipe.resume``), then stage 2
+    on ``recipe.curated`` when ``recipe.stage2_steps`` > 0. The final LoRA is saved as ``recipe.lora_name``
     (stage 1 alone is also kept, as ``<lora_name>_stage1``, when stage 2 runs)."""
     from .stage2 import curated_entries, stage2_config
 
     def progress(label: str, total: int) -> ProgressFn | None:
         return progress_factory(label, total) if progress_factory else None
 
-    images = list_images(dataset_folder)
-    dataset = prepare_dataset(dataset_folder, dataset_dir, captioner=captioner, sam=sam,
+    config, lora_name = recipe.config, recipe.lora_name
+    images = list_images(recipe.dataset_folder)
+    dataset = prepare_dataset(recipe.dataset_folder, recipe.dataset_dir, captioner=captioner, sam=sam,
                               progress=progress("preparing dataset", max(1, len(images))))
-    resume_from = latest_checkpoint(config.checkpoint_dir) if resume and config.checkpoint_dir else None
+    resume_from = latest_checkpoint(config.checkpoint_dir) if recipe.resume and config.checkpoint_dir else None
     notes = [f"resumed from {resume_from}"] if resume_from else []
     stage1 = train_lora(handle, dataset.entries, config, progress=progress("stage 1", config.steps),
                         on_loss=on_loss, resume_from=resume_from)
-    if curated is None or stage2_steps <= 0:
+    if recipe.curated is None or recipe.stage2_steps <= 0:
         path = stage1.save(lora_name, extra={"stage": "1"})
         return RecipeResult(path, stage1, dataset, notes=notes)
     stage1_path = stage1.save(f"{Path(lora_name).name.removesuffix('.safetensors')}_stage1", extra={"stage": "1"})
-    entries = curated_entries(dataset.entries, curated, top_k=top_k, weighting=weighting)
-    config2 = stage2_config(config, stage1_path, steps=stage2_steps)
-    stage2 = train_lora(handle, entries, config2, progress=progress("stage 2", stage2_steps), on_loss=on_loss)
+    entries = curated_entries(dataset.entries, recipe.curated, top_k=recipe.top_k, weighting=recipe.weighting)
+    config2 = stage2_config(config, stage1_path, steps=recipe.stage2_steps)
+    stage2 = train_lora(handle, entries, config2, progress=progress("stage 2", recipe.stage2_steps), on_loss=on_loss)
     path = stage2.save(lora_name, extra={"stage": "2", "stage1_lora": stage1_path.name,
                                          "stage1_dataset_hash": stage1.dataset_hash,
                                          "stage1_steps": stage1.steps})
