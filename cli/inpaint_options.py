@@ -36,6 +36,15 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=list(DTYPES), default="auto")
     group.add_argument("--tokenizer-dir", default=None,
                        help="folder with CLIP vocab.json + merges.txt for single-file checkpoints")
+    group.add_argument("--engine", default=None, metavar="NAME",
+                       help="run the UNet on an exported engine: openvino/<file>.xml, onnx/<file>.onnx or "
+                            "tensorrt/<file>.engine from the models folders; or 'auto': the engine kind "
+                            "`backdrop bench --backends auto` chose on this CPU, exported for this checkpoint and "
+                            "LoRA stack (or reused from the engine cache)")
+    group.add_argument("--engine-components", action="store_true",
+                       help="with an OpenVINO --engine: run the text encoder(s) and the VAE on engines too "
+                            "(exported beside the UNet engine; with 'auto' they are exported when missing)")
+    group.add_argument("--engine-threads", type=int, default=0, help="engine CPU threads (0 = all cores)")
 
 
 def parse_lora(text: str) -> tuple[str, float]:

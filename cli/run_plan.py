@@ -30,16 +30,62 @@ class InpaintPlan:
     prompt: str | None  # None: composed from the captions and the style
     negative: str | None
     settings: InpaintSettings  # its prompts are filled in per photo
+    engine: str | None = None  # --engine: "<kind>/<file>" or "auto"
+    engine_components: bool = False
+    engine_threads: int = 0
+    models_dir: Path | None = None  # where --engine auto finds engine_choice.json
 
     def load_pipeline(self, device: str):
-        """The pipeline of ``--checkpoint`` with its LoRA stack (from the models folders)."""
+        """The pipeline of ``--checkpoint`` with its LoRA stack (from the models folders), on ``--engine``."""
         from ..runtime.inpainting.loader import load_pipeline
         from ..runtime.inpainting.loras import add_lora
 
-        handle = load_pipeline(self.checkpoint, device=device, dtype=self.dtype, tokenizer_dir=self.tokenizer_dir)
+        dtype = self.dtype
+        choice = self._engine_choice()
+        if choice is not None and choice.request(None) is None and dtype == "auto":
+            dtype = choice.precision if choice.precision in ("fp32", "bf16") else dtype  # torch won the bench
+        handle = load_pipeline(self.checkpoint, device=device, dtype=dtype, tokenizer_dir=self.tokenizer_dir)
         for name, strength in self.loras:
             handle = add_lora(handle, name, strength, fuse=self.fuse_loras)
-        return handle
+        return self._attach_engine(handle, choice)
+
+    def _engine_choice(self):
+        if self.engine != "auto":
+            return None
+        from ..export.engine_choice import default_choice_path, read_choice
+
+        choice = read_choice(default_choice_path(self.models_dir))
+        choice.check_cpu()
+        return choice
+
+    def _attach_engine(self, handle, choice):
+        """``handle`` on the engine named by --engine (exported first for 'auto', unless cached)."""
+        if not self.engine:
+            return handle
+        from ..export.attach import attach_engine
+        from ..runtime.models import get_locator
+
+        locator = get_locator()
+        threads = self.engine_threads or None
+        if choice is None:
+            kind, _, name = self.engine.partition("/")
+            return attach_engine(handle, locator.resolve(kind, name), threads=threads,
+                                 components=self.engine_components, locator=locator)
+        from ..export.engine_export import export_pipeline_engine
+        from ..runtime.engines.profile import ShapeProfile
+        from ..runtime.engines.spec import UNetSpec
+        from ..runtime.inpainting.geometry import FAMILY_RESOLUTION
+
+        side = self.settings.resolution or FAMILY_RESOLUTION[handle.family]
+        multiple = UNetSpec.from_unet(handle.pipe.unet).latent_multiple
+        side = max(multiple * 8, side // (multiple * 8) * multiple * 8)
+        request = choice.request(ShapeProfile.from_resolutions([(side, side)], batch=2 * self.settings.variations,
+                                                               latent_multiple=multiple))
+        if request is None:
+            return handle  # plain torch was the fastest within the budget
+        components = self.engine_components and request.format == "openvino"
+        result = export_pipeline_engine(handle, request, locator, components=components)
+        return attach_engine(handle, result.path, threads=threads, components=components, locator=locator)
 
     def settings_for(self, positive: str, negative: str) -> InpaintSettings:
         """The sampling settings with this photo's prompts (explicit --prompt/--negative win)."""
@@ -132,4 +178,23 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
     settings.validate()
     return InpaintPlan(checkpoint=args.checkpoint, loras=tuple(parse_lora(text) for text in args.lora),
                        fuse_loras=args.fuse_loras, dtype=args.dtype, tokenizer_dir=args.tokenizer_dir,
-                       prompt=args.prompt, negative=args.negative, settings=settings)
+                       prompt=args.prompt, negative=args.negative, settings=settings,
+                       engine=_engine_name(args.engine, args.engine_components),
+                       engine_components=args.engine_components,
+                       engine_threads=args.engine_threads, models_dir=args.models_dir)
+
+
+def _engine_name(engine: str | None, components: bool) -> str | None:
+    """--engine checked before any photo: 'auto' or '<kind>/<file>' of an engine folder."""
+    if engine is None:
+        if components:
+            raise InvalidInputError("--engine-components needs --engine (an OpenVINO engine, or auto)")
+        return None
+    kind, _, name = engine.partition("/")
+    if engine != "auto" and (kind not in ("onnx", "tensorrt", "openvino") or not name):
+        raise InvalidInputError(f"--engine {engine!r}: give openvino/<file>.xml, onnx/<file>.onnx, "
+                                "tensorrt/<file>.engine (names from the models folders) or auto")
+    if components and kind not in ("openvino", "auto"):
+        raise InvalidInputError("--engine-components runs the text encoders and VAE on OpenVINO engines: give an "
+                                "openvino/<file>.xml engine or auto")
+    return engine

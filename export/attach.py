@@ -4,6 +4,10 @@ The engine must fit the pipeline (family, UNet channels, conditioning sizes). If
 stack differs from the one baked into the engine, a refittable engine takes the new stack's weights
 by name (TensorRT's Refitter, or onnxruntime initializer overrides for a portable ONNX export);
 otherwise the error says which engine to export.
+
+With ``components=True`` (OpenVINO engines) the text encoder(s) and the VAE run on their engines too.
+They are found from the UNet engine's manifest (export/engine_export.py ``component_key``), so a
+pipeline runs entirely on engines; the product-exact paste-back after decoding is unchanged.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ def lora_stack(handle: Any) -> tuple[tuple[str, str, float], ...]:
 
 
 def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "auto",
-                  threads: int | None = None) -> Any:
-    """A ``LoadedPipeline`` like ``handle`` whose UNet is the engine at ``engine_path``."""
+                  threads: int | None = None, components: bool = False, locator: Any = None) -> Any:
+    """A ``LoadedPipeline`` like ``handle`` whose UNet is the engine at ``engine_path`` (and, with
+    ``components``, whose text encoders and VAE are that engine's sibling engines)."""
     from ..runtime.inpainting.loras import activated
 
     engine_path = Path(engine_path)
@@ -68,7 +73,51 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
 
         refit_engine(backend.engine, weights)
     unet = BackendUNet(backend, dtype=handle.dtype, device=handle.device)
-    return dataclasses.replace(handle.with_unet(unet), loras=())
+    attached = handle.with_unet(unet)
+    if components:
+        if needs_refit:
+            raise InvalidInputError(f"{engine_path.name}'s text encoder and VAE engines have the LoRA stack "
+                                    f"{_describe(manifest.loras)} baked in, but the pipeline uses "
+                                    f"{_describe(lora_stack(handle))}; export the whole pipeline for this stack")
+        parts = pipeline_parts(handle, manifest, engine_path, threads, locator)
+        pipe = type(attached.pipe)(**{**attached.pipe.components, **parts})
+        pipe.set_progress_bar_config(disable=True)
+        attached = dataclasses.replace(attached, pipe=pipe)
+    return dataclasses.replace(attached, loras=())
+
+
+def pipeline_parts(handle: Any, manifest: EngineManifest, engine_path: Path, threads: int | None = None,
+                   locator: Any = None) -> dict[str, Any]:
+    """{"text_encoder": ..., "vae": ...}: engine-backed modules for every part exported beside the UNet engine."""
+    from ..runtime.engines.components import EngineTextEncoder, EngineVAE
+    from ..runtime.engines.openvino_backend import OpenVinoModel
+    from .cache import EngineCache, component_key
+    from .pipeline_export import component_modules
+
+    if manifest.format != "openvino":
+        raise InvalidInputError(f"{engine_path.name} is a {manifest.format} engine; whole-pipeline engines (text "
+                                "encoders, VAE) are OpenVINO engines: export format openvino with components")
+    folders = [engine_path.parent]
+    if locator is not None:
+        folders += [f for f in locator.folders("openvino") if f != engine_path.parent]
+    cache = EngineCache(folders)
+    wanted = component_modules(handle.pipe)
+    engines, missing = {}, []
+    for name in wanted:
+        hit = cache.find(component_key(manifest, name))
+        if hit is None:
+            missing.append(name)
+        else:
+            engines[name] = OpenVinoModel(hit[0], hit[1].precision, threads)
+    if missing:
+        raise InvalidInputError(f"{engine_path.name} has no {', '.join(missing)} engine(s) beside it; export it again "
+                                "with components 'whole pipeline' (BackdropExportEngine, or backdrop run --engine "
+                                "with --engine-components)")
+    parts: dict[str, Any] = {"vae": EngineVAE(engines["vae_encoder"], engines["vae_decoder"], handle.pipe.vae)}
+    for name in ("text_encoder", "text_encoder_2"):
+        if name in engines:
+            parts[name] = EngineTextEncoder(engines[name], wanted[name].config)
+    return parts
 
 
 def _refit_set(unet: Any, manifest: EngineManifest) -> tuple[dict[str, Any], set[str]]:

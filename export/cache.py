@@ -36,14 +36,16 @@ class EngineKey:
     spec: UNetSpec
     profile: ShapeProfile | None
     precision: str
-    format: str  # "onnx" | "tensorrt"
+    format: str  # "onnx" | "tensorrt" | "openvino"
     optimized_for: str = ""  # onnx: "", "cpu", "cuda"
     tensorrt_version: str = ""
     compute_capability: str = ""  # "9.0" for an H100
     builder: tuple[tuple[str, Any], ...] = ()  # other build settings that change the engine (opt level, refit)
+    component: str = "unet"  # text_encoder, vae_decoder...: other parts of the same pipeline
 
     def payload(self) -> dict[str, Any]:
-        return {"v": KEY_VERSION, "base": self.base_fingerprint,
+        extra = {} if self.component == "unet" else {"component": self.component}  # UNet keys stay as they were
+        return {**extra, "v": KEY_VERSION, "base": self.base_fingerprint,
                 "loras": [[n, f, round(float(s), 6)] for n, f, s in self.loras],
                 "unet": {k: v for k, v in self.spec.to_dict().items() if k != "config"},
                 "unet_config": self.spec.config,
@@ -57,14 +59,23 @@ class EngineKey:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:KEY_LENGTH]
 
 
-def engine_file_name(spec: UNetSpec, precision: str, key: str, suffix: str) -> str:
-    """``unet_sd15_inpaint_fp16_<key>.engine``: readable in a model list, unique by key."""
+def engine_file_name(spec: UNetSpec, precision: str, key: str, suffix: str, component: str = "unet") -> str:
+    """``unet_sd15_inpaint_fp16_<key>.engine`` (``vae_decoder_sd15_...`` for other parts): readable in a model
+    list, unique by key."""
     kind = "inpaint" if spec.in_channels == 9 else f"{spec.in_channels}ch"
-    return f"unet_{spec.family}_{kind}_{precision}_{key}{suffix}"
+    return f"{component}_{spec.family}_{kind}_{precision}_{key}{suffix}"
+
+
+def component_key(unet_manifest: EngineManifest, component: str) -> str:
+    """The cache key of a pipeline part exported beside the UNet engine of ``unet_manifest``: the same base
+    weights, LoRA stack, precision and format; no shape profile (the parts take any size)."""
+    return EngineKey(base_fingerprint=unet_manifest.base_fingerprint, loras=tuple(unet_manifest.loras),
+                     spec=unet_manifest.spec, profile=None, precision=unet_manifest.precision,
+                     format=unet_manifest.format, component=component).digest()
 
 
 class EngineCache:
-    """Engines in a folder (models/onnx or models/tensorrt), found by the key in their manifests."""
+    """Engines in a folder (models/onnx, models/tensorrt or models/openvino), found by the key in their manifests."""
 
     def __init__(self, folders: Sequence[str | os.PathLike]) -> None:
         self.folders = [Path(f) for f in folders]

@@ -1,8 +1,9 @@
 """Export a pipeline's UNet to an engine file with a manifest, reusing a cached engine when one matches.
 
-One call covers the three products: a portable ONNX (``optimize_for=""``; refittable by initializer
-name, the input for TensorRT), an onnxruntime-optimised ONNX (``"cpu"`` or ``"cuda"``), and a TensorRT
-engine. The active LoRA stack is fused in; the key (export/cache.py) names base weights, LoRA stack,
+One call covers the four products: a portable ONNX (``optimize_for=""``; refittable by initializer
+name, the input for TensorRT), an onnxruntime-optimised ONNX (``"cpu"`` or ``"cuda"``), a TensorRT
+engine, and an OpenVINO IR for the CPU (fp32, bf16, fp16 or int8-compressed weights; see
+export/openvino_export.py). The active LoRA stack is fused in; the key (export/cache.py) names base weights, LoRA stack,
 profile, precision and, for TensorRT, version and GPU, so changing any of them builds a new engine and
 repeating a request finds the one already built.
 """
@@ -24,16 +25,20 @@ from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
 from .refit import effective_lora_weights, refit_map_to_dict
 
-FORMATS = ("onnx", "tensorrt")
+FORMATS = ("onnx", "tensorrt", "openvino")
 ONNX_TARGETS = ("", "cpu", "cuda")
+FORMAT_PRECISIONS = {"onnx": ("fp32", "fp16"), "tensorrt": ("fp16", "bf16", "fp32"),
+                     "openvino": ("fp32", "bf16", "fp16", "int8")}
+FOLDER_KINDS = {"onnx": "onnx", "tensorrt": "tensorrt", "openvino": "openvino"}
+SUFFIXES = {"onnx": ".onnx", "tensorrt": ".engine", "openvino": ".xml"}
 
 
 @dataclass(frozen=True)
 class EngineRequest:
     """What to build."""
 
-    format: str = "onnx"  # "onnx" | "tensorrt"
-    precision: str = "fp32"  # onnx: fp32 | fp16; tensorrt: fp16 | bf16 | fp32
+    format: str = "onnx"  # "onnx" | "tensorrt" | "openvino"
+    precision: str = "fp32"  # onnx: fp32 | fp16; tensorrt: fp16 | bf16 | fp32; openvino: fp32 | bf16 | fp16 | int8
     profile: ShapeProfile | None = None  # required for TensorRT; recorded for ONNX
     optimize_for: str = ""  # onnx only: "" portable, "cpu", "cuda"
     refittable: bool = False  # tensorrt only
@@ -46,6 +51,13 @@ class EngineRequest:
             raise InvalidInputError("a TensorRT engine needs a shape profile (resolutions and batch sizes)")
         if self.format == "onnx" and self.optimize_for not in ONNX_TARGETS:
             raise InvalidInputError(f"optimize_for must be '', 'cpu' or 'cuda', got {self.optimize_for!r}")
+        if self.precision not in FORMAT_PRECISIONS[self.format]:
+            raise InvalidInputError(f"a {self.format} engine is built in {', '.join(FORMAT_PRECISIONS[self.format])}, "
+                                    f"not {self.precision!r}")
+        if self.format == "openvino":
+            from ..runtime.engines.openvino_backend import check_native
+
+            check_native(self.precision)  # bf16/fp16 only where this CPU computes them
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,17 @@ def engine_key(spec: UNetSpec, base: BaseIdentity, request: EngineRequest, trt_v
                      tensorrt_version=trt_version, compute_capability=compute_capability, builder=builder)
 
 
+def default_precision(format: str) -> str:
+    """fp16 for TensorRT, fp32 for ONNX; for OpenVINO bf16 where this CPU has a bf16 unit, else fp32."""
+    if format == "tensorrt":
+        return "fp16"
+    if format == "openvino":
+        from ..runtime.engines.precision import native_support
+
+        return "bf16" if native_support("bf16")[0] else "fp32"
+    return "fp32"
+
+
 def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder: str | os.PathLike,
                   search: Sequence[str | os.PathLike] = (), timing_cache_dir: str | os.PathLike | None = None
                   ) -> EngineResult:
@@ -92,14 +115,15 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
     hit = EngineCache([folder, *search]).find(key)
     if hit is not None:
         return EngineResult(path=hit[0], manifest=hit[1], cached=True)
-    suffix = ".engine" if request.format == "tensorrt" else ".onnx"
-    target = folder / engine_file_name(spec, request.precision, key, suffix)
+    target = folder / engine_file_name(spec, request.precision, key, SUFFIXES[request.format])
     manifest = EngineManifest(format=request.format, file="", spec=spec, precision=request.precision, key=key,
                               profile=request.profile, base_model=base.name, base_fingerprint=base.fingerprint,
                               loras=tuple(base.loras), optimized_for=request.optimize_for,
                               exporter={"exporter": EXPORTER, "opset": OPSET, "torch": _torch_version()})
     if request.format == "onnx":
         path, manifest = _export_onnx(unet, target, request, manifest)
+    elif request.format == "openvino":
+        path, manifest = _export_openvino(unet, target, request, manifest)
     else:
         path, manifest = _export_tensorrt(unet, target, request, manifest, timing_cache_dir,
                                           trt_version, compute_capability)
@@ -128,6 +152,15 @@ def _export_onnx(unet: Any, target: Path, request: EngineRequest, manifest: Engi
                                             extra={"fused_ops": optimized.fused_ops})
 
 
+def _export_openvino(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest
+                     ) -> tuple[Path, EngineManifest]:
+    from .openvino_export import CONVERTER, export_unet_openvino, openvino_exporter
+
+    exported = export_unet_openvino(unet, target, precision=request.precision)
+    return exported.path, manifest.replace(file=exported.path.name, exporter=openvino_exporter(CONVERTER),
+                                           extra={"weight_compression": exported.weight_compression})
+
+
 def _export_tensorrt(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest,
                      timing_cache_dir: str | os.PathLike | None, trt_version: str, compute_capability: str
                      ) -> tuple[Path, EngineManifest]:
@@ -153,19 +186,29 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = None) -> EngineResult:
+def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = None,
+                           components: bool = False) -> EngineResult:
     """``export_engine`` for a ``LoadedPipeline``: its LoRA stack is applied (and fused into the export),
-    and the engine goes to the first models/onnx or models/tensorrt folder."""
+    and the engine goes to the first models/onnx, models/tensorrt or models/openvino folder. ``components``
+    (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py)."""
     from ..runtime.inpainting.loras import activated
     from ..runtime.models import get_locator
 
     locator = locator or get_locator()
-    kind = "tensorrt" if request.format == "tensorrt" else "onnx"
+    request.validate()
+    kind = FOLDER_KINDS[request.format]
     folders = locator.folders(kind)
     if not folders:
         raise InvalidInputError(f"no models/{kind} folder is configured")
     base = BaseIdentity(name=handle.name, fingerprint=handle.fingerprint,
                         loras=tuple((s.name, s.fingerprint, float(s.strength)) for s in handle.loras))
+    if components and request.format != "openvino":
+        raise InvalidInputError("whole-pipeline engines (text encoders, VAE) are exported for format openvino only")
     with activated(handle) as pipe:
-        return export_engine(pipe.unet, base, request, folders[0], search=folders[1:],
-                             timing_cache_dir=folders[0] if kind == "tensorrt" else None)
+        result = export_engine(pipe.unet, base, request, folders[0], search=folders[1:],
+                               timing_cache_dir=folders[0] if kind == "tensorrt" else None)
+        if components:
+            from .pipeline_export import export_components
+
+            export_components(pipe, result.manifest.spec, result.manifest, folders[0], search=folders[1:])
+    return result

@@ -23,9 +23,24 @@ def default_provider(manifest: EngineManifest, device: str) -> str:
 def open_backend(engine_path: str | os.PathLike, device: str = "cpu", provider: str = "auto",
                  threads: int | None = None, initializer_overrides: dict[str, Any] | None = None,
                  manifest: EngineManifest | None = None) -> UNetBackend:
-    """A backend for ``engine_path`` (``.onnx`` through onnxruntime, ``.engine``/``.plan`` through TensorRT)."""
+    """A backend for ``engine_path`` (``.onnx`` through onnxruntime, ``.engine``/``.plan`` through TensorRT,
+    ``.xml`` through OpenVINO on the CPU)."""
     engine_path = Path(engine_path)
     manifest = manifest or read_manifest(engine_path)
+    if manifest.component != "unet":
+        raise InvalidInputError(f"{engine_path.name} is a {manifest.component} engine, not a UNet; load it with the "
+                                "whole-pipeline engines (export.attach.attach_pipeline_engines)")
+    if manifest.format == "openvino":
+        from .openvino_backend import OpenVinoUNetBackend
+
+        if initializer_overrides:
+            raise InvalidInputError(f"{engine_path.name}: OpenVINO engines have their LoRA stack baked in; export "
+                                    "one for this stack")
+        if device.startswith("cuda") or provider not in ("auto", "cpu"):
+            raise InvalidInputError(f"{engine_path.name} is an OpenVINO engine: it runs on the CPU (provider "
+                                    f"'auto' or 'cpu'), not on {provider if provider != 'auto' else device}")
+        return OpenVinoUNetBackend(engine_path, manifest.spec, precision=manifest.precision,
+                                   profile=manifest.profile, threads=threads)
     if manifest.format == "tensorrt":
         from .tensorrt_backend import TensorRTUNetBackend
 

@@ -22,16 +22,17 @@ from .spec import UNetSpec
 
 SUFFIX = ".json"
 SCHEMA = 1
-FORMATS = ("onnx", "tensorrt")
+FORMATS = ("onnx", "tensorrt", "openvino")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
 
 
 @dataclass(frozen=True)
 class EngineManifest:
     """Everything known about one engine file."""
 
-    format: str  # "onnx" | "tensorrt"
+    format: str  # "onnx" | "tensorrt" | "openvino"
     file: str  # the engine's file name (the manifest sits beside it)
-    spec: UNetSpec
+    spec: UNetSpec  # the UNet interface; for another component, the interface of its pipeline's UNet
     precision: str  # "fp32" | "fp16" | "bf16" | "int8"
     key: str = ""  # the engine cache key (export/cache.py)
     profile: ShapeProfile | None = None
@@ -44,6 +45,7 @@ class EngineManifest:
     refit_map: dict[str, Any] = field(default_factory=dict, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    component: str = "unet"  # which part of the pipeline the file computes (COMPONENTS)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "format": self.format, "file": self.file, "precision": self.precision,
@@ -52,7 +54,8 @@ class EngineManifest:
                 "base_model": self.base_model, "base_fingerprint": self.base_fingerprint,
                 "loras": [{"name": n, "fingerprint": f, "strength": s} for n, f, s in self.loras],
                 "optimized_for": self.optimized_for, "exporter": self.exporter, "tensorrt": self.tensorrt,
-                "extra": self.extra, "created": self.created or _now(), "refit_map": self.refit_map}
+                "extra": self.extra, "created": self.created or _now(), "component": self.component,
+                "refit_map": self.refit_map}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineManifest:
@@ -60,6 +63,10 @@ class EngineManifest:
             fmt = str(data["format"])
             if fmt not in FORMATS:
                 raise InvalidModelError(f"unknown engine format {fmt!r} in the manifest; known: {FORMATS}")
+            component = str(data.get("component", "unet"))
+            if component not in COMPONENTS:
+                raise InvalidModelError(f"unknown pipeline component {component!r} in the manifest; known: "
+                                        f"{COMPONENTS}")
             profile = ShapeProfile.from_dict(data["profile"]) if data.get("profile") else None
             return cls(format=fmt, file=str(data["file"]), spec=UNetSpec.from_dict(data["unet"]),
                        precision=str(data["precision"]), key=str(data.get("key", "")), profile=profile,
@@ -69,7 +76,8 @@ class EngineManifest:
                                    for x in data.get("loras", [])),
                        optimized_for=str(data.get("optimized_for", "")), exporter=dict(data.get("exporter", {})),
                        tensorrt=dict(data.get("tensorrt", {})), refit_map=dict(data.get("refit_map", {})),
-                       extra=dict(data.get("extra", {})), created=str(data.get("created", "")))
+                       extra=dict(data.get("extra", {})), created=str(data.get("created", "")),
+                       component=component)
         except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
             raise InvalidModelError(f"the engine manifest is incomplete or malformed: {exc}") from exc
 

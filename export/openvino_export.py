@@ -1,0 +1,157 @@
+"""Convert pipeline parts (UNet, text encoders, VAE encoder and decoder) to OpenVINO IR, in a chosen precision.
+
+Why straight from torch and not through the ONNX file: ``ov.convert_model`` traces the module itself
+(TorchScript), shares the weights with it instead of copying them, and needs no 3.4 GB intermediate
+file for an SD1.5 UNet; the ONNX route would add an export and a read. The UNet goes through the same
+``UNetExportWrapper`` and LoRA fusion (``fused_active_loras``) as the ONNX export, so both engines
+compute the same function from the same weights, with the same input and output names.
+
+Precision is applied here, once:
+- ``fp32``: weights kept in fp32 (``compress_to_fp16=False``), so the engine can meet a 1e-4 budget;
+- ``bf16`` / ``fp16``: weights stored in fp16 (half the file); the CPU plugin runs bf16/fp16 kernels;
+- ``int8``: NNCF ``compress_weights`` (INT8_ASYM, per output channel) on every MatMul/Conv weight;
+  activations stay f32. NNCF is imported only for int8; without it the error names the extra.
+
+Files are written to a private staging folder and hard-linked into place under a free name (an
+existing engine is never overwritten); ``<name>.xml`` always has ``<name>.bin`` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..runtime.engines.manifest import SUFFIX
+from ..runtime.engines.openvino_backend import EXTRA, import_openvino
+from ..runtime.engines.precision import check_precision
+from ..runtime.engines.spec import CONTEXT, OUTPUT, SAMPLE, TEXT_EMBEDS, TIME_IDS, TIMESTEP, UNetSpec
+from ..runtime.errors import InvalidInputError, InvalidModelError
+from .onnx_export import UNetExportWrapper, _eval_mode, example_inputs, fused_active_loras
+from .onnx_files import publish, staging_dir
+
+CONVERTER = "openvino.convert_model(torch module, TorchScript tracing)"
+# The axes of each input that stay dynamic in the IR (everything else is fixed by the example).
+UNET_DYNAMIC = {SAMPLE: (0, 2, 3), TIMESTEP: (0,), CONTEXT: (0, 1), TEXT_EMBEDS: (0,), TIME_IDS: (0,)}
+
+
+@dataclass
+class OpenVinoExport:
+    """What an OpenVINO export wrote."""
+
+    path: Path  # the .xml
+    files: list[Path]  # .xml and .bin
+    precision: str
+    weight_compression: str = ""  # "int8_asym" for int8, "fp16" for bf16/fp16, "" for fp32
+    fused_adapters: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+def openvino_exporter(converter: str) -> dict[str, Any]:
+    from ..runtime.engines.precision import cpu_info
+
+    return {"exporter": converter, "openvino": import_openvino().__version__, "torch": torch.__version__,
+            "cpu": cpu_info().describe()}
+
+
+def free_ir_name(requested: Path) -> Path:
+    """``requested`` (``x.xml``), or ``x-N.xml``, such that ``.xml``, ``.bin`` and the manifest are all free."""
+    n = 0
+    while True:
+        stem = requested.stem if n == 0 else f"{requested.stem}-{n}"
+        xml = requested.with_name(stem + ".xml")
+        if not any(p.exists() for p in (xml, xml.with_suffix(".bin"), xml.with_name(xml.name + SUFFIX))):
+            return xml
+        n += 1
+
+
+def convert_module(module: torch.nn.Module, example: dict[str, torch.Tensor], dynamic: dict[str, Sequence[int]],
+                   output_names: Sequence[str]) -> Any:
+    """``module(**example)`` traced into an ``ov.Model`` whose inputs/outputs carry these names; the axes
+    listed in ``dynamic`` are left dynamic."""
+    ov = import_openvino()
+    names = list(example)
+    shapes = []
+    for name in names:
+        tensor = example[name]
+        dims = [-1 if axis in dynamic.get(name, ()) else int(d) for axis, d in enumerate(tensor.shape)]
+        shapes.append((ov.PartialShape(dims), ov.Type.i64 if tensor.dtype == torch.int64 else ov.Type.f32))
+    with warnings.catch_warnings(), torch.no_grad(), _eval_mode(module):
+        warnings.simplefilter("ignore")
+        try:
+            model = ov.convert_model(module, example_input=tuple(example[n] for n in names), input=shapes)
+        except Exception as exc:  # the frontends raise their own types (OpConversionFailure, RuntimeError...)
+            raise InvalidModelError(f"OpenVINO could not convert the {type(module).__name__}: {exc}") from exc
+    if len(model.outputs) != len(output_names):
+        raise InvalidModelError(f"the converted model has {len(model.outputs)} outputs, expected {list(output_names)}")
+    for port, name in zip(model.inputs, names, strict=True):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, output_names, strict=True):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def apply_precision(model: Any, precision: str) -> tuple[Any, bool, str]:
+    """(model, compress_to_fp16, weight compression label) for ``precision``."""
+    check_precision(precision)
+    if precision == "int8":
+        try:
+            import nncf
+        except ImportError as exc:
+            raise InvalidInputError(f"int8 OpenVINO engines need NNCF: pip install 'comfyui-backdrop[{EXTRA}]' "
+                                    "(or `pip install nncf`)") from exc
+        import logging
+
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        return model, False, "int8_asym"
+    if precision in ("bf16", "fp16"):
+        return model, True, "fp16"
+    return model, False, ""
+
+
+def save_ir(model: Any, requested: str | os.PathLike, precision: str) -> OpenVinoExport:
+    """Apply ``precision`` and write ``model`` as ``requested`` (``.xml`` + ``.bin``), atomically, never
+    overwriting (a taken name becomes ``stem-N.xml``)."""
+    ov = import_openvino()
+    requested = Path(requested)
+    if requested.suffix.lower() != ".xml":
+        raise InvalidInputError(f"{requested.name}: an OpenVINO IR must end in .xml")
+    inputs = [p.get_any_name() for p in model.inputs]
+    outputs = [p.get_any_name() for p in model.outputs]
+    model, compress, compression = apply_precision(model, precision)
+    final = free_ir_name(requested)
+    with staging_dir(final.parent) as stage:
+        staged = stage / final.name
+        ov.save_model(model, str(staged), compress_to_fp16=compress)
+        files = publish([staged, staged.with_suffix(".bin")], final.parent)
+    return OpenVinoExport(path=files[0], files=files, precision=precision, weight_compression=compression,
+                          inputs=inputs, outputs=outputs)
+
+
+def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precision: str = "fp32",
+                         example_batch: int = 2, tokens: int = 77) -> OpenVinoExport:
+    """The UNet (active LoRAs fused in) as an IR with dynamic batch, latent size and token count."""
+    spec = UNetSpec.from_unet(unet)
+    param = next(unet.parameters())
+    feeds = example_inputs(spec, batch=example_batch, tokens=tokens, dtype=torch.float32, device=param.device)
+    with fused_active_loras(unet) as fused:
+        wrapper = UNetExportWrapper(unet if param.dtype == torch.float32 else _fp32_copy(unet), spec.is_sdxl)
+        model = convert_module(wrapper, {n: feeds[n] for n in spec.input_names}, UNET_DYNAMIC, [OUTPUT])
+        exported = save_ir(model, path, precision)
+    exported.fused_adapters = fused
+    return exported
+
+
+def _fp32_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).float()

@@ -1,0 +1,178 @@
+"""OpenVINO IR models (``.xml`` + ``.bin``) compiled for the CPU, and the UNet backend built on them.
+
+OpenVINO is Intel's inference engine for exactly the CPUs this pack runs on; its CPU plugin picks
+oneDNN kernels per ISA (AVX2, AVX-512, AMX) at compile time. Precision is decided when the model is
+compiled, from the precision the engine was exported for (its manifest):
+
+- ``fp32``: ``INFERENCE_PRECISION_HINT=f32``, always set explicitly, because on a CPU with AMX or
+  AVX512_BF16 OpenVINO's *default* is bf16 and an "fp32" engine would silently run in bf16.
+- ``bf16`` / ``fp16``: only where the CPU has the unit (runtime/engines/precision.py). OpenVINO falls back
+  to f32 without a word when it is missing, so the request is refused instead, naming the CPU.
+- ``int8``: weights compressed to int8 by NNCF (export time); activations f32.
+
+After compiling, ``kernels()`` reads the runtime graph: which oneDNN primitive ran each layer
+(``brgconv_avx512_amx_bf16``, ``jit_avx2_FP32``...) and in which precision, so a report can say which
+units actually ran rather than what was asked for. ``openvino`` is imported only when a model is
+opened; without it the error names the ``cpu-engines`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError, InvalidModelError
+from .base import ProfiledBackend
+from .precision import CpuInfo, UnsupportedPrecisionError, check_precision, native_support
+from .profile import ShapeProfile
+from .spec import OUTPUT, SAMPLE, UNetSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+EXTRA = "cpu-engines"
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+
+
+def import_openvino() -> Any:
+    """``openvino``, or an error naming the extra that installs it."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise InvalidInputError(f"OpenVINO engines need the `openvino` package: pip install "
+                                f"'comfyui-backdrop[{EXTRA}]' (or `pip install openvino nncf`)") from exc
+    return openvino
+
+
+def openvino_capabilities() -> tuple[str, ...]:
+    """OpenVINO's own list for the CPU (``FP32``, ``BF16``, ``INT8``...), or () without openvino."""
+    try:
+        ov = import_openvino()
+    except InvalidInputError:
+        return ()
+    return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def check_native(precision: str, cpu: CpuInfo | None = None) -> None:
+    """Raise ``UnsupportedPrecisionError`` unless this CPU computes ``precision`` natively.
+
+    Both the CPU flags and OpenVINO's capability list must agree for bf16/fp16: a unit the kernel
+    library cannot use is no better than a missing one.
+    """
+    check_precision(precision)
+    native, why = native_support(precision, cpu)
+    if not native:
+        raise UnsupportedPrecisionError(f"OpenVINO {precision}: {why}. Export an fp32 or int8 engine for this CPU.")
+    if precision in ("bf16", "fp16") and cpu is None:
+        capabilities = openvino_capabilities()
+        if capabilities and precision.upper() not in capabilities:
+            raise UnsupportedPrecisionError(f"OpenVINO reports CPU capabilities {', '.join(capabilities)}, "
+                                            f"without {precision.upper()}; export an fp32 or int8 engine")
+
+
+def compile_config(precision: str, threads: int | None = None) -> dict[str, Any]:
+    """The CPU plugin settings for a latency-bound engine in ``precision`` (checked against this CPU)."""
+    check_native(precision)
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                              "NUM_STREAMS": 1}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def kernels(compiled: Any) -> dict[str, Any]:
+    """What the compiled model runs: primitive counts by (layer type, primitive), runtime precisions,
+    and the precision hint OpenVINO applied."""
+    primitives: Counter[str] = Counter()
+    precisions: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else "?"
+        if layer in ("Input", "Parameter", "Const", "Output", "Result", "Reshape", "Reorder"):
+            continue
+        primitive = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
+        primitives[f"{layer}:{primitive}"] += 1
+        if "runtimePrecision" in info:
+            precisions[info["runtimePrecision"].astype(str)] += 1
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return {"applied_precision": hint.to_string() if hasattr(hint, "to_string") else str(hint),
+            "primitives": dict(primitives.most_common()), "runtime_precisions": dict(precisions.most_common())}
+
+
+def summarize_kernels(report: dict[str, Any], top: int = 3) -> str:
+    """``conv: brgconv_avx2 x120, ...; precisions f32 900`` for a table note."""
+    heavy = {k: v for k, v in report["primitives"].items()
+             if k.split(":")[0] in ("Convolution", "FullyConnected", "MatMul", "ScaledDotProductAttention")}
+    parts = [f"{k.split(':', 1)[1]} x{v}" for k, v in list(heavy.items())[:top]]
+    precisions = ", ".join(f"{k} {v}" for k, v in report["runtime_precisions"].items())
+    return f"kernels: {', '.join(parts) or 'n/a'}; runtime precisions: {precisions}"
+
+
+class OpenVinoModel:
+    """One compiled IR with a reusable infer request; numpy in, numpy out, by input name."""
+
+    def __init__(self, model_path: str | os.PathLike, precision: str = "fp32", threads: int | None = None) -> None:
+        ov = import_openvino()
+        self.model_path = Path(model_path)
+        self.precision = check_precision(precision)
+        config = compile_config(precision, threads)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.model_path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable or unsupported IR
+            raise InvalidModelError(f"{self.model_path.name} could not be opened by OpenVINO: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
+        self._kernels: dict[str, Any] | None = None
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in the model's order (copies: the request's buffers are reused by the next call)."""
+        import numpy as np
+
+        missing = set(self.input_names) - set(inputs)
+        if missing:
+            raise InvalidInputError(f"{self.model_path.name} needs inputs {sorted(missing)}")
+        feeds = {name: np.ascontiguousarray(inputs[name], dtype=self.input_types[name]) for name in self.input_names}
+        self.request.infer(feeds)
+        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.output_names))]
+
+    def kernels(self) -> dict[str, Any]:
+        if self._kernels is None:
+            self._kernels = kernels(self.compiled)
+        return self._kernels
+
+
+class OpenVinoUNetBackend(ProfiledBackend):
+    """A UNet IR compiled by OpenVINO for the CPU. Shapes are dynamic; the profile, if any, is recorded."""
+
+    def __init__(self, model_path: str | os.PathLike, spec: UNetSpec, precision: str = "fp32",
+                 profile: ShapeProfile | None = None, threads: int | None = None) -> None:
+        super().__init__(spec, None)
+        self.recorded_profile = profile
+        self.model = OpenVinoModel(model_path, precision, threads)
+        self.model_path = self.model.model_path
+        self.precision = precision
+        self.name = f"openvino-{precision}"
+        missing = set(spec.input_names) - set(self.model.input_names)
+        if missing:
+            raise InvalidModelError(f"{self.model_path.name} lacks the UNet inputs {sorted(missing)}; it has "
+                                    f"{self.model.input_names}")
+        self._output = self.model.output_names.index(OUTPUT) if OUTPUT in self.model.output_names else 0
+
+    def _run_chunk(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        import torch
+
+        sample = feeds[SAMPLE]
+        arrays = {name: feeds[name].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+                  for name in self.spec.input_names}
+        out = self.model.run(arrays)[self._output]
+        return torch.from_numpy(out).to(device=sample.device, dtype=sample.dtype)
+
+    def kernels(self) -> dict[str, Any]:
+        return self.model.kernels()

@@ -1,0 +1,144 @@
+"""Precision as a first-class axis: which precisions exist, which units of *this* CPU run them natively.
+
+The same engine code runs on an AVX2 AMD EPYC and on an Intel Xeon with AVX-512, AMX-BF16 and AMX-INT8.
+What is fast differs completely between them, so every choice starts from what the CPU has, read from
+its feature flags (``/proc/cpuinfo``) and, when the engine is installed, OpenVINO's own list
+(``OPTIMIZATION_CAPABILITIES``). Nothing here claims a unit that the flags do not show:
+
+- ``bf16`` is native with AVX512_BF16 or AMX-BF16. On AVX2 torch emulates it (converting every operand
+  to fp32 and back, several times *slower* than fp32), and OpenVINO refuses the hint and runs f32.
+- ``fp16`` compute on a CPU needs AVX512_FP16 or AMX-FP16 (F16C only converts); elsewhere it is refused.
+- ``int8`` always runs (weights stored in int8, dequantized in the kernels); its dot products use
+  AMX-INT8, AVX512_VNNI or AVX-VNNI where present and plain AVX2 multiply-adds otherwise.
+
+Each precision has an error class: the relative error (max |out - fp32 eager| / max |fp32 eager|) its
+engines are held to in tests and that ``backdrop bench --backends auto`` uses as the default budget.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidInputError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+# Relative error (max abs error / max |reference|) each class is allowed against fp32 eager torch.
+ERROR_CLASS = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2, "int8": 5e-2}
+
+# /proc/cpuinfo flag -> the name people know the unit by
+UNIT_FLAGS = (("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("avx_vnni", "AVX-VNNI"),
+              ("avx512f", "AVX-512F"), ("avx512_vnni", "AVX512_VNNI"), ("avx512_bf16", "AVX512_BF16"),
+              ("avx512_fp16", "AVX512_FP16"), ("amx_bf16", "AMX-BF16"), ("amx_int8", "AMX-INT8"),
+              ("amx_fp16", "AMX-FP16"))
+
+
+class UnsupportedPrecisionError(InvalidInputError):
+    """A precision this CPU (or this engine) cannot run natively."""
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU's model name and the feature flags that decide which precision is fast."""
+
+    model: str
+    flags: frozenset[str]
+    arch: str = ""
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """Vector and matrix units present, by their usual names (only what the flags show)."""
+        return tuple(name for flag, name in UNIT_FLAGS if flag in self.flags)
+
+    @property
+    def isa(self) -> str:
+        """The widest class of unit: ``AMX``, ``AVX-512``, ``AVX2`` or ``baseline``."""
+        if {"amx_bf16", "amx_int8"} & self.flags:
+            return "AMX"
+        if "avx512f" in self.flags:
+            return "AVX-512"
+        if "avx2" in self.flags:
+            return "AVX2"
+        return "baseline"
+
+    @property
+    def native_bf16(self) -> bool:
+        return bool({"avx512_bf16", "amx_bf16"} & self.flags)
+
+    @property
+    def native_fp16(self) -> bool:
+        return bool({"avx512_fp16", "amx_fp16"} & self.flags)
+
+    @property
+    def int8_dot(self) -> str:
+        """The unit int8 dot products use: AMX-INT8, AVX512_VNNI, AVX-VNNI, or AVX2 (no VNNI)."""
+        for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512_VNNI"), ("avx_vnni", "AVX-VNNI")):
+            if flag in self.flags:
+                return name
+        return "AVX2 (no VNNI)" if "avx2" in self.flags else "scalar"
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.isa}: {', '.join(self.units) or 'no AVX'})"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"model": self.model, "isa": self.isa, "units": list(self.units), "native_bf16": self.native_bf16,
+                "native_fp16": self.native_fp16, "int8_dot": self.int8_dot}
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """``CpuInfo`` from the text of ``/proc/cpuinfo`` (the first processor's model and flags)."""
+    model, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+    return CpuInfo(model=model or platform.processor() or "unknown CPU", flags=flags, arch=platform.machine())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """This machine's ``CpuInfo`` (``/proc/cpuinfo``; on other systems the model name only, no flags)."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return CpuInfo(model=platform.processor() or "unknown CPU", flags=frozenset(), arch=platform.machine())
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def native_support(precision: str, cpu: CpuInfo | None = None) -> tuple[bool, str]:
+    """(runs natively on this CPU, which unit or why not) for a precision's compute."""
+    cpu = cpu or cpu_info()
+    check_precision(precision)
+    if precision == "fp32":
+        return True, "AVX-512 FMA" if cpu.isa in ("AMX", "AVX-512") else ("AVX2 FMA" if cpu.isa == "AVX2" else "SSE")
+    if precision == "bf16":
+        if cpu.native_bf16:
+            return True, "AMX-BF16" if "amx_bf16" in cpu.flags else "AVX512_BF16"
+        return False, (f"{cpu.model} has no native bf16 unit (no AVX512_BF16, no AMX-BF16; it has "
+                       f"{cpu.isa}): bf16 is emulated through fp32 conversions and is slower than fp32 here")
+    if precision == "fp16":
+        if cpu.native_fp16:
+            return True, "AMX-FP16" if "amx_fp16" in cpu.flags else "AVX512_FP16"
+        return False, (f"{cpu.model} has no fp16 compute unit (no AVX512_FP16, no AMX-FP16; F16C only converts): "
+                       "fp16 runs on GPUs, not on this CPU")
+    return True, f"int8 weights, dot products on {cpu.int8_dot}"
+
+
+def torch_cpu_capability() -> str:
+    """What torch's CPU kernels were dispatched for (``AVX2``, ``AVX512``...), or '' if unknown."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError):
+        return ""

