@@ -1,6 +1,6 @@
 """Thin ComfyUI adapters (V1 registration). Each module contributes NODE_CLASS_MAPPINGS."""
 
-from . import backdrop, captioning, engines, images, inpainting, masking, training, watermark
+from . import backdrop, captioning, comfy_memory, engines, images, inpainting, masking, training, watermark
 
 _MODULES = (images, masking, backdrop, captioning, inpainting, watermark, training, engines)
 
@@ -9,3 +9,4 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 for _module in _MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+NODE_CLASS_MAPPINGS = comfy_memory.with_memory_management(NODE_CLASS_MAPPINGS)  # inside ComfyUI only
