@@ -44,15 +44,16 @@ def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPl
     if the record cannot be committed the file just written is removed again. One record per delivered file.
     """
     from ..runtime.imaging import to_integer
+    from ..runtime.provenance.records import RecordContent
     from ..runtime.saving import SaveOptions, save_image
     from ..runtime.watermark.service import marked_for_delivery
 
     options = SaveOptions(fmt={"jpg": "jpeg"}.get(plan.format, plan.format), quality=95, c2pa=plan.watermark.c2pa)
+    content = RecordContent(account=plan.watermark.account, prompt=prompt, negative_prompt=negative, seed=plan.seed,
+                            models=dict(hashes[0]), loras=dict(hashes[1]), metadata={"style": plan.style.name})
     saved = None
     try:
-        with marked_for_delivery(to_integer(image, 8), account=plan.watermark.account, prompt=prompt,
-                                 negative_prompt=negative, seed=plan.seed, models=hashes[0], loras=hashes[1],
-                                 metadata={"style": plan.style.name}, protect=product) as (marked, record, service):
+        with marked_for_delivery(to_integer(image, 8), content, protect=product) as (marked, record, service):
             saved = save_image(marked, path, options, keys=service.keys,
                                binding=lambda _pixels: (record.id, record.record_hash))
     except BaseException:

@@ -298,18 +298,15 @@ def get_service(home: str | os.PathLike | None = None) -> ProvenanceService:
 
 
 @contextlib.contextmanager
-def marked_for_delivery(image_uint8: np.ndarray, *, account: str, prompt: str, negative_prompt: str = "",
-                        seed: int | None = None, models: dict[str, str] | None = None,
-                        loras: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
-                        protect: np.ndarray | None = None, home: str | os.PathLike | None = None
+def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect: np.ndarray | None = None,
+                        home: str | os.PathLike | None = None
                         ) -> Iterator[tuple[np.ndarray, Record, ProvenanceService]]:
     """For ``backdrop run``: yields (marked image, its record, the service); save the image inside the block.
 
     The record is committed only when the block succeeds, so a failed save leaves no record. An image that
-    already carries a mark is refused (``backdrop run`` has no re-marking setting).
+    already carries a mark is refused (``backdrop run`` has no re-marking setting). ``protect`` is the product mask
+    to keep bit-exact.
     """
-    content = RecordContent(account=account, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
-                            models=dict(models or {}), loras=dict(loras or {}), metadata=dict(metadata or {}))
     service = get_service(home)
     pending = service.prepare_mark(image_uint8, content, remark="refuse", protect=protect, policy_input=None)
     with service.recording([pending]) as (result,):
@@ -329,16 +326,12 @@ def already_marked_message(wid: str, has_record: bool, policy_input: str | None)
     return f"the image already carries watermark {wid} ({where}); a second mark is refused: {hint}"
 
 
-def mark_for_run(image_uint8: np.ndarray, *, account: str, prompt: str, negative_prompt: str = "",
-                 seed: int | None = None, models: dict[str, str] | None = None, loras: dict[str, str] | None = None,
-                 metadata: dict[str, Any] | None = None, protect: np.ndarray | None = None, remark: str = "refuse",
-                 home: str | os.PathLike | None = None) -> tuple[np.ndarray, Record]:
-    """Watermark one output and record it at once. ``models``/``loras`` map names to SHA-256 (see
+def mark_for_run(image_uint8: np.ndarray, content: RecordContent, protect: np.ndarray | None = None,
+                 remark: str = "refuse", home: str | os.PathLike | None = None) -> tuple[np.ndarray, Record]:
+    """Watermark one output and record it at once (``content``'s models/loras map names to SHA-256, see
     provenance.file_hashes); ``protect`` is the product mask to keep bit-exact. Returns (marked image, same
     dtype as the input, and its record). To record only once the file is saved, use
     :func:`marked_for_delivery` (``backdrop run`` does)."""
-    content = RecordContent(account=account, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
-                            models=dict(models or {}), loras=dict(loras or {}), metadata=dict(metadata or {}))
     result = get_service(home).mark(image_uint8, content, remark=remark, protect=protect)
     if result.record is None:
         raise InvalidInputError(f"the image keeps its existing watermark {result.watermark_id}, which this ledger "

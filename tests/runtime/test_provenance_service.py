@@ -141,8 +141,8 @@ def test_tampered_record_is_reported(tmp_path, photo):
 
 def test_mark_for_run_and_float_images(tmp_path, monkeypatch, photo):
     monkeypatch.setenv("BACKDROP_HOME", str(tmp_path))
-    image, record = mark_for_run(photo[:200, :320], account="cli", prompt="p", negative_prompt="n", seed=7,
-                                 models={"m.safetensors": "00" * 32})
+    image, record = mark_for_run(photo[:200, :320], RecordContent(account="cli", prompt="p", negative_prompt="n",
+                                                                  seed=7, models={"m.safetensors": "00" * 32}))
     assert image.dtype == np.uint8 and record.seed == 7 and record.account == "cli"
     assert get_service() is get_service(tmp_path)
     as_float = photo[100:400, 100:400].astype(np.float32) / 255.0
@@ -193,15 +193,16 @@ def test_marked_for_delivery_records_only_a_saved_file(tmp_path, monkeypatch, ph
 
     monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
     (tmp_path / "not-a-folder").write_bytes(b"a file where the output folder should be")
-    with pytest.raises(OSError), marked_for_delivery(photo[:256, :320], account="cli", prompt="p") as (image, _, _):
+    cli = RecordContent(account="cli", prompt="p")
+    with pytest.raises(OSError), marked_for_delivery(photo[:256, :320], cli) as (image, _, _):
         target = tmp_path / "not-a-folder" / "out.png"
         target.parent.mkdir(parents=True, exist_ok=True)  # fails: the save cannot happen
     assert len(get_service().ledger) == 0
-    with marked_for_delivery(photo[:256, :320], account="cli", prompt="p") as (image, record, service):
+    with marked_for_delivery(photo[:256, :320], RecordContent(account="cli", prompt="p")) as (image, record, service):
         (tmp_path / "out.npy").write_bytes(image.tobytes())
     assert len(service.ledger) == 1 and service.ledger.get(record.id) == record
     with pytest.raises(AlreadyMarkedError, match="start from the unmarked original"), \
-            marked_for_delivery(image, account="cli", prompt="p"):
+            marked_for_delivery(image, RecordContent(account="cli", prompt="p")):
         pass
     assert len(service.ledger) == 1
 
