@@ -57,7 +57,9 @@ class BackdropCaptionerLoader(HostedNode):
 
     def load(self, model: str, device: str, dtype: str, allow_remote_code: bool):
         from ..runtime.captioning.loader import load_captioner
+        from ..runtime.devices import resolve_device
 
+        device = resolve_device(device, auto=self.host.default_device())
         return (load_captioner(model, device=device, dtype=dtype, allow_remote_code=allow_remote_code,
                                locator=comfy_bridge.locator()),)
 

@@ -53,6 +53,9 @@ class ComfyHost:
             return []
         return sorted(folder_paths.filter_files_content_types(files, ["image"]))
 
+    def default_device(self) -> str | None:
+        return _model_management.get_torch_device().type  # "cpu" under --cpu, "cuda" on NVIDIA...
+
     def input_image_path(self, name: str) -> Path:
         # ComfyUI checks combo values against the list before a node runs, and resolves "[output]" annotations
         if not folder_paths.exists_annotated_filepath(name):

@@ -49,10 +49,11 @@ class BackdropInpaintLoader(HostedNode):
         return comfy_bridge.check_prefixed_model_name(model, ("checkpoints", "diffusers"))
 
     def load(self, model: str, device: str, dtype: str):
+        from ..runtime.devices import resolve_device
         from ..runtime.inpainting.loader import load_pipeline
 
         comfy_bridge.register_clip_tokenizer()
-        return (load_pipeline(model, device=device, dtype=dtype),)
+        return (load_pipeline(model, device=resolve_device(device, auto=self.host.default_device()), dtype=dtype),)
 
 
 class BackdropLoRA(HostedNode):

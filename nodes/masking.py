@@ -39,7 +39,8 @@ class BackdropSAMLoader(HostedNode):
         from ..runtime.masking.sam_loader import load_sam
         from ..runtime.masking.sam_masker import SamMasker
 
-        loaded = load_sam(sam_model, device=resolve_device(device), locator=comfy_bridge.locator())
+        loaded = load_sam(sam_model, device=resolve_device(device, auto=self.host.default_device()),
+                          locator=comfy_bridge.locator())
         return (SamMasker(loaded),)
 
 

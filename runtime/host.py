@@ -40,6 +40,9 @@ class Host(Protocol):
     def input_image_path(self, name: str) -> Path:
         """The path of an image picked from ``input_image_names``; anything not listed is refused."""
 
+    def default_device(self) -> str | None:
+        """The device the host runs models on ("cpu", "cuda"), for a node's ``auto``; None: no preference."""
+
 
 @dataclass(frozen=True)
 class HeadlessHost:
@@ -78,6 +81,9 @@ class HeadlessHost:
             return [p.name for p in image_files(self.input_directory())]
         except (OSError, InvalidInputError):
             return []
+
+    def default_device(self) -> str | None:
+        return None
 
     def input_image_path(self, name: str) -> Path:
         if name not in self.input_image_names():
