@@ -36,6 +36,9 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=list(DTYPES), default="auto")
     group.add_argument("--tokenizer-dir", default=None,
                        help="folder with CLIP vocab.json + merges.txt for single-file checkpoints")
+    group.add_argument("--feature-cache", type=int, default=0, metavar="N",
+                       help="DeepCache-style feature cache: the full UNet every N steps (2..10), deep features "
+                            "reused in between; faster, slightly different output (0 = off; torch UNet only)")
     group.add_argument("--engine", default=None, metavar="NAME",
                        help="run the UNet on an exported engine: openvino/<file>.xml, onnx/<file>.onnx or "
                             "tensorrt/<file>.engine from the models folders; or 'auto': the engine kind "

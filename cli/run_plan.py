@@ -174,7 +174,8 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
         return None
     settings = InpaintSettings(prompt="", seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,
                                strength=args.strength, variations=args.variations, resolution=args.resolution,
-                               outpaint=args.outpaint, seam_feather=args.seam_feather, color_match=args.color_match)
+                               outpaint=args.outpaint, seam_feather=args.seam_feather, color_match=args.color_match,
+                               feature_cache=args.feature_cache)
     settings.validate()
     return InpaintPlan(checkpoint=args.checkpoint, loras=tuple(parse_lora(text) for text in args.lora),
                        fuse_loras=args.fuse_loras, dtype=args.dtype, tokenizer_dir=args.tokenizer_dir,

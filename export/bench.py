@@ -4,9 +4,18 @@ Shared machines are noisy, so candidates run interleaved: every round runs each 
 order rotates each round), warm-up rounds are excluded, and speed-ups are the median of per-round
 ratios against the baseline measured in the same round, which cancels slow drifts in machine load.
 Parity is ``max |out - ref|`` and ``max |out - ref| / max |ref|`` (relative to the reference's range,
-so it stays meaningful where the reference crosses zero). Peak memory is the process's resident-set
-high-water mark during the call (Linux ``VmHWM``, reset before each call) and, on CUDA, the device
-memory in use. Reports are JSON, a markdown table and a PNG bar chart drawn with PIL.
+so it stays meaningful where the reference crosses zero).
+
+Memory is measured in the bench process, from the kernel's resident-set high-water mark (Linux
+``VmHWM``, reset through ``/proc/self/clear_refs`` before each probe), not in a subprocess:
+
+- ``setup_peak_bytes``: the process peak while the backend was set up (export, conversion, compile)
+  and ran once; ``setup_extra_bytes`` is that peak minus the RSS just before its setup, i.e. what
+  this backend needed on top of what was already loaded (its "own" peak);
+- ``peak_rss_bytes`` / ``step_extra_bytes``: the same during one timed call;
+- on CUDA, the device memory in use.
+
+Reports are JSON, a markdown table and a PNG bar chart drawn with PIL.
 """
 
 from __future__ import annotations
@@ -31,6 +40,10 @@ class Candidate:
     run: Callable[[], Any]
     setup_s: float = 0.0
     notes: str = ""
+    backend: str = ""
+    precision: str = ""
+    setup_peak_bytes: int | None = None
+    setup_extra_bytes: int | None = None
 
 
 @dataclass
@@ -47,6 +60,19 @@ class Measurement:
     cuda_bytes: int | None
     setup_s: float
     notes: str = ""
+    backend: str = ""
+    precision: str = ""
+    setup_peak_bytes: int | None = None
+    setup_extra_bytes: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage, one run
+
+
+@dataclass
+class Skipped:
+    """A backend x precision row that was not run, and why (an unsupported unit, a missing package...)."""
+
+    name: str
+    reason: str
 
 
 @dataclass
@@ -55,11 +81,14 @@ class BenchReport:
     settings: dict[str, Any]
     measurements: list[Measurement] = field(default_factory=list)
     sections: dict[str, list[Measurement]] = field(default_factory=dict)
+    skipped: dict[str, list[Skipped]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "settings": self.settings,
                 "measurements": [asdict(m) for m in self.measurements],
-                "sections": {k: [asdict(m) for m in v] for k, v in self.sections.items()}}
+                "sections": {k: [asdict(m) for m in v] for k, v in self.sections.items()},
+                "skipped": {k: [asdict(m) for m in v] for k, v in self.skipped.items()}, "notes": self.notes}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -115,6 +144,9 @@ class MemoryProbe:
         except OSError:
             return None
         return None
+
+    def rss(self) -> int | None:
+        return self._status("VmRSS")
 
     def measure(self, fn: Callable[[], Any]) -> tuple[Any, int | None, int | None, int | None]:
         """(result, peak RSS during the call, peak minus RSS before, CUDA bytes in use after)."""
@@ -172,11 +204,18 @@ def speedups(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
 
 def measure(candidates: Sequence[Candidate], reference: Any, rounds: int, warmup: int = 1, baseline: str | None = None,
             sync: Callable[[], None] | None = None,
-            on_round: Callable[[int, dict[str, float]], None] | None = None) -> list[Measurement]:
-    """Parity and memory from one extra call each, then interleaved timing."""
+            on_round: Callable[[int, dict[str, float]], None] | None = None,
+            probe_calls: bool = True) -> list[Measurement]:
+    """Parity and memory from one extra call each (``probe_calls``; it also warms up), then interleaved timing.
+
+    Without probe calls the caller has its own parity (say, from each backend's setup run) and fills it in.
+    """
     probe = MemoryProbe()
     checks = {}
     for candidate in candidates:
+        if not probe_calls:
+            checks[candidate.name] = ((None, None), None, None, _cuda_used())
+            continue
         output, peak, extra, cuda = probe.measure(candidate.run)
         err = parity(reference, output) if reference is not None else (None, None)
         checks[candidate.name] = (err, peak, extra, cuda)
@@ -191,22 +230,44 @@ def measure(candidates: Sequence[Candidate], reference: Any, rounds: int, warmup
                                    p90_s=percentile(values, 90), speedup=ratios[candidate.name],
                                    max_abs_error=abs_err, max_rel_error=rel_err, peak_rss_bytes=peak,
                                    step_extra_bytes=extra, cuda_bytes=cuda, setup_s=candidate.setup_s,
-                                   notes=candidate.notes))
+                                   notes=candidate.notes, backend=candidate.backend, precision=candidate.precision,
+                                   setup_peak_bytes=candidate.setup_peak_bytes,
+                                   setup_extra_bytes=candidate.setup_extra_bytes))
     return results
 
 
 # ------------------------------------------------------------------------------------------------ reports
 
-def markdown_table(measurements: Sequence[Measurement], baseline: str) -> str:
-    head = (f"| backend | p50 s | p90 s | speed-up vs {baseline} | max abs err | max rel err | peak RSS GiB "
-            "| step extra MiB | GPU mem GiB | setup s | notes |\n" + "|---" + "|---:" * 9 + "|---|")
+def markdown_table(measurements: Sequence[Measurement], baseline: str, skipped: Sequence[Skipped] = ()) -> str:
+    """One row per backend x precision; memory columns: process peak during setup + first run, and the part
+    of it this backend added (peak minus RSS before its setup)."""
+    head = (f"| backend | p50 s | p90 s | speed-up vs {baseline} | max rel err | peak RSS GiB (setup+run) "
+            "| own peak GiB | step peak GiB | GPU mem GiB | setup s | notes |\n" + "|---" + "|---:" * 9 + "|---|")
     rows = [head]
     for m in measurements:
         rows.append(f"| {m.name} | {m.p50_s:.4g} | {m.p90_s:.4g} | {_fmt(m.speedup, '.2f')}x | "
-                    f"{_fmt(m.max_abs_error, '.2e')} | {_fmt(m.max_rel_error, '.2e')} | "
-                    f"{_fmt(_gib(m.peak_rss_bytes), '.2f')} | {_fmt(_mib(m.step_extra_bytes), '.0f')} | "
+                    f"{_fmt(m.max_rel_error, '.2e')} | {_fmt(_gib(m.setup_peak_bytes), '.2f')} | "
+                    f"{_fmt(_gib(m.setup_extra_bytes), '.2f')} | {_fmt(_gib(m.peak_rss_bytes), '.2f')} | "
                     f"{_fmt(_gib(m.cuda_bytes), '.2f')} | {m.setup_s:.1f} | {m.notes} |")
+    for s in skipped:
+        rows.append(f"| {s.name} | — | — | — | — | — | — | — | — | — | skipped: {s.reason} |")
     return "\n".join(rows) + "\n"
+
+
+def stage_table(measurements: Sequence[Measurement]) -> str:
+    """Seconds per pipeline stage (one run) for each row that recorded stages."""
+    rows = [m for m in measurements if m.stages]
+    if not rows:
+        return ""
+    stages = list(dict.fromkeys(k for m in rows for k in m.stages))
+    head = "| pipeline | total s | " + " | ".join(stages) + " |\n|---|---:|" + "---:|" * len(stages)
+    lines = [head]
+    for m in rows:
+        total = m.times_s[0] if m.times_s else math.nan
+        cells = [f"{m.stages[s]:.2f} ({100 * m.stages[s] / total:.0f}%)" if s in m.stages and total else "—"
+                 for s in stages]
+        lines.append(f"| {m.name} | {total:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -215,10 +276,6 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _gib(value: int | None) -> float | None:
     return None if value is None else value / (1 << 30)
-
-
-def _mib(value: int | None) -> float | None:
-    return None if value is None else value / (1 << 20)
 
 
 def draw_plot(sections: dict[str, list[Measurement]], title: str, path: Path) -> Path:
@@ -268,7 +325,11 @@ def write_report(report: BenchReport, out_dir: str | Path, stem: str = "bench") 
     baseline = report.settings.get("baseline", "baseline")
     markdown = [f"# {report.title}\n", "```", json.dumps(report.settings, indent=1, default=str), "```\n"]
     for name, measurements in sections.items():
-        markdown += [f"## {name}\n", markdown_table(measurements, baseline)]
+        markdown += [f"## {name}\n", markdown_table(measurements, baseline, report.skipped.get(name, ()))]
+        stages = stage_table(measurements)
+        if stages:
+            markdown += [stages]
+    markdown += [f"- {note}" for note in report.notes]
     paths = {
         "json": write_bytes_exclusive(out_dir / f"{stem}.json",
                                       json.dumps(report.to_dict(), indent=1, default=str).encode()),

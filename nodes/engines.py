@@ -56,11 +56,13 @@ class BackdropExportEngine(HostedNode):
                     "default": False, "tooltip": "TensorRT: allow swapping LoRAs into the engine without a rebuild"}),
                 "optimization_level": ("INT", {"default": 3, "min": 0, "max": 5,
                                                "tooltip": "TensorRT builder optimization level"}),
+            },
+            "optional": {  # appended after the widgets saved workflows already have
                 "components": (list(COMPONENT_CHOICES), {
                     "default": next(iter(COMPONENT_CHOICES)),
                     "tooltip": "openvino only: also export the text encoder(s), VAE encoder and VAE decoder, so "
                                "Backdrop Load Engine can run the whole pipeline on engines"}),
-            }
+            },
         }
 
     RETURN_TYPES = ("STRING",)
@@ -113,12 +115,12 @@ class BackdropLoadEngine(HostedNode):
                     "default": "auto", "tooltip": "onnxruntime provider for ONNX files (TensorRT engines run on "
                                                   "TensorRT, OpenVINO engines on the CPU)"}),
                 "threads": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "CPU threads; 0 = all cores"}),
+            },
+            "optional": {
                 "components": (list(COMPONENT_CHOICES), {
                     "default": next(iter(COMPONENT_CHOICES)),
                     "tooltip": "whole pipeline: the text encoder(s) and VAE run on their OpenVINO engines too "
                                "(exported with components 'whole pipeline'); the paste-back stays exact"}),
-            },
-            "optional": {
                 "engine_name": ("STRING", {"forceInput": True, "tooltip": "an engine name from Backdrop Export "
                                                                           "Engine; used when engine is "
                                                                           f"'{LINKED_ENGINE}'"}),

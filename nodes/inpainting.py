@@ -128,6 +128,10 @@ class BackdropInpaint(HostedNode):
                                          "tooltip": "blend width outside the product, in pixels"}),
                 "color_match": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                           "tooltip": "remove the generator's colour cast at the seam"}),
+                "feature_cache": ("INT", {"default": 0, "min": 0, "max": 10,
+                                          "tooltip": "DeepCache-style speed-up: the full UNet every N steps, its deep "
+                                                     "features reused in between (0 = off; slightly different "
+                                                     "images; torch UNet only, not with Backdrop Load Engine)"}),
             },
         }
 
@@ -143,7 +147,7 @@ class BackdropInpaint(HostedNode):
 
     def inpaint(self, pipeline, image, product_mask, positive: str, negative: str, variations: int, seed: int,
                 steps: int, cfg: float, scheduler: str, strength: float, resolution: int = 0, outpaint: str = "none",
-                seam_feather: int = 6, color_match: float = 1.0):
+                seam_feather: int = 6, color_match: float = 1.0, feature_cache: int = 0):
         from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
         from ..runtime.inpainting.masks import masks_like_images
         from .tensors import images_to_list, stack_images, stack_masks
@@ -153,7 +157,7 @@ class BackdropInpaint(HostedNode):
         settings = InpaintSettings(prompt=positive, negative_prompt=negative, seed=seed, steps=steps, cfg=cfg,
                                    scheduler=scheduler, strength=strength, variations=variations,
                                    resolution=resolution, outpaint=outpaint, seam_feather=seam_feather,
-                                   color_match=color_match)
+                                   color_match=color_match, feature_cache=feature_cache)
         total = settings.effective_steps() * len(images)
         result = inpaint_backgrounds(pipeline, images, masks, settings, progress=self.host.progress(total))
         return (stack_images(result.images), stack_masks(result.product_masks))

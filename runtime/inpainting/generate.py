@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidModelError
 from ..progress import ProgressFn, report
+from .feature_cache import MAX_INTERVAL, feature_cache
 from .geometry import FAMILY_RESOLUTION, check_mask_aspect, outpaint_canvas, plan_canvas
 from .loader import LoadedPipeline
 from .loras import activated
@@ -44,6 +45,7 @@ class InpaintSettings:
     outpaint: str = "none"  # "none" or W:H
     seam_feather: int = 6
     color_match: float = 1.0
+    feature_cache: int = 0  # 0: off; N: the full UNet every N steps, deep features reused between (DeepCache)
 
     def validate(self) -> None:
         checks = [(1 <= self.steps <= 500, f"steps must be 1..500, got {self.steps}"),
@@ -54,7 +56,9 @@ class InpaintSettings:
                   (self.resolution == 0 or 64 <= self.resolution <= 4096,
                    f"resolution must be 0 (native) or 64..4096, got {self.resolution}"),
                   (self.seam_feather >= 0, "seam_feather must be >= 0"),
-                  (0.0 <= self.color_match <= 1.0, "color_match must be 0..1")]
+                  (0.0 <= self.color_match <= 1.0, "color_match must be 0..1"),
+                  (self.feature_cache in (0, 1) or 2 <= self.feature_cache <= MAX_INTERVAL,
+                   f"feature_cache must be 0 (off) or 2..{MAX_INTERVAL}, got {self.feature_cache}")]
         for ok, message in checks:
             if not ok:
                 raise InvalidInputError(message)
@@ -78,7 +82,7 @@ def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks:
     per_image = settings.effective_steps()
     total = per_image * len(images)
     result = InpaintResult([], [])
-    with activated(handle) as pipe:
+    with activated(handle) as pipe, feature_cache(pipe.unet, settings.feature_cache):
         _set_scheduler(handle, pipe, settings.scheduler)
         for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
             def on_step(done: int, base: int = index * per_image) -> None:

@@ -33,21 +33,97 @@ def test_backdrop_bench_writes_json_markdown_and_plot(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(dict(tiny_sd15_unet().config), default=list))
     code = bench_main(["bench", "--unet-config", str(config), "--size", "128", "--width", "192", "--rounds", "2",
-                       "--backends", "eager,ort-plain", "--threads", "1", "--out", str(tmp_path / "out")])
+                       "--backends", "eager,ort-plain", "--precisions", "fp32", "--threads", "1",
+                       "--out", str(tmp_path / "out")])
     assert code == 0
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     rows = report["sections"]["UNet step"]
-    assert [r["name"] for r in rows] == ["torch eager", "onnxruntime (plain export)"]
+    assert [r["name"] for r in rows] == ["torch eager fp32", "onnxruntime (plain export) fp32"]
     eager, ort = rows
     assert eager["speedup"] == 1.0 and eager["max_abs_error"] == 0.0
     assert len(ort["times_s"]) == 2 and ort["p50_s"] > 0 and ort["max_rel_error"] <= 1e-4
     assert report["settings"]["image"] == "192x128" and report["settings"]["batch"] == 2
     markdown = (tmp_path / "out" / "bench.md").read_text()
-    assert "| onnxruntime (plain export) |" in markdown and "speed-up vs torch eager" in markdown
+    assert "| onnxruntime (plain export) fp32 |" in markdown and "speed-up vs torch eager fp32" in markdown
     with Image.open(tmp_path / "out" / "bench.png") as plot:
         assert plot.size[0] == 900 and plot.size[1] > 100
         colors = {tuple(c) for c in np.asarray(plot.convert("RGB")).reshape(-1, 3).tolist()}
         assert {(66, 133, 244), (219, 68, 55)} <= colors  # one bar per backend
     bench_main(["bench", "--unet-config", str(config), "--size", "128", "--rounds", "1", "--backends", "eager",
-                "--threads", "1", "--out", str(tmp_path / "out")])
+                "--precisions", "fp32", "--threads", "1", "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "bench-1.json").is_file()  # an earlier report is never overwritten
+
+
+def test_bench_crosses_backends_with_precisions_and_says_why_it_skips(tmp_path):
+    pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    from comfyui_backdrop.runtime.engines.precision import cpu_info, native_support
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(tiny_sd15_unet().config), default=list))
+    code = bench_main(["bench", "--unet-config", str(config), "--size", "64", "--rounds", "1", "--threads", "1",
+                       "--backends", "eager,ort,openvino", "--precisions", "fp32,bf16,int8",
+                       "--out", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    cpu = report["settings"]["machine"]["cpu"]
+    assert cpu["model"] == cpu_info().model and cpu["isa"] == cpu_info().isa  # the report names the CPU and ISA
+    rows = {r["name"]: r for r in report["sections"]["UNet step"]}
+    skipped = {s["name"]: s["reason"] for s in report["skipped"]["UNet step"]}
+    assert rows["torch eager fp32"]["max_rel_error"] == 0.0
+    for name in ("OpenVINO fp32", "onnxruntime (optimized) fp32"):
+        assert rows[name]["max_rel_error"] <= 1e-4
+    assert 0 < rows["OpenVINO int8"]["max_rel_error"] <= 5e-2
+    assert 0 < rows["onnxruntime (optimized) int8"]["max_rel_error"] <= 0.1  # per-tensor dynamic activations
+    assert "torch eager int8" in skipped and "onnxruntime (optimized) bf16" in skipped
+    if native_support("bf16")[0]:
+        assert rows["OpenVINO bf16"]["max_rel_error"] <= 2e-2
+    else:  # bf16 without a bf16 unit: OpenVINO refuses it, torch runs it and says it is emulated
+        assert "no native bf16" in skipped["OpenVINO bf16"]
+        assert rows["torch eager bf16"]["notes"].startswith("emulated")
+    assert "kernels:" in rows["OpenVINO fp32"]["notes"]  # which primitives ran
+    for row in rows.values():
+        assert row["setup_peak_bytes"] > 0 and row["setup_s"] > 0
+    markdown = (tmp_path / "out" / "bench.md").read_text()
+    assert "skipped:" in markdown and cpu["isa"] in markdown
+
+
+def test_auto_writes_a_choice_that_respects_the_error_budget(tmp_path):
+    pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    from comfyui_backdrop.export.engine_choice import read_choice
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(tiny_sd15_unet().config), default=list))
+    choice_file = tmp_path / "models" / "engine_choice.json"
+    code = bench_main(["bench", "--unet-config", str(config), "--size", "64", "--rounds", "1", "--threads", "1",
+                       "--backends", "auto", "--precisions", "fp32,int8", "--error-budget", "1e-4",
+                       "--choice-file", str(choice_file), "--out", str(tmp_path / "out")])
+    assert code == 0
+    choice = read_choice(choice_file)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    rows = {r["name"]: r for r in report["sections"]["UNet step"]}
+    assert choice.max_rel_error <= 1e-4 and choice.precision == "fp32"  # int8 rows are over a 1e-4 budget
+    within = [r for r in rows.values() if r["max_rel_error"] <= 1e-4 and r["backend"] in ("eager", "ort", "openvino")]
+    assert choice.p50_s == min(r["p50_s"] for r in within)
+    assert report["settings"]["engine_choice"]["label"] == choice.label and "auto:" in report["notes"][0]
+
+
+def test_pipeline_rows_split_the_job_by_stage(tmp_path, inpaint_models):
+    pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    code = bench_main(["bench", "--model", "checkpoints/tiny-sd15-inpaint.safetensors", "--models-dir",
+                       str(inpaint_models), "--size", "64", "--rounds", "1", "--threads", "1", "--backends", "eager",
+                       "--precisions", "fp32", "--steps", "3", "--feature-cache", "2", "--fast-scheduler", "lcm",
+                       "--fast-steps", "2", "--out", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    rows = {r["name"]: r for r in report["sections"]["pipeline"]}
+    torch_row = rows["torch eager fp32, 3 steps"]
+    engines = rows["OpenVINO fp32 whole pipeline, 3 steps"]
+    assert torch_row["max_abs_error"] == 0.0 and engines["max_abs_error"] <= 2e-3
+    for row in (torch_row, engines):
+        assert {"text encode", "VAE encode", "UNet x3", "VAE decode"} <= set(row["stages"])
+        assert sum(row["stages"].values()) == pytest.approx(row["times_s"][0], rel=0.05)
+    cached = rows["torch eager fp32 + feature cache every 2, 3 steps"]
+    assert cached["max_abs_error"] > 0  # a different output than the full schedule, and reported as such
+    fast = rows["OpenVINO fp32 whole pipeline, lcm 2 steps"]
+    assert fast["stages"]["UNet x2"] > 0 and fast["max_abs_error"] > 0
+    assert "| pipeline | total s |" in (tmp_path / "out" / "bench.md").read_text()
