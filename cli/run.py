@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.errors import BackdropError
+from ..runtime.errors import BackdropError, InvalidInputError
 from . import exit_codes
 from .run_plan import RunPlan
 
@@ -124,7 +124,11 @@ def process_photo(path: Path, plan: RunPlan, models: RunModels, written: list[Pa
     """Mask, caption and prompt (once), generate, then write; each file written is appended to ``written``."""
     from ..runtime.imaging import read_image, write_image
 
-    loaded = read_image(path)
+    loaded = read_image(path, plan.read_limits)
+    if loaded.fully_transparent and plan.mask_prompt.is_empty:
+        from ..runtime.backdrop.studio_job import EMPTY_CUTOUT
+
+        raise InvalidInputError(EMPTY_CUTOUT)  # before any model runs, on every path
     image = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
     alpha = _product_alpha(image, plan, models)
     captions, composed = _captions_and_prompt(loaded.rgb, alpha, plan, models) if plan.needs_prompt else ({}, None)

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..runtime.backdrop.studio import StudioOptions
 from ..runtime.backdrop.styles import StylePreset
 from ..runtime.errors import InvalidInputError
+from ..runtime.image_gate import ReadLimits
 from ..runtime.inpainting.generate import InpaintSettings
 from ..runtime.masking.types import Prompt, RefineOptions
 
@@ -125,6 +126,7 @@ class RunPlan:
     inpaint: InpaintPlan | None
     watermark: WatermarkPlan | None
     quiet: bool
+    read_limits: ReadLimits
 
     @property
     def style_slug(self) -> str:
@@ -164,7 +166,7 @@ class RunPlan:
             save_mask=args.save_mask, prompt_json=prompt_json, inpaint=_inpaint_plan(args),
             watermark=WatermarkPlan(account=args.account or getpass.getuser(), c2pa=not args.no_c2pa)
             if args.watermark else None,
-            quiet=args.quiet)
+            quiet=args.quiet, read_limits=_read_limits(args.max_megapixels))
 
 
 def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
@@ -199,3 +201,18 @@ def _engine_name(engine: str | None, components: bool) -> str | None:
         raise InvalidInputError("--engine-components runs the text encoders and VAE on OpenVINO engines: give an "
                                 "openvino/<file>.xml engine or auto")
     return engine
+
+
+def _read_limits(max_megapixels: float | None) -> ReadLimits:
+    """The input gate's limits for this run: ``--max-megapixels`` raises (or lowers) the pixel limit, and the
+    refusal names the flag."""
+    from ..runtime.image_gate import DEFAULT_READ_LIMITS
+
+    hint = "raise the limit with --max-megapixels N"
+    if max_megapixels is None:
+        return ReadLimits(how_to_raise=hint)
+    if not 0 < max_megapixels <= 1000:
+        raise InvalidInputError(f"--max-megapixels must be in (0, 1000], got {max_megapixels}")
+    pixels = int(max_megapixels * 1e6)  # sides stay within what the runtime accepts (max_side)
+    return ReadLimits(max_pixels=pixels, max_bytes=max(DEFAULT_READ_LIMITS.max_bytes, 8 * pixels + (1 << 20)),
+                      how_to_raise=hint)

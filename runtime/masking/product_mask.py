@@ -62,8 +62,10 @@ def split_channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if float((alpha < 0.5).mean()) < CUTOUT_ALPHA_MIN_TRANSPARENT:
             alpha = None
         arr = arr[:, :, :3]
-    rgb = np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
-    return np.clip(np.nan_to_num(rgb), 0.0, 1.0).astype(np.float32), alpha
+    rgb = np.empty((*arr.shape[:2], 3), np.float32)  # one full-size buffer: 48 MP photos stay affordable
+    np.fmax(arr, np.float32(0), out=rgb, casting="unsafe")  # NaN and -inf become 0 (gray broadcasts to RGB)
+    np.fmin(rgb, np.float32(1), out=rgb)  # +inf becomes 1
+    return rgb, alpha
 
 
 def mask_preview(image: np.ndarray, alpha: np.ndarray, tint: tuple[float, float, float] = (0.15, 0.55, 1.0)

@@ -259,3 +259,23 @@ def test_ctrl_c_stops_the_batch_with_a_summary_and_exit_130(tmp_path, product_ph
     assert f"wrote {out / 'a_minimal-studio.png'}" in captured.out
     assert f"NOT RUN {photos / 'c.png'}" in captured.err and "interrupted" in captured.err
     assert sorted(p.name for p in out.iterdir()) == ["a_minimal-studio.png"]  # no temp files
+
+
+def test_max_megapixels_sets_the_input_gate_and_the_refusal_names_the_flag(tmp_path, product_photo, capsys):
+    _write(tmp_path / "p.png", product_photo[0])  # 517 x 389 = 0.2 MP
+    assert main(["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--quiet",
+                 "--max-megapixels", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "megapixels are refused before decoding" in err and "--max-megapixels" in err
+    assert main(["run", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--quiet",
+                 "--max-megapixels", "0.3"]) == 0
+
+
+def test_a_fully_transparent_cutout_is_refused_on_the_diffusion_path_too(tmp_path, product_photo, inpaint_models,
+                                                                          capsys):
+    rgba = np.dstack([product_photo[0], np.zeros(product_photo[0].shape[:2], np.uint8)])
+    _write(tmp_path / "cut.png", rgba)
+    code = main(["run", str(tmp_path / "cut.png"), "--out", str(tmp_path / "o"), "--quiet", "--models-dir",
+                 str(inpaint_models), "--checkpoint", "tiny-sd15-inpaint.safetensors", "--steps", "1"])
+    assert code == 1 and "fully transparent" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
