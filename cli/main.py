@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write <name>_<style>.json with captions and the composed prompts "
                           "(always on with --captioner)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--max-megapixels", type=float, default=None,
+                     help="refuse photos above this many megapixels before decoding them (default 67.1: any "
+                          "camera photo; memory grows about 12 bytes a pixel)")
     from .inpaint_options import add_inpaint_arguments
 
     add_inpaint_arguments(run)
