@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyui_backdrop.runtime.errors import InvalidInputError
+from comfyui_backdrop.runtime.imaging import image_files
 from comfyui_backdrop.runtime.workflow.api_graph import (
     ApiGraph,
     apply_assignments,
@@ -38,7 +39,6 @@ from comfyui_backdrop.runtime.workflow.api_graph import (
 from comfyui_backdrop.runtime.workflow.specs import NodeSpec, spec_from_object_info
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 @dataclass
@@ -120,7 +120,7 @@ def upload_inputs(server: Server, graph: ApiGraph, folders: list[Path]) -> list[
                 node["inputs"][name] = f"{subfolder}/{stored['name']}" if subfolder else stored["name"]
                 sent.append(f"{value} -> {node['inputs'][name]}")
             elif local.is_dir():
-                images = sorted(p for p in local.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                images = image_files(local)
                 for image in images:
                     server.upload_image(image, value)
                 sent.append(f"{value}/ ({len(images)} images)")
