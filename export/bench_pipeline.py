@@ -169,8 +169,12 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         from dataclasses import replace
 
         cached = replace(base, feature_cache=plan.feature_cache)
+        note = "DeepCache-style: error is the difference against the full schedule"
         rows.append((f"{BASELINE} + feature cache every {plan.feature_cache}, {plan.steps} steps", handle, cached,
-                     "DeepCache-style: error is the difference against the full schedule"))
+                     note))
+        if best is not None:
+            rows.append((f"OpenVINO {engines[0]} whole pipeline + feature cache every {plan.feature_cache}, "
+                         f"{plan.steps} steps", best, cached, note + " (full and shallow UNet graphs)"))
     if plan.fast_scheduler:
         from dataclasses import replace
 

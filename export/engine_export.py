@@ -20,7 +20,7 @@ from ..runtime.engines.manifest import EngineManifest, write_manifest
 from ..runtime.engines.profile import ShapeProfile
 from ..runtime.engines.spec import UNetSpec
 from ..runtime.errors import InvalidInputError
-from .cache import EngineCache, EngineKey, engine_file_name
+from .cache import EngineCache, EngineKey, component_key, engine_file_name
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
 from .refit import effective_lora_weights, refit_map_to_dict
@@ -156,9 +156,18 @@ def _export_openvino(unet: Any, target: Path, request: EngineRequest, manifest: 
                      ) -> tuple[Path, EngineManifest]:
     from .openvino_export import CONVERTER, export_unet_openvino, openvino_exporter
 
-    exported = export_unet_openvino(unet, target, precision=request.precision)
+    shallow_key = component_key(manifest, "unet_shallow")
+    shallow_target = target.with_name(engine_file_name(manifest.spec, request.precision, shallow_key, ".xml",
+                                                       component="unet_shallow"))
+    exported = export_unet_openvino(unet, target, precision=request.precision, shallow_path=shallow_target)
+    shallow = exported.shallow
+    write_manifest(manifest.replace(file=shallow.path.name, key=shallow_key, component="unet_shallow", profile=None,
+                                    exporter=openvino_exporter(CONVERTER),
+                                    extra={"weight_compression": shallow.weight_compression,
+                                           "feature_cache_of": exported.path.name}), shallow.path)
     return exported.path, manifest.replace(file=exported.path.name, exporter=openvino_exporter(CONVERTER),
-                                           extra={"weight_compression": exported.weight_compression})
+                                           extra={"weight_compression": exported.weight_compression,
+                                                  "shallow": shallow.path.name})
 
 
 def _export_tensorrt(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest,

@@ -14,6 +14,13 @@ Precision is applied here, once:
 
 Files are written to a private staging folder and hard-linked into place under a free name (an
 existing engine is never overwritten); ``<name>.xml`` always has ``<name>.bin`` beside it.
+
+The feature cache on an engine (runtime/inpainting/feature_cache.py on the torch UNet) needs two graphs,
+so every OpenVINO UNet export writes both: the full UNet, which also returns ``deep_features`` (the
+hidden state entering the last up block), and a *shallow* UNet (``unet_shallow_...xml``) that takes those
+features as an input and computes only ``conv_in``, the first down block, the last up block and
+``conv_out``. It is traced from the same module with the deep blocks' ``forward`` replaced, so both
+graphs share one definition of the UNet.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 import torch
 
 from ..runtime.engines.manifest import SUFFIX
-from ..runtime.engines.openvino_backend import EXTRA, import_openvino
+from ..runtime.engines.openvino_backend import DEEP_FEATURES, EXTRA, import_openvino
 from ..runtime.engines.precision import check_precision
 from ..runtime.engines.spec import CONTEXT, OUTPUT, SAMPLE, TEXT_EMBEDS, TIME_IDS, TIMESTEP, UNetSpec
 from ..runtime.errors import InvalidInputError, InvalidModelError
@@ -37,7 +44,8 @@ from .onnx_files import publish, staging_dir
 
 CONVERTER = "openvino.convert_model(torch module, TorchScript tracing)"
 # The axes of each input that stay dynamic in the IR (everything else is fixed by the example).
-UNET_DYNAMIC = {SAMPLE: (0, 2, 3), TIMESTEP: (0,), CONTEXT: (0, 1), TEXT_EMBEDS: (0,), TIME_IDS: (0,)}
+UNET_DYNAMIC = {SAMPLE: (0, 2, 3), TIMESTEP: (0,), CONTEXT: (0, 1), TEXT_EMBEDS: (0,), TIME_IDS: (0,),
+                DEEP_FEATURES: (0, 2, 3)}
 
 
 @dataclass
@@ -51,6 +59,7 @@ class OpenVinoExport:
     fused_adapters: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    shallow: OpenVinoExport | None = None  # the shallow UNet for the feature cache
 
 
 def openvino_exporter(converter: str) -> dict[str, Any]:
@@ -137,16 +146,82 @@ def save_ir(model: Any, requested: str | os.PathLike, precision: str) -> OpenVin
                           inputs=inputs, outputs=outputs)
 
 
+class DeepFeatureUNet(torch.nn.Module):
+    """The UNet returning ``(noise_pred, deep_features)``: its output and the input of its last up block."""
+
+    def __init__(self, unet: torch.nn.Module, sdxl: bool) -> None:
+        super().__init__()
+        self.unet = unet
+        self.wrapper = UNetExportWrapper(unet, sdxl)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: dict[str, torch.Tensor] = {}
+        hook = self.unet.up_blocks[-2].register_forward_hook(lambda _m, _a, out: captured.__setitem__("deep", out))
+        try:
+            noise = self.wrapper(*inputs)
+        finally:
+            hook.remove()
+        return noise, captured["deep"]
+
+
+class ShallowUNet(torch.nn.Module):
+    """The UNet's outermost level only; the deep blocks' result comes in as ``deep_features``."""
+
+    def __init__(self, unet: torch.nn.Module, sdxl: bool) -> None:
+        super().__init__()
+        self.unet = unet
+        self.wrapper = UNetExportWrapper(unet, sdxl)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        *unet_inputs, deep = inputs
+        replaced = []
+
+        def passthrough(count: int):
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                hidden = kwargs.get("hidden_states", args[0] if args else None)
+                return (hidden, tuple(hidden for _ in range(count))) if count else hidden
+
+            return forward
+
+        unet = self.unet
+        for block in list(unet.down_blocks)[1:]:
+            count = len(block.resnets) + len(getattr(block, "downsamplers", None) or ())
+            block.forward = passthrough(count)  # same number of skip tensors; only skipped blocks read them
+            replaced.append(block)
+        if unet.mid_block is not None:
+            unet.mid_block.forward = passthrough(0)
+            replaced.append(unet.mid_block)
+        for block in list(unet.up_blocks)[:-1]:
+            block.forward = lambda *_a, **_k: deep
+            replaced.append(block)
+        try:
+            return self.wrapper(*unet_inputs)
+        finally:
+            for block in replaced:
+                del block.forward
+
+
 def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precision: str = "fp32",
-                         example_batch: int = 2, tokens: int = 77) -> OpenVinoExport:
-    """The UNet (active LoRAs fused in) as an IR with dynamic batch, latent size and token count."""
+                         example_batch: int = 2, tokens: int = 77, shallow_path: str | os.PathLike | None = None
+                         ) -> OpenVinoExport:
+    """The UNet (active LoRAs fused in) as an IR with dynamic batch, latent size and token count, returning
+    ``noise_pred`` and ``deep_features``; with ``shallow_path`` also the shallow UNet for the feature cache
+    (``exported.shallow``)."""
     spec = UNetSpec.from_unet(unet)
     param = next(unet.parameters())
     feeds = example_inputs(spec, batch=example_batch, tokens=tokens, dtype=torch.float32, device=param.device)
+    example = {n: feeds[n] for n in spec.input_names}
     with fused_active_loras(unet) as fused:
-        wrapper = UNetExportWrapper(unet if param.dtype == torch.float32 else _fp32_copy(unet), spec.is_sdxl)
-        model = convert_module(wrapper, {n: feeds[n] for n in spec.input_names}, UNET_DYNAMIC, [OUTPUT])
+        module = unet if param.dtype == torch.float32 else _fp32_copy(unet)
+        model = convert_module(DeepFeatureUNet(module, spec.is_sdxl), example, UNET_DYNAMIC, [OUTPUT, DEEP_FEATURES])
         exported = save_ir(model, path, precision)
+        del model
+        if shallow_path is not None:
+            with torch.no_grad():
+                deep = DeepFeatureUNet(module, spec.is_sdxl).eval()(*example.values())[1]
+            shallow = convert_module(ShallowUNet(module, spec.is_sdxl), {**example, DEEP_FEATURES: deep},
+                                     UNET_DYNAMIC, [OUTPUT])
+            exported.shallow = save_ir(shallow, shallow_path, precision)
     exported.fused_adapters = fused
     return exported
 

@@ -13,7 +13,7 @@ ONNX_TARGETS = {"portable (refittable, TensorRT input)": "", "cpu (onnxruntime f
 
 LINKED_ENGINE = "(engine input)"
 ENGINE_KINDS = ("onnx", "tensorrt", "openvino")
-COMPONENT_PREFIXES = ("text_encoder_", "text_encoder_2_", "vae_encoder_", "vae_decoder_")
+COMPONENT_PREFIXES = ("unet_shallow_", "text_encoder_", "text_encoder_2_", "vae_encoder_", "vae_decoder_")
 COMPONENT_CHOICES = {"unet only": False, "whole pipeline (text encoders, VAE too)": True}
 
 

@@ -39,8 +39,10 @@ def open_backend(engine_path: str | os.PathLike, device: str = "cpu", provider: 
         if device.startswith("cuda") or provider not in ("auto", "cpu"):
             raise InvalidInputError(f"{engine_path.name} is an OpenVINO engine: it runs on the CPU (provider "
                                     f"'auto' or 'cpu'), not on {provider if provider != 'auto' else device}")
+        shallow = manifest.extra.get("shallow")
+        shallow_path = engine_path.with_name(shallow) if shallow and engine_path.with_name(shallow).is_file() else None
         return OpenVinoUNetBackend(engine_path, manifest.spec, precision=manifest.precision,
-                                   profile=manifest.profile, threads=threads)
+                                   profile=manifest.profile, threads=threads, shallow_path=shallow_path)
     if manifest.format == "tensorrt":
         from .tensorrt_backend import TensorRTUNetBackend
 

@@ -23,7 +23,7 @@ from .spec import UNetSpec
 SUFFIX = ".json"
 SCHEMA = 1
 FORMATS = ("onnx", "tensorrt", "openvino")
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
+COMPONENTS = ("unet", "unet_shallow", "text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 EXTRA = "cpu-engines"
+DEEP_FEATURES = "deep_features"  # the hidden state entering the UNet's last up block (feature cache)
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 
 
@@ -149,13 +150,25 @@ class OpenVinoModel:
 
 
 class OpenVinoUNetBackend(ProfiledBackend):
-    """A UNet IR compiled by OpenVINO for the CPU. Shapes are dynamic; the profile, if any, is recorded."""
+    """A UNet IR compiled by OpenVINO for the CPU. Shapes are dynamic; the profile, if any, is recorded.
+
+    With a ``shallow_path`` (the shallow UNet exported beside it) the backend can run the DeepCache-style
+    feature cache: ``set_feature_cache(n)`` makes every n-th call a full one (which keeps its
+    ``deep_features``) and the calls between run the shallow graph on them.
+    """
 
     def __init__(self, model_path: str | os.PathLike, spec: UNetSpec, precision: str = "fp32",
-                 profile: ShapeProfile | None = None, threads: int | None = None) -> None:
+                 profile: ShapeProfile | None = None, threads: int | None = None,
+                 shallow_path: str | os.PathLike | None = None) -> None:
         super().__init__(spec, None)
         self.recorded_profile = profile
         self.model = OpenVinoModel(model_path, precision, threads)
+        self.shallow_path = Path(shallow_path) if shallow_path else None
+        self._shallow: OpenVinoModel | None = None
+        self._threads = threads
+        self.cache_interval = 0
+        self._calls = 0
+        self._deep: tuple[tuple[int, ...], np.ndarray] | None = None
         self.model_path = self.model.model_path
         self.precision = precision
         self.name = f"openvino-{precision}"
@@ -164,6 +177,21 @@ class OpenVinoUNetBackend(ProfiledBackend):
             raise InvalidModelError(f"{self.model_path.name} lacks the UNet inputs {sorted(missing)}; it has "
                                     f"{self.model.input_names}")
         self._output = self.model.output_names.index(OUTPUT) if OUTPUT in self.model.output_names else 0
+        names = self.model.output_names
+        self._deep_output = names.index(DEEP_FEATURES) if DEEP_FEATURES in names else None
+
+    @property
+    def supports_feature_cache(self) -> bool:
+        return self.shallow_path is not None and self._deep_output is not None
+
+    def set_feature_cache(self, interval: int) -> None:
+        """0 or 1: every call runs the full UNet; n >= 2: full every n calls, shallow in between."""
+        if interval > 1 and not self.supports_feature_cache:
+            raise InvalidInputError(f"{self.model_path.name} has no shallow UNet beside it, so it cannot run the "
+                                    "feature cache; export the OpenVINO engine again")
+        if interval > 1 and self._shallow is None:
+            self._shallow = OpenVinoModel(self.shallow_path, self.precision, self._threads)
+        self.cache_interval, self._calls, self._deep = interval, 0, None
 
     def _run_chunk(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         import torch
@@ -171,7 +199,17 @@ class OpenVinoUNetBackend(ProfiledBackend):
         sample = feeds[SAMPLE]
         arrays = {name: feeds[name].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
                   for name in self.spec.input_names}
-        out = self.model.run(arrays)[self._output]
+        shape = tuple(sample.shape)
+        full = (self.cache_interval < 2 or self._calls % self.cache_interval == 0 or self._deep is None
+                or self._deep[0] != shape)
+        self._calls += 1
+        if full:
+            outputs = self.model.run(arrays)
+            if self.cache_interval > 1:
+                self._deep = (shape, outputs[self._deep_output])
+            out = outputs[self._output]
+        else:
+            out = self._shallow.run({**arrays, DEEP_FEATURES: self._deep[1]})[0]
         return torch.from_numpy(out).to(device=sample.device, dtype=sample.dtype)
 
     def kernels(self) -> dict[str, Any]:

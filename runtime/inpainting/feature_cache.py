@@ -10,11 +10,12 @@ block and ``conv_out`` run; the skip connections of the outermost level are comp
 The published ``deepcache`` package (0.1.1, December 2023) still runs with today's diffusers, but it is
 not maintained; this file is the small, explicit version of the same idea, written against the block
 structure of ``diffusers.UNet2DConditionModel`` (SD1.5 and SDXL layouts alike): it wraps block
-``forward`` methods for the duration of a ``with`` block and restores them afterwards.
+``forward`` methods for the duration of a ``with`` block and restores them afterwards. An OpenVINO UNet
+engine does the same with two graphs (the full UNet, which also returns its deep features, and the
+shallow UNet exported beside it; export/openvino_export.py); other engines cannot, and say so.
 
 The output differs from the full schedule (that is the trade); ``backdrop bench --feature-cache N``
-reports the speed-up and the difference. Engines compute the whole UNet as one graph, so the cache
-needs the torch UNet and says so otherwise.
+reports the speed-up and the difference.
 """
 
 from __future__ import annotations
@@ -61,10 +62,19 @@ def feature_cache(unet: Any, interval: int) -> Iterator[CacheState | None]:
         return
     if not 2 <= interval <= MAX_INTERVAL:
         raise InvalidInputError(f"feature cache interval must be 0 (off) or 2..{MAX_INTERVAL}, got {interval}")
+    backend = getattr(unet, "backend", None)
+    if backend is not None and getattr(backend, "supports_feature_cache", False):
+        backend.set_feature_cache(interval)  # an OpenVINO engine with its shallow UNet: the same idea, two graphs
+        try:
+            yield None
+        finally:
+            backend.set_feature_cache(0)
+        return
     if not hasattr(unet, "down_blocks") or not hasattr(unet, "up_blocks"):
-        raise InvalidInputError(f"the feature cache reuses the torch UNet's deep blocks; this UNet "
-                                f"({type(unet).__name__}) has none (an exported engine computes the whole UNet as "
-                                "one graph). Turn the feature cache off, or use the torch UNet")
+        raise InvalidInputError(f"the feature cache reuses the UNet's deep blocks; this UNet ({type(unet).__name__}"
+                                f"{' on ' + backend.name if backend is not None else ''}) cannot skip them (only "
+                                "the torch UNet and OpenVINO engines can). Turn the feature cache off, or use one "
+                                "of those")
     state = CacheState(interval=interval)
     patched = []
 

@@ -124,6 +124,8 @@ def test_pipeline_rows_split_the_job_by_stage(tmp_path, inpaint_models):
         assert sum(row["stages"].values()) == pytest.approx(row["times_s"][0], rel=0.05)
     cached = rows["torch eager fp32 + feature cache every 2, 3 steps"]
     assert cached["max_abs_error"] > 0  # a different output than the full schedule, and reported as such
+    engine_cached = rows["OpenVINO fp32 whole pipeline + feature cache every 2, 3 steps"]
+    assert abs(engine_cached["max_abs_error"] - cached["max_abs_error"]) <= 2e-3  # the same approximation
     fast = rows["OpenVINO fp32 whole pipeline, lcm 2 steps"]
     assert fast["stages"]["UNet x2"] > 0 and fast["max_abs_error"] > 0
     assert "| pipeline | total s |" in (tmp_path / "out" / "bench.md").read_text()

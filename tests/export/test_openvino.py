@@ -101,7 +101,10 @@ def test_cache_and_manifest_round_trip_through_the_models_folder(unets, models_d
     first = export_engine(unets["sd15"], BASE, EngineRequest(format="openvino", precision="int8"), folder)
     assert not first.cached and first.path.parent == folder and first.path.suffix == ".xml"
     assert first.path.with_suffix(".bin").is_file()
-    assert get_locator().list("openvino") == [first.path.name]  # the manifest and .bin are not listed
+    shallow = first.manifest.extra["shallow"]  # the feature cache's shallow UNet, exported beside it
+    assert shallow.startswith("unet_shallow_sd15_inpaint_int8_")
+    assert get_locator().list("openvino") == sorted([first.path.name, shallow])  # no manifests, no .bin
+    assert read_manifest(folder / shallow).component == "unet_shallow"
     manifest = read_manifest(first.path)
     assert (manifest.format, manifest.precision, manifest.component) == ("openvino", "int8", "unet")
     assert manifest.key == first.manifest.key and manifest.exporter["openvino"]
@@ -120,3 +123,26 @@ def test_openvino_refuses_gpu_providers_and_unknown_precisions(unets, engine_dir
         EngineRequest(format="openvino", precision="fp8").validate()
     with pytest.raises(InvalidInputError, match="onnx engine is built in fp32, fp16"):
         EngineRequest(format="onnx", precision="int8").validate()
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_engine_feature_cache_matches_the_torch_feature_cache(unets, engine_dir, family):
+    from comfyui_backdrop.runtime.engines.adapter import BackendUNet
+    from comfyui_backdrop.runtime.inpainting.feature_cache import feature_cache
+
+    unet = unets[family]
+    backend = open_backend(export_engine(unet, BASE, EngineRequest(format="openvino"), engine_dir).path)
+    assert backend.supports_feature_cache
+    engine = BackendUNet(backend)
+    feeds = example_inputs(backend.spec, batch=2, seed=7)
+    added = {"text_embeds": feeds["text_embeds"], "time_ids": feeds["time_ids"]} if family == "sdxl" else None
+
+    def steps(module):
+        with torch.no_grad(), feature_cache(module, 3):
+            return [module(feeds["sample"] + 0.01 * i, 900 - 10 * i, feeds["encoder_hidden_states"],
+                           added_cond_kwargs=added).sample for i in range(5)]
+
+    reference, ours = steps(unet), steps(engine)
+    for i, (a, b) in enumerate(zip(reference, ours, strict=True)):
+        assert rel_error(b, a) <= 1e-4, f"step {i}"
+    assert backend.cache_interval == 0  # switched off again when the block ends
