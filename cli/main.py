@@ -66,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     styles = sub.add_parser("styles", help="list the style presets")
     styles.add_argument("--verbose", "-v", action="store_true", help="show prompts and palettes too")
 
+    from .accounts import add_accounts_parser
     from .bench import add_bench_parser
+    from .serve import add_serve_parser
     from .train import add_train_parser
     from .verify import add_verify_parser
 
     add_bench_parser(sub)
     add_train_parser(sub)
     add_verify_parser(sub)
+    add_serve_parser(sub)
+    add_accounts_parser(sub)
     return parser
 
 
@@ -112,6 +116,16 @@ def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from .train import run_train
 
         return run_train
+    if args.command == "serve":  # the server's jobs are `backdrop run`s: it takes that command's defaults from here
+        from functools import partial
+
+        from .serve import run_serve
+
+        return partial(run_serve, run_defaults=vars(build_parser().parse_args(["run", "-"])))
+    if args.command == "accounts":
+        from .accounts import run_accounts
+
+        return run_accounts
     from .verify import run_verify
 
     return run_verify
