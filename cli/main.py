@@ -94,41 +94,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_codes.INTERRUPTED
 
 
+# command -> (module in cli/, function): imported only when chosen, so start-up stays fast
+COMMANDS = {
+    "run": ("run", "run_command"),
+    "workflow": ("workflow", "run_workflow_command"),  # `backdrop run --workflow FILE`
+    "styles": ("styles", "list_styles"),
+    "bench": ("bench", "run_bench"),
+    "train-lora": ("train", "run_train"),
+    "verify": ("verify", "run_verify"),
+    "serve": ("serve", "run_serve"),
+    "accounts": ("accounts", "run_accounts"),
+}
+
+
 def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
-    """The function that runs ``args.command`` (imported only when chosen: start-up stays fast)."""
-    if args.command == "run" and args.workflow is not None:
-        from .workflow import run_workflow_command
+    """The function that runs ``args.command``."""
+    import importlib
 
-        return run_workflow_command
-    if args.command == "run":
-        from .run import run_command
-
-        return run_command
-    if args.command == "styles":
-        from .styles import list_styles
-
-        return list_styles
-    if args.command == "bench":
-        from .bench import run_bench
-
-        return run_bench
-    if args.command == "train-lora":
-        from .train import run_train
-
-        return run_train
-    if args.command == "serve":  # the server's jobs are `backdrop run`s: it takes that command's defaults from here
+    name = "workflow" if args.command == "run" and args.workflow is not None else args.command
+    module, function = COMMANDS[name]
+    run = getattr(importlib.import_module(f".{module}", __package__), function)
+    if name == "serve":  # the server's jobs are `backdrop run`s: it takes that command's defaults from here
         from functools import partial
 
-        from .serve import run_serve
-
-        return partial(run_serve, run_defaults=vars(build_parser().parse_args(["run", "-"])))
-    if args.command == "accounts":
-        from .accounts import run_accounts
-
-        return run_accounts
-    from .verify import run_verify
-
-    return run_verify
+        return partial(run, run_defaults=vars(build_parser().parse_args(["run", "-"])))
+    return run
 
 
 if __name__ == "__main__":
