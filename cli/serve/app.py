@@ -388,6 +388,8 @@ def _accept(state: ServerState, caller: Caller, form, job_id: str, idempotency_k
     """The blocking part of a submission, in one worker thread: the parameters, the image gate, the tier's size
     limit, the photo moved into its job folder, then the job committed (idempotency and quotas checked in that
     transaction)."""
+    if "photo" in form.fields:
+        raise HttpError(422, "send the photo as a file (a form part with a filename), not as a text field")
     try:
         params = JobParams.from_form(form.fields, state.catalog(), caller.tier.max_variations)
     except ParamError as exc:

@@ -6,8 +6,9 @@ for /healthz, ``stop`` at shutdown. :class:`LocalWorkers` runs ``--workers N`` p
 same three methods: an actor pool whose actors hold a ``JobExecutor`` and claim jobs from the same store, so
 the API, the database, quotas and recovery stay as they are.
 
-Worker processes are started with ``spawn`` (no inherited sockets, locks or threads), ignore Ctrl-C (the server
-stops them), and die with the server (``PR_SET_PDEATHSIG`` on Linux, a parent check elsewhere): a server killed
+Worker processes are started with ``spawn`` (no inherited sockets, locks or threads), run at a lower CPU priority
+than the API (nice 10: a busy worker does not slow submissions), ignore Ctrl-C (the server stops them), and die
+with the server (``PR_SET_PDEATHSIG`` on Linux, a parent check elsewhere): a server killed
 with SIGKILL leaves no worker behind to race its successor. A worker that dies is replaced, and the job it was
 running is failed as retryable, with the images it had delivered kept.
 """

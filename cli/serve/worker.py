@@ -35,6 +35,7 @@ from .store import CANCELED, FAILED, SUCCEEDED, Job, JobImage, Store
 
 log = logging.getLogger("backdrop.serve")
 IDLE_WAIT_S = 1.0
+NICENESS = 10  # workers are batch work: the API process (submissions, polls, downloads) is scheduled first
 DELIVERED_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".webp": "webp"}
 
 
@@ -56,6 +57,8 @@ def worker_main(config: ServeConfig, index: int, wake, stop, parent_pid: int, re
     from .database import open_store
 
     _die_with_parent(parent_pid)
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server stops us
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s backdrop.serve.worker: %(message)s")

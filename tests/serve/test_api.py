@@ -240,6 +240,10 @@ def test_wrong_form_shapes(alice):
     assert alice.post("/v1/jobs", json={"photo": "x"}).status_code == 415
     extra = alice.post("/v1/jobs", files={"photo": ("a.png", PHOTO), "other": ("b.png", PHOTO)})
     assert extra.status_code == 422 and "'other'" in extra.json()["detail"]
+    text_only = b'--b\r\nContent-Disposition: form-data; name="photo"\r\n\r\nbottle.png\r\n--b--\r\n'
+    as_text = alice.post("/v1/jobs", content=text_only, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert as_text.status_code == 422 and "as a file" in as_text.json()["detail"]
+    assert alice.post("/v1/jobs", data={"photo": "bottle.png"}).status_code == 415, "urlencoded, not multipart"
     assert submit(alice, style="Neon").status_code == 422
     assert submit(alice, model="checkpoints/missing.safetensors").status_code == 422
     long_key = submit(alice, headers={"Idempotency-Key": "k" * 300})

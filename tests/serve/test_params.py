@@ -86,3 +86,27 @@ def test_catalog_lists_the_models_folder(tmp_path):
     catalog = Catalog.load(Path(tmp_path))
     assert catalog.models == ("studio", "checkpoints/a.safetensors", "diffusers/pipe")
     assert catalog.loras == ("l.safetensors",) and "Minimal Studio" in catalog.styles
+
+
+def test_workers_keep_models_loaded_while_jobs_need_the_same_ones(tmp_path, monkeypatch):
+    from comfyui_backdrop.cli import run
+    from comfyui_backdrop.cli.serve.worker import JobExecutor
+
+    loads = []
+    monkeypatch.setattr(run, "load_models", lambda plan: loads.append(plan) or object())
+    settings = ServeConfig(data=DataFolder.at(tmp_path), run_defaults=vars(build_parser().parse_args(["run", "-"])))
+    executor = JobExecutor(settings, store=None, name="w0")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"x")
+
+    def plan(**fields):
+        params = JobParams.from_form(form(**fields), CATALOG, max_variations=8)
+        return params.run_plan(photo, tmp_path / "o", seed=params.seed, variations=params.variations,
+                               account="acct_1", config=settings)
+
+    first = executor.models(plan())
+    assert executor.models(plan(style="Glam", seed="9", scene="a table")) is first
+    diffusion = executor.models(plan(model="checkpoints/tiny.safetensors", seed="3"))
+    assert executor.models(plan(model="checkpoints/tiny.safetensors", seed="4", variations="2")) is diffusion
+    executor.models(plan(model="checkpoints/tiny.safetensors", lora=["shop.safetensors:0.5"]))
+    assert len(loads) == 3, "a new photo, seed or prompt reloaded the models"
