@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 PACKAGE = "comfyui_backdrop"
 _LOADED_AS = __name__.rpartition(".runtime.errors")[0]  # a file path when ComfyUI imports the folder
 
