@@ -9,7 +9,8 @@ connection per client). Three phases:
    A client submits a job (with an Idempotency-Key), polls it every ``--poll-s`` until it ends, downloads its
    image (checking its SHA-256), then submits the next: an integration that waits for each result. Reports jobs
    lost (accepted but unknown or unfinished) or duplicated (one submission, two jobs; the database holds exactly
-   the accepted jobs), 5xx answers, submission latency p50/p90/p99/max, throughput, and whether a result is
+   the accepted jobs), 5xx answers, submission latency p50/p90/p99/max as the clients see it and the server's
+   own share (its Server-Timing header), throughput, and whether a result is
    pixel-identical to ``backdrop run`` with the same seed (rebuilt from the CLI's output and the image's watermark
    ID: nothing else may differ).
 2. **quota**: ``--clients`` clients race one account whose tier allows ``--quota`` images a day, 3 one-image jobs
@@ -87,6 +88,7 @@ class Tally:
     def __init__(self) -> None:
         self.statuses: dict[int, int] = {}
         self.latencies_ms: list[float] = []
+        self.server_ms: list[float] = []  # the server's own time (its Server-Timing header)
         self.accepted: dict[str, str] = {}  # Idempotency-Key -> job id
         self.replayed = 0
         self.unanswered: list[tuple[str, bytes, dict]] = []  # (key, photo, fields) of requests without an answer
@@ -110,6 +112,9 @@ async def submit(client: httpx.AsyncClient, tally: Tally, key: str, photo: bytes
         tally.errors.append(f"submit {key}: {type(exc).__name__}")
         return None
     tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+    timing = answer.headers.get("server-timing", "")
+    if "dur=" in timing:
+        tally.server_ms.append(float(timing.split("dur=")[1].split(",")[0]))
     tally.count(answer.status_code)
     if answer.status_code != 202:
         return None
@@ -311,6 +316,8 @@ def main() -> int:
                 "submit_ms_p99": round(percentile(tally.latencies_ms, 99), 1),
                 "submit_ms_max": round(max(tally.latencies_ms), 1),
                 "submits_within_50ms": f"{sum(ms <= 50 for ms in tally.latencies_ms) / len(tally.latencies_ms):.1%}",
+                "server_ms_p50": round(percentile(tally.server_ms, 50), 1),
+                "server_ms_p99": round(percentile(tally.server_ms, 99), 1),
                 "poll_s": args.poll_s, "seconds": round(seconds, 1),
                 "jobs_per_s": round(expected / seconds, 2),
                 "errors": tally.errors[:10]}

@@ -248,6 +248,29 @@ def _limit_error(exc: LimitExceeded) -> HttpError:
 
 # ---- the application -------------------------------------------------------------------------------------
 
+class ServerTiming:
+    """ASGI middleware: ``Server-Timing: app;dur=<ms>`` on every answer, from the request reaching the application
+    (headers read) to its answer starting. Clients and the load benchmark tell the server's time from the
+    network's and their own."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed(message) -> None:
+            if message["type"] == "http.response.start":
+                timing = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", timing)]}
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
 def create_app(state: ServerState) -> FastAPI:
     from contextlib import asynccontextmanager
 
@@ -266,6 +289,7 @@ def create_app(state: ServerState) -> FastAPI:
                               "your account, and a C2PA manifest. Authenticate with `Authorization: Bearer <key>`.",
                   lifespan=lifespan)
     app.state.backdrop = state
+    app.add_middleware(ServerTiming)
 
     @app.exception_handler(HttpError)
     async def _http_error(request: Request, exc: HttpError) -> JSONResponse:

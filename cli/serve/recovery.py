@@ -70,7 +70,10 @@ def clean_leftovers(store: Store, data: DataFolder) -> tuple[int, int]:
     """Remove uploads in flight and job folders without a committed job; returns (uploads, folders) removed."""
     uploads = 0
     for entry in data.tmp.iterdir() if data.tmp.is_dir() else ():
-        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
         uploads += 1
     folders = [entry.name for entry in data.jobs.iterdir() if entry.is_dir() and JOB_ID.fullmatch(entry.name)]
     known = store.known_job_ids(folders)

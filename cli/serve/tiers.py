@@ -20,6 +20,7 @@ last good tiers in force and is logged; ``backdrop accounts set-tier`` refuses t
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -151,8 +152,6 @@ class TierBook:
                 if strict or not self._tiers:
                     raise InvalidInputError(message) from None
                 if message != self.last_error:
-                    import logging
-
                     logging.getLogger("backdrop.serve").error("tiers file not reloaded, the last good tiers stay "
                                                               "in force: %s", message)
                 self.last_error = message

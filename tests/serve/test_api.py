@@ -149,8 +149,10 @@ def test_styles_and_models_say_what_may_be_asked(server, alice):
     assert styles["resolutions"]["original"] is None and styles["resolutions"]["web"] == 1600
     assert styles["tier"] == {"name": "test", "requests_per_minute": 100000, "images_per_day": 100000,
                               "max_resolution": 4096, "max_variations": 8, "concurrent_jobs": 1000}
-    models = alice.get("/v1/models").json()
+    answer = alice.get("/v1/models")
+    models = answer.json()
     assert models["default"] == "studio" and models["models"][0] == "studio"
+    assert answer.headers["server-timing"].startswith("app;dur=")
 
 
 def test_openapi_documents_every_endpoint(server):
