@@ -188,6 +188,16 @@ def load_specs(host=None) -> dict:
     return specs
 
 
+def with_widget_defaults(graph: dict, specs: dict) -> None:
+    """Give every widget a description leaves out its default, as ComfyUI's frontend does when it builds the API
+    prompt (so a widget appended to a node later shows up in both forms)."""
+    for node in graph.values():
+        spec = specs.get(node["class_type"])
+        for widget in spec.widgets if spec is not None else ():
+            if widget.name not in node["inputs"] and "default" in widget.options:
+                node["inputs"][widget.name] = widget.options["default"]
+
+
 def render() -> dict[Path, str]:
     from comfyui_backdrop.runtime.workflow.ui_format import api_to_ui
 
@@ -195,6 +205,7 @@ def render() -> dict[Path, str]:
     files: dict[Path, str] = {}
     for name, (build, description) in WORKFLOWS.items():
         graph, layout = build()
+        with_widget_defaults(graph, specs)
         positions = {k: (40 + c * COLUMN, 60 + round(r * ROW)) for k, (c, r) in layout.items()}
         bottom = int(max(r for _, r in layout.values())) + 1
         note_id = str(max(int(k) for k in graph) + 1)
