@@ -75,6 +75,8 @@ class BenchPlan:
     feature_cache: int = 0  # --feature-cache N: DeepCache-style reuse every N steps in the pipeline rows
     fast_scheduler: str = ""  # --fast-scheduler lcm|tcd: an extra few-step pipeline row
     fast_steps: int = 4
+    run_emulated: bool = True  # --emulated skip: list emulated precisions (torch bf16 on AVX2) as skipped rows
+    pipeline_only: bool = False
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -110,8 +112,9 @@ class BenchPlan:
                    batch=args.batch, tokens=args.tokens, seed=args.seed, rounds=args.rounds, warmup=args.warmup,
                    steps=args.steps, precisions=precisions, auto=auto,
                    error_budget=args.error_budget or DEFAULT_ERROR_BUDGET, choice_file=args.choice_file,
-                   pipeline=bool(args.pipeline or args.model), feature_cache=args.feature_cache,
-                   fast_scheduler=args.fast_scheduler or "", fast_steps=args.fast_steps)
+                   pipeline=bool(args.pipeline or args.model or args.pipeline_only), feature_cache=args.feature_cache,
+                   fast_scheduler=args.fast_scheduler or "", fast_steps=args.fast_steps,
+                   run_emulated=args.emulated == "run", pipeline_only=args.pipeline_only)
 
 
 @dataclass
@@ -165,12 +168,17 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (the setup run counts)")
     bench.add_argument("--pipeline", action="store_true",
                        help="also time the whole job (random weights of --family without --model), split by stage")
+    bench.add_argument("--pipeline-only", action="store_true",
+                       help="time the whole job only (implies --pipeline; no UNet step section)")
     bench.add_argument("--steps", type=int, default=4, help="sampling steps for the pipeline benchmark")
     bench.add_argument("--feature-cache", type=int, default=0, metavar="N",
                        help="pipeline: add rows with the DeepCache-style feature cache, full UNet every N steps")
     bench.add_argument("--fast-scheduler", choices=("lcm", "tcd"), default=None,
                        help="pipeline: add a row with this few-step scheduler (--fast-steps steps)")
     bench.add_argument("--fast-steps", type=int, default=4, help="steps for --fast-scheduler")
+    bench.add_argument("--emulated", choices=("run", "skip"), default="run",
+                       help="precisions this CPU only emulates (torch bf16 without AVX512_BF16/AMX): run them, or "
+                            "list them as skipped rows (one emulated SD1.5 step can take many minutes)")
     bench.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     bench.add_argument("--work-dir", type=Path, default=None, help="where exported models go (default: temp)")
     bench.add_argument("--out", type=Path, default=Path("bench-out"), help="report folder (never overwritten)")
@@ -190,8 +198,12 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     plan = BenchPlan.from_args(args)
     handle = _load_handle(args) if args.model else None
-    unet = handle.pipe.unet if handle else build_unet(args.family, args.unet_config, plan.seed, plan.dtype,
-                                                      plan.device)
+    if handle is not None:
+        unet = handle.pipe.unet
+    elif plan.pipeline_only:
+        unet = None  # the pipeline section builds its own
+    else:
+        unet = build_unet(args.family, args.unet_config, plan.seed, plan.dtype, plan.device)
     machine = _machine()
     settings = {"command": "backdrop " + " ".join(shlex.quote(a) for a in _argv(args)),
                 "unet": handle.describe() if handle else f"{args.family} random weights ({_config_name(args)})",
@@ -207,11 +219,12 @@ def _run_bench(args: argparse.Namespace) -> int:
                                f"{machine['cpu']['model']} ({machine['cpu']['isa']})", settings=settings)
     with tempfile.TemporaryDirectory(prefix="backdrop-bench-") as tmp:
         exports = Exports(Path(args.work_dir or tmp))
-        rows, skipped = _unet_step(unet, plan, exports)
-        report.sections["UNet step"], report.skipped["UNet step"] = rows, skipped
-        gc.collect()
-        if plan.auto:
-            report.notes.append(_choose(rows, plan, settings, args.models_dir))
+        if not plan.pipeline_only:
+            rows, skipped = _unet_step(unet, plan, exports)
+            report.sections["UNet step"], report.skipped["UNet step"] = rows, skipped
+            gc.collect()
+            if plan.auto:
+                report.notes.append(_choose(rows, plan, settings, args.models_dir))
         if plan.pipeline:
             del exports.built
             exports.built = {}
@@ -264,11 +277,11 @@ def support(backend: str, precision: str, plan: BenchPlan) -> tuple[bool, str]:
         if precision == "fp16" and not cuda:
             return False, "torch runs fp16 convolutions on the GPU, not on this CPU"
         if precision == "bf16" and not native:
-            return True, f"emulated: {why}"
+            return (True, f"emulated: {why}") if plan.run_emulated else (False, f"not run (--emulated skip): {why}")
         return True, ""
     if backend in ("ort", "ort-plain"):
         if precision == "int8":
-            return (True, "MatMul weights int8 per channel, convs fp32") if backend == "ort" and not cuda else (
+            return (True, "") if backend == "ort" and not cuda else (
                 False, "int8 dynamic quantization is a CPU option of the optimized graph")
         if precision == "bf16":
             return False, "onnxruntime's CPU provider has no bf16 convolution kernels"

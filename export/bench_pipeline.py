@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .bench import Candidate, MemoryProbe, measure, parity
+from .bench import Candidate, Measurement, MemoryProbe, measure, parity
 
 BASELINE = "torch eager fp32"
 
@@ -185,13 +185,14 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
                      "few-step scheduler: error is the difference against the full schedule (random weights are not "
                      "step-distilled, so the image itself is not meaningful)"))
     probe = MemoryProbe()
-    candidates, outputs = [], {}
+    candidates, outputs, first_times = [], {}, {}
     for name, target, settings, notes in rows:
         print(f"pipeline {name}: first run", file=sys.stderr, flush=True)
         run = runner(name, target, settings)
         before = probe.rss()
         started = time.perf_counter()
         out, peak, _, _ = probe.measure(run)
+        first_times[name] = time.perf_counter() - started
         outputs[name] = out
         candidates.append(Candidate(name, run, setup_s=time.perf_counter() - started, notes=notes,
                                     setup_peak_bytes=peak,
@@ -199,12 +200,22 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         gc.collect()
     reference = outputs[candidates[0].name]
     errors = {name: parity(reference, out) for name, out in outputs.items()}
-    results = measure(candidates, None, rounds=max(1, plan.rounds // 3), warmup=1, baseline=candidates[0].name,
-                      probe_calls=False, on_round=_print_round)
+    if plan.rounds >= 3:  # interleaved rounds after the first runs
+        results = measure(candidates, None, rounds=plan.rounds // 3, warmup=1, baseline=candidates[0].name,
+                          probe_calls=False, on_round=_print_round)
+    else:  # a full-size job takes minutes: the first runs (in order, stages timed) are the one round
+        results = [_first_run(c, first_times[c.name], first_times[candidates[0].name]) for c in candidates]
     for result in results:
         result.max_abs_error, result.max_rel_error = errors[result.name]
         result.stages = stages.get(result.name, {})
     return results
+
+
+def _first_run(candidate: Candidate, seconds: float, baseline: float) -> Measurement:
+    return Measurement(name=candidate.name, times_s=[seconds], p50_s=seconds, p90_s=seconds,
+                       speedup=baseline / seconds, max_abs_error=None, max_rel_error=None, peak_rss_bytes=None,
+                       step_extra_bytes=None, cuda_bytes=None, setup_s=candidate.setup_s, notes=candidate.notes,
+                       setup_peak_bytes=candidate.setup_peak_bytes, setup_extra_bytes=candidate.setup_extra_bytes)
 
 
 def _engine_pipeline(handle: Any, precision: str, plan: Any, exports: Any) -> tuple[Any, str]:

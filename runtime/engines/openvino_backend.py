@@ -107,7 +107,11 @@ def summarize_kernels(report: dict[str, Any], top: int = 3) -> str:
     """``conv: brgconv_avx2 x120, ...; precisions f32 900`` for a table note."""
     heavy = {k: v for k, v in report["primitives"].items()
              if k.split(":")[0] in ("Convolution", "FullyConnected", "MatMul", "ScaledDotProductAttention")}
-    parts = [f"{k.split(':', 1)[1]} x{v}" for k, v in list(heavy.items())[:top]]
+    known = {k: v for k, v in heavy.items() if not k.split(":", 1)[1].startswith("undef")}
+    parts = [f"{k.split(':', 1)[1]} x{v}" for k, v in list(known.items())[:top]]
+    deferred = sum(v for k, v in heavy.items() if k not in known)
+    if deferred:  # dynamic shapes: the primitive is picked when the shapes are known, at run time
+        parts.append(f"{deferred} picked at run time (dynamic shapes)")
     precisions = ", ".join(f"{k} {v}" for k, v in report["runtime_precisions"].items())
     return f"kernels: {', '.join(parts) or 'n/a'}; runtime precisions: {precisions}"
 
