@@ -1,18 +1,26 @@
-"""Benchmark of the watermark codec (issue 6): speed on one core, PSNR, robustness, false positives.
+"""Benchmark of the watermark codec (issues 6 and 19): speed on one core, PSNR, robustness, averaging
+attack, false positives; codec v1 and v2 side by side.
 
     .venv/bin/python benchmarks/bench_watermark.py [--quick] [--out results.json] [--fp-samples N] [--workers K]
+        [--versions 1 2] [--attacks NAME...] [--average-images N] [--skip speed robustness averaging fp]
 
 * Speed: embed and detect, ms and ms per megapixel at 0.26, 1 and 4 MP, one thread everywhere
-  (OpenCV, OpenMP/MKL/OpenBLAS pinned before numpy is imported); median of repeats.
-* Quality: PSNR of the marked images, ours and imwatermark's (invisible-watermark, as used by SDXL).
-* Robustness: bit accuracy and exact-ID rate per attack on 20+ real photos (scikit-image's, at their own
-  size and resized to 512-2048 px) plus flat white-background product shots, with imwatermark's dwtDct
-  and dwtDctSvd (64-bit payloads) side by side. "Bit accuracy" is over the 64 payload bits; for our codec
-  those come from the best hypothesis even when the CRC rejects them (found=False, no ID reported).
+  (OpenCV, OpenMP/MKL/OpenBLAS pinned before numpy is imported); median of repeats. ``detect`` tries
+  both codec versions (v2 first), so an unmarked or v1-marked image pays for both.
+* Quality: PSNR of the marked images (min and mean), ours and, when installed, imwatermark's
+  (invisible-watermark, as used by SDXL).
+* Robustness: bit accuracy and exact-ID rate per attack on 25 images: 20 real photos (scikit-image's,
+  at their own size and resized to 451-2048 px) and 5 flat studio product shots; the rate is also given
+  for the studio shots alone and for the images of at least 1 MP (the thumbnail attacks' target).
+  "Bit accuracy" is over the 64 payload bits; for our codec those come from the best hypothesis even
+  when the CRC rejects them (found=False, no ID reported). ``--workers`` spreads the images over processes.
+* Averaging attack (arXiv 2406.09026, issue 19): ``--average-images`` catalog images (512 px, one key) are
+  marked, their luma residuals averaged and folded on the tile period; the estimate, scaled by local
+  texture, is subtracted from 40 other marked images at two attack strengths (PSNR of the attack).
 * False positives: ``--fp-samples`` unmarked images (crops/resizes/JPEGs of real photos, noise, flat and
-  gradient images, and photos marked under another key), spread over ``--workers`` processes of one
-  thread each. Reports false decodes (must be 0) and the empirical rate of sync scores against the
-  calibrated p-value.
+  gradient images, and photos marked under another key with v1 and v2), spread over ``--workers``
+  processes of one thread each. Reports false decodes (must be 0) and the empirical rate of sync scores
+  against the calibrated p-value.
 
 Prints markdown tables; ``--out`` also writes every number as JSON. Not collected by pytest.
 """
@@ -41,20 +49,25 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the shared test helpers (tests.*) importable
     sys.path.insert(0, str(ROOT))
 
-from comfyui_backdrop.runtime.watermark import codec, detect, embed  # noqa: E402
+from comfyui_backdrop.runtime.watermark import carrier, codec, detect, embed  # noqa: E402
 from comfyui_backdrop.runtime.watermark.payload import int_to_bits  # noqa: E402
-from comfyui_backdrop.runtime.watermark.scoring import log10_false_positive  # noqa: E402
+from comfyui_backdrop.runtime.watermark.perceptual import luma  # noqa: E402
 from tests.fixtures.images import studio_product_photo  # noqa: E402
 from tests.fixtures.watermark_images import (  # noqa: E402
+    averaged_residual_tile,
     blur,
+    catalog_images,
     crop_area,
     jpeg,
+    mirror,
     noise_image,
     psnr,
     resize,
     rotate,
     skimage_photo,
+    subtract_estimate,
     tone,
+    turn,
     webp,
 )
 
@@ -88,9 +101,25 @@ ATTACKS: dict[str, Attack] = {
     "rotate 3 + aspect 0.8x0.9 + JPEG 60": lambda x: jpeg(resize(rotate(x, 3.0), 0.8, 0.9), 60),
     "crop 50% + scale 0.7 + WebP 80": lambda x: webp(resize(crop_area(x, 0.5, 0.1, 0.9), 0.7), 80),
 }
+NEW_ATTACKS: dict[str, Attack] = {  # issue 19
+    "mirror (left-right)": lambda x: mirror(x, True),
+    "mirror (top-bottom)": lambda x: mirror(x, False),
+    "rotate 90": lambda x: turn(x, 1),
+    "rotate 180": lambda x: turn(x, 2),
+    "rotate 270": lambda x: turn(x, 3),
+    "scale 0.33": lambda x: resize(x, 0.33),
+    "scale 0.25": lambda x: resize(x, 0.25),
+    "JPEG q20 4:2:0": lambda x: jpeg(x, 20),
+    "WebP q40": lambda x: webp(x, 40),
+    "crop 10% area": lambda x: crop_area(x, 0.1, 0.3, 0.6),
+    "crop 25% + scale 0.5 + JPEG 60": lambda x: jpeg(resize(crop_area(x, 0.25, 0.4, 0.6), 0.5), 60),
+    "mirror + scale 0.33 + JPEG 75": lambda x: jpeg(resize(mirror(x), 0.33), 75),
+}
+ATTACKS.update(NEW_ATTACKS)
 QUICK_ATTACKS = ("none", "crop 25% area", "scale 0.5", "scale 2.0", "aspect 0.9x1.1", "JPEG q50 4:2:0",
                  "WebP q80", "blur sigma 0.8", "brightness/contrast/gamma", "rotate +5 deg",
-                 "crop 25% + scale 1.5 + JPEG 70", "scale 0.5 + JPEG 75")
+                 "crop 25% + scale 1.5 + JPEG 70", "scale 0.5 + JPEG 75", *NEW_ATTACKS)
+LARGE_MP = 1.0  # the thumbnail targets are for images of at least this many megapixels
 
 
 # ------------------------------------------------------------------------------------------------- images
@@ -143,26 +172,35 @@ def _timed_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def speed(quick: bool) -> list[dict]:
+def speed(quick: bool, versions: tuple[int, ...]) -> list[dict]:
     base = skimage_photo("retina")[100:1311, 100:1311]
     rows = []
     for side in (512, 1024) if quick else (512, 1024, 2048):
         image = cv2.resize(base, (side, side), interpolation=cv2.INTER_AREA if side < 1211 else cv2.INTER_CUBIC)
-        marked = embed(image, 7, KEY)
         mp = side * side / 1e6
-        embed_ms = _timed_ms(lambda image=image: embed(image, 7, KEY), 5 if quick else 11)
-        detect_ms = _timed_ms(lambda marked=marked: detect(marked, KEY), 3 if quick else 7)
         clean_ms = _timed_ms(lambda image=image: detect(image, KEY), 3 if quick else 5)
-        rows.append({"size": f"{side}x{side}", "megapixels": mp,
-                     "embed_ms": embed_ms[0], "embed_ms_per_mp": embed_ms[0] / mp,
-                     "embed_best_ms_per_mp": embed_ms[1] / mp,
-                     "detect_ms": detect_ms[0], "detect_ms_per_mp": detect_ms[0] / mp,
-                     "detect_best_ms_per_mp": detect_ms[1] / mp, "detect_unmarked_ms_per_mp": clean_ms[0] / mp,
-                     "detect_unmarked_best_ms_per_mp": clean_ms[1] / mp})
+        for version in versions:
+            marked = embed(image, 7, KEY, version=version)
+            embed_ms = _timed_ms(lambda image=image, v=version: embed(image, 7, KEY, version=v), 5 if quick else 11)
+            detect_ms = _timed_ms(lambda marked=marked: detect(marked, KEY), 3 if quick else 7)
+            rows.append({"size": f"{side}x{side}", "version": version, "megapixels": mp,
+                         "embed_ms": embed_ms[0], "embed_ms_per_mp": embed_ms[0] / mp,
+                         "embed_best_ms_per_mp": embed_ms[1] / mp,
+                         "detect_ms": detect_ms[0], "detect_ms_per_mp": detect_ms[0] / mp,
+                         "detect_best_ms_per_mp": detect_ms[1] / mp, "detect_unmarked_ms_per_mp": clean_ms[0] / mp,
+                         "detect_unmarked_best_ms_per_mp": clean_ms[1] / mp})
     return rows
 
 
 # ------------------------------------------------------------------------------------------------- robustness
+
+
+def _imwatermark_available() -> bool:
+    try:
+        import imwatermark  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _imwatermark(image: np.ndarray, bits: np.ndarray, method: str) -> np.ndarray | None:
@@ -186,54 +224,134 @@ def _imwatermark_bits(image: np.ndarray, method: str) -> np.ndarray | None:
         return None
 
 
-def robustness(images: list[tuple[str, np.ndarray]], attacks: dict[str, Attack], baselines: bool) -> dict:
-    methods = ["ours"] + (["dwtDct", "dwtDctSvd"] if baselines else [])
-    marked: dict[str, list] = {m: [] for m in methods}
-    quality: dict[str, list[float]] = {m: [] for m in methods}
-    for index, (_, image) in enumerate(images):
-        value = payload_for(index)
-        bits = int_to_bits(value, 64)
-        ours = embed(image, value, KEY)
-        marked["ours"].append((ours, value, bits))
-        quality["ours"].append(psnr(ours, image))
-        for method in methods[1:]:
-            out = _imwatermark(image, bits, method)
-            marked[method].append((out, value, bits))
-            if out is not None:
-                quality[method].append(psnr(out, image))
+_JOB: dict = {}
+
+
+def _mark(image: np.ndarray, value: int, method: str) -> np.ndarray | None:
+    if method.startswith("v"):
+        return embed(image, value, KEY, version=int(method[1:]))
+    return _imwatermark(image, int_to_bits(value, 64), method)
+
+
+def _read(image: np.ndarray, value: int, method: str) -> tuple[np.ndarray | None, bool]:
+    """(64 decoded bits or None, exact ID found) for one attacked image."""
+    bits = int_to_bits(value, 64)
+    if method.startswith("v"):
+        try:
+            analysis = codec.analyse(image, KEY)
+        except codec.ImageTooSmallError:
+            return None, False
+        found = analysis.payload is not None and analysis.log10_fpp <= -6.0  # = detect().found
+        return analysis.bits, found and analysis.payload == value
+    got = _imwatermark_bits(image, method)
+    return got, got is not None and bool(np.array_equal(got, bits))
+
+
+def _robustness_worker(index: int) -> dict:
+    """Every attack and method on image ``index`` of the job (a separate process with one thread)."""
+    cv2.setNumThreads(1)
+    images, attacks, methods = _JOB["images"], _JOB["attacks"], _JOB["methods"]
+    label, image = images[index]
+    value = payload_for(index)
+    out: dict = {"psnr": {}, "reads": {}}
+    for method in methods:
+        marked = _mark(image, value, method)
+        if marked is not None:
+            out["psnr"][method] = psnr(marked, image)
+        for name, attack in attacks.items():
+            if marked is None:
+                out["reads"][(name, method)] = (0.5, False)
+                continue
+            got, hit = _read(attack(marked), value, method)
+            bits = int_to_bits(value, 64)
+            out["reads"][(name, method)] = (0.5 if got is None else float(np.mean(got == bits)), hit)
+    print(f"  {label}: " + ", ".join(f"{m} {np.mean([out['reads'][(a, m)][1] for a in attacks]):.2f}"
+                                     for m in methods), file=sys.stderr, flush=True)
+    return out
+
+
+def robustness(images: list[tuple[str, np.ndarray]], attacks: dict[str, Attack], methods: list[str],
+               workers: int) -> dict:
+    _JOB.update(images=images, attacks=attacks, methods=methods)
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            per_image = pool.map(_robustness_worker, range(len(images)), chunksize=1)
+    else:
+        per_image = [_robustness_worker(i) for i in range(len(images))]
+    large = [i.shape[0] * i.shape[1] >= LARGE_MP * 1e6 for _, i in images]
+    studio = [label.startswith("studio") for label, _ in images]
     results: dict[str, dict] = {}
-    for name, attack in attacks.items():
-        row: dict[str, dict] = {}
+    for name in attacks:
+        row = {}
         for method in methods:
-            accuracy, exact, studio_exact = [], [], []
-            for (label, _), (image, value, bits) in zip(images, marked[method], strict=True):
-                if image is None:
-                    accuracy.append(0.5)
-                    exact.append(False)
-                    continue
-                attacked = attack(image)
-                if method == "ours":
-                    try:
-                        analysis = codec.analyse(attacked, KEY)
-                        found = analysis.payload is not None and analysis.log10_fpp <= -6.0  # = detect().found
-                        got_bits, hit = analysis.bits, found and analysis.payload == value
-                    except codec.ImageTooSmallError:
-                        got_bits, hit = None, False
-                else:
-                    got_bits = _imwatermark_bits(attacked, method)
-                    hit = got_bits is not None and bool(np.array_equal(got_bits, bits))
-                accuracy.append(0.5 if got_bits is None else float(np.mean(got_bits == bits)))
-                exact.append(hit)
-                if label.startswith("studio"):
-                    studio_exact.append(hit)
-            row[method] = {"bit_accuracy": float(np.mean(accuracy)), "exact_rate": float(np.mean(exact)),
-                           "studio_exact_rate": float(np.mean(studio_exact)) if studio_exact else None,
-                           "n": len(exact)}
+            reads = [r["reads"][(name, method)] for r in per_image]
+            hits = [hit for _, hit in reads]
+            row[method] = {"bit_accuracy": float(np.mean([acc for acc, _ in reads])),
+                           "exact_rate": float(np.mean(hits)),
+                           "studio_exact_rate": float(np.mean([h for h, s in zip(hits, studio, strict=True) if s])),
+                           "large_exact_rate": float(np.mean([h for h, g in zip(hits, large, strict=True) if g])),
+                           "n": len(hits), "n_large": int(sum(large)),
+                           "missed": [images[i][0] for i, h in enumerate(hits) if not h]}
         results[name] = row
-        print(f"  {name}: " + ", ".join(f"{m} {row[m]['exact_rate']:.2f}" for m in methods), file=sys.stderr,
-              flush=True)
-    psnrs = {m: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for m, v in quality.items() if v}
+    psnrs = {}
+    for method in methods:
+        values = [r["psnr"][method] for r in per_image if method in r["psnr"]]
+        if values:
+            worst = int(np.argmin(values))
+            psnrs[method] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "n": len(values),
+                             "min_image": [images[i][0] for i, r in enumerate(per_image) if method in r["psnr"]][worst]}
     return {"attacks": results, "psnr": psnrs, "methods": methods}
+
+
+# ------------------------------------------------------------------------------------------------- averaging
+
+
+def averaging(train: int, test: int, versions: tuple[int, ...], attack_psnrs=(49.7, 46.5), side: int = 512) -> dict:
+    """The averaging (estimation) attack: estimate the carrier from ``train`` marked catalog images, subtract it
+    from ``test`` other marked images; how many still read their exact ID.
+
+    The attacker knows the design: v1 folds on 64 px; for v2 the images are grouped by the tile period the
+    codec picks for them (64 or 128 px, public rule) and each group is averaged and folded on its own period.
+    """
+    images = catalog_images(train + test, side, seed=19)
+    out: dict = {"train": train, "test": test, "side": side, "versions": {}}
+    for version in versions:
+        start = time.perf_counter()
+        marked = [embed(image, payload_for(5000 + i), KEY, version=version) for i, image in enumerate(images)]
+        periods = [64 if version == 1 else carrier.period_for(luma(m)) for m in images]  # the true grouping
+        tiles = {p: averaged_residual_tile([m for m, q in zip(marked[:train], periods, strict=False) if q == p], p)
+                 for p in sorted(set(periods[:train]))}
+        rows = {"clean": [], **{f"{p:g} dB": [] for p in attack_psnrs}}
+        for i in range(train, train + test):
+            value = payload_for(5000 + i)
+            rows["clean"].append(detect(marked[i], KEY).payload == value)
+            for p in attack_psnrs:
+                attacked = subtract_estimate(marked[i], tiles[periods[i]], p)
+                rows[f"{p:g} dB"].append(detect(attacked, KEY).payload == value)
+        out["versions"][version] = {name: float(np.mean(v)) for name, v in rows.items()}
+        first = periods[0]
+        out["versions"][version]["estimate_vs_carrier"] = _estimate_quality(tiles[first], first, version)
+        out["versions"][version]["groups"] = {str(p): periods[:train].count(p) for p in tiles}
+        out["versions"][version]["seconds"] = time.perf_counter() - start
+        print(f"  averaging v{version}: {out['versions'][version]}", file=sys.stderr, flush=True)
+    return out
+
+
+def _estimate_quality(tile: np.ndarray, period: int, version: int) -> float:
+    """Normalised correlation of the attacker's estimate with the true carrier of the first training image."""
+    from comfyui_backdrop.runtime.watermark.pattern import keyed_layout
+    from comfyui_backdrop.runtime.watermark.payload import encode
+
+    value = payload_for(5000)
+    if version == 1:
+        truth = keyed_layout(KEY).tile(encode(value)).astype(np.float64)
+    else:
+        truth = carrier.tile(KEY, encode(value), carrier.nonce(KEY, value), period).astype(np.float64)
+        if truth.shape != tile.shape:
+            return float("nan")
+    a = (tile - tile.mean()) / (tile.std() + 1e-12)
+    b = (truth - truth.mean()) / (truth.std() + 1e-12)
+    return float(np.mean(a * b))
 
 
 # ------------------------------------------------------------------------------------------------- false positives
@@ -255,13 +373,16 @@ def fp_sample(index: int) -> np.ndarray:
     """The ``index``-th unmarked image (deterministic)."""
     rng = np.random.default_rng(50_000 + index)
     kind = index % 10
-    if kind <= 5:  # crops, some resized, some recompressed
+    if kind <= 5:  # crops, some resized, some recompressed, some mirrored or turned
         source = _fp_sources()[int(rng.integers(len(_fp_sources())))]
         image = crop_area(source, float(rng.uniform(0.05, 1.0)), float(rng.random()), float(rng.random()))
         if kind >= 3:
-            image = resize(image, float(rng.uniform(0.5, 2.0)), float(rng.uniform(0.5, 2.0)))
+            image = resize(image, float(rng.uniform(0.25, 2.0)), float(rng.uniform(0.25, 2.0)))
         if kind == 5:
-            image = jpeg(image, int(rng.integers(40, 95)))
+            image = jpeg(image, int(rng.integers(20, 95))) if rng.random() < 0.7 else webp(image, int(rng.integers(
+                30, 95)))
+        if kind == 2:
+            image = turn(image, int(rng.integers(4))) if rng.random() < 0.5 else mirror(image)
     elif kind == 6:  # noise, white or smoothed
         image = noise_image(int(rng.integers(64, 700)), int(rng.integers(64, 700)), seed=index,
                             sigma=float(rng.uniform(1, 80)), smooth=float(rng.choice([0.0, 0.7, 1.5, 3.0])))
@@ -271,25 +392,25 @@ def fp_sample(index: int) -> np.ndarray:
         level = rng.uniform(0, 255) + rng.uniform(-60, 60) * (xs / w) + rng.uniform(-60, 60) * (ys / h)
         image = np.dstack([level] * 3) + rng.normal(0, rng.uniform(0, 3), (h, w, 3))
         image = np.clip(image, 0, 255).astype(np.uint8)
-    else:  # real photos marked under another installation's key
+    else:  # real photos marked under another installation's key (kind 8: v1, kind 9: v2)
         source = _fp_sources()[int(rng.integers(len(_fp_sources())))]
         image = crop_area(source, float(rng.uniform(0.3, 1.0)), float(rng.random()), float(rng.random()))
         if min(image.shape[:2]) >= codec.MIN_SIDE:
-            image = embed(image, int(rng.integers(0, 2**62)), OTHER_KEY)
+            image = embed(image, int(rng.integers(0, 2**62)), OTHER_KEY, version=1 if kind == 8 else 2)
     if min(image.shape[:2]) < codec.MIN_DETECT_SIDE:
         image = cv2.resize(image, (max(image.shape[1], 64), max(image.shape[0], 64)))
     return image
 
 
-def _fp_worker(indices: list[int]) -> list[tuple[int, bool, float, float]]:
+def _fp_worker(indices: list[int]) -> list[tuple[int, bool, float, float, int]]:
     cv2.setNumThreads(1)
     out = []
     for i in indices:
         image = fp_sample(i)
         analysis = codec.analyse(image, KEY)
-        result = detect(image, KEY) if analysis.payload is not None else None
-        sync_only = log10_false_positive(analysis.alignment.z, analysis.hypotheses, False)
-        out.append((i, bool(result is not None and result.found), float(analysis.alignment.z), sync_only))
+        found = analysis.payload is not None and analysis.log10_fpp <= -6.0  # = detect().found
+        sync_only = analysis.log10_fpp if analysis.payload is None else float("nan")
+        out.append((i, bool(found), float(analysis.alignment.z), sync_only, analysis.version))
     return out
 
 
@@ -304,6 +425,7 @@ def false_positives(samples: int, workers: int) -> dict:
     rows = [r for part in parts for r in part]
     z = np.array([r[2] for r in rows])
     log_p = np.array([r[3] for r in rows])
+    log_p = log_p[np.isfinite(log_p)]
     return {
         "samples": len(rows),
         "false_decodes": int(sum(r[1] for r in rows)),
@@ -325,10 +447,10 @@ def report(results: dict) -> str:
     lines: list[str] = []
     if results["speed"]:
         lines += ["## Speed (one core; median / best of the repeats)", "",
-                  "| size | embed ms | embed ms/MP | detect ms | detect ms/MP | detect unmarked ms/MP |",
-                  "|---|---|---|---|---|---|"]
+                  "| size | codec | embed ms | embed ms/MP | detect ms | detect ms/MP | detect unmarked ms/MP |",
+                  "|---|---|---|---|---|---|---|"]
         for r in results["speed"]:
-            lines.append(f"| {r['size']} | {r['embed_ms']:.1f} | {r['embed_ms_per_mp']:.1f} / "
+            lines.append(f"| {r['size']} | v{r['version']} | {r['embed_ms']:.1f} | {r['embed_ms_per_mp']:.1f} / "
                          f"{r['embed_best_ms_per_mp']:.1f} | {r['detect_ms']:.0f} | {r['detect_ms_per_mp']:.0f} / "
                          f"{r['detect_best_ms_per_mp']:.0f} | {r['detect_unmarked_ms_per_mp']:.0f} / "
                          f"{r['detect_unmarked_best_ms_per_mp']:.0f} |")
@@ -336,18 +458,37 @@ def report(results: dict) -> str:
     rob = results["robustness"]
     methods = rob["methods"]
     if methods:
-        lines += [f"## PSNR ({len(results['images'])} images)", "", "| method | mean dB | min dB |", "|---|---|---|"]
+        lines += [f"## PSNR ({len(results['images'])} images)", "", "| method | mean dB | min dB | worst image |",
+                  "|---|---|---|---|"]
         for m in methods:
             if m in rob["psnr"]:
-                lines.append(f"| {m} | {rob['psnr'][m]['mean']:.2f} | {rob['psnr'][m]['min']:.2f} |")
+                p = rob["psnr"][m]
+                lines.append(f"| {m} | {p['mean']:.2f} | {p['min']:.2f} | {p['min_image']} |")
+        ours = [m for m in methods if m.startswith("v")]
         header = " | ".join(f"{m} bit acc | {m} exact ID" for m in methods)
-        lines += ["", "## Robustness (bit accuracy / exact-ID rate)", "",
-                  f"| attack | {header} | ours exact ID, studio shots |",
-                  "|---|" + "---|" * (2 * len(methods) + 1)]
+        extra = " | ".join(f"{m} studio | {m} >= 1 MP" for m in ours)
+        any_row = next(iter(rob["attacks"].values()))
+        lines += ["", "## Robustness (bit accuracy / exact-ID rate; studio shots and >= 1 MP images apart: "
+                  f"{any_row[methods[0]]['n']} images, {any_row[methods[0]]['n_large']} of them >= 1 MP)", "",
+                  f"| attack | {header} | {extra} |",
+                  "|---|" + "---|" * (2 * len(methods) + 2 * len(ours))]
         for name, row in rob["attacks"].items():
             cells = " | ".join(f"{row[m]['bit_accuracy']:.3f} | {row[m]['exact_rate']:.2f}" for m in methods)
-            studio = row["ours"]["studio_exact_rate"]
-            lines.append(f"| {name} | {cells} | {'' if studio is None else f'{studio:.2f}'} |")
+            split_cells = " | ".join(f"{row[m]['studio_exact_rate']:.2f} | {row[m]['large_exact_rate']:.2f}"
+                                     for m in ours)
+            lines.append(f"| {name} | {cells} | {split_cells} |")
+        lines.append("")
+    if results.get("averaging"):
+        av = results["averaging"]
+        names = [k for k in next(iter(av["versions"].values())) if k not in ("seconds", "estimate_vs_carrier",
+                                                                             "groups")]
+        lines += [f"## Averaging attack ({av['train']} marked {av['side']} px catalog images averaged, "
+                  f"{av['test']} others attacked)", "",
+                  "| codec | estimate vs true carrier | " + " | ".join(f"found, {n}" for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for version, row in av["versions"].items():
+            lines.append(f"| v{version} | {row['estimate_vs_carrier']:.3f} | "
+                         + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
         lines.append("")
     if "false_positives" in results:
         fp = results["false_positives"]
@@ -362,28 +503,47 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="8 images, 12 attacks, 500 false-positive samples")
+    parser.add_argument("--quick", action="store_true",
+                        help="8 images, the new attacks and 12 old ones, 100 averaged images, 500 false-positive "
+                             "samples")
     parser.add_argument("--out", type=Path, help="also write all numbers to this JSON file")
-    parser.add_argument("--fp-samples", type=int, default=None, help="unmarked images to test (default 10000)")
-    parser.add_argument("--workers", type=int, default=1, help="processes for the false-positive run")
+    parser.add_argument("--fp-samples", type=int, default=None, help="unmarked images to test (default 20000)")
+    parser.add_argument("--average-images", type=int, default=None,
+                        help="marked images the averaging attack averages (default 1000)")
+    parser.add_argument("--workers", type=int, default=1, help="processes for robustness and false positives")
+    parser.add_argument("--versions", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="codec versions")
+    parser.add_argument("--attacks", nargs="*", default=None, help="only these attacks (names as printed)")
+    parser.add_argument("--images", nargs="*", default=None, help="only these images (names as printed)")
     parser.add_argument("--no-baselines", action="store_true", help="skip imwatermark")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "robustness", "fp"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "robustness", "averaging", "fp"])
     args = parser.parse_args(argv)
-    samples = args.fp_samples if args.fp_samples is not None else (500 if args.quick else 10_000)
+    samples = args.fp_samples if args.fp_samples is not None else (500 if args.quick else 20_000)
+    averaged = args.average_images if args.average_images is not None else (100 if args.quick else 1000)
+    versions = tuple(args.versions)
 
     images = bench_images(args.quick)
-    results: dict = {"images": [{"name": n, "height": i.shape[0], "width": i.shape[1]} for n, i in images]}
+    if args.images:
+        images = [item for item in images if item[0] in args.images]
+    results: dict = {"images": [{"name": n, "height": i.shape[0], "width": i.shape[1]} for n, i in images],
+                     "cpu": _cpu_name()}
     if "speed" not in args.skip:
         print("speed...", file=sys.stderr, flush=True)
-        results["speed"] = speed(args.quick)
+        results["speed"] = speed(args.quick, versions)
     else:
         results["speed"] = []
     if "robustness" not in args.skip:
         print(f"robustness on {len(images)} images...", file=sys.stderr, flush=True)
-        attacks = {k: v for k, v in ATTACKS.items() if not args.quick or k in QUICK_ATTACKS}
-        results["robustness"] = robustness(images, attacks, baselines=not args.no_baselines)
+        attacks = {k: v for k, v in ATTACKS.items() if (not args.quick or k in QUICK_ATTACKS)
+                   and (args.attacks is None or k in args.attacks)}
+        methods = [f"v{v}" for v in versions]
+        if not args.no_baselines and _imwatermark_available():
+            methods += ["dwtDct", "dwtDctSvd"]
+        results["robustness"] = robustness(images, attacks, methods, max(1, args.workers))
     else:
         results["robustness"] = {"attacks": {}, "psnr": {}, "methods": []}
+    if "averaging" not in args.skip and averaged > 0:
+        print(f"averaging attack over {averaged} images...", file=sys.stderr, flush=True)
+        results["averaging"] = averaging(averaged, 20 if args.quick else 40, versions)
     if "fp" not in args.skip and samples > 0:
         print(f"false positives on {samples} unmarked images...", file=sys.stderr, flush=True)
         results["false_positives"] = false_positives(samples, max(1, args.workers))
@@ -391,6 +551,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0 if results.get("false_positives", {}).get("false_decodes", 0) == 0 else 1
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""``backdrop verify FILE [FILE...] [--json] [--ledger]``: read each image's invisible watermark, look
-up and check its signed ledger record, and read its C2PA manifest.
+"""``backdrop verify FILE [FILE...] [--json] [--ledger] [--map DIR]``: read each image's invisible watermark,
+look up and check its signed ledger record, and read its C2PA manifest. ``--map DIR`` also writes, per file,
+where in the image the mark reads (``DIR/<name>.watermark-map.png``: white = marked, black = not; all black
+when no mark was found), e.g. to see the marked part of a spliced image or a partial crop.
 
 Exit status: 0 when every file carries a mark whose record is in the ledger with a valid signature
 and an intact chain (and, with ``--ledger``, the whole ledger verifies); 1 otherwise (unmarked,
@@ -30,6 +32,9 @@ def add_verify_parser(subparsers) -> None:
                         help='print {"files": [...], "ledger": ...} as JSON instead of text')
     verify.add_argument("--ledger", action="store_true",
                         help="also check every record's signature and the whole hash chain")
+    verify.add_argument("--map", type=Path, default=None, metavar="DIR",
+                        help="also write where each image's watermark reads as DIR/<name>.watermark-map.png "
+                             "(white = marked); existing files are never overwritten")
     verify.add_argument("--home", type=Path, default=None,
                         help="provenance home with keys/ and ledger.sqlite3 "
                              "(default: $BACKDROP_HOME, else ~/.config/comfyui-backdrop)")
@@ -44,14 +49,18 @@ def run_verify(args: argparse.Namespace) -> int:
     if not files:
         raise BackdropError("no images to verify")
     results: list[Verification] = []
+    maps: dict[str, str] = {}
     for path in files:
-        results.append(_verify_one(service, path))
+        results.append(_verify_one(service, path, localise=args.map is not None))
+        if args.map is not None and not results[-1].error:
+            maps[results[-1].source] = str(_write_map(results[-1], path, args.map))
     ledger = service.ledger.verify() if args.ledger else None
     warnings = _ledger_warnings(service, ledger)
     failed = [r for r in results if not _verified(r)]
     ok = not failed and (ledger is None or ledger.ok)
     if args.json:
-        document = {"files": [r.to_json_dict() for r in results], "ledger": None if ledger is None else {
+        document = {"files": [{**r.to_json_dict(), **({"map": maps[r.source]} if r.source in maps else {})}
+                              for r in results], "ledger": None if ledger is None else {
             "records": ledger.records, "signature": ledger.signature, "chain": ledger.chain,
             "problems": ledger.problems, "ok": ledger.ok, "file_state": ledger.file_state,
             "witnessed_seq": ledger.witnessed_seq}, "warnings": warnings}
@@ -59,6 +68,8 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         for result in results:
             print(result.summary())
+            if result.source in maps:
+                print(f"  map: {maps[result.source]}")
         if ledger is not None:
             state = "" if ledger.file_state == "ok" else f" (file {ledger.file_state})"
             print(f"ledger {service.ledger.path}: {ledger.records} record(s){state}; signatures {ledger.signature}; "
@@ -72,7 +83,27 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _verify_one(service, path: Path):
+def _write_map(result, path: Path, folder: Path) -> Path:
+    """Write ``result``'s presence mask as an 8-bit gray PNG in ``folder`` (created if needed; never overwrites:
+    a taken name gets -1, -2...)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ..runtime.files import write_bytes_exclusive
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackdropError(f"--map: cannot create the folder {folder}: {exc}") from exc
+    pixels = np.clip(np.rint(result.presence_mask() * 255.0), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, "PNG")
+    return write_bytes_exclusive(folder / f"{path.stem}.watermark-map.png", buffer.getvalue())
+
+
+def _verify_one(service, path: Path, localise: bool = False):
     """One file's Verification; a missing or unreadable file is reported as not checked, saying which."""
     from ..runtime.watermark.service import Verification
 
@@ -84,7 +115,7 @@ def _verify_one(service, path: Path):
         why = f"{path} is not a file"
         return Verification(source=str(path), error=why, message=why)
     try:
-        return service.verify_file(path)
+        return service.verify_file(path, localise=localise)
     except (BackdropError, OSError, ValueError) as exc:
         why = f"unreadable: {exc}"
         return Verification(source=str(path), error=why, message=why)

@@ -14,6 +14,7 @@ from .tensors import mask_tooltip, with_rules
 CATEGORY = "Backdrop/provenance"
 NO_FILE = "none"
 TOO_SMALL_CHOICES = ("leave unmarked", "error")
+CODEC_CHOICES = ("v1", "v2")  # watermark codec versions BackdropWatermark can write (the first is the default)
 logger = logging.getLogger(__name__)
 
 
@@ -55,6 +56,11 @@ class BackdropWatermark(HostedNode):
             "optional": {
                 "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = keep these pixels bit-exact (the product); "
                                                                   "the mark goes around them")}),
+                "codec": (list(CODEC_CHOICES), {"default": CODEC_CHOICES[0],
+                                                "tooltip": "watermark codec version (rarely changed): v2 also "
+                                                           "survives mirrors, quarter turns, thumbnails and heavy "
+                                                           "JPEG/WebP, and resists averaging across a catalog; "
+                                                           "Backdrop Verify reads both"}),
             },
             "hidden": {"workflow_prompt": "PROMPT"},
         }
@@ -73,7 +79,8 @@ class BackdropWatermark(HostedNode):
                              "(already marked, with if_already_marked = refuse) no record is written for any.")
 
     def mark(self, image, account: str, prompt: str, negative_prompt: str, generation_seed: int, metadata: str,
-             if_already_marked: str, if_too_small: str, strength: float, product_mask=None, workflow_prompt=None):
+             if_already_marked: str, if_too_small: str, strength: float, product_mask=None, workflow_prompt=None,
+             codec: str = CODEC_CHOICES[0]):
         """All or nothing: every image is checked and marked first; the records of the whole batch are then
         written in one ledger transaction. A refused or failing image anywhere leaves no record at all."""
         from ..runtime.watermark import MIN_SIDE, ImageTooSmallError
@@ -81,6 +88,9 @@ class BackdropWatermark(HostedNode):
         from .tensors import images_to_list, masks_for_batch, stack_images
 
         node = "BackdropWatermark"
+        if codec not in CODEC_CHOICES:
+            raise InvalidInputError(f"{node}: codec must be one of {', '.join(CODEC_CHOICES)}, got {codec!r}")
+        version = int(codec[1:])
         images = images_to_list(image, node, "image")
         height, width = images[0].shape[:2]
         too_small = ""
@@ -102,7 +112,8 @@ class BackdropWatermark(HostedNode):
                 try:
                     prepared.append(service.prepare_mark(picture, base(index, len(images)), remark=if_already_marked,
                                                          strength=strength, policy_input="if_already_marked",
-                                                         protect=None if masks is None else masks[index]))
+                                                         protect=None if masks is None else masks[index],
+                                                         watermark_version=version))
                 except ImageTooSmallError as exc:  # too little unprotected area to read the mark back
                     if if_too_small == "error":
                         raise ImageTooSmallError(f"{node}: image {index + 1} of {len(images)}: {exc}") from exc
@@ -162,7 +173,8 @@ class BackdropVerify(HostedNode):
                              "signed ledger record and C2PA manifest. One entry per image (the connected batch "
                              "first, then the chosen file). Unmarked: found is false and the ID empty. signature: "
                              "valid / invalid / untrusted signer / no record; chain: intact / broken / no record. "
-                             "record is the ledger record as JSON.", masks=False)
+                             "record is the ledger record as JSON (watermark_version: the codec that made the "
+                             "mark).", masks=False)
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):

@@ -5,8 +5,9 @@ The manifest carries:
 * ``c2pa.actions``: ``c2pa.created`` (digital source type: composite with trained algorithmic media by
   default, i.e. a real product photo on a generated background) and, when the image holds a
   watermark, ``c2pa.watermarked.bound``;
-* ``c2pa.soft-binding``: alg ``com.comfyui-backdrop.watermark.1``, one block whose value is the
-  watermark ID (16 hex digits), so the manifest can be recovered from the pixels through the ledger;
+* ``c2pa.soft-binding``: alg ``com.comfyui-backdrop.watermark.<codec version>`` (``.1`` or ``.2``), one
+  block whose value is the watermark ID (16 hex digits), so the manifest can be recovered from the pixels
+  through the ledger; readers accept every version;
 * ``com.comfyui-backdrop.provenance``: the watermark ID and the hash of its ledger record (no prompt:
   the record stays private in the local ledger).
 
@@ -27,7 +28,8 @@ from ..errors import InvalidInputError
 from .keys import KeyStore
 from .records import format_id
 
-SOFT_BINDING_ALG = "com.comfyui-backdrop.watermark.1"
+SOFT_BINDING_PREFIX = "com.comfyui-backdrop.watermark."
+SOFT_BINDING_ALG = SOFT_BINDING_PREFIX + "1"  # the v1 codec's name (what manifests said before v2)
 PROVENANCE_LABEL = "com.comfyui-backdrop.provenance"
 WATERMARK_ACTION = "c2pa.watermarked.bound"
 DEFAULT_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
@@ -44,6 +46,7 @@ class ManifestInfo:
     present: bool
     state: str = ABSENT  # Trusted | Valid | Invalid | none
     watermark_ids: list[str] = field(default_factory=list)  # soft-binding values with our alg
+    watermark_versions: list[int] = field(default_factory=list)  # codec version per soft-binding value
     actions: list[str] = field(default_factory=list)
     record_hash: str | None = None
     signer: str | None = None
@@ -69,16 +72,35 @@ def mime_type(fmt_or_path: str | Path) -> str:
     return MIME_TYPES[key]
 
 
+def soft_binding_alg(watermark_version: int = 1) -> str:
+    """The soft-binding algorithm name of a codec version: ``com.comfyui-backdrop.watermark.<version>``."""
+    if isinstance(watermark_version, bool) or watermark_version not in (1, 2):
+        raise InvalidInputError(f"unknown watermark codec version {watermark_version!r}")
+    return f"{SOFT_BINDING_PREFIX}{watermark_version}"
+
+
+def binding_version(alg: str) -> int | None:
+    """The codec version a soft-binding algorithm name names, or None when it is not ours."""
+    if isinstance(alg, str) and alg.startswith(SOFT_BINDING_PREFIX) and alg[len(SOFT_BINDING_PREFIX):].isdigit():
+        return int(alg[len(SOFT_BINDING_PREFIX):])
+    return None
+
+
 def sign_asset(asset: bytes, fmt: str, keys: KeyStore, *, title: str, watermark_id: int | None = None,
-               record_hash: str | None = None, source_type: str = DEFAULT_SOURCE_TYPE) -> bytes:
+               record_hash: str | None = None, source_type: str = DEFAULT_SOURCE_TYPE,
+               watermark_version: int | None = None) -> bytes:
     """Return ``asset`` (an encoded PNG/JPEG/WebP) with a signed C2PA manifest embedded.
 
-    The pixels are untouched: only metadata boxes/chunks are added.
+    The pixels are untouched: only metadata boxes/chunks are added. ``watermark_version``: the codec version
+    of the mark, named by the soft binding's algorithm (default: the ``watermark_version`` a
+    records.WatermarkId carries, as ProvenanceService.provenance_for returns it, else 1).
     """
     import c2pa
 
+    if watermark_version is None:
+        watermark_version = getattr(watermark_id, "watermark_version", 1)
     mime = mime_type(fmt)
-    manifest = build_manifest_definition(title, watermark_id, record_hash, source_type)
+    manifest = build_manifest_definition(title, watermark_id, record_hash, source_type, watermark_version)
     settings = {"builder": {"thumbnail": {"enabled": False}, "claim_generator_info": GENERATOR},
                 "verify": {"verify_after_sign": True, "remote_manifest_fetch": False, "ocsp_fetch": False},
                 "trust": {"user_anchors": keys.c2pa_root_pem}}
@@ -95,16 +117,17 @@ def sign_asset(asset: bytes, fmt: str, keys: KeyStore, *, title: str, watermark_
 
 
 def build_manifest_definition(title: str, watermark_id: int | None, record_hash: str | None,
-                              source_type: str = DEFAULT_SOURCE_TYPE) -> dict:
+                              source_type: str = DEFAULT_SOURCE_TYPE, watermark_version: int = 1) -> dict:
     actions = [{"action": "c2pa.created", "digitalSourceType": source_type,
                 "softwareAgent": {"name": GENERATOR["name"], "version": GENERATOR["version"]}}]
     assertions: list[dict] = []
     if watermark_id is not None:
         wid = format_id(watermark_id)
+        alg = soft_binding_alg(watermark_version)
         actions.append({"action": WATERMARK_ACTION,
-                        "parameters": {"description": f"invisible watermark {wid} ({SOFT_BINDING_ALG})"}})
+                        "parameters": {"description": f"invisible watermark {wid} ({alg})"}})
         assertions.append({"label": "c2pa.soft-binding",
-                           "data": {"alg": SOFT_BINDING_ALG, "blocks": [{"scope": {}, "value": wid}]}})
+                           "data": {"alg": alg, "blocks": [{"scope": {}, "value": wid}]}})
         assertions.append({"label": PROVENANCE_LABEL,
                            "data": {"watermark_id": wid, "ledger_record_sha256": record_hash}})
     assertions.insert(0, {"label": "c2pa.actions", "data": {"actions": actions}})
@@ -152,8 +175,10 @@ def _summarise(store: dict) -> ManifestInfo:
         label, data = assertion.get("label", ""), assertion.get("data") or {}
         if label.startswith("c2pa.actions"):
             info.actions.extend(a.get("action", "") for a in data.get("actions", []))
-        elif label == "c2pa.soft-binding" and data.get("alg") == SOFT_BINDING_ALG:
-            info.watermark_ids.extend(str(b.get("value", "")) for b in data.get("blocks", []))
+        elif label == "c2pa.soft-binding" and binding_version(data.get("alg")) is not None:
+            for block in data.get("blocks", []):
+                info.watermark_ids.append(str(block.get("value", "")))
+                info.watermark_versions.append(binding_version(data.get("alg")))
         elif label == PROVENANCE_LABEL:
             info.record_hash = data.get("ledger_record_sha256")
     return info

@@ -5,6 +5,11 @@ field except the hash and the signature themselves. The canonical form includes 
 position (``seq``) and the previous record's hash, so editing, deleting or reordering records
 breaks either the hash, the signature or the chain.
 
+The watermark codec version that made a mark is stated in the record's metadata under
+``WATERMARK_VERSION_KEY`` (written only for versions after 1), so it is hashed and signed like everything
+else while records made before versions existed (and v1 records) keep their exact bytes and read as v1:
+``Record.watermark_version``.
+
 Watermark IDs are random 63-bit integers (1 .. 2**63-1; they fit the codec's 64-bit payload and
 SQLite's signed 64-bit INTEGER), drawn with ``secrets`` and retried on the rare collision. Random IDs
 reveal nothing about how many images an installation made. They are shown as 16 hex digits.
@@ -27,6 +32,20 @@ ID_BITS = 63
 GENESIS_HASH = "0" * 64
 SIGNATURE_DOMAIN = b"comfyui-backdrop/ledger-record/v1\n"
 MAX_METADATA_DEPTH = 32  # nesting levels of a record's metadata (a dict of lists of dicts... counts each level)
+WATERMARK_VERSION_KEY = "watermark_version"  # metadata key naming the codec version of the mark (absent: 1)
+WATERMARK_VERSIONS = (1, 2)
+
+
+class WatermarkId(int):
+    """A watermark ID (an int everywhere) that also carries the codec version of its mark, so a C2PA manifest
+    written from it names the right soft-binding algorithm (see c2pa_manifest.sign_asset)."""
+
+    watermark_version: int
+
+    def __new__(cls, value: int, watermark_version: int = 1) -> WatermarkId:
+        obj = super().__new__(cls, value)
+        obj.watermark_version = watermark_version
+        return obj
 
 
 def new_watermark_id() -> int:
@@ -85,6 +104,8 @@ class RecordContent:
     models: dict[str, str] = field(default_factory=dict)  # model name -> sha256 (or "" if unknown)
     loras: dict[str, str] = field(default_factory=dict)  # LoRA name -> sha256
     metadata: dict[str, Any] = field(default_factory=dict)  # anything JSON-serialisable
+    # codec version of the mark; None: not stated (v1). Versions after 1 go into the metadata (see the module doc)
+    watermark_version: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("account", "prompt", "negative_prompt"):
@@ -104,6 +125,12 @@ class RecordContent:
             json.dumps(self.metadata, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+        version = self.watermark_version
+        if version is not None:
+            if isinstance(version, bool) or version not in WATERMARK_VERSIONS:
+                raise InvalidInputError(f"watermark_version must be one of {WATERMARK_VERSIONS}, got {version!r}")
+            if version != 1:
+                self.metadata = {**self.metadata, WATERMARK_VERSION_KEY: version}
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,12 @@ class Record:
     def id_hex(self) -> str:
         return format_id(self.id)
 
+    @property
+    def watermark_version(self) -> int:
+        """The codec version that made the mark: the metadata's statement, else 1 (records older than versions)."""
+        value = self.metadata.get(WATERMARK_VERSION_KEY, 1) if isinstance(self.metadata, dict) else 1
+        return value if isinstance(value, int) and not isinstance(value, bool) and value in WATERMARK_VERSIONS else 1
+
     def hashed_fields(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("record_hash", "signature")}
         data["v"] = RECORD_VERSION
@@ -143,6 +176,7 @@ class Record:
         """A JSON-friendly dict (IDs as hex strings) for reports and node outputs."""
         data = asdict(self)
         data["id"] = self.id_hex
+        data["watermark_version"] = self.watermark_version
         return data
 
 

@@ -1,9 +1,12 @@
-"""Public API of the watermark codec: ``embed``, ``detect``, ``is_marked``.
+"""Public API of the watermark codec: ``embed``, ``detect``, ``is_marked`` (codec versions 1 and 2).
 
-A keyed, blind, periodic spread-spectrum mark (Kutter 1998). A PERIOD px tile carrying a sync pattern and
-the error-corrected 64-bit payload is repeated over the image's luminance, shaped by local texture. The
+A keyed, blind, periodic spread-spectrum mark (Kutter 1998). A tile carrying a sync pattern and the
+error-corrected 64-bit payload is repeated over the image's luminance, shaped by local texture. The
 detector recovers scale/aspect/rotation from the residual's autocorrelation lattice, folds all periods onto
 one tile, finds the crop offset with the sync pattern and decodes the payload with soft Viterbi + CRC.
+v1 repeats one keyed 64 px tile in every image; v2 (carrier.py, codec_v2.py) gives every image its own
+carrier (keyed variant, dihedral transform and shift), renders it at 128 px on large or flat images, and
+searches the dihedral transforms at detection. ``detect`` reads both versions (v2 first).
 
 Re-marking policy (same key): ``embed`` first looks for a mark on the embedding grid, i.e. in a previous
 output of ``embed`` that may since have been cropped or recompressed but not resized. If that mark carries
@@ -20,16 +23,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..errors import InvalidInputError
+from . import carrier
+from . import codec_v2 as v2
 from . import payload as coding
-from .arrays import ImageTooSmallError, add_to_colour, check_size, extremes, split
+from .arrays import ImageTooSmallError, add_to_colour, check_size, extremes, split, to_levels
 from .folding import Alignment, align, fold
+from .lattice import HYPOTHESES as LATTICES_KEPT
 from .lattice import IDENTITY, Lattice, estimate_lattices
+from .localisation import PresenceMap, presence_map
 from .pattern import PERIOD, keyed_layout
-from .perceptual import amplitude_map, headroom_shift, luma
-from .residual import whitened_residual
+from .perceptual import V1_SHAPING, amplitude_map, headroom_shift, luma
 from .scoring import log10_false_positive
 
 PAYLOAD_BITS: int = coding.PAYLOAD_BITS
@@ -39,11 +46,15 @@ MIN_KEY_BYTES: int = 16
 MAX_STRENGTH: float = 4.0
 DEFAULT_FPR: float = 1e-6
 EXISTING_WINDOW: int = 8 * PERIOD   # px (per side) that embed's re-marking check looks at
-STRIPE: int = 2 * PERIOD            # rows embedded at a time
+STRIPE: int = 2 * PERIOD            # rows embedded at a time (a multiple of every tile period)
+VERSIONS: tuple[int, ...] = (2, 1)  # codec versions detect() tries, in this order
+DEFAULT_VERSION: int = 1            # what embed() writes unless told otherwise
+HYPOTHESES_V1: int = LATTICES_KEPT + 1  # v1's lattice hypotheses at most (the search's best + the grid)
+MIN_PSNR: float = 40.05             # dB: v2 at strength <= 1 scales its mark down to stay above this
 
 __all__ = [
-    "MIN_DETECT_SIDE", "MIN_SIDE", "PAYLOAD_BITS", "AlreadyWatermarkedError", "Analysis", "Detection",
-    "ImageTooSmallError", "analyse", "detect", "embed", "is_marked",
+    "DEFAULT_VERSION", "MIN_DETECT_SIDE", "MIN_SIDE", "PAYLOAD_BITS", "VERSIONS", "AlreadyWatermarkedError",
+    "Analysis", "Detection", "ImageTooSmallError", "analyse", "detect", "embed", "is_marked",
 ]
 
 
@@ -57,13 +68,19 @@ class AlreadyWatermarkedError(InvalidInputError):
 
 @dataclass(frozen=True)
 class Detection:
-    """Result of ``detect``. ``payload`` is None whenever ``found`` is False."""
+    """Result of ``detect``. ``payload`` is None whenever ``found`` is False.
+
+    ``version``: the codec version that made the mark (0 when none was found). ``presence``: with
+    ``detect(..., localise=True)`` and a mark found, where in the image the mark is (see localisation.py).
+    """
 
     found: bool
     payload: int | None
     false_positive_probability: float
     score: float
     details: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+    presence: PresenceMap | None = None
 
 
 @dataclass(frozen=True)
@@ -73,12 +90,16 @@ class Analysis:
     ``bits`` are the 64 decoded payload bits even when the CRC failed: never report them as an ID.
     """
 
-    lattice: Lattice
+    lattice: Lattice        # in the image's px
     alignment: Alignment
     payload: int | None
     bits: np.ndarray
     hypotheses: int
     log10_fpp: float
+    version: int = 1
+    level: int = 0          # pyramid level the tile was folded at (1: the image downscaled 2x)
+    dihedral: int = 0       # v2: the transform that brought the folded tile onto its variant's sync
+    variant: int = 0        # v2: the carrier variant
 
 
 def _check_key(key: bytes) -> bytes:
@@ -104,76 +125,201 @@ def _check_payload(value: int) -> int:
 # ---------------------------------------------------------------------------------------------------- detect
 
 
-def _align(residual: np.ndarray, lattice: Lattice, key: bytes) -> Alignment:
-    """Fold ``residual`` on ``lattice`` and find the sync pattern's cyclic shift."""
-    tile, periods = fold(residual, lattice)
-    return align(tile, keyed_layout(key), periods)
+def _could_pass(log10_fpp_if_crc: float, fpr_threshold: float) -> bool:
+    """Whether a CRC pass would meet ``fpr_threshold`` (else decoding cannot matter)."""
+    return log10_fpp_if_crc <= math.log10(fpr_threshold)
 
 
-def _could_pass(z: float, hypotheses: int, fpr_threshold: float) -> bool:
-    """Whether a CRC pass at sync ``z`` would meet ``fpr_threshold`` (else decoding cannot matter)."""
-    return log10_false_positive(z, hypotheses, True) <= math.log10(fpr_threshold)
+@dataclass
+class _Read:
+    """One hypothesis read under one codec version."""
+
+    version: int
+    hypothesis: v2.Hypothesis
+    alignment: Alignment
+    soft: np.ndarray
+    value: int | None = None
+    bits: np.ndarray | None = None
+    dihedral: int = 0
+    variant: int = 0
+    decoded: bool = False  # Viterbi-decoded already
+    listed: bool = False   # list-decoded already
+
+
+class _Scorer:
+    """The false-positive bound of one codec version's search (see scoring.py)."""
+
+    def __init__(self, version: int, hypotheses: int, versions: int):
+        self.hypotheses = hypotheses
+        self.searched = versions * (v2.SEARCHED if version == 2 else 1)
+        self.checked = carrier.VARIANTS if version == 2 else 1
+
+    def log10_fpp(self, z: float, crc_ok: bool) -> float:
+        return log10_false_positive(z, self.hypotheses, crc_ok, self.searched, self.checked)
+
+
+def _accept(key: bytes, read: _Read, value: int | None) -> int | None:
+    """A CRC-valid word, if it also passes the version's own check (v2: its nonce names the variant)."""
+    if value is None or read.version == 1 or v2.nonce_matches(key, value, read.variant):
+        return value
+    return None
+
+
+def _decode_best(key: bytes, reads: list[_Read], scorer: _Scorer, fpr_threshold: float,
+                 list_decode: bool = True) -> _Read:
+    """Viterbi-decode the reads whose sync could make a detection (each once); list-decode the best one if
+    none passed (and ``list_decode``)."""
+    for read in reads:
+        if not read.decoded and _could_pass(scorer.log10_fpp(read.alignment.z, True), fpr_threshold):
+            value, read.bits = coding.decode(read.soft)
+            read.value, read.decoded = _accept(key, read, value), True
+    best = max(reads, key=lambda r: (r.value is not None, r.alignment.z))
+    if list_decode and best.value is None and not best.listed and _could_pass(scorer.log10_fpp(best.alignment.z, True),
+                                                               fpr_threshold):
+        best.listed = True
+        for word in coding.list_viterbi_decode(best.soft):
+            value = _accept(key, best, coding.check(word))
+            if value is not None:
+                best.value = value
+                break
+    return best
+
+
+def _reads_v1(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, folds: dict) -> list[_Read]:
+    layout = keyed_layout(key)
+    reads = []
+    for hypothesis in hypotheses:
+        tile, periods = _fold_cached(pyramid, hypothesis, folds)
+        alignment = align(tile, layout, periods)
+        reads.append(_Read(1, hypothesis, alignment, layout.soft_bits(alignment.chips)))
+    return reads
+
+
+def _reads_v2(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, folds: dict,
+              refine: int = v2.REFINED) -> list[_Read]:
+    reads = []
+    for hypothesis in hypotheses:
+        tile, periods = _fold_cached(pyramid, hypothesis, folds)
+        match = v2.search(tile, key, periods, refine)
+        soft = carrier.layout(key, match.variant).soft_bits(match.alignment.chips)
+        reads.append(_Read(2, hypothesis, match.alignment, soft, dihedral=match.dihedral, variant=match.variant))
+    return reads
+
+
+def _fold_cached(pyramid: v2.Pyramid, hypothesis: v2.Hypothesis, folds: dict) -> tuple[np.ndarray, float]:
+    ident = (hypothesis.level, hypothesis.lattice.v1, hypothesis.lattice.v2)
+    if ident not in folds:
+        folds[ident] = fold(pyramid.residual(hypothesis.level), hypothesis.lattice)
+    return folds[ident]
 
 
 def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
-            lattices: list[Lattice] | None = None) -> Analysis:
+            lattices: list[Lattice] | None = None, versions: tuple[int, ...] = VERSIONS) -> Analysis:
     """Run the detector and return its working: the best hypothesis, CRC-valid ones first, then by sync z.
 
-    Each lattice hypothesis is folded and aligned; those whose sync is strong enough for a CRC pass to meet
+    Each lattice hypothesis is folded and aligned (v1: one sync pattern; v2: every variant under every
+    dihedral transform, see codec_v2); those whose sync is strong enough for a CRC pass to meet
     ``fpr_threshold`` are Viterbi-decoded. If none passes, the one with the best sync is list-decoded.
+    The unscaled embedding grids are tried first (an uncropped or cropped, unresized image: most
+    verifications), then the lattices of the autocorrelation search; versions in the order given; the search
+    stops at the first detection. The false-positive bound counts every hypothesis that could have been tried.
     (``bits`` of a hypothesis too weak to decode come from its Viterbi path all the same, for diagnostics.)
     """
     key = _check_key(key)
+    versions = tuple(dict.fromkeys(versions))
+    if not versions or any(v not in VERSIONS for v in versions):
+        raise InvalidInputError(f"unknown watermark codec version(s) {versions}; known: {VERSIONS}")
     _, colour = split(image, "detect")
     check_size(colour, MIN_DETECT_SIDE, "detect")
-    residual = whitened_residual(luma(colour))
-    if lattices is None:
-        lattices = estimate_lattices(residual)
-    layout = keyed_layout(key)
-    reads = []
-    for lattice in lattices:
-        alignment = _align(residual, lattice, key)
-        soft = layout.soft_bits(alignment.chips)
-        value, bits = coding.decode(soft) if _could_pass(alignment.z, len(lattices), fpr_threshold) else (None, None)
-        reads.append((lattice, alignment, value, bits, soft))
-    lattice, alignment, value, bits, soft = max(reads, key=lambda r: (r[2] is not None, r[1].z))
-    if value is None and _could_pass(alignment.z, len(lattices), fpr_threshold):
-        value = coding.list_decode(soft)
-    if value is not None:
-        bits = coding.int_to_bits(value, PAYLOAD_BITS)
-    elif bits is None:
-        bits = coding.decode(soft)[1]
-    log_fpp = log10_false_positive(alignment.z, len(lattices), value is not None)
-    return Analysis(lattice, alignment, value, bits, len(lattices), log_fpp)
+    pyramid = v2.Pyramid(luma(colour))
+    given = lattices is not None
+    level0 = len(lattices) if given else HYPOTHESES_V1
+    counts = {1: level0, 2: v2.hypothesis_count(pyramid, level0)}
+    scorers = {v: _Scorer(v, counts[v], len(versions)) for v in versions}
+    reads: dict[int, list[_Read]] = {v: [] for v in versions}
+    folds: dict = {}
+    for phase in ("grids", "lattices"):
+        if phase == "lattices" and not given:
+            lattices = estimate_lattices(pyramid.residual(0))
+        for version in versions:
+            new = _phase_hypotheses(version, phase, pyramid, lattices if given or phase == "lattices" else None)
+            new = [h for h in new if all(h != r.hypothesis for r in reads[version])]
+            if not new:
+                continue
+            reads[version] += (_reads_v1 if version == 1 else _reads_v2)(new, pyramid, key, folds)
+            best = _decode_best(key, reads[version], scorers[version], fpr_threshold)
+            if best.value is not None and scorers[version].log10_fpp(best.alignment.z, True) <= math.log10(
+                    fpr_threshold):
+                return _analysis(best, scorers[version], counts[version])
+        if given:
+            break
+    finals = [(_decode_best(key, reads[v], scorers[v], fpr_threshold), v) for v in versions if reads[v]]
+    best, version = min(finals, key=lambda bv: scorers[bv[1]].log10_fpp(bv[0].alignment.z, bv[0].value is not None))
+    return _analysis(best, scorers[version], counts[version])
 
 
-def detect(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR) -> Detection:
-    """Look for a mark made with ``key`` (blind: no original needed).
+def _phase_hypotheses(version: int, phase: str, pyramid: v2.Pyramid,
+                      lattices: list[Lattice] | None) -> list[v2.Hypothesis]:
+    """The hypotheses of one phase: the unscaled grids ('grids'), or those of the lattice search."""
+    if lattices is None:  # the unscaled grids: v1's 64 px tile; v2's 64 px and (half level) 128 px tiles
+        grids = [v2.Hypothesis(IDENTITY, 0)]
+        if version == 2 and pyramid.has_half_level():
+            grids.append(v2.Hypothesis(IDENTITY, 1))
+        return grids
+    if version == 1:
+        return [v2.Hypothesis(lattice, 0) for lattice in lattices]
+    return v2.hypotheses(pyramid, lattices)
+
+
+def _analysis(best: _Read, scorer: _Scorer, count: int) -> Analysis:
+    log_fpp = scorer.log10_fpp(best.alignment.z, best.value is not None)
+    bits = coding.int_to_bits(best.value, PAYLOAD_BITS) if best.value is not None else (
+        best.bits if best.bits is not None else coding.decode(best.soft)[1])
+    return Analysis(best.hypothesis.native(), best.alignment, best.value, bits, count, log_fpp,
+                    version=best.version, level=best.hypothesis.level, dihedral=best.dihedral,
+                    variant=best.variant)
+
+
+def detect(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR, *, localise: bool = False,
+           versions: tuple[int, ...] = VERSIONS) -> Detection:
+    """Look for a mark made with ``key`` (blind: no original needed), by any codec version in ``versions``.
 
     ``image``: HxW, HxWx1, HxWx3 or HxWx4 (alpha ignored), uint8/uint16 or float in 0..1, at least
-    ``MIN_DETECT_SIDE`` px a side. ``found`` is True only when the payload passed its CRC *and* the
-    calibrated false-positive probability (the chance that an unmarked image scores this high, corrected for
-    every lattice/shift hypothesis tried) is at most ``fpr_threshold``. ``score`` is -log10 of that
-    probability. ``details``: scale_x, scale_y, rotation_deg, shear_deg (the geometry found), offset_px
-    (where the tile origin lies in the image), sync_z, periods (tiles folded), hypotheses, crc_ok.
+    ``MIN_DETECT_SIDE`` px a side. ``found`` is True only when the payload passed its CRC (and, for v2, its
+    nonce check) *and* the calibrated false-positive probability (the chance that an unmarked image scores
+    this high, corrected for every version, lattice, transform, variant and shift tried) is at most
+    ``fpr_threshold``. ``score`` is -log10 of that probability. ``details``: version, scale_x, scale_y,
+    rotation_deg, shear_deg (the geometry found, relative to a 64 px tile), period_px, offset_px (where the
+    tile origin lies in the image), mirrored, sync_z, periods (tiles folded), hypotheses, crc_ok.
+    ``localise``: also map where the mark is (``presence``; None when nothing was found).
     """
     if not 0.0 < fpr_threshold < 1.0:
         raise InvalidInputError(f"fpr_threshold must be in (0, 1), got {fpr_threshold}")
-    analysis = analyse(image, key, fpr_threshold)
+    analysis = analyse(image, key, fpr_threshold, versions=versions)
     found = analysis.payload is not None and analysis.log10_fpp <= math.log10(fpr_threshold)
     lattice, alignment = analysis.lattice, analysis.alignment
     offset = lattice.matrix() @ np.array(alignment.shift)
     details = {
+        "version": analysis.version,
         **lattice.describe(),
+        "period_px": (float(np.hypot(*lattice.v1)), float(np.hypot(*lattice.v2))),
         "offset_px": (float(offset[0]), float(offset[1])),
+        "mirrored": bool(found and analysis.version == 2 and _odd(analysis.dihedral)
+                         != _odd(carrier.nonce(_check_key(key), analysis.payload).dihedral)),
         "sync_z": float(alignment.z),
         "periods": float(alignment.periods),
         "hypotheses": analysis.hypotheses,
         "crc_ok": analysis.payload is not None,
     }
+    presence = presence_map(image, key, analysis) if localise and found else None
     return Detection(found=found, payload=analysis.payload if found else None,
                      false_positive_probability=10.0**analysis.log10_fpp, score=-analysis.log10_fpp,
-                     details=details)
+                     details=details, version=analysis.version if found else 0, presence=presence)
+
+
+def _odd(k: int) -> bool:
+    """Whether dihedral transform ``k`` is a mirror (an odd number of reflections)."""
+    return bin(k).count("1") % 2 == 1
 
 
 def is_marked(image: np.ndarray, key: bytes) -> bool:
@@ -188,30 +334,42 @@ def _existing_payload(y: np.ndarray, key: bytes) -> int | None:
     """Payload of a same-key mark on the embedding grid (a previous output of ``embed``), if any.
 
     Looks at a central, period-aligned window of EXISTING_WINDOW px only: plenty of periods, constant cost.
+    v1, and v2 at either tile period, are looked for on the unscaled grid.
     """
     h, w = y.shape
-    top = max(0, (h - EXISTING_WINDOW) // 2) // PERIOD * PERIOD
-    left = max(0, (w - EXISTING_WINDOW) // 2) // PERIOD * PERIOD
-    residual = whitened_residual(y[top:top + EXISTING_WINDOW, left:left + EXISTING_WINDOW])
-    alignment = _align(residual, IDENTITY, key)
-    if not _could_pass(alignment.z, 1, DEFAULT_FPR):
-        return None
-    return coding.decode(keyed_layout(key).soft_bits(alignment.chips))[0]
+    top = max(0, (h - EXISTING_WINDOW) // 2) // (2 * PERIOD) * (2 * PERIOD)
+    left = max(0, (w - EXISTING_WINDOW) // 2) // (2 * PERIOD) * (2 * PERIOD)
+    pyramid = v2.Pyramid(y[top:top + EXISTING_WINDOW, left:left + EXISTING_WINDOW])
+    grids = [v2.Hypothesis(IDENTITY, 0)] + ([v2.Hypothesis(IDENTITY, 1)] if pyramid.has_half_level() else [])
+    folds: dict = {}
+    for version in (1, 2):
+        reads = (_reads_v1(grids[:1], pyramid, key, folds) if version == 1
+                 else _reads_v2(grids, pyramid, key, folds, refine=1))
+        scorer = _Scorer(version, len(reads), 2)
+        best = _decode_best(key, reads, scorer, DEFAULT_FPR, list_decode=False)  # a quick look, as in v1
+        if best.value is not None and scorer.log10_fpp(best.alignment.z, True) <= math.log10(DEFAULT_FPR):
+            return best.value
+    return None
 
 
-def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0) -> np.ndarray:
+def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
+          version: int = DEFAULT_VERSION) -> np.ndarray:
     """Return a new array like ``image`` carrying ``payload`` (0 .. 2**64-1) under ``key``.
 
     ``image``: HxW gray, HxWx3 RGB or HxWx4 RGBA (alpha copied untouched), uint8/uint16 or float32/64 in
     0..1 (floats outside 0..1 are clipped), width and height at least ``MIN_SIDE`` px (else
     ``ImageTooSmallError``). The input is never modified. ``strength`` scales the mark (1.0 keeps PSNR >= 40
-    dB; up to ``MAX_STRENGTH``). ``key``: at least 16 secret bytes. Re-marking policy: see the module
-    docstring (same payload: unchanged copy; different payload: ``AlreadyWatermarkedError``).
+    dB; up to ``MAX_STRENGTH``). ``key``: at least 16 secret bytes. ``version``: the codec version to write
+    (1: one keyed tile for every image; 2: a per-image carrier, see carrier.py). Re-marking policy: see the
+    module docstring (same payload: unchanged copy; different payload: ``AlreadyWatermarkedError``; marks of
+    either version count).
     """
     payload = _check_payload(payload)
     key = _check_key(key)
     if not 0.0 < float(strength) <= MAX_STRENGTH:
         raise InvalidInputError(f"strength must be in (0, {MAX_STRENGTH}], got {strength}")
+    if version not in VERSIONS:
+        raise InvalidInputError(f"unknown watermark codec version {version!r}; use one of {sorted(VERSIONS)}")
     arr, colour = split(image, "embed")
     check_size(colour, MIN_SIDE, "embed")
     y = luma(colour)
@@ -224,15 +382,46 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0) ->
             f"both unreadable. Embed ID {payload} into the unmarked original instead.",
             existing_payload=existing,
         )
-    h, w = y.shape
-    tile = keyed_layout(key).tile(coding.encode(payload))
-    pattern = np.tile(tile, (STRIPE // PERIOD, -(-w // PERIOD)))[:, :w]
-    amplitude = amplitude_map(y, float(strength))
+    w = y.shape[1]
+    coded = coding.encode(payload)
+    if version == 1:
+        tile, period, shaping = keyed_layout(key).tile(coded), PERIOD, V1_SHAPING
+    else:
+        period, shaping = carrier.period_for(y), carrier.SHAPING
+        tile = carrier.tile(key, coded, carrier.nonce(key, payload), period)
+    pattern = np.tile(tile, (max(1, STRIPE // period), -(-w // period)))[:, :w]  # one stripe's rows
+    amplitude = amplitude_map(y, float(strength), shaping)
+    out = _add_mark(arr, colour, pattern, amplitude)
+    if version != 1 and strength <= 1.0:  # v2 promises the PSNR on every image: headroom shifts and rounding count
+        excess = MIN_PSNR - _psnr(arr, out)
+        for _ in range(3):
+            if excess <= 0:
+                break
+            amplitude *= np.float32(10 ** (-(excess + 0.02) / 20))
+            out = _add_mark(arr, colour, pattern, amplitude)
+            excess = MIN_PSNR - _psnr(arr, out)
+    return out
+
+
+def _add_mark(arr: np.ndarray, colour: np.ndarray, pattern: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
+    h, stripe = colour.shape[0], pattern.shape[0]
     out = np.empty_like(arr)
-    for top in range(0, h, STRIPE):  # stripes keep every temporary in cache
-        rows = slice(top, min(h, top + STRIPE))
+    for top in range(0, h, stripe):  # stripes keep every temporary in cache
+        rows = slice(top, min(h, top + stripe))
         delta = pattern[: rows.stop - top] * amplitude[rows]
         high, low = extremes(colour[rows])
         delta += headroom_shift(high, low, delta)
         out[rows] = add_to_colour(arr[rows], colour[rows], delta)
     return out
+
+
+def _psnr(before: np.ndarray, after: np.ndarray) -> float:
+    """PSNR (dB, 8-bit scale) over the colour channels (alpha excluded)."""
+    channels = 1 if before.ndim == 2 else (1 if before.shape[2] <= 2 else 3)
+    a = before.reshape(before.shape[0], before.shape[1], -1)[:, :, :channels]
+    b = after.reshape(after.shape[0], after.shape[1], -1)[:, :, :channels]
+    if a.dtype == np.uint8:
+        mse = cv2.norm(np.ascontiguousarray(a), np.ascontiguousarray(b), cv2.NORM_L2SQR) / a.size
+    else:
+        mse = float(np.mean(np.square(to_levels(a) - to_levels(b), dtype=np.float32), dtype=np.float64))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)

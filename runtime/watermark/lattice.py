@@ -46,6 +46,16 @@ class Lattice:
         """2x2 map from embedding-grid px (u, v) to image px (x, y)."""
         return np.array([[self.v1[0], self.v2[0]], [self.v1[1], self.v2[1]]], dtype=np.float64) / PERIOD
 
+    def scaled(self, factor: float) -> Lattice:
+        """The same lattice in an image resized by ``factor``."""
+        return Lattice((self.v1[0] * factor, self.v1[1] * factor), (self.v2[0] * factor, self.v2[1] * factor),
+                       self.score)
+
+    @property
+    def period(self) -> float:
+        """Mean length of the two basis vectors (px)."""
+        return 0.5 * float(np.hypot(*self.v1) + np.hypot(*self.v2))
+
     def describe(self) -> dict:
         m = self.matrix()
         sx, sy = float(np.hypot(*m[:, 0])), float(np.hypot(*m[:, 1]))
@@ -174,18 +184,19 @@ def _completions(acf: np.ndarray, axis_vectors: list[np.ndarray], axis: int) -> 
     return out
 
 
-def estimate_lattices(r: np.ndarray) -> list[Lattice]:
-    """The most likely tile lattices in residual ``r`` (best first), always ending with the embedding grid.
+def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float = MAX_SCALE * PERIOD,
+                      count: int = HYPOTHESES, identity: bool = True) -> list[Lattice]:
+    """The most likely tile lattices in residual ``r`` (best first), ending with the embedding grid.
 
     Candidate bases come from three searches (similarity transforms on a dense grid, 1-D combs along
     each axis paired up, and each axis vector completed with its best perpendicular partner); all are
-    scored with the full comb, and the best are refined to sub-pixel precision.
+    scored with the full comb, and the best are refined to sub-pixel precision. ``lo``..``hi``: the period
+    range searched (px); at most ``count`` lattices are returned, then IDENTITY unless ``identity`` is False.
     """
     window = central_window(r)
     side = min(window.shape)
     max_lag = int(min(LAG_FRACTION * side, 6 * PERIOD))
-    hi = min(MAX_SCALE * PERIOD, 0.5 * side)
-    lo = MIN_SCALE * PERIOD
+    hi = min(hi, 0.5 * side)
     hypotheses: list[Lattice] = []
     if hi > lo:
         acf = autocorrelation(window, max_lag)
@@ -202,5 +213,5 @@ def estimate_lattices(r: np.ndarray) -> list[Lattice]:
             if all(np.hypot(*(r1 - np.array(h.v1))) > 1 or np.hypot(*(r2 - np.array(h.v2))) > 1 for h in hypotheses):
                 hypotheses.append(Lattice(tuple(r1), tuple(r2), score))
         hypotheses.sort(key=lambda h: -h.score)
-        hypotheses = hypotheses[:HYPOTHESES]
-    return [*hypotheses, IDENTITY]
+        hypotheses = hypotheses[:count]
+    return [*hypotheses, IDENTITY] if identity else hypotheses

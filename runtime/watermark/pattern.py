@@ -29,30 +29,38 @@ SYNC_CHIPS = GRID * GRID - PAYLOAD_CHIPS             # 148
 LOW_CUTOFF = 2.0     # cycles per tile: frequencies below are left out of the pattern
 
 
-def _keyed_bytes(key: bytes, label: str, n: int) -> bytes:
-    return hashlib.shake_256(b"backdrop-watermark-v1\x00" + label.encode() + b"\x00" + bytes(key)).digest(n)
+V1_DOMAIN = b"backdrop-watermark-v1"
 
 
-def _band_mask() -> np.ndarray:
-    """Bool [PERIOD, PERIOD] mask of the tile frequencies the pattern uses (numpy fft layout)."""
-    f = np.fft.fftfreq(PERIOD, 1.0 / PERIOD)
+def _keyed_bytes(key: bytes, label: str, n: int, domain: bytes = V1_DOMAIN) -> bytes:
+    return hashlib.shake_256(domain + b"\x00" + label.encode() + b"\x00" + bytes(key)).digest(n)
+
+
+@lru_cache(maxsize=8)
+def band_mask(size: int = PERIOD) -> np.ndarray:
+    """Bool [size, size] mask of the tile frequencies the pattern uses (numpy fft layout, cycles per tile)."""
+    f = np.fft.fftfreq(size, 1.0 / size)
     fy, fx = np.meshgrid(f, f, indexing="ij")
     limit = GRID // 2
     return (np.abs(fx) < limit) & (np.abs(fy) < limit) & (np.hypot(fx, fy) >= LOW_CUTOFF)
 
 
-BAND = _band_mask()
+BAND = band_mask()
 
 
-def chips_to_tile(chips: np.ndarray) -> np.ndarray:
-    """[GRID, GRID] chip values -> [PERIOD, PERIOD] band-limited periodic pattern (float64)."""
-    spectrum = np.zeros((PERIOD, PERIOD), dtype=np.complex128)
+def chips_to_tile(chips: np.ndarray, size: int = PERIOD) -> np.ndarray:
+    """[GRID, GRID] chip values -> [size, size] band-limited periodic pattern (float64).
+
+    ``size`` is the tile's period in pixels: the same pattern (the same cycles per tile) rendered at any
+    period by exact Fourier interpolation; PERIOD is the canonical grid the detector folds onto.
+    """
+    spectrum = np.zeros((size, size), dtype=np.complex128)
     small = np.fft.fft2(chips)
     half = GRID // 2
-    idx = np.r_[0:half, PERIOD - half:PERIOD]
+    idx = np.r_[0:half, size - half:size]
     spectrum[np.ix_(idx, idx)] = small
-    spectrum *= BAND
-    return np.fft.ifft2(spectrum).real * (PERIOD / GRID) ** 2
+    spectrum *= band_mask(size)
+    return np.fft.ifft2(spectrum).real * (size / GRID) ** 2
 
 
 def spectrum_to_chips(tile_spectrum: np.ndarray) -> np.ndarray:
@@ -75,12 +83,16 @@ class KeyedLayout:
     sync_tile: np.ndarray       # [PERIOD, PERIOD] the sync part of the tile (unit chips)
     sync_spectrum_conj: np.ndarray  # conj(FFT(sync_tile)) for correlation
 
-    def tile(self, coded: np.ndarray) -> np.ndarray:
-        """Full float32 tile (unit RMS) carrying the coded bits."""
+    def chips(self, coded: np.ndarray) -> np.ndarray:
+        """[GRID, GRID] chip values (+/-1) carrying the coded bits."""
         chips = np.zeros(GRID * GRID)
         chips[self.sync_index] = self.sync_signs
         chips[self.payload_index] = self.payload_signs * (1.0 - 2.0 * coded[self.payload_bit])
-        tile = chips_to_tile(chips.reshape(GRID, GRID))
+        return chips.reshape(GRID, GRID)
+
+    def tile(self, coded: np.ndarray, size: int = PERIOD) -> np.ndarray:
+        """Full float32 tile (unit RMS) carrying the coded bits, ``size`` px per period."""
+        tile = chips_to_tile(self.chips(coded), size)
         return (tile / np.sqrt(np.mean(tile**2))).astype(np.float32)
 
     def soft_bits(self, chips: np.ndarray) -> np.ndarray:
@@ -94,13 +106,20 @@ class KeyedLayout:
 
 @lru_cache(maxsize=16)
 def keyed_layout(key: bytes) -> KeyedLayout:
-    """The layout for ``key`` (cached: deriving it costs a few milliseconds)."""
+    """The v1 layout for ``key`` (cached: deriving it costs a few milliseconds)."""
+    return domain_layout(key, V1_DOMAIN)
+
+
+@lru_cache(maxsize=256)
+def domain_layout(key: bytes, domain: bytes) -> KeyedLayout:
+    """The layout for ``key`` within ``domain`` (each codec version and carrier variant has its own)."""
     n = GRID * GRID
-    order = np.argsort(np.frombuffer(_keyed_bytes(key, "order", 8 * n), dtype="<u8"), kind="stable")
-    sign_bits = np.unpackbits(np.frombuffer(_keyed_bytes(key, "signs", -(-n // 8)), dtype=np.uint8))[:n]
+    order = np.argsort(np.frombuffer(_keyed_bytes(key, "order", 8 * n, domain), dtype="<u8"), kind="stable")
+    sign_bits = np.unpackbits(np.frombuffer(_keyed_bytes(key, "signs", -(-n // 8), domain), dtype=np.uint8))[:n]
     signs = 1.0 - 2.0 * sign_bits.astype(np.float64)
     sync_index, payload_index = order[:SYNC_CHIPS], order[SYNC_CHIPS:]
-    spread = np.argsort(np.frombuffer(_keyed_bytes(key, "spread", 8 * PAYLOAD_CHIPS), dtype="<u8"), kind="stable")
+    spread = np.argsort(np.frombuffer(_keyed_bytes(key, "spread", 8 * PAYLOAD_CHIPS, domain), dtype="<u8"),
+                        kind="stable")
     payload_bit = spread % CODED_BITS
     chips = np.zeros(n)
     chips[sync_index] = signs[sync_index]

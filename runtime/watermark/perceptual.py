@@ -12,6 +12,8 @@ moved just enough to leave room for the full swing: a shift of at most |delta|.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -48,27 +50,41 @@ def texture_rms(y: np.ndarray) -> np.ndarray:
     return np.sqrt(cv2.blur(small, (3, 3), borderType=cv2.BORDER_REFLECT))
 
 
-def _rms(texture: np.ndarray, gain: float) -> float:
-    amp = np.clip(FLOOR + gain * texture, FLOOR, CEILING)
+@dataclass(frozen=True)
+class Shaping:
+    """How the mark's amplitude follows texture: ``floor + gain * texture`` (8-bit levels), at most ``ceiling``,
+    the gain at most ``max_gain`` and chosen so the RMS stays at ``target_rms``."""
+
+    floor: float = FLOOR
+    max_gain: float = MAX_GAIN
+    ceiling: float = CEILING
+    target_rms: float = TARGET_RMS
+
+
+V1_SHAPING = Shaping()
+
+
+def _rms(texture: np.ndarray, gain: float, shaping: Shaping = V1_SHAPING) -> float:
+    amp = np.clip(shaping.floor + gain * texture, shaping.floor, shaping.ceiling)
     return float(np.sqrt(np.mean(amp * amp)))
 
 
-def amplitude_map(y: np.ndarray, strength: float) -> np.ndarray:
+def amplitude_map(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING) -> np.ndarray:
     """Per-pixel amplitude (8-bit levels) of the unit-RMS pattern, float32 [H,W].
 
-    ``FLOOR + gain * texture`` clipped to CEILING, with the largest ``gain <= MAX_GAIN`` that keeps the RMS
-    at or under TARGET_RMS (found by bisection on the block map), then times ``strength``.
+    ``floor + gain * texture`` clipped to the ceiling, with the largest ``gain <= max_gain`` that keeps the
+    RMS at or under the target (found by bisection on the block map), then times ``strength``.
     """
     h, w = y.shape
     texture = texture_rms(y)
-    gain = MAX_GAIN
-    if _rms(texture, gain) > TARGET_RMS:
-        lo, hi = 0.0, MAX_GAIN
+    gain = shaping.max_gain
+    if _rms(texture, gain, shaping) > shaping.target_rms:
+        lo, hi = 0.0, shaping.max_gain
         for _ in range(14):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if _rms(texture, mid) <= TARGET_RMS else (lo, mid)
+            lo, hi = (mid, hi) if _rms(texture, mid, shaping) <= shaping.target_rms else (lo, mid)
         gain = lo
-    small = np.clip(FLOOR + gain * texture, FLOOR, CEILING)
+    small = np.clip(shaping.floor + gain * texture, shaping.floor, shaping.ceiling)
     return cv2.resize(small * np.float32(strength), (w, h), interpolation=cv2.INTER_LINEAR)
 
 

@@ -30,9 +30,14 @@ def log10_gaussian_tail(z: float) -> float:
     return (-0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi)) + math.log(series)) / math.log(10.0)
 
 
-def log10_false_positive(z: float, hypotheses: int, crc_ok: bool) -> float:
-    """log10 of the probability that an unmarked image scores at least ``z`` (and passes the CRC if it did)."""
-    log_p = math.log10(hypotheses * SHIFTS) + log10_gaussian_tail(z)
+def log10_false_positive(z: float, hypotheses: int, crc_ok: bool, searched: int = 1, checked: int = 1) -> float:
+    """log10 of the probability that an unmarked image scores at least ``z`` (and passes the CRC if it did).
+
+    ``searched``: sync patterns compared per hypothesis and shift (v2: dihedral transforms x variants, times
+    the codec versions tried). ``checked``: how many of them a passing word's own check tells apart (v2: the
+    nonce names one variant, so a random word also has to hit it, with probability 1 / ``checked``).
+    """
+    log_p = math.log10(hypotheses * searched * SHIFTS) + log10_gaussian_tail(z)
     if crc_ok:
-        log_p += LOG10_CRC
+        log_p += LOG10_CRC - math.log10(checked)
     return min(0.0, log_p)

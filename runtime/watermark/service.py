@@ -26,6 +26,7 @@ reported through its signature and chain status.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,9 +39,10 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..provenance.keys import KeyStore, load_keys, provenance_home
 from ..provenance.ledger import BROKEN, INTACT, LEDGER_FILENAME, NOT_FOUND, VALID, Ledger, PendingRecord
-from ..provenance.records import Record, RecordContent, format_id, new_watermark_id, pixel_sha256
+from ..provenance.records import Record, RecordContent, WatermarkId, format_id, new_watermark_id, pixel_sha256
 from .arrays import ImageTooSmallError
-from .codec import MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed
+from .codec import DEFAULT_VERSION, MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed
+from .localisation import PresenceMap
 
 REMARK_POLICIES = ("refuse", "keep", "add-record")
 NOT_MARKED = "not marked"
@@ -90,6 +92,16 @@ class Verification:
     message: str = ""  # e.g. too small to carry a mark
     details: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # the image could not be checked at all (missing file, not an image...)
+    watermark_version: int = 0  # codec version of the mark read from the pixels (0: none found)
+    presence: PresenceMap | None = field(default=None, repr=False)  # where the mark is (verify_*(localise=True))
+    size: tuple[int, int] = (0, 0)  # (height, width) of the pixels checked
+
+    def presence_mask(self) -> np.ndarray:
+        """float32 [H, W] in 0..1: 1 where the mark was read, 0 elsewhere (all 0 when none was found)."""
+        height, width = self.size
+        if self.presence is None:
+            return np.zeros((max(1, height), max(1, width)), np.float32)
+        return self.presence.mask(height or None, width or None)
 
     @property
     def tampered(self) -> bool:
@@ -98,9 +110,12 @@ class Verification:
     def to_json_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        data = asdict(self)
+        data = asdict(dataclasses.replace(self, presence=None))
         data["details"] = _jsonable(self.details)
         data["tampered"] = self.tampered
+        data["presence"] = None if self.presence is None else {
+            "marked_fraction": self.presence.marked_fraction, "cell_px": self.presence.cell_px,
+            "z": np.round(self.presence.z, 2).tolist()}
         return data
 
     def summary(self) -> str:
@@ -108,8 +123,10 @@ class Verification:
         if self.error:
             lines.append(f"  not checked: {self.error}")
         elif self.found:
-            lines.append(f"  watermark {self.watermark_id} (score {self.score:.1f}, "
+            lines.append(f"  watermark {self.watermark_id} (codec v{self.watermark_version}, score {self.score:.1f}, "
                          f"false-positive probability {self.false_positive_probability:.1e})")
+            if self.presence is not None:
+                lines.append(f"  mark present in {self.presence.marked_fraction:.0%} of the image")
             if self.record is None:
                 lines.append("  ledger: no record with this ID in this ledger")
             else:
@@ -139,7 +156,8 @@ class ProvenanceService:
 
     # ---- marking -------------------------------------------------------------------------------------
     def mark(self, image: np.ndarray, content: RecordContent, *, remark: str = "refuse", strength: float = 1.0,
-             protect: np.ndarray | None = None, policy_input: str | None = "remark") -> MarkResult:
+             protect: np.ndarray | None = None, policy_input: str | None = "remark",
+             watermark_version: int = DEFAULT_VERSION) -> MarkResult:
         """Embed a fresh ID and append its signed record (the record's image hash is of the marked pixels).
 
         ``protect``: optional HxW mask (bool, or float where > 0.5 counts) of pixels that must stay
@@ -149,28 +167,30 @@ class ProvenanceService:
         at once: to record only once the image is delivered, use :meth:`prepare_mark` and :meth:`recording`.
         """
         pending = self.prepare_mark(image, content, remark=remark, strength=strength, protect=protect,
-                                    policy_input=policy_input)
+                                    policy_input=policy_input, watermark_version=watermark_version)
         with self.recording([pending]) as (result,):
             return result
 
     def prepare_mark(self, image: np.ndarray, content: RecordContent, *, remark: str = "refuse",
                      strength: float = 1.0, protect: np.ndarray | None = None,
-                     policy_input: str | None = "remark") -> PendingMark:
+                     policy_input: str | None = "remark", watermark_version: int = DEFAULT_VERSION) -> PendingMark:
         """Everything :meth:`mark` does except writing the record: embed, check, and say what to record.
 
         Raises (and so records nothing) for a refused re-mark, an image too small to carry a mark, or a
         protected area that leaves too little room. ``policy_input`` is the name of the re-marking setting
         as the user sees it, used in the refusal message (``None``: the caller offers no such setting).
+        ``watermark_version``: the codec version to mark with (1 or 2); the record states it (see records.py).
         """
         if remark not in REMARK_POLICIES:
             raise InvalidInputError(f"unknown re-marking policy {remark!r}; use one of {', '.join(REMARK_POLICIES)}")
         keep = None if protect is None else _protect_mask(protect, np.asarray(image).shape[:2])
         existing = self.detect(image)
-        if existing.found:
+        if existing.found:  # an added record states the version of the mark it describes
+            content = dataclasses.replace(content, watermark_version=existing.version)
             return self._already_marked(image, existing.payload, content, remark, policy_input)
         wid = self._unused_id()
         try:
-            marked = embed(image, wid, self.keys.watermark_key, strength=strength)
+            marked = embed(image, wid, self.keys.watermark_key, strength=strength, version=watermark_version)
         except AlreadyWatermarkedError as exc:  # the codec's own check can see marks detect() missed
             return self._already_marked(image, exc.existing_payload, content, remark, policy_input)
         if keep is not None and keep.any():
@@ -181,6 +201,7 @@ class ProvenanceService:
                     f"the mark did not read back once the protected product ({keep.mean():.0%} of the image) was "
                     "restored: the rest is too small to carry a readable watermark at this size and strength. "
                     "Use a larger image, a higher strength, or protect less")
+        content = dataclasses.replace(content, watermark_version=watermark_version)
         return PendingMark(marked, wid, "marked", PendingRecord(content, pixel_sha256(marked), wid))
 
     @contextlib.contextmanager
@@ -214,19 +235,21 @@ class ProvenanceService:
                 return wid
 
     # ---- verification --------------------------------------------------------------------------------
-    def detect(self, image: np.ndarray) -> Detection:
-        """The codec's Detection under this installation's key (found=False below the detector's minimum)."""
+    def detect(self, image: np.ndarray, localise: bool = False) -> Detection:
+        """The codec's Detection under this installation's key (found=False below the detector's minimum);
+        ``localise``: with the presence map of a found mark."""
         height, width = np.asarray(image).shape[:2]
         if min(height, width) < MIN_DETECT_SIDE:
             return Detection(found=False, payload=None, false_positive_probability=1.0, score=0.0,
                              details={"reason": f"{width}x{height} is too small to read a watermark from; each "
                                                 f"side must be at least {MIN_DETECT_SIDE} px"})
-        return detect(image, self.keys.watermark_key)
+        return detect(image, self.keys.watermark_key, localise=localise)
 
-    def verify_image(self, image: np.ndarray, source: str = "image") -> Verification:
-        """Detect the mark, then look up and check its records (signature, chain, pixel hash)."""
-        result = Verification(source=source)
-        detection = self.detect(image)
+    def verify_image(self, image: np.ndarray, source: str = "image", localise: bool = False) -> Verification:
+        """Detect the mark, then look up and check its records (signature, chain, pixel hash).
+        ``localise``: also map where the mark is (``Verification.presence``)."""
+        result = Verification(source=source, size=tuple(np.asarray(image).shape[:2]))
+        detection = self.detect(image, localise=localise)
         result.score = float(detection.score)
         result.false_positive_probability = float(detection.false_positive_probability)
         result.details = dict(detection.details)
@@ -234,6 +257,7 @@ class ProvenanceService:
         if not detection.found or detection.payload is None:
             return result
         result.found, result.watermark_id = True, format_id(detection.payload)
+        result.watermark_version, result.presence = detection.version, detection.presence
         checked = self.ledger.check_id(detection.payload)
         if not checked:
             result.signature = result.chain = NOT_FOUND
@@ -256,7 +280,7 @@ class ProvenanceService:
         result.pixels = PIXELS_IDENTICAL if pixel_sha256(image) in hashes else PIXELS_CHANGED
         return result
 
-    def verify_file(self, path: str | os.PathLike) -> Verification:
+    def verify_file(self, path: str | os.PathLike, localise: bool = False) -> Verification:
         """:meth:`verify_image` on a file's pixels, plus its C2PA manifest (PNG, JPEG, WebP)."""
         from ..imaging import read_image, to_integer
         from ..provenance.c2pa_manifest import MIME_TYPES, read_manifest
@@ -266,7 +290,7 @@ class ProvenanceService:
         pixels = to_integer(loaded.rgb, 8)
         if loaded.alpha is not None:
             pixels = np.dstack([pixels, to_integer(loaded.alpha, 8)])
-        result = self.verify_image(pixels, source=str(path))
+        result = self.verify_image(pixels, source=str(path), localise=localise)
         if path.suffix.lower().lstrip(".") in MIME_TYPES:
             info = read_manifest(path, keys=self.keys)
             result.c2pa = {**info.__dict__, "summary": info.summary}
@@ -276,12 +300,13 @@ class ProvenanceService:
         return result
 
     def provenance_for(self, image: np.ndarray) -> tuple[int | None, str | None]:
-        """(watermark ID, record hash) for an image about to be saved: what its C2PA manifest should bind."""
+        """(watermark ID, record hash) for an image about to be saved: what its C2PA manifest should bind.
+        The ID is a WatermarkId carrying the codec version, which the manifest's soft binding names."""
         detection = self.detect(image)
         if not detection.found or detection.payload is None:
             return None, None
         record = self.ledger.get(detection.payload)
-        return detection.payload, (record.record_hash if record else None)
+        return WatermarkId(detection.payload, detection.version), (record.record_hash if record else None)
 
 
 _services: dict[Path, ProvenanceService] = {}
