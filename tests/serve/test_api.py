@@ -212,6 +212,25 @@ def test_bad_uploads_get_413_415_or_422_with_a_reason(alice, payload, status, wo
     assert words in answer.json()["detail"]
 
 
+def _read_http_response(sock) -> str:
+    """One whole HTTP/1.1 response (headers, then Content-Length bytes of body): it may arrive in pieces."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        if not piece:
+            return data.decode(errors="replace")
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        body += piece
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
+
+
 def test_an_upload_over_the_size_limit_is_413_before_it_is_read(server, alice):
     import socket
 
@@ -221,7 +240,7 @@ def test_an_upload_over_the_size_limit_is_413_before_it_is_read(server, alice):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:  # headers only, no body sent
         sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: "
                      f"multipart/form-data; boundary=x\r\nContent-Length: {(40 << 20) + 1}\r\n\r\n".encode())
-        reply = sock.recv(65536).decode(errors="replace")
+        reply = _read_http_response(sock)
     assert reply.startswith("HTTP/1.1 413") and "at most 40.0 MiB" in reply
 
     def chunks():  # no Content-Length: the server counts as the body arrives
