@@ -11,23 +11,11 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from ..runtime.errors import BackdropError, InvalidInputError
+from ..runtime.errors import BackdropError
 from . import exit_codes
+from .photo_steps import RunModels, process_photo
 from .run_plan import RunPlan
-
-
-@dataclass(frozen=True)
-class RunModels:
-    """What the run loads once and keeps for every photo (None where the plan needs no model)."""
-
-    sam: Any = None
-    captioner: Any = None
-    pipeline: Any = None
-    model_hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
 
 
 @dataclass
@@ -118,104 +106,6 @@ def run_plan(plan: RunPlan, models: RunModels) -> RunSummary:
     finally:
         close()
     return summary
-
-
-def process_photo(path: Path, plan: RunPlan, models: RunModels, written: list[Path]) -> None:
-    """Mask, caption and prompt (once), generate, then write; each file written is appended to ``written``."""
-    from ..runtime.imaging import read_image, write_image
-
-    loaded = read_image(path, plan.read_limits)
-    if loaded.fully_transparent and plan.mask_prompt.is_empty:
-        from ..runtime.backdrop.studio_job import EMPTY_CUTOUT
-
-        raise InvalidInputError(EMPTY_CUTOUT)  # before any model runs, on every path
-    image = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
-    alpha = _product_alpha(image, plan, models)
-    captions, composed = _captions_and_prompt(loaded.rgb, alpha, plan, models) if plan.needs_prompt else ({}, None)
-    if plan.inpaint is None:
-        images, out_alpha, positive, negative = _studio(image, alpha, plan)
-    else:
-        images, out_alpha, positive, negative = _inpaint(image, alpha, composed, plan, models)
-    names = output_names(path.stem, plan.style_slug, len(images), plan.format, plan.out)
-    bit_depth = loaded.bit_depth if plan.format == "png" else 8
-    for name, picture in zip(names, images, strict=True):
-        if plan.watermark is not None:
-            from .watermark_options import write_marked
-
-            written.append(write_marked(name, picture, out_alpha >= 0.5, plan, positive, negative,
-                                        models.model_hashes))
-        else:
-            written.append(write_image(name, picture, bit_depth=bit_depth))
-    if plan.save_mask:
-        mask_rgb = np.repeat(out_alpha[..., None], 3, axis=2)
-        written.append(write_image(plan.out / f"{path.stem}_mask.png", mask_rgb, bit_depth=8))
-    if plan.prompt_json:
-        written.append(_write_prompt_json(path, written[0], captions, composed, plan))
-
-
-def output_names(stem: str, slug: str, count: int, suffix: str, out: Path) -> list[Path]:
-    """``<stem>_<style>.<ext>``, or ``<stem>_<style>_<k>.<ext>`` for several variations."""
-    if count == 1:
-        return [out / f"{stem}_{slug}.{suffix}"]
-    return [out / f"{stem}_{slug}_{k}.{suffix}" for k in range(count)]
-
-
-def _product_alpha(image: np.ndarray, plan: RunPlan, models: RunModels) -> np.ndarray:
-    from ..runtime.masking.product_mask import product_mask
-
-    return product_mask(image, sam=models.sam, prompt=plan.mask_prompt, refine=plan.refine)
-
-
-def _captions_and_prompt(rgb: np.ndarray, alpha: np.ndarray, plan: RunPlan, models: RunModels):
-    """Captions (VLM or image statistics) of the photo as given, and the prompt composed from them: computed once
-    per photo and used by both the diffusion step and the prompt JSON."""
-    from ..runtime.captioning.pipeline import caption_for_run
-    from ..runtime.prompting import compose_prompt
-
-    captions = caption_for_run(rgb, alpha, models.captioner)
-    composed = compose_prompt(captions["product_caption"], plan.style, plan.composition, scene=plan.scene,
-                              background_caption=captions["background_caption"])
-    return captions, composed
-
-
-def _studio(image: np.ndarray, alpha: np.ndarray, plan: RunPlan):
-    from ..runtime.backdrop.studio_job import studio_background
-
-    result = studio_background(image, plan.style, alpha=alpha, studio=plan.studio)
-    return [result.image], result.product_alpha, plan.style.prompt_text, plan.style.negative_text
-
-
-def _inpaint(image: np.ndarray, alpha: np.ndarray, composed, plan: RunPlan, models: RunModels):
-    """Generate backgrounds around the exact product; the mask returned is on the output canvas (it moves when
-    outpainting)."""
-    from ..runtime.inpainting.generate import inpaint_backgrounds
-
-    settings = plan.inpaint.settings_for(composed.positive, composed.negative)
-    result = inpaint_backgrounds(models.pipeline, [image], [alpha], settings)
-    return result.images, result.product_masks[0], settings.prompt, settings.negative_prompt
-
-
-def _write_prompt_json(source: Path, output: Path, captions: dict[str, str], composed, plan: RunPlan) -> Path:
-    """Captions and the composed prompts, beside the first output image."""
-    import json
-
-    from ..runtime.files import write_bytes_exclusive
-
-    record = {
-        "input": str(source),
-        "output": str(output),
-        "style": plan.style.name,
-        "composition": plan.composition,
-        "captioner": plan.captioner,
-        "product_caption": captions["product_caption"],
-        "background_caption": captions["background_caption"],
-        "caption_source": captions["source"],
-        "positive": composed.positive,
-        "negative": composed.negative,
-        "warnings": list(composed.warnings),
-    }
-    payload = json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")
-    return write_bytes_exclusive(output.with_suffix(".json"), payload)
 
 
 def print_summary(summary: RunSummary) -> None:

@@ -37,11 +37,15 @@ def model_hashes(checkpoint: str | None, loras: Sequence[str]) -> tuple[dict[str
 
 
 def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPlan, prompt: str, negative: str,
-                 hashes: tuple[dict[str, str], dict[str, str]]) -> Path:
+                 hashes: tuple[dict[str, str], dict[str, str]], *, rename: bool = True,
+                 idempotency_key: str | None = None) -> Path:
     """Mark ``image`` (float [H,W,C]) around its exact ``product`` (bool [H,W]), save it, then record it.
 
     The record is committed only once the file is saved: a failed save (or Ctrl-C) leaves no record, and
     if the record cannot be committed the file just written is removed again. One record per delivered file.
+    ``rename=False`` writes exactly ``path`` (``FileExistsError`` if taken); ``idempotency_key`` is recorded with
+    the record, and a second record under the same key is refused (``DuplicateRecordError``) before any file is
+    written.
     """
     from ..runtime.imaging import to_integer
     from ..runtime.provenance.records import RecordContent
@@ -53,9 +57,10 @@ def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPl
                             models=dict(hashes[0]), loras=dict(hashes[1]), metadata={"style": plan.style.name})
     saved = None
     try:
-        with marked_for_delivery(to_integer(image, 8), content, protect=product) as (marked, record, service):
+        extra = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
+        with marked_for_delivery(to_integer(image, 8), content, protect=product, **extra) as (marked, record, service):
             saved = save_image(marked, path, options, keys=service.keys,
-                               binding=lambda _pixels: (record.id, record.record_hash))
+                               binding=lambda _pixels: (record.id, record.record_hash), rename=rename)
     except BaseException:
         if saved is not None:  # saved, but the record did not commit: take back the file we just wrote
             for written in (saved.path, saved.sidecar):

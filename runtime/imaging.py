@@ -138,8 +138,9 @@ def to_integer(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, bit_depth: int = 8, alpha: np.ndarray | None = None,
-                quality: int = 95) -> Path:
-    """Write atomically, never overwriting: returns the path actually written (may get a ``-N`` suffix)."""
+                quality: int = 95, rename: bool = True) -> Path:
+    """Write atomically, never overwriting: returns the path actually written (may get a ``-N`` suffix; with
+    ``rename=False`` an existing entry at ``path`` raises ``FileExistsError`` instead)."""
     import cv2
 
     path = Path(path)
@@ -162,7 +163,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, bit_depth: int = 8, al
     ok, encoded = cv2.imencode(suffix, channels, params)
     if not ok:
         raise InvalidInputError(f"OpenCV could not encode {path.name}")
-    return write_bytes_exclusive(path, encoded.tobytes())
+    return write_bytes_exclusive(path, encoded.tobytes(), rename=rename)
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:

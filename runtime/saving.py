@@ -167,13 +167,15 @@ def read_comfy_metadata(data: bytes) -> dict[str, str]:
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike, options: SaveOptions, *, keys=None,
-               binding: Callable[[np.ndarray], tuple[int | None, str | None]] | None = None) -> SavedImage:
+               binding: Callable[[np.ndarray], tuple[int | None, str | None]] | None = None,
+               rename: bool = True) -> SavedImage:
     """Resize to the preset, encode, optionally embed a signed C2PA manifest, write without overwriting.
 
     ``path``'s suffix is replaced by the format's. ``keys`` (a provenance KeyStore) is needed when
     ``options.c2pa`` is on. ``binding(final_pixels) -> (watermark ID or None, ledger record hash or None)``
     names the watermark the manifest's soft binding points to; it sees the pixels as they will be
-    written (after resizing), so a mark lost to a large reduction is not claimed.
+    written (after resizing), so a mark lost to a large reduction is not claimed. ``rename=False``: an
+    existing entry at the target raises ``FileExistsError`` instead of taking the next free ``-N`` name.
     """
     pixels = resize_to_preset(to_uint8(image), options.resolution)
     target = Path(path).with_suffix(EXTENSIONS[options.fmt])
@@ -193,10 +195,10 @@ def save_image(image: np.ndarray, path: str | os.PathLike, options: SaveOptions,
             result.notes.append("no watermark in the saved pixels: the C2PA manifest has no soft binding")
         else:
             result.watermark_id = format_id(watermark_id)
-    result.path = write_bytes_exclusive(target, payload)
+    result.path = write_bytes_exclusive(target, payload, rename=rename)
     if left_over:
         sidecar = json.dumps({k: _json_or_text(v) for k, v in left_over.items()}, indent=1).encode("utf-8")
-        result.sidecar = write_bytes_exclusive(result.path.with_suffix(".json"), sidecar)
+        result.sidecar = write_bytes_exclusive(result.path.with_suffix(".json"), sidecar, rename=rename)
         result.notes.append(f"workflow metadata is larger than a JPEG's 64 KB EXIF limit; written to "
                             f"{result.sidecar.name}")
     return result

@@ -125,7 +125,7 @@ class JobExecutor:
         self._models = None
 
     def run(self, job: Job) -> None:
-        from ..run import process_photo
+        from ..photo_steps import process_photo
 
         params = JobParams.from_json(job.params)
         folder = self.config.data.job_dir(job.id)
