@@ -15,6 +15,11 @@ Everything is generated on first use and kept under the provenance home
 The set is written to a temporary folder and renamed into place in one step, so two processes that
 start at once never mix keys: the loser discards its set and loads the winner's. Existing keys are
 never replaced. Permissions are checked on POSIX systems; a key folder readable by others is refused.
+
+Keys in memory: :meth:`KeyStore.secrets` returns the raw files a worker needs (``WORKER_KEY_FILES``: not the root
+CA's private key) and :meth:`KeyStore.from_secrets` makes a KeyStore from them that never touches the disk, so
+keys can reach workers on other machines (e.g. as Ray actor arguments) without being written anywhere. Such a
+store has no folder, hence no ledger witness (see ledger.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import shutil
 import stat
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -46,6 +52,7 @@ ROOT_KEY = "c2pa_root_ca.key.pem"
 SIGNER_CERT = "c2pa_signer.pem"
 SIGNER_KEY = "c2pa_signer.key.pem"
 KEY_FILES = (LEDGER_KEY, WATERMARK_KEY, ROOT_CERT, ROOT_KEY, SIGNER_CERT, SIGNER_KEY)
+WORKER_KEY_FILES = (LEDGER_KEY, WATERMARK_KEY, ROOT_CERT, SIGNER_CERT, SIGNER_KEY)  # what marking and signing use
 
 _POSIX = os.name == "posix"
 
@@ -69,9 +76,29 @@ def ensure_private_dir(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class KeyStore:
-    """Loaded keys. Use :func:`load_keys` to get one (it creates the keys on first use)."""
+    """Loaded keys. Use :func:`load_keys` to get one (it creates the keys on first use), or
+    :meth:`from_secrets` for keys held in memory (``folder`` is then None)."""
 
-    folder: Path
+    folder: Path | None
+    in_memory: Mapping[str, bytes] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_secrets(cls, secrets: Mapping[str, bytes]) -> KeyStore:
+        """A key store over the raw key files in ``secrets`` (from :meth:`secrets`); never reads or writes a disk."""
+        missing = [name for name in WORKER_KEY_FILES if name not in secrets]
+        if missing:
+            raise InvalidInputError(f"the keys handed over lack {', '.join(missing)}; pass KeyStore.secrets() of a "
+                                    "complete key store")
+        return cls(None, {name: bytes(secrets[name]) for name in WORKER_KEY_FILES})
+
+    def secrets(self) -> dict[str, bytes]:
+        """The raw key files a worker needs (ledger key, watermark key, C2PA chain and signing key), by file name.
+        Keep them in memory: they are the installation's secrets."""
+        return {name: self._read(name) for name in WORKER_KEY_FILES}
+
+    def __getstate__(self) -> dict:
+        """Pickle the fields only (loaded key objects are not picklable; they are loaded again on use)."""
+        return {"folder": self.folder, "in_memory": self.in_memory}
 
     @cached_property
     def ledger_signing_key(self):
@@ -91,7 +118,8 @@ class KeyStore:
     def watermark_key(self) -> bytes:
         key = self._read(WATERMARK_KEY)
         if len(key) != WATERMARK_KEY_BYTES:
-            raise InvalidInputError(f"{self.folder / WATERMARK_KEY} holds {len(key)} bytes, expected "
+            where = WATERMARK_KEY if self.folder is None else self.folder / WATERMARK_KEY
+            raise InvalidInputError(f"{where} holds {len(key)} bytes, expected "
                                     f"{WATERMARK_KEY_BYTES}; restore it from a backup (marks made with "
                                     "another key cannot be read)")
         return key
@@ -120,6 +148,11 @@ class KeyStore:
         return self.ledger_signing_key.sign(message)
 
     def _read(self, name: str) -> bytes:
+        if self.in_memory is not None:
+            try:
+                return self.in_memory[name]
+            except KeyError:
+                raise InvalidInputError(f"the in-memory key store holds no {name}") from None
         return (self.folder / name).read_bytes()
 
 

@@ -8,7 +8,8 @@ breaks either the hash, the signature or the chain.
 The watermark codec version that made a mark is stated in the record's metadata under
 ``WATERMARK_VERSION_KEY`` (written only for versions after 1), so it is hashed and signed like everything
 else while records made before versions existed (and v1 records) keep their exact bytes and read as v1:
-``Record.watermark_version``.
+``Record.watermark_version``. An idempotency key (``metadata["idempotency_key"]``, see ledger_chain.py) is
+stored the same way.
 
 Watermark IDs are random 63-bit integers (1 .. 2**63-1; they fit the codec's 64-bit payload and
 SQLite's signed 64-bit INTEGER), drawn with ``secrets`` and retried on the rare collision. Random IDs
@@ -34,6 +35,7 @@ SIGNATURE_DOMAIN = b"comfyui-backdrop/ledger-record/v1\n"
 MAX_METADATA_DEPTH = 32  # nesting levels of a record's metadata (a dict of lists of dicts... counts each level)
 WATERMARK_VERSION_KEY = "watermark_version"  # metadata key naming the codec version of the mark (absent: 1)
 WATERMARK_VERSIONS = (1, 2)
+IDEMPOTENCY_KEY = "idempotency_key"  # metadata key: one record per input x settings x variation (see ledger_chain)
 
 
 class WatermarkId(int):
@@ -162,6 +164,12 @@ class Record:
         """The codec version that made the mark: the metadata's statement, else 1 (records older than versions)."""
         value = self.metadata.get(WATERMARK_VERSION_KEY, 1) if isinstance(self.metadata, dict) else 1
         return value if isinstance(value, int) and not isinstance(value, bool) and value in WATERMARK_VERSIONS else 1
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The metadata's idempotency key (a string), else None."""
+        value = self.metadata.get(IDEMPOTENCY_KEY) if isinstance(self.metadata, dict) else None
+        return value if isinstance(value, str) else None
 
     def hashed_fields(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("record_hash", "signature")}
