@@ -101,6 +101,7 @@ class WatermarkPlan:
 
     account: str
     c2pa: bool
+    ledger: str | None = None  # --ledger: a postgresql:// URL or an SQLite file; None: the home's ledger
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,22 @@ class RunPlan:
             studio=StudioOptions(shadow=args.shadow, vignette=args.vignette, light=args.light, seed=args.seed),
             seed=args.seed, sam=args.sam, captioner=args.captioner, composition=args.composition, scene=args.scene,
             save_mask=args.save_mask, prompt_json=prompt_json, inpaint=_inpaint_plan(args),
-            watermark=WatermarkPlan(account=args.account or getpass.getuser(), c2pa=not args.no_c2pa)
-            if args.watermark else None,
+            watermark=_watermark_plan(args),
             quiet=args.quiet, read_limits=_read_limits(args.max_megapixels))
+
+
+def _watermark_plan(args: argparse.Namespace) -> WatermarkPlan | None:
+    """--watermark and its options; --ledger is checked before any photo (a bad URL fails here, naming host and
+    database, never a password)."""
+    from ..runtime.provenance.ledger_backends import check_location
+
+    location = getattr(args, "ledger", None)
+    if not args.watermark:
+        if location is not None:
+            raise InvalidInputError("--ledger needs --watermark: only watermarked outputs are recorded")
+        return None
+    return WatermarkPlan(account=args.account or getpass.getuser(), c2pa=not args.no_c2pa,
+                         ledger=None if location is None else check_location(location))
 
 
 def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:

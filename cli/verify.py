@@ -1,7 +1,9 @@
-"""``backdrop verify FILE [FILE...] [--json] [--ledger] [--map DIR]``: read each image's invisible watermark,
-look up and check its signed ledger record, and read its C2PA manifest. ``--map DIR`` also writes, per file,
-where in the image the mark reads (``DIR/<name>.watermark-map.png``: white = marked, black = not; all black
-when no mark was found), e.g. to see the marked part of a spliced image or a partial crop.
+"""``backdrop verify FILE [FILE...] [--json] [--ledger [LOCATION]] [--map DIR]``: read each image's invisible
+watermark, look up and check its signed ledger record, and read its C2PA manifest. ``--ledger`` alone also checks
+the home's whole ledger; ``--ledger LOCATION`` (a ``postgresql://`` URL or an SQLite file ending in .sqlite3, .sqlite
+or .db) looks the IDs up in that ledger and checks all of it. A value that is neither is taken as one more image.
+``--map DIR`` also writes, per file, where in the image the mark reads (``DIR/<name>.watermark-map.png``: white =
+marked, black = not; all black when no mark was found), e.g. to see the marked part of a spliced image or a crop.
 
 Exit status: 0 when every file carries a mark whose record is in the ledger with a valid signature
 and an intact chain (and, with ``--ledger``, the whole ledger verifies); 1 otherwise (unmarked,
@@ -27,11 +29,13 @@ def add_verify_parser(subparsers) -> None:
     """Register the ``verify`` subcommand on the ``backdrop`` parser's subparsers."""
     verify = subparsers.add_parser("verify", help="check the invisible watermark, signed provenance record and C2PA "
                                    "manifest of images")
-    verify.add_argument("files", nargs="+", type=Path, help="images (PNG, JPEG, WebP, TIFF...) or folders of them")
+    verify.add_argument("files", nargs="*", type=Path, help="images (PNG, JPEG, WebP, TIFF...) or folders of them")
     verify.add_argument("--json", action="store_true",
                         help='print {"files": [...], "ledger": ...} as JSON instead of text')
-    verify.add_argument("--ledger", action="store_true",
-                        help="also check every record's signature and the whole hash chain")
+    verify.add_argument("--ledger", nargs="?", const="", default=None, metavar="LOCATION",
+                        help="also check every record's signature and the whole hash chain; with LOCATION (a "
+                             "postgresql://USER@HOST/DB URL or an .sqlite3/.sqlite/.db file) look the IDs up in that "
+                             "ledger instead of the home's")
     verify.add_argument("--map", type=Path, default=None, metavar="DIR",
                         help="also write where each image's watermark reads as DIR/<name>.watermark-map.png "
                              "(white = marked); existing files are never overwritten")
@@ -44,8 +48,12 @@ def run_verify(args: argparse.Namespace) -> int:
     from ..runtime.watermark.service import ProvenanceService, Verification
     from .inputs import collect_inputs
 
-    service = ProvenanceService(args.home, create_keys=False)  # a --home typo is an error, never a new key set
-    files = collect_inputs(args.files)
+    check_ledger, location, paths = _ledger_option(args.ledger, list(args.files))
+    if not paths:
+        raise BackdropError("no images to verify: give image files or folders")
+    # a --home typo is an error, never a new key set
+    service = ProvenanceService(args.home, create_keys=False, ledger=location)
+    files = collect_inputs(paths)
     if not files:
         raise BackdropError("no images to verify")
     results: list[Verification] = []
@@ -54,7 +62,7 @@ def run_verify(args: argparse.Namespace) -> int:
         results.append(_verify_one(service, path, localise=args.map is not None))
         if args.map is not None and not results[-1].error:
             maps[results[-1].source] = str(_write_map(results[-1], path, args.map))
-    ledger = service.ledger.verify() if args.ledger else None
+    ledger = service.ledger.verify() if check_ledger else None
     warnings = _ledger_warnings(service, ledger)
     failed = [r for r in results if not _verified(r)]
     ok = not failed and (ledger is None or ledger.ok)
@@ -63,7 +71,8 @@ def run_verify(args: argparse.Namespace) -> int:
                               for r in results], "ledger": None if ledger is None else {
             "records": ledger.records, "signature": ledger.signature, "chain": ledger.chain,
             "problems": ledger.problems, "ok": ledger.ok, "file_state": ledger.file_state,
-            "witnessed_seq": ledger.witnessed_seq}, "warnings": warnings}
+            "witnessed_seq": ledger.witnessed_seq, **_source(service)}, "ledger_source": _source(service),
+            "warnings": warnings}
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         for result in results:
@@ -72,8 +81,8 @@ def run_verify(args: argparse.Namespace) -> int:
                 print(f"  map: {maps[result.source]}")
         if ledger is not None:
             state = "" if ledger.file_state == "ok" else f" (file {ledger.file_state})"
-            print(f"ledger {service.ledger.path}: {ledger.records} record(s){state}; signatures {ledger.signature}; "
-                  f"chain {ledger.chain}")
+            print(f"ledger {service.ledger.location} ({service.ledger.backend}): {ledger.records} record(s){state}; "
+                  f"signatures {ledger.signature}; chain {ledger.chain}")
             for problem in ledger.problems:
                 print(f"  problem: {problem}")
     for warning in warnings:
@@ -81,6 +90,28 @@ def run_verify(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} of {len(results)} file(s) did not verify", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _ledger_option(value: str | None, files: list[Path]) -> tuple[bool, str | None, list[Path]]:
+    """(check the whole ledger, its location or None for the home's, the files) from ``--ledger [LOCATION]``.
+
+    argparse hands ``--ledger photo.png`` the image as its value: only a database URL or an SQLite file name is a
+    location; anything else goes back to the files.
+    """
+    from ..runtime.provenance.ledger_backends import looks_like_ledger
+
+    if value is None:
+        return False, None, files
+    if value == "":
+        return True, None, files
+    if looks_like_ledger(value):
+        return True, value, files
+    return True, None, [*files, Path(value)]
+
+
+def _source(service) -> dict[str, str]:
+    """Which ledger was read, safe to show (a URL without its password)."""
+    return {"backend": service.ledger.backend, "location": service.ledger.location}
 
 
 def _write_map(result, path: Path, folder: Path) -> Path:

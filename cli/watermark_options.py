@@ -20,6 +20,9 @@ def add_watermark_arguments(run: argparse.ArgumentParser) -> None:
                             "ledger and add a C2PA manifest (outputs become 8-bit; product pixels stay exact)")
     group.add_argument("--account", default=None, help="account recorded with each output (default: your user name)")
     group.add_argument("--no-c2pa", action="store_true", help="with --watermark: no C2PA manifest in the files")
+    group.add_argument("--ledger", default=None, metavar="LOCATION",
+                       help="with --watermark: record into this ledger, a postgresql://USER@HOST/DB URL (many "
+                            "writers on many machines) or an SQLite file (default: ledger.sqlite3 in the home)")
 
 
 def model_hashes(checkpoint: str | None, loras: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:

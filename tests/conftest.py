@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.images import studio_product_photo
+from tests.fixtures.postgres import postgres_cluster, postgres_url  # noqa: F401  (fixtures for the whole suite)
 
 
 @pytest.fixture(scope="session")

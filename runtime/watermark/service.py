@@ -38,8 +38,27 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..provenance.keys import KeyStore, load_keys, provenance_home
-from ..provenance.ledger import BROKEN, INTACT, LEDGER_FILENAME, NOT_FOUND, VALID, Ledger, PendingRecord
-from ..provenance.records import Record, RecordContent, WatermarkId, format_id, new_watermark_id, pixel_sha256
+from ..provenance.ledger import (
+    BROKEN,
+    INTACT,
+    LEDGER_FILENAME,
+    NOT_FOUND,
+    VALID,
+    DuplicateRecordError,
+    Ledger,
+    PendingRecord,
+)
+from ..provenance.ledger_backends import ledger_cache_key, open_ledger
+from ..provenance.ledger_postgres import PostgresLedger
+from ..provenance.records import (
+    IDEMPOTENCY_KEY,
+    Record,
+    RecordContent,
+    WatermarkId,
+    format_id,
+    new_watermark_id,
+    pixel_sha256,
+)
 from .arrays import ImageTooSmallError
 from .codec import DEFAULT_VERSION, MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed
 from .localisation import PresenceMap
@@ -148,11 +167,18 @@ class Verification:
 class ProvenanceService:
     """Keys + ledger + codec under one provenance home (see provenance.keys for the layout)."""
 
-    def __init__(self, home: str | os.PathLike | None = None, create_keys: bool = True) -> None:
-        """``create_keys=False`` (checking only) never generates keys: a home without them raises NoKeysError."""
+    def __init__(self, home: str | os.PathLike | None = None, create_keys: bool = True, *,
+                 keys: KeyStore | None = None, ledger: str | os.PathLike | None = None) -> None:
+        """``create_keys=False`` (checking only) never generates keys: a home without them raises NoKeysError.
+
+        ``keys``: use these (e.g. ``KeyStore.from_secrets`` in a worker) instead of the home's key folder; nothing
+        is read from or written to disk for them. ``ledger``: the ledger's location (a ``postgresql://`` URL or an
+        SQLite file, see ledger_backends.open_ledger) instead of ``<home>/ledger.sqlite3``.
+        """
         self.home = Path(home).expanduser() if home is not None else provenance_home()
-        self.keys: KeyStore = load_keys(home, create=create_keys)
-        self.ledger = Ledger(self.home / LEDGER_FILENAME, self.keys)
+        self.keys: KeyStore = keys if keys is not None else load_keys(home, create=create_keys)
+        self.ledger: Ledger | PostgresLedger = open_ledger(
+            self.home / LEDGER_FILENAME if ledger is None else ledger, self.keys)
 
     # ---- marking -------------------------------------------------------------------------------------
     def mark(self, image: np.ndarray, content: RecordContent, *, remark: str = "refuse", strength: float = 1.0,
@@ -309,30 +335,41 @@ class ProvenanceService:
         return WatermarkId(detection.payload, detection.version), (record.record_hash if record else None)
 
 
-_services: dict[Path, ProvenanceService] = {}
+_services: dict[tuple[Path, str | None], ProvenanceService] = {}
 _services_lock = threading.Lock()
 
 
-def get_service(home: str | os.PathLike | None = None) -> ProvenanceService:
-    """A shared service per provenance home (keys are read once)."""
+def get_service(home: str | os.PathLike | None = None, ledger: str | os.PathLike | None = None) -> ProvenanceService:
+    """A shared service per (provenance home, ledger location) (keys are read once). ``ledger``: see
+    :class:`ProvenanceService`; None is the home's ``ledger.sqlite3``."""
     path = (Path(home) if home is not None else provenance_home()).expanduser().resolve()
+    key = (path, None if ledger is None else ledger_cache_key(ledger))
     with _services_lock:
-        if path not in _services:
-            _services[path] = ProvenanceService(path)
-        return _services[path]
+        if key not in _services:
+            _services[key] = ProvenanceService(path, ledger=ledger)
+        return _services[key]
 
 
 @contextlib.contextmanager
 def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect: np.ndarray | None = None,
-                        home: str | os.PathLike | None = None
+                        home: str | os.PathLike | None = None, ledger: str | os.PathLike | None = None,
+                        idempotency_key: str | None = None
                         ) -> Iterator[tuple[np.ndarray, Record, ProvenanceService]]:
     """For ``backdrop run``: yields (marked image, its record, the service); save the image inside the block.
 
     The record is committed only when the block succeeds, so a failed save leaves no record. An image that
     already carries a mark is refused (``backdrop run`` has no re-marking setting). ``protect`` is the product mask
-    to keep bit-exact.
+    to keep bit-exact. ``ledger``: record into that ledger (see :class:`ProvenanceService`). ``idempotency_key``
+    (one per input x settings x variation) goes into the record's signed metadata; when it is already recorded,
+    ``ledger_chain.DuplicateRecordError`` (with the ``existing`` record) is raised before the block runs.
     """
-    service = get_service(home)
+    service = get_service(home, ledger)
+    if idempotency_key is not None:
+        existing = service.ledger.find_idempotent(idempotency_key)  # the insert checks again, under the lock
+        if existing is not None:
+            raise DuplicateRecordError(f"idempotency key {idempotency_key!r} is already recorded (ID "
+                                       f"{existing.id_hex}, seq {existing.seq}); nothing was marked", existing)
+        content = dataclasses.replace(content, metadata={**content.metadata, IDEMPOTENCY_KEY: idempotency_key})
     pending = service.prepare_mark(image_uint8, content, remark="refuse", protect=protect, policy_input=None)
     with service.recording([pending]) as (result,):
         yield result.image, result.record, service
