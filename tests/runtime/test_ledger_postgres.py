@@ -247,3 +247,24 @@ def test_verify_ledger_option_gives_an_image_back(tmp_path, capsys, keys):
     assert document["ledger_source"]["location"] == str(other) and document["ledger"]["file_state"] == "missing"
     assert not other.exists(), "verify never creates a ledger"
     assert main(["verify", "--ledger", str(other), "--home", home]) == 2  # a ledger but no images: usage error
+
+
+def test_run_ledger_option_is_checked_before_any_photo(tmp_path, capsys, product_photo):
+    import argparse
+
+    import cv2
+
+    from comfyui_backdrop.cli.main import build_parser, main
+    from comfyui_backdrop.cli.run_plan import RunPlan
+
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), product_photo[0])
+    url = "postgresql://bob:hunter2@db.example/studio"
+    args = build_parser().parse_args(["run", str(photo), "--watermark", "--ledger", url, "--out", str(tmp_path / "o")])
+    assert isinstance(args, argparse.Namespace) and RunPlan.from_args(args).watermark.ledger == url
+    assert main(["run", str(photo), "--ledger", url, "--out", str(tmp_path / "o")]) == 2
+    assert "--ledger needs --watermark" in capsys.readouterr().err
+    assert main(["run", str(photo), "--watermark", "--ledger", url + "?nonsense=hunter2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a usable PostgreSQL URL" in err and "db.example" in err and "hunter2" not in err
+    assert not (tmp_path / "o").exists(), "nothing ran"
