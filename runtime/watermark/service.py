@@ -353,7 +353,7 @@ def get_service(home: str | os.PathLike | None = None, ledger: str | os.PathLike
 @contextlib.contextmanager
 def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect: np.ndarray | None = None,
                         home: str | os.PathLike | None = None, ledger: str | os.PathLike | None = None,
-                        idempotency_key: str | None = None
+                        idempotency_key: str | None = None, service: ProvenanceService | None = None
                         ) -> Iterator[tuple[np.ndarray, Record, ProvenanceService]]:
     """For ``backdrop run``: yields (marked image, its record, the service); save the image inside the block.
 
@@ -362,8 +362,10 @@ def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect
     to keep bit-exact. ``ledger``: record into that ledger (see :class:`ProvenanceService`). ``idempotency_key``
     (one per input x settings x variation) goes into the record's signed metadata; when it is already recorded,
     ``ledger_chain.DuplicateRecordError`` (with the ``existing`` record) is raised before the block runs.
+    ``service``: use this one (e.g. built with keys held in memory in a worker) instead of
+    ``get_service(home, ledger)``.
     """
-    service = get_service(home, ledger)
+    service = service if service is not None else get_service(home, ledger)
     if idempotency_key is not None:
         existing = service.ledger.find_idempotent(idempotency_key)  # the insert checks again, under the lock
         if existing is not None:

@@ -36,7 +36,8 @@ def test_an_older_ledger_is_read_as_it_is_and_migrated_by_the_first_append(tmp_p
 
 
 def test_marked_for_delivery_records_one_image_per_key(tmp_path, product_photo):
-    from comfyui_backdrop.runtime.watermark.service import get_service, marked_for_delivery
+    from comfyui_backdrop.runtime.provenance.keys import KeyStore
+    from comfyui_backdrop.runtime.watermark.service import ProvenanceService, get_service, marked_for_delivery
 
     home, other = tmp_path / "home", tmp_path / "elsewhere" / "catalog.sqlite3"
     content = RecordContent(account="acme", prompt="bottle", metadata={"style": "Glam"})
@@ -47,7 +48,8 @@ def test_marked_for_delivery_records_one_image_per_key(tmp_path, product_photo):
     assert record.metadata == {"style": "Glam", "idempotency_key": "photo.png/glam/0"}
     assert service.ledger.find_idempotent("photo.png/glam/0") == record and len(get_service(home).ledger) == 0
     delivered = []
-    again = marked_for_delivery(product_photo[0], content, home=home, ledger=other, idempotency_key="photo.png/glam/0")
+    worker = ProvenanceService(home, keys=KeyStore.from_secrets(service.keys.secrets()), ledger=other)  # a Ray actor
+    again = marked_for_delivery(product_photo[0], content, idempotency_key="photo.png/glam/0", service=worker)
     with pytest.raises(DuplicateRecordError) as caught, again:
         delivered.append("saved")
     assert delivered == [] and caught.value.existing == record and len(service.ledger) == 1
