@@ -61,7 +61,8 @@ def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPl
     saved = None
     try:
         extra = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
-        with marked_for_delivery(to_integer(image, 8), content, protect=product, **extra) as (marked, record, service):
+        with marked_for_delivery(to_integer(image, 8), content, protect=product, ledger=plan.watermark.ledger,
+                                 **extra) as (marked, record, service):
             saved = save_image(marked, path, options, keys=service.keys,
                                binding=lambda _pixels: (record.id, record.record_hash), rename=rename)
     except BaseException:

@@ -53,3 +53,23 @@ def test_marked_for_delivery_records_one_image_per_key(tmp_path, product_photo):
     with pytest.raises(DuplicateRecordError) as caught, again:
         delivered.append("saved")
     assert delivered == [] and caught.value.existing == record and len(service.ledger) == 1
+
+
+def test_write_marked_records_into_the_run_ledger(tmp_path, monkeypatch, product_photo):
+    """``backdrop run --watermark --ledger X``: the plan's ledger is where write_marked records."""
+    from types import SimpleNamespace
+
+    from comfyui_backdrop.cli.run_plan import WatermarkPlan
+    from comfyui_backdrop.cli.watermark_options import write_marked
+    from comfyui_backdrop.runtime.provenance.ledger_backends import open_ledger
+
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    ledger = tmp_path / "run.sqlite3"
+    plan = SimpleNamespace(format="png", seed=3, style=SimpleNamespace(name="Glam"),
+                           watermark=WatermarkPlan(account="acme", c2pa=False, ledger=str(ledger)))
+    photo, product = product_photo
+    path = write_marked(tmp_path / "out.png", photo / 255.0, product, plan, "bottle", "", ({}, {}),
+                        idempotency_key="out.png/glam/0")
+    book = open_ledger(ledger, load_keys(tmp_path / "home"))
+    assert path.exists() and book.find_idempotent("out.png/glam/0").account == "acme" and len(book) == 1
+    assert not (tmp_path / "home" / "ledger.sqlite3").exists()
