@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .watermark_options import add_watermark_arguments
 
     add_watermark_arguments(run)
+    from .catalog.options import add_catalog_arguments
+
+    add_catalog_arguments(run)
     from .workflow import add_workflow_arguments
 
     add_workflow_arguments(run)

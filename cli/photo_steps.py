@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ import numpy as np
 
 from ..runtime.errors import InvalidInputError
 from .run_plan import RunPlan
+
+STEPS = ("prepare", "generate", "deliver")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class RunModels:
     captioner: Any = None
     pipeline: Any = None
     model_hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    provenance: Any = None  # a ProvenanceService holding its keys in memory (Ray workers); None: the home's
 
 
 @dataclass
@@ -86,6 +89,33 @@ def variation_count(plan: RunPlan) -> int:
     return 1 if plan.inpaint is None else plan.inpaint.settings.variations
 
 
+def load_models(plan: RunPlan, steps: Iterable[str] = STEPS) -> RunModels:
+    """Load what the plan needs for ``steps`` (of photo_steps.STEPS), once, before the first photo (so a missing
+    model fails the run up front)."""
+    from ..runtime.models import ModelLocator, get_locator
+
+    locator = ModelLocator.from_models_dir(plan.models_dir) if plan.models_dir else get_locator()
+    steps = set(steps)
+    sam = captioner = pipeline = None
+    if plan.sam and "prepare" in steps:
+        from ..runtime.masking.sam_loader import load_sam
+        from ..runtime.masking.sam_masker import SamMasker
+
+        sam = SamMasker(load_sam(plan.sam, device=plan.device, locator=locator))
+    if plan.captioner and "prepare" in steps:
+        from ..runtime.captioning.loader import load_captioner
+
+        captioner = load_captioner(plan.captioner, device=plan.device, locator=locator)
+    hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    if plan.inpaint is not None and "generate" in steps:
+        pipeline = plan.inpaint.load_pipeline(plan.device)
+    if plan.inpaint is not None and plan.watermark is not None and "deliver" in steps:
+        from .watermark_options import model_hashes
+
+        hashes = model_hashes(plan.inpaint.checkpoint, [name for name, _ in plan.inpaint.loras])
+    return RunModels(sam=sam, captioner=captioner, pipeline=pipeline, model_hashes=hashes)
+
+
 def process_photo(path: Path, plan: RunPlan, models: RunModels, written: list[Path]) -> None:
     """Mask, caption and prompt (once), generate, then write; each file written is appended to ``written``."""
     generated = generate_backgrounds(prepare_photo(path, plan, models), plan, models)
@@ -126,12 +156,14 @@ def generate_backgrounds(prepared: PreparedPhoto, plan: RunPlan, models: RunMode
 
 
 def deliver_photo(generated: GeneratedPhoto, plan: RunPlan, models: RunModels, names: OutputNames,
-                  written: list[Path], *, rename: bool = True, idempotency_keys: Sequence[str] | None = None) -> None:
+                  written: list[Path], *, rename: bool = True, idempotency_keys: Sequence[str] | None = None,
+                  delivered: frozenset[Path] = frozenset()) -> None:
     """Write (and with ``--watermark`` mark and record) every file of one photo; each path written goes to
     ``written`` as soon as it exists.
 
     ``rename=False`` writes exactly ``names`` (a catalog run claimed them beforehand); ``idempotency_keys`` (one per
-    picture) are recorded with the ledger records.
+    picture) are recorded with the ledger records; names in ``delivered`` were written by an earlier attempt of the
+    same photo and settings: they count as written and are not written again.
     """
     from ..runtime.imaging import write_image
 
@@ -139,21 +171,25 @@ def deliver_photo(generated: GeneratedPhoto, plan: RunPlan, models: RunModels, n
         raise InvalidInputError(f"{len(generated.images)} picture(s) generated for {len(names.images)} name(s)")
     bit_depth = generated.prepared.bit_depth if plan.format == "png" else 8
     for k, (name, picture) in enumerate(zip(names.images, generated.images, strict=True)):
-        if plan.watermark is not None:
+        if name in delivered:
+            written.append(name)
+        elif plan.watermark is not None:
             from .watermark_options import write_marked
 
             key = None if idempotency_keys is None else idempotency_keys[k]
             written.append(write_marked(name, picture, generated.product_alpha >= 0.5, plan, generated.positive,
                                         generated.negative, models.model_hashes, rename=rename,
-                                        idempotency_key=key))
+                                        idempotency_key=key, service=models.provenance))
         else:
             written.append(write_image(name, picture, bit_depth=bit_depth, rename=rename))
     if names.mask is not None:
         mask_rgb = np.repeat(generated.product_alpha[..., None], 3, axis=2)
-        written.append(write_image(names.mask, mask_rgb, bit_depth=8, rename=rename))
+        written.append(names.mask if names.mask in delivered else
+                       write_image(names.mask, mask_rgb, bit_depth=8, rename=rename))
     if names.prompt_json is not None:
         target = written[0].with_suffix(".json") if rename else names.prompt_json
-        written.append(_write_prompt_json(generated.prepared, written[0], target, plan, rename))
+        written.append(target if target in delivered else
+                       _write_prompt_json(generated.prepared, written[0], target, plan, rename))
 
 
 def _product_alpha(image: np.ndarray, plan: RunPlan, models: RunModels) -> np.ndarray:

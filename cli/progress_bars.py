@@ -19,3 +19,27 @@ def tqdm_progress(desc: str, total: int, disable: bool = False) -> tuple[Progres
         bar.refresh()
 
     return update, bar.close
+
+
+class CatalogProgress:
+    """One bar for a catalog run: photos done (failed ones included), how many failed, and photos a second."""
+
+    def __init__(self, total: int, disable: bool = False) -> None:
+        from tqdm.auto import tqdm
+
+        self.failed = 0
+        self._bar = tqdm(total=total, desc="backdrop run", unit="photo", disable=disable, smoothing=0.1)
+
+    def update(self, failed: bool = False) -> None:
+        if failed:
+            self.failed += 1
+            self._bar.set_postfix(failed=self.failed, refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def catalog_progress(total: int, disable: bool = False) -> CatalogProgress:
+    """The catalog run's bar (see :class:`CatalogProgress`)."""
+    return CatalogProgress(total, disable=disable)

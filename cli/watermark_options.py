@@ -41,14 +41,14 @@ def model_hashes(checkpoint: str | None, loras: Sequence[str]) -> tuple[dict[str
 
 def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPlan, prompt: str, negative: str,
                  hashes: tuple[dict[str, str], dict[str, str]], *, rename: bool = True,
-                 idempotency_key: str | None = None) -> Path:
+                 idempotency_key: str | None = None, service=None) -> Path:
     """Mark ``image`` (float [H,W,C]) around its exact ``product`` (bool [H,W]), save it, then record it.
 
     The record is committed only once the file is saved: a failed save (or Ctrl-C) leaves no record, and
     if the record cannot be committed the file just written is removed again. One record per delivered file.
     ``rename=False`` writes exactly ``path`` (``FileExistsError`` if taken); ``idempotency_key`` is recorded with
     the record, and a second record under the same key is refused (``DuplicateRecordError``) before any file is
-    written.
+    written. ``service``: a ProvenanceService to use (a worker's, holding its keys in memory) instead of the home's.
     """
     from ..runtime.imaging import to_integer
     from ..runtime.provenance.records import RecordContent
@@ -62,8 +62,8 @@ def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPl
     try:
         extra = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
         with marked_for_delivery(to_integer(image, 8), content, protect=product, ledger=plan.watermark.ledger,
-                                 **extra) as (marked, record, service):
-            saved = save_image(marked, path, options, keys=service.keys,
+                                 service=service, **extra) as (marked, record, used):
+            saved = save_image(marked, path, options, keys=used.keys,
                                binding=lambda _pixels: (record.id, record.record_hash), rename=rename)
     except BaseException:
         if saved is not None:  # saved, but the record did not commit: take back the file we just wrote

@@ -158,7 +158,7 @@ class JobExecutor:
 
     def models(self, plan):
         """The plan's models, loaded once and kept while later plans need the same ones."""
-        from ..run import load_models
+        from ..photo_steps import load_models
 
         inpaint = plan.inpaint
         if inpaint is not None:  # what loads models; the per-photo prompts and sampling settings do not

@@ -1,0 +1,192 @@
+"""The driver of a catalog run: Ray Data streams the photos through actor pools that keep their models loaded.
+
+Layout (``--stages``):
+
+* **fused** (CPU clusters, and the weight-free path): one pool of N actors, each running prepare -> generate ->
+  deliver on its photo. Nothing is copied between processes; N actors use N cores.
+* **split** (GPUs and a checkpoint): masking and captioning on N CPU actors, the diffusion pipeline on one actor
+  a GPU (kept loaded), watermark + ledger + save on N CPU actors. Ray Data's streaming executor bounds what is in
+  flight between the pools (backpressure), so memory stays flat whatever the catalog's size.
+
+Every outcome the driver receives is committed to the run manifest at once; Ctrl-C stops the stream, and a
+rerun of the same command processes only what did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ...runtime.errors import InvalidInputError
+from ..photo_steps import STEPS
+from ..run_plan import RunPlan
+from ..run_summary import PhotoOutcome, RunSummary
+from .manifest import PhotoJob, RunManifest
+from .options import CatalogOptions
+
+ENV_PASSED_TO_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR")
+RAY_MISSING = "catalog runs need Ray: pip install 'comfyui-backdrop[cluster]' (ray[data])"
+
+
+def run_catalog(plan: RunPlan, options: CatalogOptions) -> RunSummary:
+    """Process the catalog on Ray; photos that finished in an earlier run of the same command are skipped."""
+    from ..progress_bars import tqdm_progress
+
+    try:
+        import ray  # noqa: F401  (checked before any work: the message says how to install it)
+    except ImportError as exc:
+        raise InvalidInputError(RAY_MISSING) from exc
+    secrets = _key_secrets(plan, options)  # before anything starts: a cluster run needs a shared ledger
+    if options.address:
+        _check_reachable(options.address)
+    manifest = RunManifest(plan.out)
+    summary = RunSummary()
+    try:
+        progress, close = tqdm_progress("hashing inputs", len(plan.inputs), disable=_quiet(plan))
+        try:
+            work = manifest.plan_work(plan, progress)
+        finally:
+            close()
+        summary.already_done = [job.source for job in work.already_done]
+        if work.jobs:
+            _stream(plan, options, work.jobs, manifest, summary, secrets)
+    finally:
+        manifest.close()
+    return summary
+
+
+def _stream(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], manifest: RunManifest,
+            summary: RunSummary, secrets: dict[str, bytes] | None) -> None:
+    """Start or join Ray, run the pipeline and record each outcome as it arrives."""
+    from ..progress_bars import catalog_progress
+
+    started = _start_ray(options)
+    pending = {job.key: job for job in jobs}
+    bar = catalog_progress(len(jobs), disable=_quiet(plan))
+    try:
+        for row in _pipeline(plan, options, jobs, secrets).iter_rows():
+            written = [Path(p) for p in json.loads(row["written"])]
+            outcome = PhotoOutcome(PhotoJob.from_json(row["job"]).source, written=written, error=row["error"] or None)
+            manifest.finish(row["key"], outcome.written, outcome.error)
+            pending.pop(row["key"], None)
+            summary.outcomes.append(outcome)
+            bar.update(failed=outcome.error is not None)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        summary.not_started = [job.source for job in pending.values()]
+    finally:
+        bar.close()
+        if started:
+            _stop_ray()
+
+
+def _pipeline(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], secrets: dict[str, bytes] | None):
+    """The Ray Data dataset: one row a photo, through the actor pools of the chosen layout."""
+    import ray
+
+    from .stages import bound_stage
+
+    rows = [{"key": job.key, "job": job.to_json(), "state": None, "error": "", "written": "[]"} for job in jobs]
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    plan = replace(plan, inputs=())  # the workers get their photos from the rows, not a copy of the whole list
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    stages = options.stages if options.stages != "auto" else ("split" if gpus and plan.inpaint else "fused")
+    # the cores each worker's libraries (OpenCV, torch) may use: this machine's (embedded) or the cluster's, shared
+    cpus = (os.cpu_count() or 1) if not options.address else int(ray.cluster_resources().get("CPU", 1))
+    threads = max(1, cpus // options.workers)
+    common = {"batch_size": 1, "batch_format": "numpy", "zero_copy_batch": True}
+    pool = ray.data.ActorPoolStrategy(size=options.workers)
+    if stages == "fused":
+        return dataset.map_batches(bound_stage(plan, STEPS, threads, secrets), compute=pool, num_cpus=1, **common)
+    cpu_share = 0.5  # the CPU stages share a core per worker: prepare and deliver rarely peak together
+    generators = ray.data.ActorPoolStrategy(size=gpus or options.workers)  # one pipeline a GPU, kept loaded
+    dataset = dataset.map_batches(bound_stage(plan, ("prepare",), threads), compute=pool, num_cpus=cpu_share,
+                                  **common)
+    dataset = dataset.map_batches(bound_stage(replace(plan, device="cuda") if gpus else plan, ("generate",), threads),
+                                  compute=generators, num_gpus=1 if gpus else 0, num_cpus=cpu_share if gpus else 1,
+                                  **common)
+    return dataset.map_batches(bound_stage(plan, ("deliver",), threads, secrets), compute=pool, num_cpus=cpu_share,
+                               **common)
+
+
+def _start_ray(options: CatalogOptions) -> bool:
+    """Join ``--ray-address`` or start Ray embedded with ``--workers`` CPUs; True when this process started it."""
+    import ray
+
+    # paths of this machine: an embedded cluster's workers share them; a joined cluster's nodes have their own
+    passed = ENV_PASSED_TO_WORKERS if not options.address else ("BACKDROP_MODELS_DIR",)
+    env = {name: os.environ[name] for name in passed if name in os.environ}
+    runtime_env = {"env_vars": env} if env else None
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    if ray.is_initialized():
+        return False
+    if options.address:
+        try:
+            ray.init(address=options.address, runtime_env=runtime_env, **quiet)
+        except (ConnectionError, ValueError) as exc:  # no cluster there, or a malformed address
+            raise InvalidInputError(f"cannot join the Ray cluster at --ray-address {options.address}: {exc} (start "
+                                    "one with `ray start --head` on the head machine)") from None
+    else:
+        cpus = options.workers if options.stages != "split" else max(options.workers, os.cpu_count() or 1)
+        context = ray.init(num_cpus=cpus, include_dashboard=options.dashboard, runtime_env=runtime_env,
+                           dashboard_host="127.0.0.1", **quiet)
+        if options.dashboard:
+            print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)
+    _quiet_ray_data()
+    return True
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A ``host:port`` address answers a TCP connection (ray.init would otherwise retry for minutes); ``auto`` and
+    ``ray://`` client addresses are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot join the Ray cluster at --ray-address {address}: {exc.strerror or exc} "
+                                "(start one with `ray start --head` on the head machine)") from None
+
+
+def _stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def _quiet_ray_data() -> None:
+    """One progress bar (ours): Ray Data's own bars and per-operator log lines off."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _key_secrets(plan: RunPlan, options: CatalogOptions) -> dict[str, bytes] | None:
+    """The provenance keys for workers on other machines, passed in memory; None on this machine (workers read the
+    key folder themselves) or without --watermark."""
+    if plan.watermark is None or not options.address:
+        return None
+    from ...runtime.provenance.ledger_backends import is_database_url
+
+    if not plan.watermark.ledger or not is_database_url(str(plan.watermark.ledger)):
+        raise InvalidInputError("--watermark on a Ray cluster needs a ledger every machine can reach: "
+                                "--ledger postgresql://... (an SQLite ledger lives on one machine's disk)")
+    from ...runtime.provenance.keys import load_keys
+
+    return load_keys(None, create=True).secrets()
+
+
+def _quiet(plan: RunPlan) -> bool:
+    return plan.quiet or not sys.stderr.isatty()

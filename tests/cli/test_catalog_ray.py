@@ -1,0 +1,207 @@
+"""``backdrop run --workers N`` on a real embedded Ray (2 CPUs): same pixels as the single-process run, resumable after
+Ctrl-C, a killed worker retried, and exactly one output set and one ledger record a photo."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from comfyui_backdrop.cli.catalog.manifest import MANIFEST_FILENAME
+from tests.fixtures.images import studio_product_photo
+
+pytest.importorskip("ray", reason="catalog runs need ray[data]: pip install 'comfyui-backdrop[cluster]'")
+
+BACKDROP = str(Path(sys.executable).with_name("backdrop"))
+RUN_TIMEOUT_S = 600
+
+
+def _photos(folder: Path, count: int, side: int = 192) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"p{i:03d}.png"), studio_product_photo(side, side - 32, seed=i)[0][..., ::-1])
+    return folder
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "BACKDROP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def _start(args: list[str], home: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([BACKDROP, "run", *args, "--quiet"], env={**_env(home), **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=RUN_TIMEOUT_S)
+    return process.returncode, out, err
+
+
+def _done(out: Path) -> int:
+    path = out / MANIFEST_FILENAME
+    if not path.exists():
+        return 0
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
+        try:
+            return con.execute("SELECT count(*) FROM photos WHERE status = 'done'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def _wait_for(condition, what: str, timeout: float = RUN_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _ray_photo_workers(ancestor: int) -> list[int]:
+    """PIDs of this run's Ray actor processes running photo steps (descendants of ``ancestor``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "PhotoStage" in title and _descends_from(int(entry.name), ancestor):
+            found.append(int(entry.name))
+    return found
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def _outputs(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+
+
+def test_workers_give_the_single_process_pixels_and_a_rerun_skips_everything(tmp_path):
+    photos = _photos(tmp_path / "in", 6)
+    code, _, err = _finish(_start([str(photos), "--out", str(tmp_path / "ray"), "--workers", "2"], tmp_path / "home"))
+    assert code == 0, err
+    code, _, err = _finish(_start([str(photos), "--out", str(tmp_path / "single")], tmp_path / "home"))
+    assert code == 0, err
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "single") == [f"p{i:03d}_minimal-studio.png"
+                                                                           for i in range(6)]
+    for name in _outputs(tmp_path / "ray"):
+        ray_px = cv2.imread(str(tmp_path / "ray" / name), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(ray_px, cv2.imread(str(tmp_path / "single" / name), cv2.IMREAD_UNCHANGED)), name
+    code, _, err = _finish(_start([str(photos), "--out", str(tmp_path / "ray"), "--workers", "2"], tmp_path / "home"))
+    assert code == 0, err
+    assert "6 photo(s) skipped: finished in an earlier run" in err and "0 file(s) written" in err
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "single")
+
+
+def test_an_interrupted_run_resumes_without_duplicates(tmp_path):
+    photos, out = _photos(tmp_path / "in", 16), tmp_path / "out"
+    args = [str(photos), "--out", str(out), "--workers", "2", "--watermark", "--no-c2pa"]
+    first = _start(args, tmp_path / "home")
+    _wait_for(lambda: _done(out) >= 5 or first.poll() is not None, "5 photos done")
+    first.send_signal(signal.SIGINT)  # Ctrl-C at about a third
+    code, _, err = _finish(first)
+    assert code == 130, err
+    done_before = _done(out)
+    assert 5 <= done_before < 16 and "not run (interrupted)" in err
+    code, _, err = _finish(_start(args, tmp_path / "home"))
+    assert code == 0, err
+    assert f"{done_before} photo(s) skipped" in err
+    assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(16)]  # no -1 copies
+    _assert_one_record_each(tmp_path / "home", 16)
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_duplicated(tmp_path):
+    photos, out = _photos(tmp_path / "in", 16), tmp_path / "out"
+    run = _start([str(photos), "--out", str(out), "--workers", "2", "--watermark", "--no-c2pa"], tmp_path / "home")
+    _wait_for(lambda: _done(out) >= 3 or run.poll() is not None, "3 photos done")
+    workers = _ray_photo_workers(run.pid)
+    assert workers, "no Ray photo worker found"
+    os.kill(workers[0], signal.SIGKILL)
+    code, _, err = _finish(run)
+    assert code == 0, err
+    assert "16 file(s) written, 0 input(s) failed" in err
+    assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(16)]
+    _assert_one_record_each(tmp_path / "home", 16)
+
+
+def _assert_one_record_each(home: Path, count: int) -> None:
+    from comfyui_backdrop.runtime.provenance.keys import load_keys
+    from comfyui_backdrop.runtime.provenance.ledger import LEDGER_FILENAME, Ledger
+
+    ledger = Ledger(home / LEDGER_FILENAME, load_keys(home, create=False))
+    records = list(ledger.records())
+    keys = [r.metadata.get("idempotency_key") for r in records]
+    assert len(records) == count and len(set(keys)) == count and None not in keys
+    report = ledger.verify()
+    assert report.ok, report.problems
+
+
+def test_a_cluster_run_records_into_postgresql_with_keys_held_in_memory(tmp_path, postgres_url):
+    """`ray start --head` as another machine would (its own, empty provenance home), then `--ray-address`: the workers
+    sign with the driver's keys, received in memory, into the PostgreSQL ledger, and write no key anywhere."""
+    from tests.fixtures.postgres import free_port
+
+    photos, out, node_home = _photos(tmp_path / "in", 4), tmp_path / "out", tmp_path / "node-home"
+    node_home.mkdir()
+    port, ray_bin = free_port(), str(Path(sys.executable).with_name("ray"))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # as on a real cluster
+    node_env = {**os.environ, "BACKDROP_HOME": str(node_home), **auth}
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--node-ip-address=127.0.0.1",
+                    "--disable-usage-stats"], env=node_env, check=True, capture_output=True, timeout=120)
+    try:
+        run = _start([str(photos), "--out", str(out), "--workers", "2", "--ray-address", f"127.0.0.1:{port}",
+                      "--watermark", "--no-c2pa", "--ledger", postgres_url], tmp_path / "home", **auth)
+        code, _, err = _finish(run)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=node_env, capture_output=True, timeout=120)
+    assert code == 0, err
+    assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(4)]
+    assert list(node_home.iterdir()) == []  # the node never created or wrote keys
+    from comfyui_backdrop.runtime.provenance.keys import load_keys
+    from comfyui_backdrop.runtime.provenance.ledger_backends import open_ledger
+
+    ledger = open_ledger(postgres_url, load_keys(tmp_path / "home", create=False))
+    records = list(ledger.records())
+    assert len(records) == 4 and len({r.idempotency_key for r in records}) == 4
+    assert ledger.verify().ok
+
+
+def test_a_cluster_run_with_watermarks_needs_a_shared_ledger(tmp_path):
+    code, _, err = _finish(_start([str(_photos(tmp_path / "in", 1)), "--out", str(tmp_path / "o"), "--workers", "1",
+                                   "--ray-address", "127.0.0.1:1", "--watermark"], tmp_path / "home"))
+    assert code == 2 and "--ledger postgresql://" in err, err
+
+
+def test_joining_no_cluster_is_a_clear_error(tmp_path):
+    code, _, err = _finish(_start([str(_photos(tmp_path / "in", 1)), "--out", str(tmp_path / "o"), "--workers", "1",
+                                   "--ray-address", "127.0.0.1:9"], tmp_path / "home"))
+    assert code == 2 and "cannot join the Ray cluster at --ray-address 127.0.0.1:9" in err and "Traceback" not in err
+
+
+def test_without_workers_ray_is_not_imported(tmp_path):
+    photos = _photos(tmp_path / "in", 1)
+    script = ("import sys; from comfyui_backdrop.cli.main import main; "
+              f"code = main(['run', {str(photos)!r}, '--out', {str(tmp_path / 'o')!r}, '--quiet']); "
+              "print(code, 'ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr
