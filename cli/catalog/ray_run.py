@@ -30,6 +30,7 @@ from .manifest import PhotoJob, RunManifest
 from .options import CatalogOptions
 
 ENV_PASSED_TO_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR")
+MAX_PHOTOS_PER_BLOCK = 8
 RAY_MISSING = "catalog runs need Ray: pip install 'comfyui-backdrop[cluster]' (ray[data])"
 
 
@@ -92,14 +93,17 @@ def _pipeline(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], 
     from .stages import bound_stage
 
     rows = [{"key": job.key, "job": job.to_json(), "state": None, "error": "", "written": "[]"} for job in jobs]
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    # a block is one actor task: a few photos each keeps Ray's per-task cost small against a photo's, while enough
+    # blocks remain to keep every worker busy and to report progress (and resume) in small steps
+    per_block = max(1, min(MAX_PHOTOS_PER_BLOCK, len(rows) // (4 * options.workers)))
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_block)))
     plan = replace(plan, inputs=())  # the workers get their photos from the rows, not a copy of the whole list
     gpus = int(ray.cluster_resources().get("GPU", 0))
     stages = options.stages if options.stages != "auto" else ("split" if gpus and plan.inpaint else "fused")
     # the cores each worker's libraries (OpenCV, torch) may use: this machine's (embedded) or the cluster's, shared
     cpus = (os.cpu_count() or 1) if not options.address else int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, cpus // options.workers)
-    common = {"batch_size": 1, "batch_format": "numpy", "zero_copy_batch": True}
+    common = {"batch_size": per_block, "batch_format": "numpy", "zero_copy_batch": True}
     pool = ray.data.ActorPoolStrategy(size=options.workers)
     if stages == "fused":
         return dataset.map_batches(bound_stage(plan, STEPS, threads, secrets), compute=pool, num_cpus=1, **common)
