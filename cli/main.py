@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 COMMANDS = {
     "run": ("run", "run_command"),
     "workflow": ("workflow", "run_workflow_command"),  # `backdrop run --workflow FILE`
+    "workflow-catalog": ("catalog.workflow_run", "run_workflow_catalog_command"),  # ... --workers N
     "styles": ("styles", "list_styles"),
     "bench": ("bench", "run_bench"),
     "train-lora": ("train", "run_train"),
@@ -115,6 +116,8 @@ def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     import importlib
 
     name = "workflow" if args.command == "run" and args.workflow is not None else args.command
+    if name == "workflow" and args.workers is not None:
+        name = "workflow-catalog"
     module, function = COMMANDS[name]
     run = getattr(importlib.import_module(f".{module}", __package__), function)
     if name == "serve":  # the server's jobs are `backdrop run`s: it takes that command's defaults from here

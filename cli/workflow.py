@@ -232,7 +232,6 @@ def run_workflow_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..runtime.files import write_bytes_exclusive
     from .progress_bars import tqdm_progress
 
     plan = WorkflowPlan.from_args(args)
@@ -253,10 +252,17 @@ def _run(args: argparse.Namespace) -> int:
             update(index + 1, len(plan.jobs))
     finally:
         close()
+    return report_runs(plan, reports, interrupted)
+
+
+def report_runs(plan: WorkflowPlan, reports: Sequence[JobReport], interrupted: bool, skipped: int = 0) -> int:
+    """Write ``backdrop-summary.json``, print every file, note and failure, and return the exit code."""
+    from ..runtime.files import write_bytes_exclusive
+
     summary = {"workflow": str(plan.workflow), "set": list(plan.assignments), "output_dir": str(plan.output_dir),
                "runs": len(reports), "ok": sum(r.status == "ok" for r in reports),
                "failed": sum(r.status != "ok" for r in reports), "interrupted": interrupted,
-               "jobs": [vars(r) for r in reports]}
+               "skipped_as_done": skipped, "jobs": [vars(r) for r in reports]}
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     summary_path = write_bytes_exclusive(plan.output_dir / "backdrop-summary.json",
                                          json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
@@ -269,6 +275,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"FAILED {report.label}: {error}", file=sys.stderr)
         if report.status == "not run":
             print(f"NOT RUN {report.label}", file=sys.stderr)
+    if skipped:
+        print(f"{skipped} run(s) skipped: finished in an earlier run with these settings", file=sys.stderr)
     print(f"{summary['ok']} of {len(reports)} run(s) ok; summary: {summary_path}", file=sys.stderr)
     if interrupted:
         return exit_codes.INTERRUPTED

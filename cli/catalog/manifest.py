@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +65,12 @@ class PhotoJob:
     names: OutputNames
 
     def to_json(self) -> str:
-        return json.dumps({"key": self.key, "source": str(self.source), "names": _names_json(self.names)})
+        return json.dumps({"key": self.key, "source": str(self.source), "names": _names_dict(self.names)})
 
     @classmethod
     def from_json(cls, text: str) -> PhotoJob:
         data = json.loads(text)
-        return cls(data["key"], Path(data["source"]), _names_from_json(data["names"]))
+        return cls(data["key"], Path(data["source"]), _names_from_dict(data["names"]))
 
     @property
     def idempotency_keys(self) -> tuple[str, ...]:
@@ -114,6 +114,7 @@ class RunManifest:
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.executescript(_SCHEMA)
+        self._claimed: set[str] | None = None  # every name any job claimed (loaded on first claim)
 
     def close(self) -> None:
         self._con.close()
@@ -121,10 +122,7 @@ class RunManifest:
     def plan_work(self, plan: RunPlan, progress=None) -> CatalogWork:
         """Hash every input (cached by size and mtime), skip the finished photos, claim names for the others."""
         digest, description = settings_digest(plan)
-        with self._transaction():
-            self._con.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (digest, description))
-        claimed = {name for (names,) in self._con.execute("SELECT names FROM photos")
-                   for name in json.loads(names)["all"]}
+        self.record_settings(digest, description)
         jobs, done, seen = [], [], set()
         for index, source in enumerate(plan.inputs):
             content = self.input_sha256(source)
@@ -132,21 +130,35 @@ class RunManifest:
             if key in seen:  # the same file twice in one command (a file and its folder): one job
                 continue
             seen.add(key)
-            row = self._con.execute("SELECT names, status FROM photos WHERE key = ?", (key,)).fetchone()
-            if row is None:
-                names = _free_names(source.stem, plan, claimed)
-                claimed.update(str(p) for p in names.all)
-                with self._transaction():
-                    self._con.execute("INSERT INTO photos (key, input, input_sha256, settings, names, status, updated)"
-                                      " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                      (key, str(source), content, digest, _names_json(names), CLAIMED, time.time()))
-            else:
-                names = _names_from_json(row[0])
-            job = PhotoJob(key, source, names)
-            (done if row is not None and row[1] == DONE else jobs).append(job)
+            names, status = self.claim(key, str(source), content, digest,
+                                       lambda claimed, stem=source.stem: _names_dict(_free_names(stem, plan, claimed)))
+            job = PhotoJob(key, source, _names_from_dict(names))
+            (done if status == DONE else jobs).append(job)
             if progress is not None:
                 progress(index + 1, len(plan.inputs))
         return CatalogWork(tuple(jobs), tuple(done))
+
+    def record_settings(self, digest: str, description: str) -> None:
+        with self._transaction():
+            self._con.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (digest, description))
+
+    def claim(self, key: str, source: str, input_sha256: str, settings: str,
+              choose_names: Callable[[set[str]], dict]) -> tuple[dict, str]:
+        """The names claimed for ``key`` and its status; a new key gets ``choose_names(names claimed so far)``
+        (a dict whose ``"all"`` lists every path it claims), recorded before any worker sees the job."""
+        row = self._con.execute("SELECT names, status FROM photos WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return json.loads(row[0]), row[1]
+        if self._claimed is None:
+            self._claimed = {name for (names,) in self._con.execute("SELECT names FROM photos")
+                             for name in json.loads(names)["all"]}
+        names = choose_names(self._claimed)
+        self._claimed.update(names["all"])
+        with self._transaction():
+            self._con.execute("INSERT INTO photos (key, input, input_sha256, settings, names, status, updated) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              (key, source, input_sha256, settings, json.dumps(names), CLAIMED, time.time()))
+        return names, CLAIMED
 
     def input_sha256(self, source: Path) -> str:
         """SHA-256 of the file's bytes, from the cache when its size and mtime have not changed."""
@@ -211,13 +223,12 @@ def _stems(stem: str) -> Iterator[str]:
         yield f"{stem}-{n}"
 
 
-def _names_json(names: OutputNames) -> str:
-    return json.dumps({"images": [str(p) for p in names.images], "mask": _str(names.mask),
-                       "prompt_json": _str(names.prompt_json), "all": [str(p) for p in names.all]})
+def _names_dict(names: OutputNames) -> dict:
+    return {"images": [str(p) for p in names.images], "mask": _str(names.mask),
+            "prompt_json": _str(names.prompt_json), "all": [str(p) for p in names.all]}
 
 
-def _names_from_json(text: str) -> OutputNames:
-    data = json.loads(text)
+def _names_from_dict(data: dict) -> OutputNames:
     return OutputNames(images=tuple(Path(p) for p in data["images"]),
                        mask=Path(data["mask"]) if data["mask"] else None,
                        prompt_json=Path(data["prompt_json"]) if data["prompt_json"] else None)

@@ -66,7 +66,7 @@ def _stream(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], ma
     """Start or join Ray, run the pipeline and record each outcome as it arrives."""
     from ..progress_bars import catalog_progress
 
-    started = _start_ray(options)
+    started = start_ray(options)
     pending = {job.key: job for job in jobs}
     bar = catalog_progress(len(jobs), disable=_quiet(plan))
     try:
@@ -83,7 +83,7 @@ def _stream(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], ma
     finally:
         bar.close()
         if started:
-            _stop_ray()
+            stop_ray()
 
 
 def _pipeline(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], secrets: dict[str, bytes] | None):
@@ -118,7 +118,7 @@ def _pipeline(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], 
                                **common)
 
 
-def _start_ray(options: CatalogOptions) -> bool:
+def start_ray(options: CatalogOptions) -> bool:
     """Join ``--ray-address`` or start Ray embedded with ``--workers`` CPUs; True when this process started it."""
     import ray
 
@@ -160,7 +160,7 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
                                 "(start one with `ray start --head` on the head machine)") from None
 
 
-def _stop_ray() -> None:
+def stop_ray() -> None:
     import ray
 
     ray.shutdown()

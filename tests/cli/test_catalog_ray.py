@@ -205,3 +205,31 @@ def test_without_workers_ray_is_not_imported(tmp_path):
               "print(code, 'ray' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.stdout.split()[-2:] == ["0", "False"], done.stderr
+
+
+def test_a_workflow_catalog_publishes_one_folder_a_photo_and_resumes(tmp_path):
+    import json
+
+    photos, out = _photos(tmp_path / "in", 3), tmp_path / "out"
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "p000.png"}},
+             "2": {"class_type": "BackdropProductMask",
+                   "inputs": {"image": ["1", 0], "fill_holes": True, "keep": "main", "grow_px": 0,
+                              "edge_refine": True, "feather_px": 0.0}},
+             "3": {"class_type": "BackdropStudioBackdrop",
+                   "inputs": {"image": ["1", 0], "product_mask": ["2", 0], "style": "Minimal Studio", "shadow": 0.5,
+                              "vignette": 0.2, "seed": 0}},
+             "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "studio"}}}
+    workflow = tmp_path / "studio.json"
+    workflow.write_text(json.dumps(graph))
+    args = ["--workflow", str(workflow), str(photos), "--out", str(out), "--workers", "2"]
+    code, _, err = _finish(_start(args, tmp_path / "home"))
+    assert code == 0, err
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert folders == [f"p{i:03d}_studio" for i in range(3)]
+    assert all([f.name for f in (out / name).iterdir()] == ["studio_00001_.png"] for name in folders)
+    summary = json.loads((out / "backdrop-summary.json").read_text())
+    assert (summary["runs"], summary["ok"], summary["failed"]) == (3, 3, 0)
+    assert not any((out / ".backdrop-staging").iterdir())
+    code, _, err = _finish(_start(args, tmp_path / "home"))
+    assert code == 0 and "3 run(s) skipped: finished in an earlier run" in err, err
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == folders
