@@ -179,18 +179,57 @@ def interrupted_run(photos: Path, work: Path, count: int) -> dict:
             "outputs": len(names), "renamed_copies": sum("-1_" in n for n in names), **ledger_check(home)}
 
 
+def stage_costs(work: Path, side: int, count: int) -> dict:
+    """Milliseconds a photo for each step of the weight-free path (prepare, generate, deliver with --watermark), in
+    this process: what each actor pool of a split layout would spend (the plan on paper in docs/catalog.md)."""
+    from comfyui_backdrop.cli.main import build_parser
+    from comfyui_backdrop.cli.photo_steps import (
+        deliver_photo,
+        generate_backgrounds,
+        load_models,
+        planned_names,
+        prepare_photo,
+    )
+    from comfyui_backdrop.cli.run_plan import RunPlan
+
+    photos = make_photos(work / f"stage-photos-{side}", count, side)
+    os.environ["BACKDROP_HOME"] = str(work / "home-stages")
+    plan = RunPlan.from_args(build_parser().parse_args(["run", str(photos), "--out", str(work / "stages-out"),
+                                                        "--watermark", "--no-c2pa", "--quiet"]))
+    models = load_models(plan)
+    times: dict[str, list[float]] = {"prepare": [], "generate": [], "deliver": []}
+    for path in plan.inputs:
+        t0 = time.perf_counter()
+        prepared = prepare_photo(path, plan, models)
+        t1 = time.perf_counter()
+        generated = generate_backgrounds(prepared, plan, models)
+        t2 = time.perf_counter()
+        deliver_photo(generated, plan, models, planned_names(path.stem, plan), [])
+        t3 = time.perf_counter()
+        for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            times[name].append(1000 * seconds)
+    return {name: statistics.median(values[1:] or values) for name, values in times.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--side", type=int, default=512, help="photo height in pixels (width is 7/8 of it)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-faults", action="store_true", help="throughput only")
+    parser.add_argument("--stage-costs-only", type=int, default=0, metavar="SIDE",
+                        help="only time the three steps a photo at SIDE px (in this process) and stop")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     cpu = cpu_info()
     print(f"CPU: {cpu.describe()}, {os.cpu_count()} cores; {args.photos} photos of {args.side} px", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-catalog-") as tmp:
         work = Path(tmp)
+        if args.stage_costs_only:
+            costs = stage_costs(work, args.stage_costs_only, 6)
+            print(f"ms a photo at {args.stage_costs_only} px (median of 5): " + json.dumps(
+                {k: round(v, 1) for k, v in costs.items()}))
+            return 0
         photos = make_photos(work / "photos", args.photos, args.side)
         results = {"cpu": cpu.describe(), "cores": os.cpu_count(), "photos": args.photos, "side": args.side,
                    "throughput": throughput(photos, work, args.rounds)}

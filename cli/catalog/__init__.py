@@ -7,6 +7,8 @@
   models loaded once.
 * ``ray_run.py``: the driver: starts or joins Ray, streams the photos through Ray Data's ``map_batches`` actor
   pools, records every outcome in the manifest and shows one progress bar.
+* ``workflow_run.py``: the same for ``--workflow W.json``: a workflow run a photo on actors that keep the workflow's
+  models loaded, each published as one folder with an atomic rename.
 
 Nothing here is imported by a run without ``--workers``: Ray's start-up cost is paid only by catalog runs.
 """
