@@ -479,7 +479,7 @@ def _verify_file(state: ServerState, path):
     from ...runtime.watermark.service import get_service
 
     with state.verifying:
-        return get_service(state.data.root).verify_file(path)
+        return get_service(state.data.root, ledger=state.config.ledger_location).verify_file(path)
 
 
 def _verification_out(result, account_id: str) -> VerifyOut:

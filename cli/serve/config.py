@@ -111,6 +111,14 @@ class ServeConfig:
     run_defaults: dict[str, Any] | None = None  # `backdrop run`'s parsed defaults: the base of every job's plan
 
     @property
+    def ledger_location(self) -> str | None:
+        """Where delivered images are recorded: the PostgreSQL database of ``--database`` (one database for jobs
+        and provenance, shared by every server process), else None: ``ledger.sqlite3`` in the data folder."""
+        from ...runtime.provenance.ledger_backends import is_database_url
+
+        return self.database if self.database and is_database_url(self.database) else None
+
+    @property
     def database_label(self) -> str:
         """The database for messages and logs: never a password."""
         return database_label(self.database, self.data)

@@ -178,7 +178,8 @@ class JobParams:
         values.update(inputs=[photo], out=out, style=self.style, format=FORMATS[self.format], seed=seed,
                       composition=self.composition, scene=self.scene, device=config.device,
                       models_dir=config.models_dir, sam=config.sam, captioner=config.captioner, watermark=True,
-                      account=account, quiet=True, max_megapixels=config.max_pixels / 1e6)
+                      account=account, ledger=config.ledger_location, quiet=True,
+                      max_megapixels=config.max_pixels / 1e6)
         if self.model != STUDIO:
             values.update(checkpoint=self.model, variations=variations, dtype=config.dtype,
                           tokenizer_dir=config.tokenizer_dir,

@@ -78,10 +78,19 @@ def test_queued_jobs_survive_sigkill_on_postgres(tmp_path, postgres_url):
             for job_id in ids:
                 job = wait_for(client, job_id)
                 assert job["status"] == "succeeded" and len(job["images"]) == 1
-                assert client.get(job["images"][0]["url"]).status_code == 200
+                image = client.get(job["images"][0]["url"])
+                assert image.status_code == 200
+                verified = client.post("/v1/verify", files={"image": ("a.png", image.content, "image/png")}).json()
+                assert verified["owner"] == "you" and verified["chain"] == "intact", verified
         assert images_today(data, postgres_url) == 2
     finally:
         second.stop()
+    from comfyui_backdrop.runtime.provenance.keys import load_keys
+    from comfyui_backdrop.runtime.provenance.ledger_backends import open_ledger
+
+    ledger = open_ledger(postgres_url, load_keys(data, create=False))  # the ledger is in the same database
+    assert len(ledger) == 2 and ledger.verify().ok
+    assert not (data / "ledger.sqlite3").exists(), "the PostgreSQL server also wrote a SQLite ledger"
 
 
 def test_one_server_per_data_folder(queue_only_server):
