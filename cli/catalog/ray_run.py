@@ -137,10 +137,16 @@ def start_ray(options: CatalogOptions) -> bool:
                                     "one with `ray start --head` on the head machine)") from None
     else:
         cpus = options.workers if options.stages != "split" else max(options.workers, os.cpu_count() or 1)
-        context = ray.init(num_cpus=cpus, include_dashboard=options.dashboard, runtime_env=runtime_env,
-                           dashboard_host="127.0.0.1", **quiet)
+        try:
+            context = ray.init(num_cpus=cpus, include_dashboard=options.dashboard, runtime_env=runtime_env,
+                               dashboard_host="127.0.0.1", **quiet)
+        except Exception as exc:  # Ray raises a bare Exception when the dashboard's packages are missing
+            if options.dashboard and "dashboard" in str(exc):
+                raise InvalidInputError("--ray-dashboard needs Ray's dashboard packages: pip install "
+                                        "'comfyui-backdrop[cluster]' (ray[default])") from None
+            raise
         if options.dashboard:
-            print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)
+            print(f"Ray dashboard (while the run lasts): http://{context.dashboard_url}", file=sys.stderr)
     _quiet_ray_data()
     return True
 

@@ -233,3 +233,9 @@ def test_a_workflow_catalog_publishes_one_folder_a_photo_and_resumes(tmp_path):
     code, _, err = _finish(_start(args, tmp_path / "home"))
     assert code == 0 and "3 run(s) skipped: finished in an earlier run" in err, err
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == folders
+
+
+def test_the_dashboard_is_there_when_asked_for(tmp_path):
+    code, _, err = _finish(_start([str(_photos(tmp_path / "in", 1)), "--out", str(tmp_path / "o"), "--workers", "1",
+                                   "--ray-dashboard"], tmp_path / "home"))
+    assert code == 0 and "Ray dashboard (while the run lasts): http://127.0.0.1:" in err, err
