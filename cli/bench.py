@@ -540,9 +540,11 @@ def _threads(requested: int | None) -> int:
 
 
 def _load_handle(args: argparse.Namespace) -> Any:
-    from ..runtime.inpainting.loader import load_pipeline
+    from ..runtime.inpainting.loader import load_pipeline, require_unet
 
-    return load_pipeline(args.model, device=args.device, dtype="fp32")
+    handle = load_pipeline(args.model, device=args.device, dtype="fp32")
+    require_unet(handle, "backdrop bench")
+    return handle
 
 
 def _config_name(args: argparse.Namespace) -> str:

@@ -63,6 +63,9 @@ class InpaintPlan:
         """``handle`` on the engine named by --engine (exported first for 'auto', unless cached)."""
         if not self.engine:
             return handle
+        from ..runtime.inpainting.loader import require_unet
+
+        require_unet(handle, "--engine")
         from ..export.attach import attach_engine
         from ..runtime.models import get_locator
 

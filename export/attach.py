@@ -44,8 +44,10 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
                   threads: int | None = None, components: bool = False, locator: Any = None) -> Any:
     """A ``LoadedPipeline`` like ``handle`` whose UNet is the engine at ``engine_path`` (and, with
     ``components``, whose text encoders and VAE are that engine's sibling engines)."""
+    from ..runtime.inpainting.loader import require_unet
     from ..runtime.inpainting.loras import activated
 
+    require_unet(handle, "an engine")
     engine_path = Path(engine_path)
     manifest = read_manifest(engine_path)
     spec = UNetSpec.from_unet(handle.pipe.unet)

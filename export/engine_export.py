@@ -200,9 +200,11 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
     """``export_engine`` for a ``LoadedPipeline``: its LoRA stack is applied (and fused into the export),
     and the engine goes to the first models/onnx, models/tensorrt or models/openvino folder. ``components``
     (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py)."""
+    from ..runtime.inpainting.loader import require_unet
     from ..runtime.inpainting.loras import activated
     from ..runtime.models import get_locator
 
+    require_unet(handle, "engine export")
     locator = locator or get_locator()
     request.validate()
     kind = FOLDER_KINDS[request.format]

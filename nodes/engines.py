@@ -82,7 +82,9 @@ class BackdropExportEngine(HostedNode):
         from ..runtime.engines.profile import ShapeProfile, parse_resolutions
         from ..runtime.engines.spec import UNetSpec
         from ..runtime.errors import InvalidInputError
+        from ..runtime.inpainting.loader import require_unet
 
+        require_unet(pipeline, "engine export")
         profile = ShapeProfile.from_resolutions(parse_resolutions(resolutions),
                                                 batch=(1, 2 * images_per_batch, 2 * images_per_batch),
                                                 latent_multiple=UNetSpec.from_unet(pipeline.pipe.unet).latent_multiple)

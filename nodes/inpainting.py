@@ -20,7 +20,7 @@ def pipeline_choices() -> list[str]:
 
 
 class BackdropInpaintLoader(HostedNode):
-    """Load an SD1.5 or SDXL inpainting pipeline (or a regular checkpoint) offline."""
+    """Load an SD1.5, SDXL or FLUX.1 Fill inpainting pipeline (or a regular SD checkpoint) offline."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -29,8 +29,9 @@ class BackdropInpaintLoader(HostedNode):
                 "model": (pipeline_choices(), {"tooltip": "a single file in models/checkpoints or a diffusers "
                                                           "folder in models/diffusers"}),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: cuda when torch sees a GPU, else cpu"}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU, fp32 on the CPU; choose "
-                                                                    "bf16 or fp32 if fp16 gives NaN/black images"}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU (bf16 for FLUX), fp32 on "
+                                                                    "the CPU; choose bf16 or fp32 if fp16 gives "
+                                                                    "NaN/black images"}),
             }
         }
 
@@ -42,7 +43,8 @@ class BackdropInpaintLoader(HostedNode):
     CATEGORY = CATEGORY
     DESCRIPTION = ("Loads an SD1.5 or SDXL inpainting pipeline (or a regular checkpoint) offline from "
                    "models/checkpoints (single files) or models/diffusers (folders), without any download. "
-                   "Single files use the shipped configs and ComfyUI's own CLIP tokenizer.")
+                   "Single files use the shipped configs and ComfyUI's own CLIP tokenizer. A FLUX.1 Fill "
+                   "diffusers folder loads too (no negative prompt; cfg is its guidance, about 30).")
 
     @classmethod
     def VALIDATE_INPUTS(cls, model):

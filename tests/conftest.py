@@ -86,3 +86,21 @@ def use_node_host(monkeypatch, input_dir=None, output_dir=None, progress_factory
                         progress_factory=progress_factory)
     monkeypatch.setattr(HostedNode, "host", host)
     return host
+
+
+@pytest.fixture(scope="session")
+def flux_models_root(tmp_path_factory):
+    """A tiny FLUX.1 Fill diffusers folder and FLUX LoRAs (diffusers, kohya and ComfyUI layouts), built once."""
+    from tests.fixtures.flux_fixtures import build_flux_models
+
+    return build_flux_models(tmp_path_factory.mktemp("flux") / "models")
+
+
+@pytest.fixture()
+def flux_models(flux_models_root):
+    """The tiny FLUX models dir installed as the locator."""
+    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
+
+    set_locator(ModelLocator.from_models_dir(flux_models_root["root"]))
+    yield flux_models_root["root"]
+    set_locator(None)

@@ -6,12 +6,19 @@ the colour cast along the seam, and blend with a weight that is 1 on the product
 (mask >= 0.5) of every output are the input's, bit for bit, at any size, batch and channel count.
 Variation ``k`` is seeded with ``seed + k`` for every image, so one image's result does not depend
 on what else is in the batch.
+
+FLUX.1 Fill (family ``flux-fill``) runs through the same steps with diffusers' ``FluxFillPipeline``:
+``cfg`` is its distilled guidance (``guidance_scale``; FLUX.1 Fill [dev] is made for about 30, not
+SD's 7), it has no negative prompt (``negative_prompt`` is ignored), its sampler is its own flow-match
+Euler (``scheduler`` must be ``euler``), it has no UNet feature cache, and its working size is a
+multiple of 16 instead of 64.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import cv2
@@ -20,7 +27,7 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidModelError
 from ..progress import ProgressFn, report
 from .feature_cache import MAX_INTERVAL, feature_cache
-from .geometry import FAMILY_RESOLUTION, check_mask_aspect, outpaint_canvas, plan_canvas
+from .geometry import FAMILY_RESOLUTION, FAMILY_SIZE_STEP, SIZE_STEP, check_mask_aspect, outpaint_canvas, plan_canvas
 from .loader import LoadedPipeline
 from .loras import activated
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
@@ -28,6 +35,7 @@ from .seam import blend, hard_product, match_colors, seam_alpha
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**64 - 1
+FLUX_SCHEDULER = "euler"  # the only choice for FLUX: its own FlowMatchEulerDiscreteScheduler
 CUTOUT_GRAY = 0.5  # what the model sees under transparent pixels of an RGBA input
 
 
@@ -75,15 +83,22 @@ class InpaintResult:
 
 def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks: list[np.ndarray],
                         settings: InpaintSettings, progress: ProgressFn | None = None) -> InpaintResult:
-    """New backgrounds for each image (float32 [H,W,C], C 3 or 4) around its product mask (1 = product)."""
+    """New backgrounds for each image (float32 [H,W,C], C 3 or 4) around its product mask (1 = product).
+
+    With a FLUX.1 Fill pipeline ``settings.negative_prompt`` is ignored (FLUX has none) and ``cfg`` is
+    FLUX's guidance scale.
+    """
     settings.validate()
+    if handle.is_flux:
+        _check_flux_settings(settings)
     if len(images) != len(masks):
         raise InvalidInputError(f"{len(images)} images but {len(masks)} masks")
     per_image = settings.effective_steps()
     total = per_image * len(images)
     result = InpaintResult([], [])
-    with activated(handle) as pipe, feature_cache(pipe.unet, settings.feature_cache):
-        _set_scheduler(handle, pipe, settings.scheduler)
+    with activated(handle) as pipe, _feature_cache(handle, pipe, settings.feature_cache):
+        if not handle.is_flux:  # FLUX keeps its own flow-match Euler scheduler
+            _set_scheduler(handle, pipe, settings.scheduler)
         for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
             def on_step(done: int, base: int = index * per_image) -> None:
                 report(progress, base + done, total)
@@ -93,6 +108,18 @@ def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks:
             result.product_masks.extend(canvas_mask.copy() for _ in outputs)
             report(progress, (index + 1) * per_image, total)
     return result
+
+
+def _check_flux_settings(settings: InpaintSettings) -> None:
+    if settings.scheduler != FLUX_SCHEDULER:
+        raise InvalidInputError(f"FLUX.1 Fill samples with its own flow-match Euler scheduler; choose scheduler "
+                                f"'{FLUX_SCHEDULER}' (got {settings.scheduler!r})")
+    if settings.feature_cache not in (0, 1):
+        raise InvalidInputError("feature_cache (DeepCache) works on SD1.5/SDXL UNets only; set it to 0 for FLUX.1 Fill")
+
+
+def _feature_cache(handle: LoadedPipeline, pipe, interval: int):
+    return nullcontext() if handle.is_flux else feature_cache(pipe.unet, interval)
 
 
 def _set_scheduler(handle: LoadedPipeline, pipe, name: str) -> None:
@@ -122,7 +149,8 @@ def _inpaint_one(handle: LoadedPipeline, pipe, image: np.ndarray, mask: np.ndarr
         log.warning("the mask has no product: the whole image is generated from the prompt")
     model_view = _model_view(image, (canvas_h, canvas_w), (oy, ox))
     plan = plan_canvas(~product, (oy, ox), (canvas_h, canvas_w),
-                       settings.resolution or FAMILY_RESOLUTION[handle.family])
+                       settings.resolution or FAMILY_RESOLUTION[handle.family],
+                       FAMILY_SIZE_STEP.get(handle.family, SIZE_STEP))
     y0, x0, y1, x1 = plan.crop
     work_image = _to_work(model_view[y0:y1, x0:x1], plan)
     work_regen = _to_work((~product[y0:y1, x0:x1]).astype(np.float32), plan, pad_value=1.0) > 0.5
@@ -178,8 +206,10 @@ def _run_pipeline(pipe, work_image: np.ndarray, work_regen: np.ndarray, settings
         on_step(index + 1)
         return kwargs
 
+    # FLUX has no negative prompt: it is guidance-distilled, cfg is its embedded guidance scale
+    negative = {} if handle.is_flux else {"negative_prompt": settings.negative_prompt or None}
     with torch.inference_mode():
-        out = pipe(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None, image=image,
+        out = pipe(prompt=settings.prompt, **negative, image=image,
                    mask_image=mask, height=work_image.shape[0], width=work_image.shape[1],
                    num_inference_steps=settings.steps, guidance_scale=settings.cfg, strength=settings.strength,
                    num_images_per_prompt=settings.variations, generator=generators, output_type="np",

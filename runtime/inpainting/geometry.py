@@ -16,8 +16,9 @@ import numpy as np
 from ..errors import InvalidInputError
 
 OUTPAINT_CHOICES = ("none", "1:1", "4:5", "5:4", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
-FAMILY_RESOLUTION = {"sd15": 512, "sdxl": 1024}
-SIZE_STEP = 64
+FAMILY_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux-fill": 1024}
+SIZE_STEP = 64  # SD UNets: 8x VAE and three 2x downsamplings
+FAMILY_SIZE_STEP = {"flux-fill": 16}  # FLUX: 8x VAE and 2x2 latent patches
 CONTEXT_FRACTION = 0.15  # extra context around the background's bounding box, per side
 
 
@@ -30,7 +31,7 @@ class CanvasPlan:
     crop: tuple[int, int, int, int]  # y0, x0, y1, x1 on the canvas: the region the model sees
     content_h: int  # the crop resized, aspect kept
     content_w: int
-    work_h: int  # content padded up to SIZE_STEP multiples
+    work_h: int  # content padded up to multiples of the family's size step
     work_w: int
 
 
@@ -58,8 +59,11 @@ def outpaint_canvas(height: int, width: int, aspect: str) -> tuple[int, int, int
 
 
 def plan_canvas(regenerate: np.ndarray, offset: tuple[int, int], canvas: tuple[int, int],
-                resolution: int) -> CanvasPlan:
-    """Plan the crop and working size for a canvas whose regenerate-mask is ``regenerate`` ([H,W] bool)."""
+                resolution: int, size_step: int = SIZE_STEP) -> CanvasPlan:
+    """Plan the crop and working size for a canvas whose regenerate-mask is ``regenerate`` ([H,W] bool).
+
+    The working size is a multiple of ``size_step`` (the model family's, ``FAMILY_SIZE_STEP``).
+    """
     canvas_h, canvas_w = canvas
     ys, xs = np.nonzero(regenerate)
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
@@ -69,9 +73,9 @@ def plan_canvas(regenerate: np.ndarray, offset: tuple[int, int], canvas: tuple[i
     x0, x1 = max(0, x0 - pad_x), min(canvas_w, x1 + pad_x)
     crop_h, crop_w = y1 - y0, x1 - x0
     scale = resolution / math.sqrt(crop_h * crop_w)
-    content_h, content_w = max(SIZE_STEP, round(crop_h * scale)), max(SIZE_STEP, round(crop_w * scale))
-    work_h = math.ceil(content_h / SIZE_STEP) * SIZE_STEP
-    work_w = math.ceil(content_w / SIZE_STEP) * SIZE_STEP
+    content_h, content_w = max(size_step, round(crop_h * scale)), max(size_step, round(crop_w * scale))
+    work_h = math.ceil(content_h / size_step) * size_step
+    work_w = math.ceil(content_w / size_step) * size_step
     return CanvasPlan(canvas_h, canvas_w, offset[0], offset[1], (y0, x0, y1, x1), content_h, content_w,
                       work_h, work_w)
 

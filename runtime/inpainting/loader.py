@@ -1,7 +1,9 @@
 """Load inpainting pipelines offline from models/diffusers folders or models/checkpoints files.
 
 ``load_pipeline`` returns a ``LoadedPipeline``: an immutable handle on a cached diffusers pipeline
-plus the LoRA stack to apply when it runs. Several handles (different LoRA stacks) share one base
+plus the LoRA stack to apply when it runs. Families: ``sd15`` and ``sdxl`` (UNet inpainting pipelines,
+from folders or single files) and ``flux-fill`` (diffusers' ``FluxFillPipeline``, from a diffusers
+folder whose model_index.json names it). Several handles (different LoRA stacks) share one base
 pipeline; ``loras.activate`` configures it under a lock right before each run, so LoRAs switch
 without reloading the base model.
 """
@@ -25,6 +27,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 SOURCES = ("checkpoints", "diffusers")
+UNET_FAMILIES = ("sd15", "sdxl")
+FLUX_FILL = "flux-fill"
+# model_index.json ``_class_name`` -> family, for the pipeline classes a diffusers folder may name
+FOLDER_FAMILIES = {"StableDiffusionInpaintPipeline": "sd15", "StableDiffusionPipeline": "sd15",
+                   "StableDiffusionXLInpaintPipeline": "sdxl", "StableDiffusionXLPipeline": "sdxl",
+                   "FluxFillPipeline": FLUX_FILL}
 
 
 class LoraSpec(NamedTuple):
@@ -50,7 +58,7 @@ class LoadedPipeline:
     """A cached diffusers inpainting pipeline plus the LoRA stack this handle runs with."""
 
     pipe: Any
-    family: str  # "sd15" | "sdxl"
+    family: str  # "sd15" | "sdxl" | "flux-fill"
     name: str
     fingerprint: str
     device: Any
@@ -60,8 +68,17 @@ class LoadedPipeline:
     state: BaseState = field(default_factory=BaseState, repr=False, compare=False)
 
     @property
+    def is_flux(self) -> bool:
+        return self.family == FLUX_FILL
+
+    @property
+    def denoiser(self) -> Any:
+        """The network that denoises: the UNet (SD families) or the FLUX transformer."""
+        return self.pipe.transformer if self.is_flux else self.pipe.unet
+
+    @property
     def unet_in_channels(self) -> int:
-        return int(self.pipe.unet.config.in_channels)
+        return int(self.denoiser.config.in_channels)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -73,13 +90,24 @@ class LoadedPipeline:
 
     def with_unet(self, unet: Any) -> LoadedPipeline:
         """A shallow copy whose diffusers pipeline uses another UNet module (an engine backend)."""
+        require_unet(self, "an engine UNet")
         pipe = type(self.pipe)(**{**self.pipe.components, "unet": unet})
         pipe.set_progress_bar_config(disable=True)
         return dataclasses.replace(self, pipe=pipe, state=BaseState())
 
     def describe(self) -> str:
         stack = ", ".join(f"{s.name}@{s.strength:g}" for s in self.loras) or "no LoRA"
-        return f"{self.name} ({self.family}, {self.unet_in_channels}-channel UNet, {stack})"
+        kind = "transformer" if self.is_flux else "UNet"
+        return f"{self.name} ({self.family}, {self.unet_in_channels}-channel {kind}, {stack})"
+
+
+def require_unet(handle: LoadedPipeline, what: str) -> None:
+    """Raise ``InvalidInputError`` unless ``handle`` is an SD1.5/SDXL UNet pipeline (``what`` needs one)."""
+    if handle.family not in UNET_FAMILIES:
+        raise InvalidInputError(
+            f"{what} needs an SD1.5 or SDXL UNet pipeline, but {handle.name} is {handle.family} (a FLUX transformer); "
+            "for FLUX.1 Fill, inpainting and LoRAs work, LoRA training and engine export do not yet "
+            "(docs/flux.md).")
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -119,6 +147,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto",
     kind, name = split_model_name(model)
     path = get_locator().resolve(kind, name)
     device_name = resolve_device(device)
+    if dtype == "auto" and device_name == "cuda" and kind == "diffusers" and _index_class(path).startswith("Flux"):
+        dtype = "bf16"  # FLUX's activations overflow fp16; it is trained and released in bf16
     torch_dtype = resolve_dtype(dtype, device_name)
     key = ("inpaint", kind, file_fingerprint(path), device_name, str(torch_dtype))
     return MODEL_CACHE.get_or_load(key, lambda: _load(kind, name, path, device_name, torch_dtype, tokenizer_dir))
@@ -140,6 +170,14 @@ def _load(kind: str, name: str, path: Path, device: str, torch_dtype, tokenizer_
                           device=torch.device(device), dtype=torch_dtype)
 
 
+def _index_class(path: Path) -> str:
+    """The ``_class_name`` of a diffusers folder's model_index.json ("" when unreadable)."""
+    try:
+        return str(json.loads((path / "model_index.json").read_text()).get("_class_name", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def _load_diffusers_folder(path: Path, torch_dtype) -> tuple[Any, str]:
     index = path / "model_index.json"
     if not index.is_file():
@@ -148,17 +186,33 @@ def _load_diffusers_folder(path: Path, torch_dtype) -> tuple[Any, str]:
         class_name = json.loads(index.read_text()).get("_class_name", "")
     except json.JSONDecodeError as exc:
         raise InvalidModelError(f"{index} is not valid JSON: {exc}") from exc
-    family = "sdxl" if "XL" in class_name else "sd15"
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+    family = folder_family(class_name, path.name)
+    import diffusers
 
-    pipeline_class = StableDiffusionXLInpaintPipeline if family == "sdxl" else StableDiffusionInpaintPipeline
-    extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
-                                         "requires_safety_checker": False}
+    extra: dict[str, Any] = {}
+    if family == FLUX_FILL:
+        pipeline_class = diffusers.FluxFillPipeline
+    elif family == "sdxl":
+        pipeline_class = diffusers.StableDiffusionXLInpaintPipeline
+    else:
+        pipeline_class = diffusers.StableDiffusionInpaintPipeline
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
         pipe = pipeline_class.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True, **extra)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise InvalidModelError(f"{path.name} could not be loaded as a diffusers inpainting pipeline: {exc}") from exc
     return pipe, family
+
+
+def folder_family(class_name: str, name: str = "the folder") -> str:
+    """The family of a diffusers folder from its model_index.json ``_class_name``; other FLUX pipelines are refused."""
+    if class_name in FOLDER_FAMILIES:
+        return FOLDER_FAMILIES[class_name]
+    if class_name.startswith("Flux"):
+        raise InvalidModelError(
+            f"{name} is a {class_name} folder; of the FLUX.1 family only FLUX.1 Fill (FluxFillPipeline, e.g. "
+            "black-forest-labs/FLUX.1-Fill-dev) inpaints here with the product kept exact.")
+    return "sdxl" if "XL" in class_name else "sd15"
 
 
 def content_fingerprint(path: Path) -> str:

@@ -6,6 +6,11 @@ handle without LoRAs (peft then runs the base layers untouched, so outputs equal
 exactly), or fused for speed. Both the kohya/ComfyUI and the diffusers/peft key formats load;
 before loading, every LoRA key is checked against the base model so a LoRA for another base model
 fails with the list of keys that do not fit instead of loading half-way.
+
+FLUX.1 Fill pipelines take FLUX LoRAs the same way (diffusers' ``FluxLoraLoaderMixin`` converts the
+kohya/ComfyUI ``lora_unet_double_blocks_*`` layout, ai-toolkit and diffusers/peft ``transformer.*``
+keys); a FLUX.1 [dev] LoRA on Fill's wider ``x_embedder`` input is zero-padded by diffusers, so that
+one narrower input is accepted.
 """
 
 from __future__ import annotations
@@ -89,11 +94,16 @@ def _load_adapter(pipe: Any, spec: LoraSpec, index: int) -> str:
 
 def check_lora_fits(pipe: Any, state: dict, name: str) -> None:
     """Raise ``InvalidModelError`` listing every LoRA key that has no matching layer or shape."""
+    flux = hasattr(pipe, "transformer")
     try:
-        converted, _ = pipe.lora_state_dict(dict(state), unet_config=pipe.unet.config)
-    except (ValueError, KeyError, IndexError) as exc:
-        raise InvalidModelError(f"{name} is not a LoRA diffusers can read: {exc}") from exc
-    components = {"unet": pipe.unet, "text_encoder": getattr(pipe, "text_encoder", None),
+        if flux:
+            converted = pipe.lora_state_dict(dict(state))
+        else:
+            converted, _ = pipe.lora_state_dict(dict(state), unet_config=pipe.unet.config)
+    except (ValueError, KeyError, IndexError, AssertionError, NotImplementedError) as exc:
+        raise InvalidModelError(f"{name} is not a LoRA diffusers can read for this base model: {exc}") from exc
+    denoiser = ("transformer", pipe.transformer) if flux else ("unet", pipe.unet)
+    components = {denoiser[0]: denoiser[1], "text_encoder": getattr(pipe, "text_encoder", None),
                   "text_encoder_2": getattr(pipe, "text_encoder_2", None)}
     problems, checked = [], 0
     for key, tensor in converted.items():
@@ -103,6 +113,9 @@ def check_lora_fits(pipe: Any, state: dict, name: str) -> None:
         checked += 1
         component, _, inner = module_path.partition(".")
         problem = _mismatch(components.get(component), inner, role, tensor)
+        if problem and flux and inner == "x_embedder" and role == "down" and problem.startswith("input size"):
+            got, size = (int(n) for n in re.findall(r"\d+", problem)[:2])
+            problem = None if got < size else problem  # diffusers zero-pads a [dev] LoRA to Fill's input
         if problem:
             problems.append(f"{key}: {problem}")
     if not checked:

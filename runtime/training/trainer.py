@@ -153,8 +153,10 @@ def training_unet(handle) -> Any:
     """A private fp32/fp16 copy of the handle's base UNet with no LoRA on it (the cached pipeline is untouched)."""
     from diffusers import UNet2DConditionModel
 
+    from ..inpainting.loader import require_unet
     from ..inpainting.loras import activated
 
+    require_unet(handle, "LoRA training")
     with activated(handle.with_loras(())) as pipe:  # unfuses/disables any LoRA of earlier runs
         base = pipe.unet
         state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
