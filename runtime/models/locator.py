@@ -44,6 +44,8 @@ MODEL_FOLDERS: dict[str, FolderSpec] = {
     "tensorrt": FolderSpec((".engine", ".plan"), "unet_sd15_inpaint_fp16.engine", "TensorRT engines"),
     "openvino": FolderSpec((".xml",), "unet_sd15_inpaint_fp32.xml",
                            "OpenVINO IR engines (.xml with its .bin) for the CPU: UNet, text encoders, VAE"),
+    "upscale_models": FolderSpec((".safetensors", ".pth", ".pt"), "RealESRGAN_x2plus.safetensors",
+                                 "super-resolution models spandrel reads (ESRGAN, Real-ESRGAN, SwinIR ...)"),
 }
 
 
