@@ -22,22 +22,33 @@ def tqdm_progress(desc: str, total: int, disable: bool = False) -> tuple[Progres
 
 
 class CatalogProgress:
-    """One bar for a catalog run: photos done (failed ones included), how many failed, and photos a second."""
+    """One bar for a catalog run: photos done (failed and skipped ones included), how many failed or were skipped
+    (finished in an earlier run), and photos a second."""
 
     def __init__(self, total: int, disable: bool = False) -> None:
         from tqdm.auto import tqdm
 
-        self.failed = 0
+        self.failed = self.skipped = 0
         self._bar = tqdm(total=total, desc="backdrop run", unit="photo", disable=disable, smoothing=0.1)
+
+    def skip(self, count: int) -> None:
+        """``count`` photos finished in an earlier run: they count as done, and the bar says how many."""
+        if count:
+            self.skipped += count
+            self._bar.set_postfix(self._postfix(), refresh=False)
+            self._bar.update(count)
 
     def update(self, failed: bool = False) -> None:
         if failed:
             self.failed += 1
-            self._bar.set_postfix(failed=self.failed, refresh=False)
+            self._bar.set_postfix(self._postfix(), refresh=False)
         self._bar.update(1)
 
     def close(self) -> None:
         self._bar.close()
+
+    def _postfix(self) -> dict[str, int]:
+        return {name: n for name, n in (("failed", self.failed), ("skipped", self.skipped)) if n}
 
 
 def catalog_progress(total: int, disable: bool = False) -> CatalogProgress:

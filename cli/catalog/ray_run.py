@@ -31,12 +31,17 @@ from .options import CatalogOptions
 
 ENV_PASSED_TO_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR")
 MAX_PHOTOS_PER_BLOCK = 8
+WINDOW = 10_000  # photos planned and streamed at a time
 RAY_MISSING = "catalog runs need Ray: pip install 'comfyui-backdrop[cluster]' (ray[data])"
 
 
 def run_catalog(plan: RunPlan, options: CatalogOptions) -> RunSummary:
-    """Process the catalog on Ray; photos that finished in an earlier run of the same command are skipped."""
-    from ..progress_bars import tqdm_progress
+    """Process the catalog on Ray; photos that finished in an earlier run of the same command are skipped.
+
+    The photos are planned (hashed, claimed) and streamed a window of :data:`WINDOW` at a time, so the driver's
+    memory stays bounded whatever the catalog's size; Ray stays up across windows.
+    """
+    from ..progress_bars import catalog_progress
 
     try:
         import ray  # noqa: F401  (checked before any work: the message says how to install it)
@@ -47,28 +52,33 @@ def run_catalog(plan: RunPlan, options: CatalogOptions) -> RunSummary:
         _check_reachable(options.address)
     manifest = RunManifest(plan.out)
     summary = RunSummary()
+    bar = catalog_progress(len(plan.inputs), disable=_quiet(plan))
+    ray_started: bool | None = None  # None: not needed yet
     try:
-        progress, close = tqdm_progress("hashing inputs", len(plan.inputs), disable=_quiet(plan))
-        try:
-            work = manifest.plan_work(plan, progress)
-        finally:
-            close()
-        summary.already_done = [job.source for job in work.already_done]
-        if work.jobs:
-            _stream(plan, options, work.jobs, manifest, summary, secrets)
+        for first in range(0, len(plan.inputs), WINDOW):
+            window = replace(plan, inputs=plan.inputs[first:first + WINDOW])
+            work = manifest.plan_work(window)
+            summary.already_done += [job.source for job in work.already_done]
+            bar.skip(len(work.already_done))
+            if not work.jobs:
+                continue
+            if ray_started is None:
+                ray_started = start_ray(options)
+            if not _stream(window, options, work.jobs, manifest, summary, secrets, bar):
+                summary.not_started += list(plan.inputs[first + WINDOW:])
+                break
     finally:
+        bar.close()
+        if ray_started:
+            stop_ray()
         manifest.close()
     return summary
 
 
 def _stream(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], manifest: RunManifest,
-            summary: RunSummary, secrets: dict[str, bytes] | None) -> None:
-    """Start or join Ray, run the pipeline and record each outcome as it arrives."""
-    from ..progress_bars import catalog_progress
-
-    started = start_ray(options)
+            summary: RunSummary, secrets: dict[str, bytes] | None, bar) -> bool:
+    """Run the pipeline over ``jobs`` and record each outcome as it arrives; False when Ctrl-C stopped it."""
     pending = {job.key: job for job in jobs}
-    bar = catalog_progress(len(jobs), disable=_quiet(plan))
     try:
         for row in _pipeline(plan, options, jobs, secrets).iter_rows():
             written = [Path(p) for p in json.loads(row["written"])]
@@ -79,11 +89,9 @@ def _stream(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], ma
             bar.update(failed=outcome.error is not None)
     except KeyboardInterrupt:
         summary.interrupted = True
-        summary.not_started = [job.source for job in pending.values()]
-    finally:
-        bar.close()
-        if started:
-            stop_ray()
+        summary.not_started += [job.source for job in pending.values()]
+        return False
+    return True
 
 
 def _pipeline(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], secrets: dict[str, bytes] | None):

@@ -239,3 +239,21 @@ def test_the_dashboard_is_there_when_asked_for(tmp_path):
     code, _, err = _finish(_start([str(_photos(tmp_path / "in", 1)), "--out", str(tmp_path / "o"), "--workers", "1",
                                    "--ray-dashboard"], tmp_path / "home"))
     assert code == 0 and "Ray dashboard (while the run lasts): http://127.0.0.1:" in err, err
+
+
+def test_a_catalog_larger_than_a_window_streams_window_by_window(tmp_path, monkeypatch):
+    """The driver plans and streams WINDOW photos at a time (bounded memory); windows already done are skipped."""
+    from comfyui_backdrop.cli.catalog import ray_run
+    from comfyui_backdrop.cli.catalog.options import CatalogOptions
+    from comfyui_backdrop.cli.main import build_parser
+    from comfyui_backdrop.cli.run_plan import RunPlan
+
+    monkeypatch.setattr(ray_run, "WINDOW", 2)
+    photos, out = _photos(tmp_path / "in", 5), tmp_path / "out"
+    plan = RunPlan.from_args(build_parser().parse_args(["run", str(photos / "p000.png"), str(photos / "p001.png"),
+                                                        "--out", str(out), "--quiet"]))
+    assert len(ray_run.run_catalog(plan, CatalogOptions(workers=1)).written) == 2
+    plan = RunPlan.from_args(build_parser().parse_args(["run", str(photos), "--out", str(out), "--quiet"]))
+    summary = ray_run.run_catalog(plan, CatalogOptions(workers=1))
+    assert len(summary.already_done) == 2 and len(summary.written) == 3 and not summary.failed
+    assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(5)]
