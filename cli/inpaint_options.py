@@ -49,6 +49,20 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
                        help="with an OpenVINO --engine: run the text encoder(s) and the VAE on engines too "
                             "(exported beside the UNet engine; with 'auto' they are exported when missing)")
     group.add_argument("--engine-threads", type=int, default=0, help="engine CPU threads (0 = all cores)")
+    group.add_argument("--candidates", type=int, default=0, metavar="K",
+                       help="generate K backgrounds (seeds seed..seed+K-1), rank them by measured defects (seam, "
+                            "leaked product colour, colour cast against the style's palette, clutter) and keep the "
+                            "best --keep-best; the scores go to the prompt JSON (written with this option)")
+    group.add_argument("--keep-best", type=int, default=None, metavar="N",
+                       help="with --candidates: how many of the best to write, best first (default 1)")
+    group.add_argument("--upscale", default=None, metavar="METHOD",
+                       help="generate at a reduced size, then upscale and paste the full-resolution product back "
+                            "again: 'lanczos' (no weights) or a super-resolution model file in "
+                            "models/upscale_models (read by spandrel: the upscale extra)")
+    group.add_argument("--upscale-to", choices=("original", "2x", "3x"), default="original",
+                       help="with --upscale: 'original' generates at the model's working size and upscales to the "
+                            "photo's size; 2x / 3x generate at a half / a third of the photo's size. The output is "
+                            "always the photo's size, its product pixels exact")
 
 
 def parse_lora(text: str) -> tuple[str, float]:
