@@ -32,6 +32,7 @@ class RunModels:
     pipeline: Any = None
     model_hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
     provenance: Any = None  # a ProvenanceService holding its keys in memory (Ray workers); None: the home's
+    upscaler: Any = None  # --upscale <model>: a runtime.upscaling.Upscaler
 
 
 @dataclass
@@ -55,6 +56,8 @@ class GeneratedPhoto:
     product_alpha: np.ndarray
     positive: str
     negative: str
+    ranking: list[Any] | None = None  # --candidates: every candidate's RankedCandidate, best first
+    sizes: dict[str, list[int]] | None = None  # --upscale: generated and delivered [width, height]
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def planned_names(stem: str, plan: RunPlan) -> OutputNames:
 
 def variation_count(plan: RunPlan) -> int:
     """How many pictures each photo gives: the diffusion variations, or one studio backdrop."""
-    return 1 if plan.inpaint is None else plan.inpaint.settings.variations
+    return 1 if plan.inpaint is None else plan.inpaint.pictures
 
 
 def load_models(plan: RunPlan, steps: Iterable[str] = STEPS) -> RunModels:
@@ -109,17 +112,23 @@ def load_models(plan: RunPlan, steps: Iterable[str] = STEPS) -> RunModels:
     hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
     if plan.inpaint is not None and "generate" in steps:
         pipeline = plan.inpaint.load_pipeline(plan.device)
+    upscaler = None
+    if plan.inpaint is not None and plan.inpaint.upscale not in (None, "lanczos") and "generate" in steps:
+        from ..runtime.upscaling import load_upscaler
+
+        upscaler = load_upscaler(plan.inpaint.upscale, device=plan.device, locator=locator)
     if plan.inpaint is not None and plan.watermark is not None and "deliver" in steps:
         from .watermark_options import model_hashes
 
         hashes = model_hashes(plan.inpaint.checkpoint, [name for name, _ in plan.inpaint.loras])
-    return RunModels(sam=sam, captioner=captioner, pipeline=pipeline, model_hashes=hashes)
+    return RunModels(sam=sam, captioner=captioner, pipeline=pipeline, model_hashes=hashes, upscaler=upscaler)
 
 
-def process_photo(path: Path, plan: RunPlan, models: RunModels, written: list[Path]) -> None:
+def process_photo(path: Path, plan: RunPlan, models: RunModels, written: list[Path]) -> GeneratedPhoto:
     """Mask, caption and prompt (once), generate, then write; each file written is appended to ``written``."""
     generated = generate_backgrounds(prepare_photo(path, plan, models), plan, models)
     deliver_photo(generated, plan, models, planned_names(path.stem, plan), written)
+    return generated
 
 
 def prepare_photo(path: Path, plan: RunPlan, models: RunModels) -> PreparedPhoto:
@@ -149,10 +158,34 @@ def generate_backgrounds(prepared: PreparedPhoto, plan: RunPlan, models: RunMode
                               plan.style.negative_text)
     from ..runtime.inpainting.generate import inpaint_backgrounds
 
-    settings = plan.inpaint.settings_for(prepared.composed.positive, prepared.composed.negative)
-    result = inpaint_backgrounds(models.pipeline, [prepared.image], [prepared.alpha], settings)
+    inpaint = plan.inpaint
+    settings = inpaint.settings_for(prepared.composed.positive, prepared.composed.negative)
+    image, alpha = prepared.image, prepared.alpha
+    if inpaint.upscale is not None:
+        from ..runtime.inpainting.geometry import FAMILY_RESOLUTION
+        from ..runtime.upscaling import shrink_for_generation, working_size
+
+        side = settings.resolution or FAMILY_RESOLUTION[models.pipeline.family]
+        image, alpha = shrink_for_generation(image, alpha, working_size(*image.shape[:2], inpaint.upscale_to, side))
+    result = inpaint_backgrounds(models.pipeline, [image], [alpha], settings)
     # the mask returned is on the output canvas (it moves when outpainting)
-    return GeneratedPhoto(prepared, result.images, result.product_masks[0], settings.prompt, settings.negative_prompt)
+    images, product_alpha, ranking, sizes = result.images, result.product_masks[0], None, None
+    if inpaint.candidates:
+        from ..runtime.ranking import rank_candidates
+
+        ranking = rank_candidates(images, product_alpha, plan.style.palette)
+        images = [images[ranked.index] for ranked in ranking[:inpaint.keep_best]]
+    if inpaint.upscale is not None:
+        small = images[0].shape[:2]
+        if image is not prepared.image:  # generated small: upscale, and paste the full-resolution product back
+            from ..runtime.upscaling import restore_full_resolution
+
+            images, product_alpha = restore_full_resolution(images, prepared.image, prepared.alpha,
+                                                            settings.outpaint, models.upscaler,
+                                                            feather=settings.seam_feather)
+        sizes = {"generated": [small[1], small[0]], "delivered": [images[0].shape[1], images[0].shape[0]]}
+    return GeneratedPhoto(prepared, images, product_alpha, settings.prompt, settings.negative_prompt,
+                          ranking=ranking, sizes=sizes)
 
 
 def deliver_photo(generated: GeneratedPhoto, plan: RunPlan, models: RunModels, names: OutputNames,
@@ -170,6 +203,7 @@ def deliver_photo(generated: GeneratedPhoto, plan: RunPlan, models: RunModels, n
     if len(generated.images) != len(names.images):
         raise InvalidInputError(f"{len(generated.images)} picture(s) generated for {len(names.images)} name(s)")
     bit_depth = generated.prepared.bit_depth if plan.format == "png" else 8
+    first = len(written)
     for k, (name, picture) in enumerate(zip(names.images, generated.images, strict=True)):
         if name in delivered:
             written.append(name)
@@ -189,7 +223,7 @@ def deliver_photo(generated: GeneratedPhoto, plan: RunPlan, models: RunModels, n
     if names.prompt_json is not None:
         target = written[0].with_suffix(".json") if rename else names.prompt_json
         written.append(target if target in delivered else
-                       _write_prompt_json(generated.prepared, written[0], target, plan, rename))
+                       _write_prompt_json(generated, written[first:first + len(names.images)], target, plan, rename))
 
 
 def _product_alpha(image: np.ndarray, plan: RunPlan, models: RunModels) -> np.ndarray:
@@ -210,16 +244,18 @@ def _captions_and_prompt(rgb: np.ndarray, alpha: np.ndarray, plan: RunPlan, mode
     return captions, composed
 
 
-def _write_prompt_json(prepared: PreparedPhoto, output: Path, target: Path, plan: RunPlan, rename: bool) -> Path:
-    """Captions and the composed prompts, beside the first output image."""
+def _write_prompt_json(generated: GeneratedPhoto, outputs: list[Path], target: Path, plan: RunPlan,
+                       rename: bool) -> Path:
+    """Captions and the composed prompts (and candidate scores, upscale sizes), beside the first output image."""
     import json
 
     from ..runtime.files import write_bytes_exclusive
 
+    prepared = generated.prepared
     captions, composed = prepared.captions, prepared.composed
     record = {
         "input": str(prepared.source),
-        "output": str(output),
+        "output": str(outputs[0]),
         "style": plan.style.name,
         "composition": plan.composition,
         "captioner": plan.captioner,
@@ -230,5 +266,11 @@ def _write_prompt_json(prepared: PreparedPhoto, output: Path, target: Path, plan
         "negative": composed.negative,
         "warnings": list(composed.warnings),
     }
+    if generated.ranking is not None:
+        kept = {ranked.index: str(path) for ranked, path in zip(generated.ranking, outputs, strict=False)}
+        record["candidates"] = [{**ranked.as_dict(), "seed": plan.inpaint.settings.seed + ranked.index,
+                                 "output": kept.get(ranked.index)} for ranked in generated.ranking]
+    if generated.sizes is not None:
+        record["upscale"] = {"method": plan.inpaint.upscale, "to": plan.inpaint.upscale_to, **generated.sizes}
     payload = json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")
     return write_bytes_exclusive(target, payload, rename=rename)

@@ -53,7 +53,10 @@ def run_plan(plan: RunPlan, models: RunModels) -> RunSummary:
             outcome = PhotoOutcome(path)
             summary.outcomes.append(outcome)
             try:
-                process_photo(path, plan, models, outcome.written)
+                generated = process_photo(path, plan, models, outcome.written)
+                if generated.ranking is not None:
+                    outcome.ranking = [ranked.as_dict() for ranked in generated.ranking]
+                    outcome.kept = len(generated.images)
             except KeyboardInterrupt:
                 outcome.error = "interrupted (Ctrl-C)"
                 summary.interrupted = True

@@ -35,6 +35,15 @@ class InpaintPlan:
     engine_components: bool = False
     engine_threads: int = 0
     models_dir: Path | None = None  # where --engine auto finds engine_choice.json
+    candidates: int = 0  # --candidates K: generate K, rank, keep ``keep_best`` (0: no ranking)
+    keep_best: int = 1
+    upscale: str | None = None  # --upscale: "lanczos" or a file in models/upscale_models
+    upscale_to: str = "original"
+
+    @property
+    def pictures(self) -> int:
+        """How many pictures each photo gives: the best ``keep_best`` of the candidates, or every variation."""
+        return self.keep_best if self.candidates else self.settings.variations
 
     def load_pipeline(self, device: str):
         """The pipeline of ``--checkpoint`` with its LoRA stack (from the models folders), on ``--engine``."""
@@ -150,7 +159,8 @@ class RunPlan:
         from ..runtime.prompting import get_composition
         from .inputs import collect_inputs
 
-        prompt_json = bool(args.prompt_json or args.captioner)  # captions are always recorded with a VLM
+        # captions are always recorded with a VLM, and candidate scores in the same JSON
+        prompt_json = bool(args.prompt_json or args.captioner or getattr(args, "candidates", 0))
         if prompt_json:
             get_composition(args.composition)  # fail before the batch on a bad name
         inputs = tuple(collect_inputs(args.inputs))
@@ -190,9 +200,14 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
     from .inpaint_options import parse_lora
 
     if not args.checkpoint:
+        if getattr(args, "candidates", 0) or getattr(args, "upscale", None) or getattr(args, "keep_best", None):
+            raise InvalidInputError("--candidates, --keep-best and --upscale work on the diffusion path: give "
+                                    "--checkpoint (the studio backdrop is drawn at full size, one per photo)")
         return None
+    candidates, keep_best, upscale = _candidates_and_upscale(args)
     settings = InpaintSettings(prompt="", seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,
-                               strength=args.strength, variations=args.variations, resolution=args.resolution,
+                               strength=args.strength, variations=candidates or args.variations,
+                               resolution=args.resolution,
                                outpaint=args.outpaint, seam_feather=args.seam_feather, color_match=args.color_match,
                                feature_cache=args.feature_cache)
     settings.validate()
@@ -201,7 +216,30 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
                        prompt=args.prompt, negative=args.negative, settings=settings,
                        engine=_engine_name(args.engine, args.engine_components),
                        engine_components=args.engine_components,
-                       engine_threads=args.engine_threads, models_dir=args.models_dir)
+                       engine_threads=args.engine_threads, models_dir=args.models_dir, candidates=candidates,
+                       keep_best=keep_best, upscale=upscale, upscale_to=getattr(args, "upscale_to", "original"))
+
+
+def _candidates_and_upscale(args: argparse.Namespace) -> tuple[int, int, str | None]:
+    """--candidates K, --keep-best N and --upscale, checked before any photo."""
+    candidates, keep_best = getattr(args, "candidates", 0), getattr(args, "keep_best", None)
+    if candidates:
+        if not 2 <= candidates <= 64:
+            raise InvalidInputError(f"--candidates must be 2..64 (0 = off), got {candidates}")
+        if args.variations != 1:
+            raise InvalidInputError("--candidates K replaces --variations: K backgrounds are generated and the best "
+                                    "--keep-best are written")
+        keep_best = 1 if keep_best is None else keep_best
+        if not 1 <= keep_best <= candidates:
+            raise InvalidInputError(f"--keep-best must be 1..{candidates} (the --candidates), got {keep_best}")
+    elif keep_best is not None:
+        raise InvalidInputError("--keep-best needs --candidates K")
+    upscale = getattr(args, "upscale", None)
+    if upscale is not None and upscale != "lanczos":
+        from ..runtime.models import get_locator
+
+        get_locator().resolve("upscale_models", upscale)  # a missing model names the folder, before any photo
+    return candidates, keep_best or 1, upscale
 
 
 def _engine_name(engine: str | None, components: bool) -> str | None:

@@ -14,6 +14,8 @@ class PhotoOutcome:
     source: Path
     written: list[Path] = field(default_factory=list)
     error: str | None = None
+    ranking: list[dict] | None = None  # --candidates: every candidate's scores, best first (RankedCandidate.as_dict)
+    kept: int = 0  # how many of them were written
 
 
 @dataclass
@@ -36,6 +38,11 @@ def print_summary(summary: RunSummary) -> None:
     """Every file written, every photo that failed (with what it had written), and what Ctrl-C left undone."""
     for path in summary.written:
         print(f"wrote {path}")
+    for outcome in summary.outcomes:
+        if outcome.ranking:
+            scores = [f"{r['score']:.2f}" for r in outcome.ranking]
+            print(f"ranked {outcome.source}: kept {outcome.kept} of {len(scores)} candidates, defect scores "
+                  f"{', '.join(scores[:outcome.kept])} (not kept: {', '.join(scores[outcome.kept:]) or 'none'})")
     for outcome in summary.failed:
         print(f"FAILED {outcome.source}: {outcome.error}", file=sys.stderr)
     for path in summary.not_started:
