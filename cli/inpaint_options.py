@@ -16,8 +16,8 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("diffusion inpainting (with --checkpoint)")
     group.add_argument("--checkpoint", default=None,
                        help="inpainting model: a file in models/checkpoints or a folder in models/diffusers "
-                            "(SD1.5, SDXL or FLUX.1 Fill; prefix checkpoints/ or diffusers/ when both hold the "
-                            "name); without it the weight-free studio backdrop is drawn")
+                            "(SD1.5, SDXL, FLUX.1 Fill or Kontext; prefix checkpoints/ or diffusers/ when both "
+                            "hold the name); without it the weight-free studio backdrop is drawn")
     group.add_argument("--lora", action="append", default=[], metavar="NAME[:STRENGTH]",
                        help="LoRA in models/loras; repeat to stack (default strength 1.0)")
     group.add_argument("--fuse-loras", action="store_true", help="fuse the LoRA stack into the weights")
@@ -25,7 +25,7 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--negative", default=None, help="negative prompt (default: the style's)")
     group.add_argument("--steps", type=int, default=25)
     group.add_argument("--cfg", type=float, default=7.0,
-                       help="guidance scale; for FLUX.1 Fill its distilled guidance (about 30 there)")
+                       help="guidance scale; for FLUX its distilled guidance (Fill about 30, Kontext about 2.5)")
     group.add_argument("--scheduler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER)
     group.add_argument("--strength", type=float, default=1.0)
     group.add_argument("--variations", type=int, default=1, help="backgrounds per input")

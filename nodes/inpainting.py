@@ -20,7 +20,7 @@ def pipeline_choices() -> list[str]:
 
 
 class BackdropInpaintLoader(HostedNode):
-    """Load an SD1.5, SDXL or FLUX.1 Fill inpainting pipeline (or a regular SD checkpoint) offline."""
+    """Load an SD1.5, SDXL, FLUX.1 Fill or FLUX.1 Kontext inpainting pipeline (or a regular SD checkpoint) offline."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -43,8 +43,9 @@ class BackdropInpaintLoader(HostedNode):
     CATEGORY = CATEGORY
     DESCRIPTION = ("Loads an SD1.5 or SDXL inpainting pipeline (or a regular checkpoint) offline from "
                    "models/checkpoints (single files) or models/diffusers (folders), without any download. "
-                   "Single files use the shipped configs and ComfyUI's own CLIP tokenizer. A FLUX.1 Fill "
-                   "diffusers folder loads too (no negative prompt; cfg is its guidance, about 30).")
+                   "Single files use the shipped configs and ComfyUI's own CLIP tokenizer. FLUX.1 Fill and "
+                   "FLUX.1 Kontext diffusers folders load too (no negative prompt; cfg is FLUX's guidance: "
+                   "about 30 for Fill, 2.5 for Kontext).")
 
     @classmethod
     def VALIDATE_INPUTS(cls, model):

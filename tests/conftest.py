@@ -90,7 +90,7 @@ def use_node_host(monkeypatch, input_dir=None, output_dir=None, progress_factory
 
 @pytest.fixture(scope="session")
 def flux_models_root(tmp_path_factory):
-    """A tiny FLUX.1 Fill diffusers folder and FLUX LoRAs (diffusers, kohya and ComfyUI layouts), built once."""
+    """Tiny FLUX.1 Fill and Kontext diffusers folders and FLUX LoRAs (diffusers, kohya, ComfyUI layouts), built once."""
     from tests.fixtures.flux_fixtures import build_flux_models
 
     return build_flux_models(tmp_path_factory.mktemp("flux") / "models")

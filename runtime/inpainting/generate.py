@@ -7,11 +7,12 @@ the colour cast along the seam, and blend with a weight that is 1 on the product
 Variation ``k`` is seeded with ``seed + k`` for every image, so one image's result does not depend
 on what else is in the batch.
 
-FLUX.1 Fill (family ``flux-fill``) runs through the same steps with diffusers' ``FluxFillPipeline``:
-``cfg`` is its distilled guidance (``guidance_scale``; FLUX.1 Fill [dev] is made for about 30, not
-SD's 7), it has no negative prompt (``negative_prompt`` is ignored), its sampler is its own flow-match
-Euler (``scheduler`` must be ``euler``), it has no UNet feature cache, and its working size is a
-multiple of 16 instead of 64.
+FLUX.1 Fill (family ``flux-fill``, diffusers' ``FluxFillPipeline``) and FLUX.1 Kontext (``flux-kontext``,
+``FluxKontextInpaintPipeline``: Kontext sees the whole working image and regenerates under the mask)
+run through the same steps. ``cfg`` is FLUX's distilled guidance (``guidance_scale``; Fill [dev] is
+made for about 30, Kontext [dev] for about 2.5, not SD's 7); there is no negative prompt
+(``negative_prompt`` is ignored); the sampler is FLUX's own flow-match Euler (``scheduler`` must be
+``euler``); there is no UNet feature cache; and the working size is a multiple of 16 instead of 64.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks:
                         settings: InpaintSettings, progress: ProgressFn | None = None) -> InpaintResult:
     """New backgrounds for each image (float32 [H,W,C], C 3 or 4) around its product mask (1 = product).
 
-    With a FLUX.1 Fill pipeline ``settings.negative_prompt`` is ignored (FLUX has none) and ``cfg`` is
-    FLUX's guidance scale.
+    With a FLUX pipeline (Fill or Kontext) ``settings.negative_prompt`` is ignored (FLUX has none) and
+    ``cfg`` is FLUX's guidance scale.
     """
     settings.validate()
     if handle.is_flux:
@@ -112,10 +113,10 @@ def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks:
 
 def _check_flux_settings(settings: InpaintSettings) -> None:
     if settings.scheduler != FLUX_SCHEDULER:
-        raise InvalidInputError(f"FLUX.1 Fill samples with its own flow-match Euler scheduler; choose scheduler "
+        raise InvalidInputError(f"FLUX samples with its own flow-match Euler scheduler; choose scheduler "
                                 f"'{FLUX_SCHEDULER}' (got {settings.scheduler!r})")
     if settings.feature_cache not in (0, 1):
-        raise InvalidInputError("feature_cache (DeepCache) works on SD1.5/SDXL UNets only; set it to 0 for FLUX.1 Fill")
+        raise InvalidInputError("feature_cache (DeepCache) works on SD1.5/SDXL UNets only; set it to 0 for FLUX")
 
 
 def _feature_cache(handle: LoadedPipeline, pipe, interval: int):
@@ -207,9 +208,11 @@ def _run_pipeline(pipe, work_image: np.ndarray, work_regen: np.ndarray, settings
         return kwargs
 
     # FLUX has no negative prompt: it is guidance-distilled, cfg is its embedded guidance scale
-    negative = {} if handle.is_flux else {"negative_prompt": settings.negative_prompt or None}
+    extra: dict = {} if handle.is_flux else {"negative_prompt": settings.negative_prompt or None}
+    if handle.family == "flux-kontext":
+        extra["_auto_resize"] = False  # keep the working size (a multiple of 16); Kontext would pick its own
     with torch.inference_mode():
-        out = pipe(prompt=settings.prompt, **negative, image=image,
+        out = pipe(prompt=settings.prompt, **extra, image=image,
                    mask_image=mask, height=work_image.shape[0], width=work_image.shape[1],
                    num_inference_steps=settings.steps, guidance_scale=settings.cfg, strength=settings.strength,
                    num_images_per_prompt=settings.variations, generator=generators, output_type="np",

@@ -2,10 +2,10 @@
 
 ``load_pipeline`` returns a ``LoadedPipeline``: an immutable handle on a cached diffusers pipeline
 plus the LoRA stack to apply when it runs. Families: ``sd15`` and ``sdxl`` (UNet inpainting pipelines,
-from folders or single files) and ``flux-fill`` (diffusers' ``FluxFillPipeline``, from a diffusers
-folder whose model_index.json names it). Several handles (different LoRA stacks) share one base
-pipeline; ``loras.activate`` configures it under a lock right before each run, so LoRAs switch
-without reloading the base model.
+from folders or single files), ``flux-fill`` (diffusers' ``FluxFillPipeline``) and ``flux-kontext``
+(``FluxKontextInpaintPipeline``), each from a diffusers folder whose model_index.json names it.
+Several handles (different LoRA stacks) share one base pipeline; ``loras.activate`` configures it
+under a lock right before each run, so LoRAs switch without reloading the base model.
 """
 
 from __future__ import annotations
@@ -29,10 +29,16 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 SOURCES = ("checkpoints", "diffusers")
 UNET_FAMILIES = ("sd15", "sdxl")
 FLUX_FILL = "flux-fill"
+FLUX_KONTEXT = "flux-kontext"
+FLUX_FAMILIES = (FLUX_FILL, FLUX_KONTEXT)
 # model_index.json ``_class_name`` -> family, for the pipeline classes a diffusers folder may name
 FOLDER_FAMILIES = {"StableDiffusionInpaintPipeline": "sd15", "StableDiffusionPipeline": "sd15",
                    "StableDiffusionXLInpaintPipeline": "sdxl", "StableDiffusionXLPipeline": "sdxl",
-                   "FluxFillPipeline": FLUX_FILL}
+                   "FluxFillPipeline": FLUX_FILL, "FluxKontextPipeline": FLUX_KONTEXT,
+                   "FluxKontextInpaintPipeline": FLUX_KONTEXT}
+# family -> the diffusers class a folder of that family is loaded as
+PIPELINE_CLASSES = {"sd15": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline",
+                    FLUX_FILL: "FluxFillPipeline", FLUX_KONTEXT: "FluxKontextInpaintPipeline"}
 
 
 class LoraSpec(NamedTuple):
@@ -58,7 +64,7 @@ class LoadedPipeline:
     """A cached diffusers inpainting pipeline plus the LoRA stack this handle runs with."""
 
     pipe: Any
-    family: str  # "sd15" | "sdxl" | "flux-fill"
+    family: str  # "sd15" | "sdxl" | "flux-fill" | "flux-kontext"
     name: str
     fingerprint: str
     device: Any
@@ -69,7 +75,7 @@ class LoadedPipeline:
 
     @property
     def is_flux(self) -> bool:
-        return self.family == FLUX_FILL
+        return self.family in FLUX_FAMILIES
 
     @property
     def denoiser(self) -> Any:
@@ -106,7 +112,7 @@ def require_unet(handle: LoadedPipeline, what: str) -> None:
     if handle.family not in UNET_FAMILIES:
         raise InvalidInputError(
             f"{what} needs an SD1.5 or SDXL UNet pipeline, but {handle.name} is {handle.family} (a FLUX transformer); "
-            "for FLUX.1 Fill, inpainting and LoRAs work, LoRA training and engine export do not yet "
+            "for FLUX.1 Fill and Kontext, inpainting and LoRAs work, LoRA training and engine export do not yet "
             "(docs/flux.md).")
 
 
@@ -189,13 +195,9 @@ def _load_diffusers_folder(path: Path, torch_dtype) -> tuple[Any, str]:
     family = folder_family(class_name, path.name)
     import diffusers
 
+    pipeline_class = getattr(diffusers, PIPELINE_CLASSES[family])
     extra: dict[str, Any] = {}
-    if family == FLUX_FILL:
-        pipeline_class = diffusers.FluxFillPipeline
-    elif family == "sdxl":
-        pipeline_class = diffusers.StableDiffusionXLInpaintPipeline
-    else:
-        pipeline_class = diffusers.StableDiffusionInpaintPipeline
+    if family == "sd15":
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
         pipe = pipeline_class.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True, **extra)
@@ -210,8 +212,9 @@ def folder_family(class_name: str, name: str = "the folder") -> str:
         return FOLDER_FAMILIES[class_name]
     if class_name.startswith("Flux"):
         raise InvalidModelError(
-            f"{name} is a {class_name} folder; of the FLUX.1 family only FLUX.1 Fill (FluxFillPipeline, e.g. "
-            "black-forest-labs/FLUX.1-Fill-dev) inpaints here with the product kept exact.")
+            f"{name} is a {class_name} folder; of the FLUX.1 family FLUX.1 Fill (FluxFillPipeline, e.g. "
+            "black-forest-labs/FLUX.1-Fill-dev) and FLUX.1 Kontext (FluxKontextPipeline, e.g. "
+            "black-forest-labs/FLUX.1-Kontext-dev) inpaint here with the product kept exact.")
     return "sdxl" if "XL" in class_name else "sd15"
 
 

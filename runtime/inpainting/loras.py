@@ -7,7 +7,7 @@ exactly), or fused for speed. Both the kohya/ComfyUI and the diffusers/peft key 
 before loading, every LoRA key is checked against the base model so a LoRA for another base model
 fails with the list of keys that do not fit instead of loading half-way.
 
-FLUX.1 Fill pipelines take FLUX LoRAs the same way (diffusers' ``FluxLoraLoaderMixin`` converts the
+FLUX.1 Fill and Kontext pipelines take FLUX LoRAs the same way (diffusers' ``FluxLoraLoaderMixin`` converts the
 kohya/ComfyUI ``lora_unet_double_blocks_*`` layout, ai-toolkit and diffusers/peft ``transformer.*``
 keys); a FLUX.1 [dev] LoRA on Fill's wider ``x_embedder`` input is zero-padded by diffusers, so that
 one narrower input is accepted.

@@ -1,4 +1,4 @@
-"""FLUX.1 Fill inpainting on a tiny FluxFillPipeline saved as a diffusers folder and loaded through load_pipeline."""
+"""FLUX.1 Fill and Kontext inpainting on tiny pipelines saved as diffusers folders, loaded through load_pipeline."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from comfyui_backdrop.runtime.inpainting.loras import activated, add_lora
 from tests.fixtures.images import studio_product_photo
 
 FLUX = "diffusers/tiny-flux-fill"
+KONTEXT = "diffusers/tiny-flux-kontext"
+BOTH = pytest.mark.parametrize("model", [FLUX, KONTEXT])
 FAST = {"prompt": "a marble table, soft light", "steps": 2, "resolution": 128, "cfg": 30.0}
 
 
@@ -44,10 +46,19 @@ def test_a_flux_fill_folder_loads_as_its_own_family(flux_models):
     assert "384-channel transformer" in handle.describe()
 
 
-def test_product_pixels_exact_at_an_odd_size_in_a_batch_with_variations(flux_models, odd_photo):
+def test_a_kontext_folder_loads_as_the_kontext_inpaint_pipeline(flux_models):
+    from diffusers import FluxKontextInpaintPipeline
+
+    handle = load_pipeline(KONTEXT)  # saved as FluxKontextPipeline, like FLUX.1-Kontext-dev
+    assert handle.family == "flux-kontext" and isinstance(handle.pipe, FluxKontextInpaintPipeline)
+    assert handle.unet_in_channels == 64
+
+
+@BOTH
+def test_product_pixels_exact_at_an_odd_size_in_a_batch_with_variations(flux_models, odd_photo, model):
     image, mask = odd_photo
     flipped_image, flipped_mask = image[::-1].copy(), mask[::-1].copy()
-    result = run(load_pipeline(FLUX), [image, flipped_image], [mask, flipped_mask], variations=2,
+    result = run(load_pipeline(model), [image, flipped_image], [mask, flipped_mask], variations=2,
                  negative_prompt="ignored by FLUX")
     assert len(result.images) == 4
     for out, (img, m) in zip(result.images, [(image, mask)] * 2 + [(flipped_image, flipped_mask)] * 2,
@@ -57,10 +68,11 @@ def test_product_pixels_exact_at_an_odd_size_in_a_batch_with_variations(flux_mod
     assert not np.array_equal(result.images[0], result.images[1])  # variations differ
 
 
-def test_outpaint_rgba_with_seam_settings_keeps_the_product_exact(flux_models, odd_photo):
+@BOTH
+def test_outpaint_rgba_with_seam_settings_keeps_the_product_exact(flux_models, odd_photo, model):
     image, mask = odd_photo
     rgba = np.concatenate([image, np.where(mask >= 0.5, 1.0, 0.0).astype(np.float32)[..., None]], axis=2)
-    result = run(load_pipeline(FLUX), [rgba], [mask], outpaint="1:1", seam_feather=3, color_match=0.5)
+    result = run(load_pipeline(model), [rgba], [mask], outpaint="1:1", seam_feather=3, color_match=0.5)
     out, canvas_mask = result.images[0], result.product_masks[0]
     assert out.shape == (101, 101, 4)
     oy = (101 - 77) // 2
@@ -69,9 +81,10 @@ def test_outpaint_rgba_with_seam_settings_keeps_the_product_exact(flux_models, o
     assert np.isfinite(out).all() and out[:oy].std() > 0.01  # the new margin was generated
 
 
-def test_same_seed_same_output_and_batch_independence(flux_models, odd_photo):
+@BOTH
+def test_same_seed_same_output_and_batch_independence(flux_models, odd_photo, model):
     image, mask = odd_photo
-    handle = load_pipeline(FLUX)
+    handle = load_pipeline(model)
     alone = run(handle, [image], [mask], seed=9).images[0]
     again = run(handle, [image], [mask], seed=9).images[0]
     in_batch = run(handle, [image[::-1].copy(), image], [mask[::-1].copy(), mask], seed=9).images[1]
@@ -127,6 +140,17 @@ def test_a_lora_changes_the_output_and_strength_zero_does_not(flux_models, odd_p
     assert np.abs(with_lora - before).max() > 1e-3
     assert_product_exact(with_lora, image, mask)
     assert np.array_equal(at_zero, before) and np.array_equal(after, before)
+
+
+def test_a_kohya_lora_changes_kontext_and_strength_zero_does_not(flux_models, odd_photo):
+    image, mask = odd_photo
+    base = load_pipeline(KONTEXT)
+    before = run(base, [image], [mask], seed=3, cfg=2.5).images[0]
+    with_lora = run(add_lora(base, "flux_kohya.safetensors", 1.0), [image], [mask], seed=3, cfg=2.5).images[0]
+    at_zero = run(add_lora(base, "flux_kohya.safetensors", 0.0), [image], [mask], seed=3, cfg=2.5).images[0]
+    assert np.abs(with_lora - before).max() > 1e-3
+    assert_product_exact(with_lora, image, mask)
+    assert np.array_equal(at_zero, before)
 
 
 def test_kohya_and_comfyui_flux_loras_load_with_their_alpha(flux_models):
