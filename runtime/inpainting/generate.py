@@ -102,7 +102,8 @@ def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks:
             _set_scheduler(handle, pipe, settings.scheduler)
         for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
             def on_step(done: int, base: int = index * per_image) -> None:
-                report(progress, base + done, total)
+                # FLUX rounds strength * steps up where SD rounds down: never count past this image's share
+                report(progress, base + min(done, per_image), total)
 
             outputs, canvas_mask = _inpaint_one(handle, pipe, image, mask, settings, on_step)
             result.images.extend(outputs)

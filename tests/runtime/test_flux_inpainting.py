@@ -93,6 +93,19 @@ def test_same_seed_same_output_and_batch_independence(flux_models, odd_photo, mo
     assert not np.array_equal(alone, other)
 
 
+@BOTH
+def test_partial_strength_and_progress_count_up_to_the_total(flux_models, odd_photo, model):
+    image, mask = odd_photo
+    seen: list[tuple[int, int]] = []
+    result = inpaint_backgrounds(load_pipeline(model), [image, image], [mask, mask],
+                                 InpaintSettings(**{**FAST, "steps": 3, "strength": 0.5}),
+                                 progress=lambda d, t: seen.append((d, t)))
+    for out in result.images:
+        assert_product_exact(out, image, mask)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and seen[-1] == (2, 2) and all(t == 2 for _, t in seen)
+
+
 def test_flux_works_at_multiples_of_16_not_64():
     regenerate = np.ones((77, 101), bool)
     regenerate[20:50, 30:70] = False
