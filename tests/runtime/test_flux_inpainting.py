@@ -221,3 +221,19 @@ def test_a_lora_of_another_width_lists_the_keys(flux_models):
         assert torch.equal(transformer_output(base), transformer_output(base))  # the base still works
     finally:
         path.unlink()
+
+
+def test_an_sd_lora_on_flux_is_refused_before_it_loads(flux_models):
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(1)
+    key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    path = flux_models / "loras" / "sd_only.safetensors"
+    save_file({f"{key}.lora_A.weight": torch.randn(4, 32, generator=generator),
+               f"{key}.lora_B.weight": torch.randn(32, 4, generator=generator)}, str(path))
+    try:
+        base = load_pipeline(FLUX)
+        with pytest.raises(InvalidModelError, match=r"does not fit this base model.*\n  - unet\..*no such component"):
+            transformer_output(add_lora(base, "sd_only.safetensors", 1.0))
+    finally:
+        path.unlink()
