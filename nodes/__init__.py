@@ -1,8 +1,8 @@
 """Thin ComfyUI adapters (V1 registration). Each module contributes NODE_CLASS_MAPPINGS."""
 
-from . import backdrop, captioning, comfy_memory, engines, images, inpainting, masking, training, watermark
+from . import backdrop, captioning, comfy_memory, engines, finishing, images, inpainting, masking, training, watermark
 
-_MODULES = (images, masking, backdrop, captioning, inpainting, watermark, training, engines)
+_MODULES = (images, masking, backdrop, captioning, inpainting, finishing, watermark, training, engines)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

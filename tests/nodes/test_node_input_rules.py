@@ -14,6 +14,7 @@ import torch
 
 from comfyui_backdrop.nodes.backdrop import BackdropStudioBackdrop
 from comfyui_backdrop.nodes.captioning import BackdropCaption
+from comfyui_backdrop.nodes.finishing import BackdropRankCandidates, BackdropUpscale
 from comfyui_backdrop.nodes.inpainting import BackdropComposite, BackdropInpaint
 from comfyui_backdrop.nodes.masking import BackdropProductMask
 from comfyui_backdrop.nodes.tensors import INPUT_RULES
@@ -53,6 +54,8 @@ CALLS = {
     "BackdropInpaint": lambda i, m: BackdropInpaint().inpaint(None, i, m, "p", "n", 1, 0, 1, 1.0, "euler", 1.0),
     "BackdropCaption": lambda i, m: BackdropCaption().caption(i, "canvas_scene", "", 16, 1, False, 0.7, 0.9, 0,
                                                             product_mask=m),
+    "BackdropRankCandidates": lambda i, m: BackdropRankCandidates().rank(i, m, "Minimal Studio", 1),
+    "BackdropUpscale": lambda i, m: BackdropUpscale().upscale(i, i, m, "lanczos", 6),
 }
 IMAGE_ONLY = {
     "BackdropProductMask": lambda i: BackdropProductMask().mask(i, True, "main", 0, False, 0.0),
@@ -62,7 +65,8 @@ IMAGE_ONLY = {
 NODE_CLASSES = {"BackdropStudioBackdrop": BackdropStudioBackdrop, "BackdropWatermark": BackdropWatermark,
                 "BackdropComposite": BackdropComposite, "BackdropInpaint": BackdropInpaint,
                 "BackdropCaption": BackdropCaption, "BackdropProductMask": BackdropProductMask,
-                "BackdropVerify": BackdropVerify, "BackdropSave": BackdropSave}
+                "BackdropVerify": BackdropVerify, "BackdropSave": BackdropSave,
+                "BackdropRankCandidates": BackdropRankCandidates, "BackdropUpscale": BackdropUpscale}
 
 
 def _with_nan(tensor: torch.Tensor, index: int) -> torch.Tensor:
