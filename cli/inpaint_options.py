@@ -24,8 +24,9 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt", default=None, help="positive prompt (default: composed from captions + style)")
     group.add_argument("--negative", default=None, help="negative prompt (default: the style's)")
     group.add_argument("--steps", type=int, default=25)
-    group.add_argument("--cfg", type=float, default=7.0,
-                       help="guidance scale; for FLUX its distilled guidance (Fill about 30, Kontext about 2.5)")
+    group.add_argument("--cfg", type=float, default=None,
+                       help="guidance scale (default: the model's: 7 for SD1.5/SDXL; for FLUX its distilled "
+                            "guidance, 30 for FLUX.1 Fill and 2.5 for Kontext)")
     group.add_argument("--scheduler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER)
     group.add_argument("--strength", type=float, default=1.0)
     group.add_argument("--variations", type=int, default=1, help="backgrounds per input")

@@ -204,8 +204,11 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
             raise InvalidInputError("--candidates, --keep-best and --upscale work on the diffusion path: give "
                                     "--checkpoint (the studio backdrop is drawn at full size, one per photo)")
         return None
+    from ..runtime.inpainting.loader import default_cfg
+
     candidates, keep_best, upscale = _candidates_and_upscale(args)
-    settings = InpaintSettings(prompt="", seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,
+    cfg = default_cfg(args.checkpoint) if args.cfg is None else args.cfg
+    settings = InpaintSettings(prompt="", seed=args.seed, steps=args.steps, cfg=cfg, scheduler=args.scheduler,
                                strength=args.strength, variations=candidates or args.variations,
                                resolution=args.resolution,
                                outpaint=args.outpaint, seam_feather=args.seam_feather, color_match=args.color_match,

@@ -36,6 +36,8 @@ FOLDER_FAMILIES = {"StableDiffusionInpaintPipeline": "sd15", "StableDiffusionPip
                    "StableDiffusionXLInpaintPipeline": "sdxl", "StableDiffusionXLPipeline": "sdxl",
                    "FluxFillPipeline": FLUX_FILL, "FluxKontextPipeline": FLUX_KONTEXT,
                    "FluxKontextInpaintPipeline": FLUX_KONTEXT}
+# family -> the guidance scale its models are made for (FLUX's is distilled guidance, not CFG)
+FAMILY_CFG = {"sd15": 7.0, "sdxl": 7.0, FLUX_FILL: 30.0, FLUX_KONTEXT: 2.5}
 # family -> the diffusers class a folder of that family is loaded as
 PIPELINE_CLASSES = {"sd15": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline",
                     FLUX_FILL: "FluxFillPipeline", FLUX_KONTEXT: "FluxKontextInpaintPipeline"}
@@ -145,6 +147,19 @@ def split_model_name(model: str) -> tuple[str, str]:
         if model in locator.list(candidate):
             return candidate, model
     return "checkpoints", model  # resolve() then raises the missing-model error naming the folder
+
+
+def default_cfg(model: str) -> float:
+    """The guidance scale ``model``'s family is made for, read from its model_index.json (no weights are
+    loaded): 30 for FLUX.1 Fill, 2.5 for Kontext, 7 for SD1.5/SDXL and for anything not found here."""
+    try:
+        kind, name = split_model_name(model)
+        if kind == "diffusers":
+            path = get_locator().resolve(kind, name)
+            return FAMILY_CFG.get(folder_family(_index_class(path), name), FAMILY_CFG["sd15"])
+    except (MissingModelError, InvalidModelError):
+        pass  # load_pipeline reports it, with the folder it looked in
+    return FAMILY_CFG["sd15"]
 
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto",
