@@ -2,7 +2,8 @@
 
 * ``seam``: a contour running along the product edge, a little way out (the paste-back or the inpainting border).
   The colour gradient across the contour (Lab, ΔE per pixel, projected on the direction away from the product)
-  is averaged over each 1-pixel-wide ring from 2.5 px to SEAM_BAND units out; the strongest ring minus the same
+  is averaged over each 1-pixel-wide ring from just clear of the edge (1.5 px; 2.5 px when the picture was
+  reduced for analysis) to SEAM_BAND units out; the strongest ring minus the same
   average over a reference ring further out (REFERENCE_RING) is the score. Averaging along the whole contour
   keeps texture and props (gradients in every direction) from reading as a seam.
 * ``leakage``: product colour bleeding into the background beside the edge. Each pixel of the near ring is placed
@@ -10,9 +11,10 @@
   the product's inner pixels): how far along it sits (0 = pure background, 1 = product colour), counted when the
   pixel lies close to that line. The mean over the near ring minus the same over the reference ring.
 * ``cast``: the background's mean chroma (a*, b* of the pixels beyond CAST_FROM units) against the style's
-  palette: its distance in ΔE to the palette's chroma region (the convex hull of the palette colours and of those
-  colours at SHADE_CHROMA of their chroma, since light and shadow change chroma more than hue). Without a palette
-  the reference is given by the caller (``rank_candidates`` uses the candidates' median chroma).
+  palette: its distance in ΔE to the palette's chroma region: the convex hull of the wall and floor colours, at full
+  and at SHADE_CHROMA of their chroma (light and shadow change chroma more than hue), stretched ACCENT_REACH of the
+  way toward the accent (props cover a small part of a background, so the accent moves its mean only a little).
+  Without a palette the reference is given by the caller (``rank_candidates`` uses the candidates' median chroma).
 * ``clutter``: edges next to the product that are not seam-like: pixels whose colour gradient is strong (above
   CLUTTER_MIN_EDGE ΔE/px and above 1.5x the far background's 98th percentile, so texture sets the bar) and not
   pointing away from the product; their share of the near ring minus their share of the far background.
@@ -34,6 +36,7 @@ CLUTTER_RING = 5.0
 CLUTTER_FAR = 8.0
 CAST_FROM = 2.0
 SHADE_CHROMA = 0.6
+ACCENT_REACH = 0.25
 ALONG_CONTOUR = 0.9  # |cos| between an edge's gradient and the direction away from the product: seam-like above
 CLUTTER_MIN_EDGE = 2.0  # ΔE per pixel: weaker changes are never an object's edge
 CLUTTER_PERCENTILE = 98.0
@@ -56,7 +59,7 @@ def seam_visibility(gradients: tuple[np.ndarray, np.ndarray], regions: Regions) 
     if regions.empty:
         return 0.0
     across = _across_contour(gradients, regions)
-    band = (regions.outside > 2.5) & (regions.outside <= SEAM_BAND * regions.unit)
+    band = regions.beside_edge(SEAM_BAND)
     reference = _ring_or_rest(regions, *REFERENCE_RING)
     if band.sum() < MIN_PIXELS or reference.sum() < MIN_PIXELS:
         return 0.0
@@ -76,7 +79,7 @@ def colour_leakage(lab: np.ndarray, regions: Regions) -> float:
     if inner.sum() < MIN_PIXELS:
         inner = regions.product
     reference = _ring_or_rest(regions, *REFERENCE_RING)
-    near = (regions.outside > 1.5) & (regions.outside <= NEAR_RING * regions.unit)
+    near = regions.beside_edge(NEAR_RING)
     if near.sum() < MIN_PIXELS or reference.sum() < MIN_PIXELS:
         return 0.0
     product_colours = _centres(lab[inner])
@@ -95,11 +98,29 @@ def background_chroma(lab: np.ndarray, regions: Regions) -> np.ndarray:
 
 
 def palette_chroma(palette: Mapping[str, Sequence[float]] | Sequence[Sequence[float]]) -> np.ndarray:
-    """The palette's chroma region as (a*, b*) points: its colours and the same at SHADE_CHROMA of their chroma."""
-    colours = list(palette.values()) if isinstance(palette, Mapping) else list(palette)
+    """The palette's chroma region as (a*, b*) points (its convex hull is the region).
+
+    A style palette ({"wall", "floor", "accent"}): wall and floor at full and SHADE_CHROMA chroma, and a point
+    ACCENT_REACH of the way from their middle to the accent. A plain list of colours: each at full and
+    SHADE_CHROMA chroma.
+    """
+    accent = None
+    if isinstance(palette, Mapping):
+        colours = [palette[k] for k in palette if k != "accent"] or list(palette.values())
+        accent = palette.get("accent") if len(colours) < len(palette) else None
+    else:
+        colours = list(palette)
+    ab = _chroma_of(colours)
+    points = [ab, ab * SHADE_CHROMA]
+    if accent is not None:
+        middle = ab.mean(0)
+        points.append((middle + ACCENT_REACH * (_chroma_of([accent])[0] - middle))[None])
+    return np.concatenate(points)
+
+
+def _chroma_of(colours: Sequence[Sequence[float]]) -> np.ndarray:
     rgb = np.asarray(colours, np.float32).reshape(1, -1, 3)
-    ab = to_lab(np.clip(rgb, 0.0, 1.0))[0, :, 1:].astype(np.float64)
-    return np.concatenate([ab, ab * SHADE_CHROMA])
+    return to_lab(np.clip(rgb, 0.0, 1.0))[0, :, 1:].astype(np.float64)
 
 
 def cast_distance(chroma: np.ndarray, reference: np.ndarray) -> float:
@@ -122,7 +143,7 @@ def clutter(gradients: tuple[np.ndarray, np.ndarray], regions: Regions) -> float
     """Share of the ring beside the product holding strong non-seam edges, over the same share far out."""
     if regions.empty:
         return 0.0
-    near = (regions.outside > 2.5) & (regions.outside <= CLUTTER_RING * regions.unit)
+    near = regions.beside_edge(CLUTTER_RING)
     far = regions.outside > CLUTTER_FAR * regions.unit
     if near.sum() < MIN_PIXELS:
         return 0.0

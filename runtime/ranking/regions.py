@@ -28,6 +28,13 @@ class Regions:
     inside: np.ndarray  # float32 [h,w]: distance to the nearest background pixel (0 off the product)
     normal: tuple[np.ndarray, np.ndarray]  # unit vector pointing away from the product (x, y)
     unit: float
+    downscaled: bool = False  # analysed below full resolution: edge pixels mix product and background
+
+    @property
+    def clear_of_edge(self) -> float:
+        """Distance (px) beyond which a 3x3 gradient no longer sees the product edge: 1.5 at full resolution
+        (sqrt(2) is the farthest a 3x3 neighbour reaches), one pixel more when area-averaging mixed the edge."""
+        return 2.5 if self.downscaled else 1.5
 
     @property
     def empty(self) -> bool:
@@ -38,9 +45,9 @@ class Regions:
         """Background pixels with ``inner < distance <= outer`` units from the product."""
         return (self.outside > inner * self.unit) & (self.outside <= outer * self.unit)
 
-    def seam_band(self, outer: float) -> np.ndarray:
-        """Background pixels 2 px to ``outer`` units out: beside the edge, not on it."""
-        return (self.outside > 1.5) & (self.outside <= outer * self.unit)
+    def beside_edge(self, outer: float) -> np.ndarray:
+        """Background pixels from ``clear_of_edge`` to ``outer`` units out: beside the edge, not on it."""
+        return (self.outside > self.clear_of_edge) & (self.outside <= outer * self.unit)
 
 
 def analysis_size(height: int, width: int) -> tuple[int, int]:
@@ -65,16 +72,17 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 def product_regions(product_alpha: np.ndarray, size: tuple[int, int]) -> Regions:
     """The rings for ``product_alpha`` (1 = product) at the analysis ``size``."""
     alpha = product_alpha.astype(np.float32, copy=False)
-    if alpha.shape != size:
+    downscaled = alpha.shape != size
+    if downscaled:
         alpha = cv2.resize(alpha, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     product = hard_product(alpha)
     unit = max(MIN_UNIT, UNIT_FRACTION * float(np.sqrt(size[0] * size[1])))
     if not product.any() or product.all():
         zeros = np.zeros(size, np.float32)
-        return Regions(product, zeros, zeros, (zeros, zeros), unit)
+        return Regions(product, zeros, zeros, (zeros, zeros), unit, downscaled)
     outside = cv2.distanceTransform((~product).astype(np.uint8), cv2.DIST_L2, 5)
     inside = cv2.distanceTransform(product.astype(np.uint8), cv2.DIST_L2, 5)
     gx = cv2.Sobel(outside, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(outside, cv2.CV_32F, 0, 1, ksize=3)
     norm = np.maximum(np.hypot(gx, gy), 1e-6)
-    return Regions(product, outside, inside, (gx / norm, gy / norm), unit)
+    return Regions(product, outside, inside, (gx / norm, gy / norm), unit, downscaled)
