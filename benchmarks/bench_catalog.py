@@ -40,6 +40,7 @@ import cv2  # noqa: E402
 from comfyui_backdrop.cli.catalog.manifest import MANIFEST_FILENAME  # noqa: E402
 from comfyui_backdrop.runtime.engines.precision import cpu_info  # noqa: E402
 from tests.fixtures.images import studio_product_photo  # noqa: E402
+from tests.fixtures.processes import descendants_titled  # noqa: E402
 
 BACKDROP = str(Path(sys.executable).with_name("backdrop"))
 MODES = {"single": [], "workers1": ["--workers", "1"], "workers2": ["--workers", "2"]}
@@ -91,30 +92,6 @@ def wait_until(condition, timeout: float = 3600) -> None:
         time.sleep(0.2)
 
 
-def photo_workers(ancestor: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if "PhotoStage" in title and descends_from(int(entry.name), ancestor):
-                found.append(int(entry.name))
-    return found
-
-
-def descends_from(pid: int, ancestor: int) -> bool:
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            return False
-    return False
-
-
 def ledger_check(home: Path) -> dict:
     from comfyui_backdrop.runtime.provenance.keys import load_keys
     from comfyui_backdrop.runtime.provenance.ledger import LEDGER_FILENAME, Ledger
@@ -151,7 +128,7 @@ def killed_worker(photos: Path, work: Path, count: int) -> dict:
     out, home = work / "killed", work / "home-killed"
     run = start(photos, out, home, ["--workers", "2", "--watermark", "--no-c2pa"])
     wait_until(lambda: done_count(out) >= int(0.3 * count) or run.poll() is not None)
-    victims = photo_workers(run.pid)
+    victims = descendants_titled(run.pid, "PhotoStage")
     if victims:
         os.kill(victims[0], signal.SIGKILL)
     code, err = finish(run)

@@ -18,6 +18,7 @@ import pytest
 
 from comfyui_backdrop.cli.catalog.manifest import MANIFEST_FILENAME
 from tests.fixtures.images import studio_product_photo
+from tests.fixtures.processes import descendants_titled
 
 pytest.importorskip("ray", reason="catalog runs need ray[data]: pip install 'comfyui-backdrop[cluster]'")
 
@@ -64,33 +65,6 @@ def _wait_for(condition, what: str, timeout: float = RUN_TIMEOUT_S) -> None:
         time.sleep(0.2)
 
 
-def _ray_photo_workers(ancestor: int) -> list[int]:
-    """PIDs of this run's Ray actor processes running photo steps (descendants of ``ancestor``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "PhotoStage" in title and _descends_from(int(entry.name), ancestor):
-            found.append(int(entry.name))
-    return found
-
-
-def _descends_from(pid: int, ancestor: int) -> bool:
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return False
-
-
 def _outputs(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
 
@@ -133,7 +107,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_duplicated(tmp_path):
     photos, out = _photos(tmp_path / "in", 16), tmp_path / "out"
     run = _start([str(photos), "--out", str(out), "--workers", "2", "--watermark", "--no-c2pa"], tmp_path / "home")
     _wait_for(lambda: _done(out) >= 3 or run.poll() is not None, "3 photos done")
-    workers = _ray_photo_workers(run.pid)
+    workers = descendants_titled(run.pid, "PhotoStage")
     assert workers, "no Ray photo worker found"
     os.kill(workers[0], signal.SIGKILL)
     code, _, err = _finish(run)
