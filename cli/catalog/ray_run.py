@@ -49,7 +49,7 @@ def run_catalog(plan: RunPlan, options: CatalogOptions) -> RunSummary:
         raise InvalidInputError(RAY_MISSING) from exc
     secrets = _key_secrets(plan, options)  # before anything starts: a cluster run needs a shared ledger
     if options.address:
-        _check_reachable(options.address)
+        check_reachable(options.address)
     manifest = RunManifest(plan.out)
     summary = RunSummary()
     bar = catalog_progress(len(plan.inputs), disable=_quiet(plan))
@@ -159,7 +159,7 @@ def start_ray(options: CatalogOptions) -> bool:
     return True
 
 
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """A ``host:port`` address answers a TCP connection (ray.init would otherwise retry for minutes); ``auto`` and
     ``ray://`` client addresses are left to Ray."""
     import socket

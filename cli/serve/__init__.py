@@ -10,7 +10,8 @@
     params.py          a job's parameters: checked against the catalog and the tier, turned into `backdrop run`'s
     uploads.py         multipart bodies streamed into the data folder under a size cap; the image gate -> 413/415/422
     app.py             the FastAPI application: endpoints, authentication, limits
-    runner.py          who runs queued jobs: local worker processes (the seam for the Ray runner)
+    runner.py          who runs queued jobs: the JobRunner seam; local worker processes
+    ray_runner.py      ... or Ray actors (--ray-address): embedded or a cluster's
     worker.py          one worker process: claims jobs, runs the `backdrop run` pipeline, models kept loaded
     recovery.py        start-up and dead-worker recovery: nothing accepted is lost
     command.py         the command: checks, recovery, uvicorn
@@ -51,8 +52,14 @@ def add_serve_parser(subparsers) -> None:
                                                            "only; put a TLS proxy in front for anything else)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1,
-                       help="job worker processes, each keeping its models loaded (default 1; 0 queues jobs "
-                            "without running them)")
+                       help="job worker processes (Ray actors with --ray-address), each keeping its models loaded "
+                            "(default 1; 0 queues jobs without running them)")
+    serve.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="run jobs on Ray (needs the cluster extra): 'local' starts Ray on this machine, "
+                            "HOST:PORT joins a cluster started with `ray start --head` (needs --database "
+                            "postgresql://..., and the data folder mounted at the same path on every node)")
+    serve.add_argument("--ray-gpus-per-worker", type=float, default=0.0, metavar="G",
+                       help="GPUs each Ray worker reserves (default 0; e.g. 1 with --device cuda)")
     serve.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                        help=f"largest request body accepted, MiB (default {DEFAULT_MAX_UPLOAD_MB}); larger: 413")
     serve.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

@@ -33,12 +33,18 @@ def config_from_args(args: argparse.Namespace, run_defaults: dict) -> ServeConfi
         raise InvalidInputError(f"--max-upload-mb must be above 0 and at most 4096, got {args.max_upload_mb}")
     if args.max_pixels < 1:
         raise InvalidInputError(f"--max-pixels must be positive, got {args.max_pixels}")
-    return ServeConfig(data=DataFolder.at(args.data), database=args.database or os.environ.get(DATABASE_ENV),
-                       host=args.host, port=args.port, workers=args.workers,
-                       max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                       models_dir=Path(args.models_dir).resolve() if args.models_dir else None, device=args.device,
-                       sam=args.sam, captioner=args.captioner, tokenizer_dir=args.tokenizer_dir, dtype=args.dtype,
-                       access_log=not args.no_access_log, run_defaults=dict(run_defaults))
+    config = ServeConfig(
+        data=DataFolder.at(args.data), database=args.database or os.environ.get(DATABASE_ENV), host=args.host,
+        port=args.port, workers=args.workers, max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels, models_dir=Path(args.models_dir).resolve() if args.models_dir else None,
+        device=args.device, sam=args.sam, captioner=args.captioner, tokenizer_dir=args.tokenizer_dir, dtype=args.dtype,
+        access_log=not args.no_access_log, run_defaults=dict(run_defaults), ray_address=args.ray_address,
+        ray_gpus_per_worker=args.ray_gpus_per_worker)
+    if config.ray_address is not None or config.ray_gpus_per_worker:
+        from .ray_runner import check_cluster_config
+
+        check_cluster_config(config)
+    return config
 
 
 def _serve(config: ServeConfig) -> int:
@@ -65,7 +71,6 @@ def _recover_and_run(config: ServeConfig, store, tiers) -> int:
 
     from .app import ServerState, create_app
     from .recovery import clean_leftovers, recover_running
-    from .runner import LocalWorkers
     from .store import QUEUED
 
     data = config.data
@@ -75,16 +80,31 @@ def _recover_and_run(config: ServeConfig, store, tiers) -> int:
              data.root, config.database_label, ", ".join(tiers.names()), store.count_jobs(QUEUED), len(failed),
              f", {uploads} unfinished upload(s) and {orphans} uncommitted job folder(s) removed"
              if uploads or orphans else "")
-    runner = LocalWorkers(config, on_lost=lambda worker, why: recover_running(store, data, why, worker))
-    app = create_app(ServerState(config, store, tiers, runner))
-    print(f"backdrop serve: http://{_host(config.host)}:{config.port} (API docs at /docs), {config.workers} "
-          f"worker(s); create accounts with: backdrop accounts create NAME --data {data.root}", file=sys.stderr,
-          flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
-                                           access_log=config.access_log, server_header=False,
-                                           timeout_graceful_shutdown=int(config.shutdown_grace_s)))
-    server.run()
+    with _runner(config, on_lost=lambda worker, why: recover_running(store, data, why, worker)) as runner:
+        app = create_app(ServerState(config, store, tiers, runner))
+        where = f" on Ray ({config.ray_address})" if config.ray_address else ""
+        print(f"backdrop serve: http://{_host(config.host)}:{config.port} (API docs at /docs), {config.workers} "
+              f"worker(s){where}; create accounts with: backdrop accounts create NAME --data {data.root}",
+              file=sys.stderr, flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
+                                               access_log=config.access_log, server_header=False,
+                                               timeout_graceful_shutdown=int(config.shutdown_grace_s)))
+        server.run()
     return 0 if server.started else 2
+
+
+@contextlib.contextmanager
+def _runner(config: ServeConfig, on_lost):
+    """Local worker processes, or Ray actors on the Ray joined or started here (and left or shut down after)."""
+    if config.ray_address is None or not config.workers:
+        from .runner import LocalWorkers
+
+        yield LocalWorkers(config, on_lost)
+        return
+    from .ray_runner import RayWorkers, ray_session
+
+    with ray_session(config) as key_secrets:
+        yield RayWorkers(config, on_lost, key_secrets)
 
 
 def _host(host: str) -> str:

@@ -109,6 +109,8 @@ class ServeConfig:
     access_log: bool = True
     shutdown_grace_s: float = 10.0
     run_defaults: dict[str, Any] | None = None  # `backdrop run`'s parsed defaults: the base of every job's plan
+    ray_address: str | None = None  # run jobs on Ray: "local" (embedded) or a cluster's HOST:PORT; None: processes
+    ray_gpus_per_worker: float = 0.0
 
     @property
     def ledger_location(self) -> str | None:

@@ -2,9 +2,9 @@
 
 :class:`JobRunner` is the seam: ``start`` when the server starts, ``notify`` after each accepted job, ``status``
 for /healthz, ``stop`` at shutdown. :class:`LocalWorkers` runs ``--workers N`` processes on this machine, each a loop of
-``worker.execute_job`` keeping its models loaded. A Ray runner (the catalog-run issue's cluster) implements the
-same three methods: an actor pool whose actors hold a ``JobExecutor`` and claim jobs from the same store, so
-the API, the database, quotas and recovery stay as they are.
+``worker.work`` keeping its models loaded. ``ray_runner.RayWorkers`` (``--ray-address``) implements the same
+methods with Ray actors running the same loop and claiming jobs from the same store, so the API, the database,
+quotas and recovery stay as they are.
 
 Worker processes are started with ``spawn`` (no inherited sockets, locks or threads), run at a lower CPU priority
 than the API (nice 10: a busy worker does not slow submissions), ignore Ctrl-C (the server stops them), and die
@@ -36,7 +36,7 @@ class JobRunner(Protocol):
 
     def notify(self) -> None: ...
 
-    def status(self) -> dict[str, int]: ...
+    def status(self) -> dict[str, int | str]: ...
 
     def stop(self) -> None: ...
 
@@ -66,9 +66,9 @@ class LocalWorkers:
     def notify(self) -> None:
         self._wake.set()
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, int | str]:
         """Workers configured, and how many have loaded the pipeline since the server started."""
-        return {"workers": self.count, "workers_started": int(self._ready.value)}
+        return {"runner": "local", "workers": self.count, "workers_started": int(self._ready.value)}
 
     def _spawn(self, index: int) -> None:
         process = self._context.Process(target=worker_main, name=f"backdrop-worker-{index}", daemon=True,

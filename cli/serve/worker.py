@@ -11,8 +11,8 @@ has its ledger record), the rest are not run. Images are registered with the job
 worker's ``claim`` token fences every write, so a worker whose job was taken away (a restart failed it) changes
 nothing.
 
-``execute_job`` is all a runner needs: the local runner calls it in worker processes (``runner.LocalWorkers``);
-a Ray runner would call it inside its actors.
+``work`` is the loop every runner runs: ``worker_main`` in local worker processes (``runner.LocalWorkers``),
+``ray_runner.JobWorkerActor`` in Ray actors; each gives it its own way to stop and to wait for work.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ...runtime.errors import BackdropError
@@ -53,34 +54,52 @@ def worker_name(index: int, pid: int) -> str:
 
 def worker_main(config: ServeConfig, index: int, wake, stop, parent_pid: int, ready=None) -> None:
     """Entry point of a worker process (multiprocessing, spawn)."""
-    from ...runtime.models import models_dir_locator
-    from .database import open_store
-
     _die_with_parent(parent_pid)
-    if hasattr(os, "nice"):
-        os.nice(NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server stops us
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s backdrop.serve.worker: %(message)s")
     name = worker_name(index, os.getpid())
-    store = open_store(config.database, config.data.root)
-    executor = JobExecutor(config, store, name)
-    warm_up()
+    executor = start_worker(config, name)
     if ready is not None:
         with ready.get_lock():
             ready.value += 1
-    log.info("worker %s ready", name)
+
+    def idle(seconds: float) -> None:
+        wake.wait(seconds)
+        wake.clear()
+
     try:
-        with models_dir_locator(config.models_dir):
-            while not stop.is_set() and os.getppid() == parent_pid:
-                job = store.claim(name, time.time())
-                if job is None:
-                    wake.wait(IDLE_WAIT_S)
-                    wake.clear()
-                    continue
-                execute_job(job, executor)
+        work(executor, lambda: stop.is_set() or os.getppid() != parent_pid, idle)
     finally:
-        store.close()
+        executor.store.close()
+
+
+def start_worker(config: ServeConfig, name: str, provenance=None) -> JobExecutor:
+    """Set up this process as a job worker (lower priority, logging, the pipeline imported) and open its store.
+    ``provenance``: a ``ProvenanceService`` with its keys in memory (workers on other machines); None: the home's."""
+    from .database import open_store
+
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s backdrop.serve.worker: %(message)s")
+    executor = JobExecutor(config, open_store(config.database, config.data.root), name, provenance)
+    warm_up()
+    log.info("worker %s ready", name)
+    return executor
+
+
+def work(executor: JobExecutor, stopped: Callable[[], bool], idle: Callable[[float], None],
+         idle_s: float = IDLE_WAIT_S) -> None:
+    """Claim queued jobs and run them until ``stopped()``; with none queued, ``idle(idle_s)`` (it returns early
+    when the runner signals a new job)."""
+    from ...runtime.models import models_dir_locator
+
+    with models_dir_locator(executor.config.models_dir):
+        while not stopped():
+            job = executor.store.claim(executor.name, time.time())
+            if job is None:
+                idle(idle_s)
+                continue
+            execute_job(job, executor)
 
 
 def warm_up() -> None:
@@ -119,8 +138,8 @@ def execute_job(job: Job, executor: JobExecutor) -> str:
 class JobExecutor:
     """Runs jobs in this process: the CLI's parser and pipeline, and the models of the last plan."""
 
-    def __init__(self, config: ServeConfig, store: Store, name: str) -> None:
-        self.config, self.store, self.name = config, store, name
+    def __init__(self, config: ServeConfig, store: Store, name: str, provenance=None) -> None:
+        self.config, self.store, self.name, self.provenance = config, store, name, provenance
         self._models_key = None
         self._models = None
 
@@ -166,7 +185,9 @@ class JobExecutor:
         key = (plan.sam, plan.captioner, plan.device, str(plan.models_dir), plan.watermark is not None, inpaint)
         if key != self._models_key:
             self._models = self._models_key = None  # free the old set before loading the next
-            self._models = load_models(plan)
+            models = load_models(plan)
+            self._models = models if self.provenance is None else dataclasses.replace(models,
+                                                                                        provenance=self.provenance)
             self._models_key = key
         return self._models
 

@@ -93,8 +93,8 @@ class ServerProcess:
     """``backdrop serve`` in a child process on a free loopback port; its output goes to ``log_path``."""
 
     def __init__(self, data: Path, *, workers: int = 1, database: str | None = None, args: tuple[str, ...] = (),
-                 tmpdir: Path | None = None) -> None:
-        self.data, self.workers, self.database, self.args = data, workers, database, args
+                 tmpdir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.data, self.workers, self.database, self.args, self.extra_env = data, workers, database, args, env or {}
         self.tmpdir = tmpdir or data.parent / f"{data.name}-systmp"
         self.log_path = data.parent / f"{data.name}-server.log"
         self.process: subprocess.Popen | None = None
@@ -114,7 +114,7 @@ class ServerProcess:
         if self.database:
             argv += ["--database", self.database]
         env = {**os.environ, "TMPDIR": str(self.tmpdir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "OMP_NUM_THREADS": "1"}
+               "OMP_NUM_THREADS": "1", **self.extra_env}
         env.pop("BACKDROP_HOME", None)  # the server's home is its data folder
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

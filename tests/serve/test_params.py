@@ -89,11 +89,11 @@ def test_catalog_lists_the_models_folder(tmp_path):
 
 
 def test_workers_keep_models_loaded_while_jobs_need_the_same_ones(tmp_path, monkeypatch):
-    from comfyui_backdrop.cli import run
+    from comfyui_backdrop.cli import photo_steps
     from comfyui_backdrop.cli.serve.worker import JobExecutor
 
     loads = []
-    monkeypatch.setattr(run, "load_models", lambda plan: loads.append(plan) or object())
+    monkeypatch.setattr(photo_steps, "load_models", lambda plan: loads.append(plan) or object())
     settings = ServeConfig(data=DataFolder.at(tmp_path), run_defaults=vars(build_parser().parse_args(["run", "-"])))
     executor = JobExecutor(settings, store=None, name="w0")
     photo = tmp_path / "photo.png"
