@@ -44,6 +44,7 @@ CLUTTER_TEXTURE_FACTOR = 1.5
 MIN_PIXELS = 32
 KMEANS_K = 6
 KMEANS_SAMPLES = 4000
+KMEANS_ITERATIONS = 20
 MIN_COLOUR_GAP = 12.0  # ΔE between a background and a product colour for the pair to tell leakage apart
 
 
@@ -180,16 +181,29 @@ def _sample(pixels: np.ndarray) -> np.ndarray:
 
 
 def _centres(pixels: np.ndarray) -> np.ndarray:
-    """Up to KMEANS_K main colours of ``pixels`` (k-means, fixed seed and starts: deterministic)."""
-    data = np.ascontiguousarray(_sample(pixels), dtype=np.float32)
-    k = min(KMEANS_K, len(data))
-    if k <= 1:
-        return data[:1].astype(np.float64)
-    cv2.setRNGSeed(0)
-    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
-    _, labels, centres = cv2.kmeans(data, k, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
-    used = np.bincount(labels.ravel(), minlength=k) >= max(2, 0.02 * len(data))
-    return centres[used].astype(np.float64) if used.any() else centres.astype(np.float64)
+    """Up to KMEANS_K main colours of ``pixels``: k-means from farthest-point starts (deterministic, no global RNG);
+    clusters holding under 2 % of the pixels are dropped."""
+    data = _sample(pixels).astype(np.float64)
+    if len(data) <= 1:
+        return data[:1]
+    centres = [data.mean(0)]
+    for _ in range(min(KMEANS_K, len(data)) - 1):
+        gap = ((data[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
+        if gap.max() <= 1e-6:
+            break
+        centres.append(data[int(np.argmax(gap))])
+    centres = np.asarray(centres)
+    for _ in range(KMEANS_ITERATIONS):
+        labels = ((data[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        moved = np.asarray([data[labels == k].mean(0) if (labels == k).any() else centres[k]
+                            for k in range(len(centres))])
+        if np.abs(moved - centres).max() < 0.5:
+            centres = moved
+            break
+        centres = moved
+    counts = np.bincount(((data[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1), minlength=len(centres))
+    used = counts >= max(2, 0.02 * len(data))
+    return centres[used] if used.any() else centres
 
 
 def _product_share(pixels: np.ndarray, background: np.ndarray, product: np.ndarray) -> np.ndarray:
