@@ -10,8 +10,9 @@ from typing import Any
 from ..errors import InvalidModelError
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Load tensors safely: safetensors, or ``torch.load(weights_only=True)`` for .pth/.pt/.ckpt/.bin."""
+def read_weights_file(path: str | os.PathLike) -> Any:
+    """What a weights file holds, read safely: safetensors, or ``torch.load(weights_only=True)`` for
+    .pth/.pt/.ckpt/.bin (wrappers such as ``state_dict`` are kept; a file with pickled objects is refused)."""
     import torch
 
     path = Path(path)
@@ -19,14 +20,22 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return load_file(str(path), device="cpu")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise many different types
         if _refused_pickle(exc):
             raise InvalidModelError(pickle_refusal_message(path, exc)) from None
         reason = f"{type(exc).__name__}: {exc}"
         raise InvalidModelError(f"{path.name} could not be read as a weights file ({reason})") from exc
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a flat dictionary of tensors safely (see :func:`read_weights_file`; ``state_dict``/``model`` wrappers
+    are unwrapped)."""
+    import torch
+
+    path = Path(path)
+    state = read_weights_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

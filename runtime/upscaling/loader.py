@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidModelError
 from ..models import MODEL_CACHE, ModelLocator, file_fingerprint, get_locator
-from ..models.weights import _refused_pickle, pickle_refusal_message
+from ..models.weights import read_weights_file
 
 FOLDER = "upscale_models"
 CACHE_TAG = "upscaler"
@@ -105,20 +105,7 @@ def _load(path: Path, name: str, device: str) -> Upscaler:
 
 def _read_tensors(path: Path) -> dict[str, Any]:
     """The file's tensors (nested dicts kept for spandrel to unwrap): safetensors, else weights-only torch.load."""
-    import torch
-
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt files raise many different types
-        if _refused_pickle(exc):
-            raise InvalidModelError(pickle_refusal_message(path, exc)) from None
-        raise InvalidModelError(f"{path.name} could not be read as a weights file "
-                                f"({type(exc).__name__}: {exc})") from exc
+    state = read_weights_file(path)
     if not isinstance(state, dict) or not state:
         raise InvalidModelError(f"{path.name} does not hold a dictionary of tensors")
     return state
