@@ -69,7 +69,7 @@ def _outputs(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
 
 
-def test_workers_give_the_single_process_pixels_and_a_rerun_skips_everything(tmp_path):
+def test_workers_give_the_single_process_pixels_in_both_layouts_and_a_rerun_skips_everything(tmp_path):
     photos = _photos(tmp_path / "in", 6)
     code, _, err = _finish(_start([str(photos), "--out", str(tmp_path / "ray"), "--workers", "2"], tmp_path / "home"))
     assert code == 0, err
@@ -77,9 +77,13 @@ def test_workers_give_the_single_process_pixels_and_a_rerun_skips_everything(tmp
     assert code == 0, err
     assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "single") == [f"p{i:03d}_minimal-studio.png"
                                                                            for i in range(6)]
+    code, _, err = _finish(_start([str(photos), "--out", str(tmp_path / "split"), "--workers", "1", "--stages",
+                                   "split"], tmp_path / "home"))  # the GPU layout's three pools, here on CPUs
+    assert code == 0, err
     for name in _outputs(tmp_path / "ray"):
-        ray_px = cv2.imread(str(tmp_path / "ray" / name), cv2.IMREAD_UNCHANGED)
-        assert np.array_equal(ray_px, cv2.imread(str(tmp_path / "single" / name), cv2.IMREAD_UNCHANGED)), name
+        single = cv2.imread(str(tmp_path / "single" / name), cv2.IMREAD_UNCHANGED)
+        for layout in ("ray", "split"):
+            assert np.array_equal(cv2.imread(str(tmp_path / layout / name), cv2.IMREAD_UNCHANGED), single), name
     code, _, err = _finish(_start([str(photos), "--out", str(tmp_path / "ray"), "--workers", "2"], tmp_path / "home"))
     assert code == 0, err
     assert "6 photo(s) skipped: finished in an earlier run" in err and "0 file(s) written" in err
