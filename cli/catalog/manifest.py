@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...runtime.errors import InvalidInputError
 from ..photo_steps import OutputNames, planned_names
 from ..run_plan import RunPlan
 
 MANIFEST_FILENAME = ".backdrop-catalog.sqlite3"
+LOCK_FILENAME = ".backdrop-catalog.lock"
 CLAIMED, DONE, FAILED = "claimed", "done", "failed"
 _HASH_CHUNK = 1 << 20
 _SCHEMA = """
@@ -110,14 +112,22 @@ class RunManifest:
     def __init__(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / MANIFEST_FILENAME
-        self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=NORMAL")
-        self._con.executescript(_SCHEMA)
+        self._lock = _lock_folder(out)  # one catalog run at a time writes into a folder
+        try:
+            self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=NORMAL")
+            self._con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._lock.close()
+            raise InvalidInputError(f"the run manifest {self.path} cannot be used ({exc}); move it away to start "
+                                    "this catalog afresh (finished photos are then processed again, into new "
+                                    "names)") from None
         self._claimed: set[str] | None = None  # every name any job claimed (loaded on first claim)
 
     def close(self) -> None:
         self._con.close()
+        self._lock.close()
 
     def plan_work(self, plan: RunPlan, progress=None) -> CatalogWork:
         """Hash every input (cached by size and mtime), skip the finished photos, claim names for the others."""
@@ -194,6 +204,21 @@ class RunManifest:
 
     def _transaction(self):
         return _Transaction(self._con)
+
+
+def _lock_folder(out: Path):
+    """An exclusive lock on ``out``'s catalog lock file, held until closed; a second run into the same folder is
+    refused at once (two drivers would claim names from stale views of each other's claims)."""
+    import fcntl
+
+    handle = open(out / LOCK_FILENAME, "a+b")  # noqa: SIM115  (kept open: the lock lives as long as the file)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise InvalidInputError(f"another catalog run is writing into {out}: wait for it, or give another --out"
+                                ) from None
+    return handle
 
 
 class _Transaction:

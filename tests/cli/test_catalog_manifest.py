@@ -80,3 +80,27 @@ def test_idempotency_keys_are_one_a_picture(tmp_path, photos):
     assert job.idempotency_keys == (f"backdrop-run/{job.key}/0",)
     assert type(job).from_json(job.to_json()) == job
     manifest.close()
+
+
+def test_one_run_at_a_time_writes_into_a_folder(tmp_path, photos):
+    from comfyui_backdrop.runtime.errors import InvalidInputError
+
+    plan = _plan(tmp_path)
+    first = RunManifest(plan.out)
+    with pytest.raises(InvalidInputError, match="another catalog run is writing into"):
+        RunManifest(plan.out)
+    first.close()
+    RunManifest(plan.out).close()  # free again once the first run ended
+
+
+def test_a_damaged_manifest_is_a_clear_error_not_a_traceback(tmp_path, photos):
+    from comfyui_backdrop.runtime.errors import InvalidInputError
+
+    plan = _plan(tmp_path)
+    plan.out.mkdir()
+    (plan.out / MANIFEST_FILENAME).write_bytes(b"not a database at all, just bytes" * 100)
+    with pytest.raises(InvalidInputError, match="move it away to start this catalog afresh"):
+        RunManifest(plan.out)
+    RunManifest(tmp_path / "elsewhere").close()  # the lock of the failed open was released
+    (plan.out / MANIFEST_FILENAME).unlink()
+    RunManifest(plan.out).close()
