@@ -32,6 +32,7 @@ from .options import CatalogOptions
 ENV_PASSED_TO_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR")
 MAX_PHOTOS_PER_BLOCK = 8
 WINDOW = 10_000  # photos planned and streamed at a time
+MAX_ATTEMPTS = 4  # a task's attempts when its worker dies
 RAY_MISSING = "catalog runs need Ray: pip install 'comfyui-backdrop[cluster]' (ray[data])"
 
 
@@ -91,6 +92,12 @@ def _stream(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], ma
         summary.interrupted = True
         summary.not_started += [job.source for job in pending.values()]
         return False
+    for job in pending.values():  # their task failed on every attempt: Ray Data skipped it and went on
+        error = (f"not delivered: the Ray worker processing it died (or failed) on all {MAX_ATTEMPTS} attempts, e.g. "
+                 "out of memory; Ray's logs say why (/tmp/ray/session_latest/logs); a rerun tries it again")
+        manifest.finish(job.key, [], error)
+        summary.outcomes.append(PhotoOutcome(job.source, error=error))
+        bar.update(failed=True)
     return True
 
 
@@ -111,7 +118,10 @@ def _pipeline(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], 
     # the cores each worker's libraries (OpenCV, torch) may use: this machine's (embedded) or the cluster's, shared
     cpus = (os.cpu_count() or 1) if not options.address else int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, cpus // options.workers)
-    common = {"batch_size": per_block, "batch_format": "numpy", "zero_copy_batch": True}
+    # a worker that dies is restarted and its task retried, MAX_ATTEMPTS times in all: a photo that kills its worker
+    # every time (out of memory...) ends as failed instead of looping forever
+    common = {"batch_size": per_block, "batch_format": "numpy", "zero_copy_batch": True,
+              "max_task_retries": MAX_ATTEMPTS - 1}
     pool = ray.data.ActorPoolStrategy(size=options.workers)
     if stages == "fused":
         return dataset.map_batches(bound_stage(plan, STEPS, threads, secrets), compute=pool, num_cpus=1, **common)
@@ -155,7 +165,7 @@ def start_ray(options: CatalogOptions) -> bool:
             raise
         if options.dashboard:
             print(f"Ray dashboard (while the run lasts): http://{context.dashboard_url}", file=sys.stderr)
-    _quiet_ray_data()
+    _configure_ray_data()
     return True
 
 
@@ -180,13 +190,15 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
-def _quiet_ray_data() -> None:
-    """One progress bar (ours): Ray Data's own bars and per-operator log lines off."""
+def _configure_ray_data() -> None:
+    """One progress bar (ours): Ray Data's own bars and per-operator log lines off. A task that fails on every
+    attempt (its worker killed each time, say out of memory) costs only its photos, not the run."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.max_errored_blocks = -1
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -235,3 +235,34 @@ def test_a_catalog_larger_than_a_window_streams_window_by_window(tmp_path, monke
     summary = ray_run.run_catalog(plan, CatalogOptions(workers=1))
     assert len(summary.already_done) == 2 and len(summary.written) == 3 and not summary.failed
     assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(5)]
+
+
+def test_a_photo_whose_worker_dies_on_every_attempt_fails_and_the_run_ends(tmp_path):
+    """Like a photo that runs its worker out of memory each time: bounded attempts, then FAILED and exit 1 (no
+    endless restarts); a rerun tries it again and delivers it."""
+    import threading
+
+    photos, out = _photos(tmp_path / "in", 1, side=2048), tmp_path / "out"  # seconds of work: killed mid-task
+    run = _start([str(photos), "--out", str(out), "--workers", "1"], tmp_path / "home")
+    kills, first_seen = [], {}
+
+    def killer() -> None:
+        while run.poll() is None:
+            for pid in descendants_titled(run.pid, "PhotoStage"):
+                try:
+                    busy = b"__init__" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if busy and time.monotonic() - first_seen.setdefault(pid, time.monotonic()) > 0.3:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    code, _, err = _finish(run)
+    thread.join(10)
+    assert code == 1 and "died (or failed) on all 4 attempts" in err and "1 input(s) failed" in err, err
+    assert 1 <= len(kills) <= 4 and _outputs(out) == []
+    code, _, err = _finish(_start([str(photos), "--out", str(out), "--workers", "1"], tmp_path / "home"))
+    assert code == 0 and _outputs(out) == ["p000_minimal-studio.png"], err
