@@ -127,7 +127,7 @@ def run_workflow_catalog(plan: WorkflowPlan, options: CatalogOptions, models_dir
                          ) -> tuple[list[JobReport], bool, int]:
     """Run the plan's jobs on Ray: (reports in the order they finished, interrupted, runs skipped as done)."""
     from ..progress_bars import catalog_progress
-    from .ray_run import start_ray, stop_ray
+    from .ray_run import MAX_ATTEMPTS, start_ray, stop_ray
 
     manifest = RunManifest(plan.output_dir)
     reports: list[JobReport] = []
@@ -153,6 +153,10 @@ def run_workflow_catalog(plan: WorkflowPlan, options: CatalogOptions, models_dir
             bar.close()
             if started:
                 stop_ray()
+        for item in pending.values():  # failed on every attempt (its worker died each time): skipped by Ray Data
+            error = f"not run: the Ray worker running it died (or failed) on all {MAX_ATTEMPTS} attempts"
+            manifest.finish(item.key, [], error)
+            reports.append(JobReport(item.job.label, status="failed", errors=[error]))
         return reports, False, len(done)
     finally:
         manifest.close()
@@ -161,6 +165,8 @@ def run_workflow_catalog(plan: WorkflowPlan, options: CatalogOptions, models_dir
 def _dataset(todo: Sequence[WorkflowJob], options: CatalogOptions, models_dir: str | os.PathLike | None,
              output_dir: Path):
     import ray
+
+    from .ray_run import MAX_ATTEMPTS
 
     if not todo:
         raise InvalidInputError("nothing to run")
@@ -172,4 +178,5 @@ def _dataset(todo: Sequence[WorkflowJob], options: CatalogOptions, models_dir: s
 
     pool = ray.data.ActorPoolStrategy(size=options.workers)
     return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        BoundWorkflowStage, batch_size=1, batch_format="numpy", compute=pool, num_cpus=1)
+        BoundWorkflowStage, batch_size=1, batch_format="numpy", compute=pool, num_cpus=1,
+        max_task_retries=MAX_ATTEMPTS - 1)
