@@ -136,22 +136,15 @@ def _assert_one_record_each(home: Path, count: int) -> None:
 def test_a_cluster_run_records_into_postgresql_with_keys_held_in_memory(tmp_path, postgres_url):
     """`ray start --head` as another machine would (its own, empty provenance home), then `--ray-address`: the workers
     sign with the driver's keys, received in memory, into the PostgreSQL ledger, and write no key anywhere."""
-    from tests.fixtures.postgres import free_port
+    from tests.fixtures.ray_cluster import ray_head
 
     photos, out, node_home = _photos(tmp_path / "in", 4), tmp_path / "out", tmp_path / "node-home"
     node_home.mkdir()
-    port, ray_bin = free_port(), str(Path(sys.executable).with_name("ray"))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # as on a real cluster
-    node_env = {**os.environ, "BACKDROP_HOME": str(node_home), **auth}
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--node-ip-address=127.0.0.1",
-                    "--disable-usage-stats"], env=node_env, check=True, capture_output=True, timeout=120)
-    try:
-        run = _start([str(photos), "--out", str(out), "--workers", "2", "--ray-address", f"127.0.0.1:{port}",
+    with ray_head({**os.environ, "BACKDROP_HOME": str(node_home), **auth}) as address:
+        run = _start([str(photos), "--out", str(out), "--workers", "2", "--ray-address", address,
                       "--watermark", "--no-c2pa", "--ledger", postgres_url], tmp_path / "home", **auth)
         code, _, err = _finish(run)
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=node_env, capture_output=True, timeout=120)
     assert code == 0, err
     assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(4)]
     assert list(node_home.iterdir()) == []  # the node never created or wrote keys

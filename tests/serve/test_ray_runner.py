@@ -7,7 +7,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.fixtures.processes import descendants_titled
+from tests.fixtures.ray_cluster import ray_head
 from tests.serve.server_process import (
     ServerProcess,
     backdrop_command,
@@ -107,24 +107,18 @@ def test_a_ray_cluster_runs_jobs_with_keys_held_in_memory(tmp_path, postgres_url
     node_home.mkdir()
     write_tiers(data)
     key = create_account(data, "alice", "test", database=postgres_url)["api_key"]
-    port, ray_bin = free_port(), str(Path(sys.executable).with_name("ray"))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_TMPDIR": ray_tmp}
-    node_env = {**os.environ, "BACKDROP_HOME": str(node_home), **auth}
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    "--node-ip-address=127.0.0.1", "--disable-usage-stats"], env=node_env, check=True,
-                   capture_output=True, timeout=120)
-    server = ServerProcess(data, workers=1, database=postgres_url, args=("--ray-address", f"127.0.0.1:{port}"),
-                           env=auth)
-    try:
-        server.start()
-        with server.client(key) as client:
-            ids = [submit(client, png_bytes(), seed=str(seed)) for seed in range(2)]
-            for job_id in ids:
-                _assert_delivered_and_verified(client, wait_for(client, job_id), 1)
-        assert httpx.get(f"{server.url}/healthz").json()["runner"] == "ray"
-    finally:
-        server.stop()
-        subprocess.run([ray_bin, "stop", "--force"], env=node_env, capture_output=True, timeout=120)
+    with ray_head({**os.environ, "BACKDROP_HOME": str(node_home), **auth}, num_cpus=1) as address:
+        server = ServerProcess(data, workers=1, database=postgres_url, args=("--ray-address", address), env=auth)
+        try:
+            server.start()
+            with server.client(key) as client:
+                ids = [submit(client, png_bytes(), seed=str(seed)) for seed in range(2)]
+                for job_id in ids:
+                    _assert_delivered_and_verified(client, wait_for(client, job_id), 1)
+            assert httpx.get(f"{server.url}/healthz").json()["runner"] == "ray"
+        finally:
+            server.stop()
     assert list(node_home.iterdir()) == [], "the node created or wrote keys"
     assert not (data / "ledger.sqlite3").exists() and not (data / "server.sqlite3").exists()
     from comfyui_backdrop.runtime.provenance.keys import load_keys
