@@ -156,8 +156,9 @@ def start_ray(options: CatalogOptions) -> bool:
     else:
         cpus = options.workers if options.stages != "split" else max(options.workers, os.cpu_count() or 1)
         try:
-            context = ray.init(num_cpus=cpus, include_dashboard=options.dashboard, runtime_env=runtime_env,
-                               dashboard_host="127.0.0.1", **quiet)
+            # address="local": always a new cluster of our own, never one that `ray start` left on this machine
+            context = ray.init(address="local", num_cpus=cpus, include_dashboard=options.dashboard,
+                               runtime_env=runtime_env, dashboard_host="127.0.0.1", **quiet)
         except Exception as exc:  # Ray raises a bare Exception when the dashboard's packages are missing
             if options.dashboard and "dashboard" in str(exc):
                 raise InvalidInputError("--ray-dashboard needs Ray's dashboard packages: pip install "
