@@ -29,7 +29,6 @@ from ..run_summary import PhotoOutcome, RunSummary
 from .manifest import PhotoJob, RunManifest
 from .options import CatalogOptions
 
-ENV_PASSED_TO_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR")
 MAX_PHOTOS_PER_BLOCK = 8
 WINDOW = 10_000  # photos planned and streamed at a time
 MAX_ATTEMPTS = 4  # a task's attempts when its worker dies
@@ -42,7 +41,7 @@ def run_catalog(plan: RunPlan, options: CatalogOptions) -> RunSummary:
     The photos are planned (hashed, claimed) and streamed a window of :data:`WINDOW` at a time, so the driver's
     memory stays bounded whatever the catalog's size; Ray stays up across windows.
     """
-    from ..progress_bars import catalog_progress
+    from ..progress_bars import CatalogProgress
 
     try:
         import ray  # noqa: F401  (checked before any work: the message says how to install it)
@@ -50,10 +49,12 @@ def run_catalog(plan: RunPlan, options: CatalogOptions) -> RunSummary:
         raise InvalidInputError(RAY_MISSING) from exc
     secrets = _key_secrets(plan, options)  # before anything starts: a cluster run needs a shared ledger
     if options.address:
+        from ..ray_start import check_reachable
+
         check_reachable(options.address)
     manifest = RunManifest(plan.out)
     summary = RunSummary()
-    bar = catalog_progress(len(plan.inputs), disable=_quiet(plan))
+    bar = CatalogProgress(len(plan.inputs), disable=_quiet(plan))
     ray_started: bool | None = None  # None: not needed yet
     try:
         for first in range(0, len(plan.inputs), WINDOW):
@@ -140,49 +141,16 @@ def start_ray(options: CatalogOptions) -> bool:
     """Join ``--ray-address`` or start Ray embedded with ``--workers`` CPUs; True when this process started it."""
     import ray
 
-    # paths of this machine: an embedded cluster's workers share them; a joined cluster's nodes have their own
-    passed = ENV_PASSED_TO_WORKERS if not options.address else ("BACKDROP_MODELS_DIR",)
-    env = {name: os.environ[name] for name in passed if name in os.environ}
-    runtime_env = {"env_vars": env} if env else None
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    from ..ray_start import init_ray
+
     if ray.is_initialized():
         return False
-    if options.address:
-        try:
-            ray.init(address=options.address, runtime_env=runtime_env, **quiet)
-        except (ConnectionError, ValueError) as exc:  # no cluster there, or a malformed address
-            raise InvalidInputError(f"cannot join the Ray cluster at --ray-address {options.address}: {exc} (start "
-                                    "one with `ray start --head` on the head machine)") from None
-    else:
-        cpus = options.workers if options.stages != "split" else max(options.workers, os.cpu_count() or 1)
-        try:
-            # address="local": always a new cluster of our own, never one that `ray start` left on this machine
-            context = ray.init(address="local", num_cpus=cpus, include_dashboard=options.dashboard,
-                               runtime_env=runtime_env, dashboard_host="127.0.0.1", **quiet)
-        except Exception as exc:  # Ray raises a bare Exception when the dashboard's packages are missing
-            if options.dashboard and "dashboard" in str(exc):
-                raise InvalidInputError("--ray-dashboard needs Ray's dashboard packages: pip install "
-                                        "'comfyui-backdrop[cluster]' (ray[default])") from None
-            raise
-        if options.dashboard:
-            print(f"Ray dashboard (while the run lasts): http://{context.dashboard_url}", file=sys.stderr)
+    cpus = options.workers if options.stages != "split" else max(options.workers, os.cpu_count() or 1)
+    context = init_ray(options.address, num_cpus=cpus, dashboard=options.dashboard)
+    if options.dashboard:
+        print(f"Ray dashboard (while the run lasts): http://{context.dashboard_url}", file=sys.stderr)
     _configure_ray_data()
     return True
-
-
-def check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """A ``host:port`` address answers a TCP connection (ray.init would otherwise retry for minutes); ``auto`` and
-    ``ray://`` client addresses are left to Ray."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if address == "auto" or "://" in address or not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot join the Ray cluster at --ray-address {address}: {exc.strerror or exc} "
-                                "(start one with `ray start --head` on the head machine)") from None
 
 
 def stop_ray() -> None:

@@ -42,7 +42,6 @@ LOCAL = "local"  # --ray-address local: Ray embedded in the server, on this mach
 POLL_S = 0.5  # an idle actor looks for queued jobs this often (a wake call comes sooner)
 WORK = "work"  # the actor's concurrency group of ready() and serve(): one thread, so jobs run in the thread
 #               that was set up (its lowered priority: Linux keeps the nice value per thread)
-ENV_FOR_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR")  # this machine's paths: embedded Ray's actors share them
 
 
 def joins_cluster(address: str | None) -> bool:
@@ -67,7 +66,7 @@ def ray_session(config: ServeConfig) -> Iterator[dict[str, bytes] | None]:
     """Join the cluster at ``config.ray_address`` (a dead address is an error within seconds) or start Ray here;
     yields the provenance keys for actors on other machines (None for embedded Ray: they read the data folder).
     On exit the server disconnects: a joined cluster keeps running, embedded Ray is shut down."""
-    from ..catalog.ray_run import check_reachable
+    from ..ray_start import check_reachable, init_ray
 
     require("ray", "cluster", f"backdrop serve --ray-address {config.ray_address}")
     import ray
@@ -79,18 +78,8 @@ def ray_session(config: ServeConfig) -> Iterator[dict[str, bytes] | None]:
 
         check_reachable(address)
         secrets = load_keys(config.data.root, create=False).secrets()
-    passed = ENV_FOR_WORKERS if not joined else ("BACKDROP_MODELS_DIR",)
-    env = {name: os.environ[name] for name in passed if name in os.environ}
-    common: dict[str, Any] = {"runtime_env": {"env_vars": env} if env else None, "logging_level": logging.ERROR,
-                              "log_to_driver": True}  # the actors' log lines join the server's
-    try:
-        if joined:
-            ray.init(address=address, **common)
-        else:
-            ray.init(address=LOCAL, num_cpus=max(1, config.workers), include_dashboard=False, **common)
-    except (ConnectionError, ValueError) as exc:  # no cluster there, or a malformed address
-        raise InvalidInputError(f"cannot join the Ray cluster at --ray-address {address}: {exc} (start one with "
-                                "`ray start --head` on the head machine)") from None
+    # the actors' log lines join the server's
+    init_ray(address if joined else None, num_cpus=max(1, config.workers), log_to_driver=True)
     try:
         needed = config.ray_gpus_per_worker
         gpus = ray.cluster_resources().get("GPU", 0)
