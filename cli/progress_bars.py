@@ -49,8 +49,3 @@ class CatalogProgress:
 
     def _postfix(self) -> dict[str, int]:
         return {name: n for name, n in (("failed", self.failed), ("skipped", self.skipped)) if n}
-
-
-def catalog_progress(total: int, disable: bool = False) -> CatalogProgress:
-    """The catalog run's bar (see :class:`CatalogProgress`)."""
-    return CatalogProgress(total, disable=disable)

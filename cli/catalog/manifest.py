@@ -14,6 +14,7 @@ writes it. Running the same command again reads it and skips every photo that fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -198,12 +199,21 @@ class RunManifest:
         row = self._con.execute("SELECT status FROM photos WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
-    def written(self, key: str) -> list[Path]:
-        row = self._con.execute("SELECT written FROM photos WHERE key = ?", (key,)).fetchone()
-        return [] if row is None else [Path(p) for p in json.loads(row[0])]
-
     def _transaction(self):
         return _Transaction(self._con)
+
+
+def finished_count(out: Path) -> int:
+    """How many photos of the catalog in ``out`` have finished, read without the run's lock (to watch a run from
+    another process); 0 when no run has written its manifest yet."""
+    path = out / MANIFEST_FILENAME
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as con:
+            return con.execute("SELECT count(*) FROM photos WHERE status = ?", (DONE,)).fetchone()[0]
+    except sqlite3.OperationalError:  # created, its tables not yet
+        return 0
 
 
 def _lock_folder(out: Path):

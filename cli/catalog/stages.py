@@ -59,13 +59,15 @@ class PhotoStage:
                 states[i], errors[i] = None, str(exc) or type(exc).__name__
             if files:
                 written[i] = json.dumps([str(p) for p in files])
-        return {**batch, "state": _objects(states), "error": np.asarray(errors, dtype=object),
+        return {**batch, "state": object_column(states), "error": np.asarray(errors, dtype=object),
                 "written": np.asarray(written, dtype=object)}
 
     def _run(self, job: PhotoJob, state: Any, files: list[Path]) -> Any:
+        earlier: frozenset[Path] | None = None  # what an earlier attempt delivered: looked up once per attempt
         for step in self.steps:
             if step == "prepare":
-                if earlier_delivery(job, self.plan, self.models).complete:
+                earlier = earlier_delivery(job, self.plan, self.models)
+                if earlier == set(job.names.all):
                     state = "delivered"  # an earlier attempt wrote everything: nothing to compute
                 else:
                     state = prepare_photo(job.source, self.plan, self.models)
@@ -75,9 +77,10 @@ class PhotoStage:
             elif step == "generate":
                 state = generate_backgrounds(state, self.plan, self.models)
             else:
-                delivered = earlier_delivery(job, self.plan, self.models)
+                if earlier is None:  # a deliver-only actor (split layout)
+                    earlier = earlier_delivery(job, self.plan, self.models)
                 deliver_photo(state, self.plan, self.models, job.names, files, rename=False,
-                              idempotency_keys=job.idempotency_keys, delivered=delivered.files)
+                              idempotency_keys=job.idempotency_keys, delivered=earlier)
                 state = None
         return state
 
@@ -95,14 +98,7 @@ def bound_stage(plan: RunPlan, steps: Sequence[str], threads: int = 0,
     return BoundPhotoStage
 
 
-class EarlierDelivery:
-    """What an earlier attempt of a photo left at its claimed names."""
-
-    def __init__(self, files: frozenset[Path], complete: bool) -> None:
-        self.files, self.complete = files, complete
-
-
-def earlier_delivery(job: PhotoJob, plan: RunPlan, models: RunModels) -> EarlierDelivery:
+def earlier_delivery(job: PhotoJob, plan: RunPlan, models: RunModels) -> frozenset[Path]:
     """The files of ``job`` already delivered (files appear atomically, so one that exists is whole).
 
     With ``--watermark`` a picture counts only when the ledger holds its record (under the picture's idempotency
@@ -116,8 +112,7 @@ def earlier_delivery(job: PhotoJob, plan: RunPlan, models: RunModels) -> Earlier
             if name in present and ledger.find_idempotent(key) is None:
                 name.unlink()  # ours: the name was claimed for this photo before any attempt ran
                 present.discard(name)
-    files = frozenset(present)
-    return EarlierDelivery(files, complete=files == set(job.names.all))
+    return frozenset(present)
 
 
 def _ledger(plan: RunPlan, models: RunModels):
@@ -151,7 +146,8 @@ def _limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _objects(values: list) -> np.ndarray:
+def object_column(values: list) -> np.ndarray:
+    """A Ray Data column of Python objects (numpy would try to stack arrays or strings into one array)."""
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out

@@ -25,6 +25,7 @@ from ...runtime.errors import InvalidInputError
 from ..workflow import Job, JobReport, WorkflowPlan, report_runs, run_job
 from .manifest import DONE, RunManifest
 from .options import CatalogOptions
+from .stages import object_column
 
 STAGING = ".backdrop-staging"
 
@@ -88,9 +89,7 @@ class WorkflowStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reports = [json.dumps(vars(self._run(WorkflowJob.from_json(text)))) for text in batch["job"]]
-        out = np.empty(len(reports), dtype=object)
-        out[:] = reports
-        return {"key": batch["key"], "job": batch["job"], "report": out}
+        return {"key": batch["key"], "job": batch["job"], "report": object_column(reports)}
 
     def _run(self, item: WorkflowJob) -> JobReport:
         if item.folder.is_dir():  # published by an earlier attempt: done
@@ -126,7 +125,7 @@ def run_workflow_catalog_command(args) -> int:
 def run_workflow_catalog(plan: WorkflowPlan, options: CatalogOptions, models_dir: str | os.PathLike | None,
                          ) -> tuple[list[JobReport], bool, int]:
     """Run the plan's jobs on Ray: (reports in the order they finished, interrupted, runs skipped as done)."""
-    from ..progress_bars import catalog_progress
+    from ..progress_bars import CatalogProgress
     from .ray_run import MAX_ATTEMPTS, start_ray, stop_ray
 
     manifest = RunManifest(plan.output_dir)
@@ -137,7 +136,7 @@ def run_workflow_catalog(plan: WorkflowPlan, options: CatalogOptions, models_dir
             return reports, False, len(done)
         started = start_ray(options)
         pending = {item.key: item for item in todo}
-        bar = catalog_progress(len(todo), disable=plan.quiet)
+        bar = CatalogProgress(len(todo), disable=plan.quiet)
         try:
             for row in _dataset(todo, options, models_dir, plan.output_dir).iter_rows():
                 report = JobReport(**json.loads(row["report"]))
@@ -168,8 +167,6 @@ def _dataset(todo: Sequence[WorkflowJob], options: CatalogOptions, models_dir: s
 
     from .ray_run import MAX_ATTEMPTS
 
-    if not todo:
-        raise InvalidInputError("nothing to run")
     rows = [{"key": item.key, "job": item.to_json()} for item in todo]
 
     class BoundWorkflowStage(WorkflowStage):  # settings bound in the class: no constructor arguments to ship
