@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script: the shared test helpers (tests
 
 import cv2  # noqa: E402
 
-from comfyui_backdrop.cli.catalog.manifest import MANIFEST_FILENAME  # noqa: E402
+from comfyui_backdrop.cli.catalog.manifest import finished_count  # noqa: E402
 from comfyui_backdrop.runtime.engines.precision import cpu_info  # noqa: E402
 from tests.fixtures.images import studio_product_photo  # noqa: E402
 from tests.fixtures.processes import descendants_titled  # noqa: E402
@@ -73,17 +72,6 @@ def steady_rate(out: Path) -> float:
     """Photos a second between the first and the last output file written."""
     times = sorted(p.stat().st_mtime for p in outputs(out))
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
-
-
-def done_count(out: Path) -> int:
-    path = out / MANIFEST_FILENAME
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
-            return con.execute("SELECT count(*) FROM photos WHERE status = 'done'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def wait_until(condition, timeout: float = 3600) -> None:
@@ -127,7 +115,7 @@ def throughput(photos: Path, work: Path, rounds: int) -> dict:
 def killed_worker(photos: Path, work: Path, count: int) -> dict:
     out, home = work / "killed", work / "home-killed"
     run = start(photos, out, home, ["--workers", "2", "--watermark", "--no-c2pa"])
-    wait_until(lambda: done_count(out) >= int(0.3 * count) or run.poll() is not None)
+    wait_until(lambda: finished_count(out) >= int(0.3 * count) or run.poll() is not None)
     victims = descendants_titled(run.pid, "PhotoStage")
     if victims:
         os.kill(victims[0], signal.SIGKILL)
@@ -142,10 +130,10 @@ def interrupted_run(photos: Path, work: Path, count: int) -> dict:
     out, home = work / "interrupted", work / "home-interrupted"
     extra = ["--workers", "2", "--watermark", "--no-c2pa"]
     first = start(photos, out, home, extra)
-    wait_until(lambda: done_count(out) >= count // 2 or first.poll() is not None)
+    wait_until(lambda: finished_count(out) >= count // 2 or first.poll() is not None)
     first.send_signal(signal.SIGINT)
     code1, _ = finish(first)
-    done_after_first = done_count(out)
+    done_after_first = finished_count(out)
     began = time.perf_counter()
     code2, err2 = finish(start(photos, out, home, extra))
     skipped = next((int(line.split()[0]) for line in err2.splitlines() if "skipped: finished" in line), 0)

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the shared test helpers (tests.*) importable
     sys.path.insert(0, str(ROOT))
 
+from comfyui_backdrop.runtime.engines.precision import cpu_info  # noqa: E402
 from comfyui_backdrop.runtime.watermark import carrier, codec, detect, embed  # noqa: E402
 from comfyui_backdrop.runtime.watermark.payload import int_to_bits  # noqa: E402
 from comfyui_backdrop.runtime.watermark.perceptual import luma  # noqa: E402
@@ -525,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.images:
         images = [item for item in images if item[0] in args.images]
     results: dict = {"images": [{"name": n, "height": i.shape[0], "width": i.shape[1]} for n, i in images],
-                     "cpu": _cpu_name()}
+                     "cpu": cpu_info().describe()}
     if "speed" not in args.skip:
         print("speed...", file=sys.stderr, flush=True)
         results["speed"] = speed(args.quick, versions)
@@ -551,16 +552,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0 if results.get("false_positives", {}).get("false_decodes", 0) == 0 else 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from comfyui_backdrop.cli.catalog.manifest import MANIFEST_FILENAME
+from comfyui_backdrop.cli.catalog.manifest import finished_count
 from tests.fixtures.images import studio_product_photo
 from tests.fixtures.processes import descendants_titled
 
@@ -45,17 +44,6 @@ def _start(args: list[str], home: Path, **env: str) -> subprocess.Popen:
 def _finish(process: subprocess.Popen) -> tuple[int, str, str]:
     out, err = process.communicate(timeout=RUN_TIMEOUT_S)
     return process.returncode, out, err
-
-
-def _done(out: Path) -> int:
-    path = out / MANIFEST_FILENAME
-    if not path.exists():
-        return 0
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
-        try:
-            return con.execute("SELECT count(*) FROM photos WHERE status = 'done'").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
 
 
 def _wait_for(condition, what: str, timeout: float = RUN_TIMEOUT_S) -> None:
@@ -94,11 +82,11 @@ def test_an_interrupted_run_resumes_without_duplicates(tmp_path):
     photos, out = _photos(tmp_path / "in", 12, side=320), tmp_path / "out"  # slow enough to act mid-run
     args = [str(photos), "--out", str(out), "--workers", "2", "--watermark", "--no-c2pa"]
     first = _start(args, tmp_path / "home")
-    _wait_for(lambda: _done(out) >= 4 or first.poll() is not None, "4 photos done")
+    _wait_for(lambda: finished_count(out) >= 4 or first.poll() is not None, "4 photos done")
     first.send_signal(signal.SIGINT)  # Ctrl-C at about a third
     code, _, err = _finish(first)
     assert code == 130, err
-    done_before = _done(out)
+    done_before = finished_count(out)
     assert 4 <= done_before < 12 and "not run (interrupted)" in err
     code, _, err = _finish(_start(args, tmp_path / "home"))
     assert code == 0, err
@@ -110,7 +98,7 @@ def test_an_interrupted_run_resumes_without_duplicates(tmp_path):
 def test_a_killed_worker_is_retried_and_nothing_is_duplicated(tmp_path):
     photos, out = _photos(tmp_path / "in", 12, side=320), tmp_path / "out"  # slow enough to act mid-run
     run = _start([str(photos), "--out", str(out), "--workers", "2", "--watermark", "--no-c2pa"], tmp_path / "home")
-    _wait_for(lambda: _done(out) >= 3 or run.poll() is not None, "3 photos done")
+    _wait_for(lambda: finished_count(out) >= 3 or run.poll() is not None, "3 photos done")
     workers = descendants_titled(run.pid, "PhotoStage")
     assert workers, "no Ray photo worker found"
     os.kill(workers[0], signal.SIGKILL)
