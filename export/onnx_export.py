@@ -153,14 +153,14 @@ def export_unet_onnx(unet: torch.nn.Module, path: str | os.PathLike, *, precisio
 
 
 def _torch_export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: list[str],
-                  axes: dict[str, dict[int, str]], opset: int) -> None:
+                  axes: dict[str, dict[int, str]], opset: int, output: str = OUTPUT) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         with torch.no_grad():
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
-                              output_names=[OUTPUT], dynamic_axes=axes, do_constant_folding=True,
+                              output_names=[output], dynamic_axes=axes, do_constant_folding=True,
                               export_params=True)
 
 

@@ -24,9 +24,14 @@ def open_backend(engine_path: str | os.PathLike, device: str = "cpu", provider: 
                  threads: int | None = None, initializer_overrides: dict[str, Any] | None = None,
                  manifest: EngineManifest | None = None) -> UNetBackend:
     """A backend for ``engine_path`` (``.onnx`` through onnxruntime, ``.engine``/``.plan`` through TensorRT,
-    ``.xml`` through OpenVINO on the CPU)."""
+    ``.xml`` through OpenVINO on the CPU); a FLUX transformer engine gives a ``FluxBackend``."""
     engine_path = Path(engine_path)
     manifest = manifest or read_manifest(engine_path)
+    if manifest.component == "transformer":
+        from .flux_backend import open_flux_backend
+
+        return open_flux_backend(engine_path, manifest.spec, manifest.format, manifest.precision, provider=provider,
+                                 device=device, threads=threads, initializer_overrides=initializer_overrides)
     if manifest.component != "unet":
         raise InvalidInputError(f"{engine_path.name} is a {manifest.component} engine, not a UNet; load it with the "
                                 "whole-pipeline engines (export.attach.attach_pipeline_engines)")

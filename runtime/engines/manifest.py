@@ -18,12 +18,12 @@ from typing import Any
 from ..errors import InvalidInputError, InvalidModelError, MissingModelError
 from ..files import write_bytes_exclusive
 from .profile import ShapeProfile
-from .spec import UNetSpec
+from .spec import UNetSpec, spec_from_dict
 
 SUFFIX = ".json"
 SCHEMA = 1
 FORMATS = ("onnx", "tensorrt", "openvino")
-COMPONENTS = ("unet", "unet_shallow", "text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
+COMPONENTS = ("unet", "transformer", "unet_shallow", "text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class EngineManifest:
 
     format: str  # "onnx" | "tensorrt" | "openvino"
     file: str  # the engine's file name (the manifest sits beside it)
-    spec: UNetSpec  # the UNet interface; for another component, the interface of its pipeline's UNet
+    spec: UNetSpec  # the UNet (or FluxSpec: FLUX transformer) interface; for another component, its pipeline's
     precision: str  # "fp32" | "fp16" | "bf16" | "int8"
     key: str = ""  # the engine cache key (export/cache.py)
     profile: ShapeProfile | None = None
@@ -68,7 +68,7 @@ class EngineManifest:
                 raise InvalidModelError(f"unknown pipeline component {component!r} in the manifest; known: "
                                         f"{COMPONENTS}")
             profile = ShapeProfile.from_dict(data["profile"]) if data.get("profile") else None
-            return cls(format=fmt, file=str(data["file"]), spec=UNetSpec.from_dict(data["unet"]),
+            return cls(format=fmt, file=str(data["file"]), spec=spec_from_dict(data["unet"]),
                        precision=str(data["precision"]), key=str(data.get("key", "")), profile=profile,
                        base_model=str(data.get("base_model", "")),
                        base_fingerprint=str(data.get("base_fingerprint", "")),
