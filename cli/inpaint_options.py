@@ -56,6 +56,13 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
                             "best --keep-best; the scores go to the prompt JSON (written with this option)")
     group.add_argument("--keep-best", type=int, default=None, metavar="N",
                        help="with --candidates: how many of the best to write, best first (default 1)")
+    group.add_argument("--aesthetic", default="auto", metavar="PREDICTOR",
+                       help="with --candidates: a learned aesthetic rating joins the ranking (the LAION "
+                            "improved-aesthetic-predictor on CLIP image embeddings): 'auto' (default) uses the one "
+                            "predictor in models/aesthetic when there is one, 'none' never, or name a file there")
+    group.add_argument("--clip-vision", default=None, metavar="NAME",
+                       help="with an aesthetic predictor: its CLIP vision encoder in models/clip_vision (default: the "
+                            "one file there whose embeddings fit the predictor)")
     group.add_argument("--upscale", default=None, metavar="METHOD",
                        help="generate at a reduced size, then upscale and paste the full-resolution product back "
                             "again: 'lanczos' (no weights) or a super-resolution model file in "

@@ -33,6 +33,7 @@ class RunModels:
     model_hashes: tuple[dict[str, str], dict[str, str]] = ({}, {})
     provenance: Any = None  # a ProvenanceService holding its keys in memory (Ray workers); None: the home's
     upscaler: Any = None  # --upscale <model>: a runtime.upscaling.Upscaler
+    aesthetic: Any = None  # --aesthetic: a runtime.ranking.aesthetic.AestheticScorer
 
 
 @dataclass
@@ -117,11 +118,18 @@ def load_models(plan: RunPlan, steps: Iterable[str] = STEPS) -> RunModels:
         from ..runtime.upscaling import load_upscaler
 
         upscaler = load_upscaler(plan.inpaint.upscale, device=plan.device, locator=locator)
+    aesthetic = None
+    if plan.inpaint is not None and plan.inpaint.aesthetic and "generate" in steps:
+        from ..runtime.ranking.aesthetic import load_aesthetic_scorer
+
+        aesthetic = load_aesthetic_scorer(plan.inpaint.aesthetic, plan.inpaint.clip_vision, device=plan.device,
+                                          locator=locator)
     if plan.inpaint is not None and plan.watermark is not None and "deliver" in steps:
         from .watermark_options import model_hashes
 
         hashes = model_hashes(plan.inpaint.checkpoint, [name for name, _ in plan.inpaint.loras])
-    return RunModels(sam=sam, captioner=captioner, pipeline=pipeline, model_hashes=hashes, upscaler=upscaler)
+    return RunModels(sam=sam, captioner=captioner, pipeline=pipeline, model_hashes=hashes, upscaler=upscaler,
+                     aesthetic=aesthetic)
 
 
 def process_photo(path: Path, plan: RunPlan, models: RunModels, written: list[Path]) -> GeneratedPhoto:
@@ -173,7 +181,8 @@ def generate_backgrounds(prepared: PreparedPhoto, plan: RunPlan, models: RunMode
     if inpaint.candidates:
         from ..runtime.ranking import rank_candidates
 
-        ranking = rank_candidates(images, product_alpha, plan.style.palette)
+        ratings = models.aesthetic.score(images) if models.aesthetic is not None else None
+        ranking = rank_candidates(images, product_alpha, plan.style.palette, aesthetic=ratings)
         images = [images[ranked.index] for ranked in ranking[:inpaint.keep_best]]
     if inpaint.upscale is not None:
         small = images[0].shape[:2]

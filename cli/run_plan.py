@@ -39,6 +39,8 @@ class InpaintPlan:
     keep_best: int = 1
     upscale: str | None = None  # --upscale: "lanczos" or a file in models/upscale_models
     upscale_to: str = "original"
+    aesthetic: str | None = None  # --aesthetic: a predictor in models/aesthetic (ranking candidates)
+    clip_vision: str | None = None  # --clip-vision: its encoder in models/clip_vision (None: the one that fits)
 
     @property
     def pictures(self) -> int:
@@ -220,7 +222,8 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
                        engine=_engine_name(args.engine, args.engine_components),
                        engine_components=args.engine_components,
                        engine_threads=args.engine_threads, models_dir=args.models_dir, candidates=candidates,
-                       keep_best=keep_best, upscale=upscale, upscale_to=getattr(args, "upscale_to", "original"))
+                       keep_best=keep_best, upscale=upscale, upscale_to=getattr(args, "upscale_to", "original"),
+                       aesthetic=_aesthetic_predictor(args, candidates), clip_vision=getattr(args, "clip_vision", None))
 
 
 def _candidates_and_upscale(args: argparse.Namespace) -> tuple[int, int, str | None]:
@@ -243,6 +246,28 @@ def _candidates_and_upscale(args: argparse.Namespace) -> tuple[int, int, str | N
 
         get_locator().resolve("upscale_models", upscale)  # a missing model names the folder, before any photo
     return candidates, keep_best or 1, upscale
+
+
+def _aesthetic_predictor(args: argparse.Namespace, candidates: int) -> str | None:
+    """--aesthetic checked before any photo: the predictor file in models/aesthetic that ranks candidates, or None."""
+    from ..runtime.models import get_locator
+
+    choice = getattr(args, "aesthetic", "auto")
+    if not candidates:
+        if choice not in ("auto", "none") or getattr(args, "clip_vision", None):
+            raise InvalidInputError("--aesthetic and --clip-vision rank candidates: give --candidates K")
+        return None
+    if choice == "none":
+        return None
+    locator = get_locator()
+    if choice != "auto":
+        locator.resolve("aesthetic", choice)  # a missing file names the folder, before any photo
+        return choice
+    found = locator.list("aesthetic")
+    if len(found) > 1:
+        raise InvalidInputError(f"several aesthetic predictors in models/aesthetic ({', '.join(found)}): name one "
+                                "with --aesthetic, or --aesthetic none")
+    return found[0] if found else None
 
 
 def _engine_name(engine: str | None, components: bool) -> str | None:

@@ -9,11 +9,17 @@ from .tensors import input_source, mask_tooltip, with_rules
 
 CATEGORY = "Backdrop/inpainting"
 LANCZOS = "lanczos"
+NONE = "none"
 
 
 def upscale_choices() -> list[str]:
     """Lanczos (no weights) first, then the super-resolution models in models/upscale_models."""
     return [LANCZOS, *comfy_bridge.model_choices("upscale_models")]
+
+
+def aesthetic_choices() -> list[str]:
+    """'none' (defects only) first, then the aesthetic predictors in models/aesthetic."""
+    return [NONE, *comfy_bridge.model_choices("aesthetic")]
 
 
 class BackdropRankCandidates(HostedNode):
@@ -32,6 +38,14 @@ class BackdropRankCandidates(HostedNode):
                                   "tooltip": "the style whose palette the colour cast is measured against"}),
                 "keep": ("INT", {"default": 1, "min": 1, "max": 64,
                                  "tooltip": "how many of the best to output (all of them when fewer are given)"}),
+                "aesthetic_model": (aesthetic_choices(), {
+                    "default": NONE,
+                    "tooltip": "optional learned aesthetic rating that joins the ranking: the LAION "
+                               "improved-aesthetic-predictor in models/aesthetic (none: defects only)"}),
+                "clip_vision": (["auto", *comfy_bridge.model_choices("clip_vision")], {
+                    "default": "auto",
+                    "tooltip": "the CLIP vision encoder in models/clip_vision the predictor was trained on (auto: "
+                               "the one whose embeddings fit it)"}),
             }
         }
 
@@ -41,16 +55,18 @@ class BackdropRankCandidates(HostedNode):
                        "the product mask of each kept candidate (1 = product), for BackdropWatermark or "
                        "BackdropUpscale",
                        "JSON: every candidate's rank, index in the input batch, combined score (lower is better) "
-                       "and its seam, leakage, cast and clutter scores")
+                       "and its seam, leakage, cast and clutter scores (and its aesthetic rating, with a predictor)")
     FUNCTION = "rank"
     CATEGORY = CATEGORY
     DESCRIPTION = with_rules("Ranks candidate backgrounds of one product photo by defects that can be measured: a "
                              "visible seam along the product edge, product colour leaked into the background beside "
                              "it, a colour cast against the style's palette, and clutter next to the product. "
                              "Outputs the best ones, best first, and every candidate's scores (see "
-                             "docs/upscale-and-ranking.md). No model weights are used.")
+                             "docs/upscale-and-ranking.md). With an aesthetic predictor chosen, its learned rating "
+                             "joins the defects; otherwise no model weights are used.")
 
-    def rank(self, candidates, product_mask, style: str, keep: int):
+    def rank(self, candidates, product_mask, style: str, keep: int, aesthetic_model: str = NONE,
+             clip_vision: str = "auto"):
         import json
 
         from ..runtime.backdrop.styles import get_style
@@ -61,7 +77,15 @@ class BackdropRankCandidates(HostedNode):
         images = images_to_list(candidates, node, "candidates")
         height, width = images[0].shape[:2]
         masks = masks_for_batch(product_mask, len(images), height, width, node, "product_mask")
-        ranked = rank_candidates(images, masks, get_style(style).palette)
+        ratings = None
+        if aesthetic_model != NONE:
+            from ..runtime.devices import resolve_device
+            from ..runtime.ranking.aesthetic import load_aesthetic_scorer
+
+            scorer = load_aesthetic_scorer(aesthetic_model, None if clip_vision == "auto" else clip_vision,
+                                           device=resolve_device("auto", self.host.default_device()))
+            ratings = scorer.score(images)
+        ranked = rank_candidates(images, masks, get_style(style).palette, aesthetic=ratings)
         best = ranked[:keep]
         scores = json.dumps([r.as_dict() for r in ranked])
         return (stack_images([images[r.index] for r in best]), stack_masks([masks[r.index] for r in best]), scores)

@@ -46,6 +46,20 @@ MODEL_FOLDERS: dict[str, FolderSpec] = {
                            "OpenVINO IR engines (.xml with its .bin) for the CPU: UNet, text encoders, VAE"),
     "upscale_models": FolderSpec((".safetensors", ".pth", ".pt"), "RealESRGAN_x2plus.safetensors",
                                  "super-resolution models spandrel reads (ESRGAN, Real-ESRGAN, SwinIR ...)"),
+    "diffusion_models": FolderSpec((".safetensors",), "flux1-fill-dev.safetensors",
+                                   "diffusion transformers as single files: FLUX.1 Fill / Kontext (BFL or diffusers "
+                                   "layout, bf16/fp16/fp8)"),
+    "unet": FolderSpec((".safetensors",), "flux1-fill-dev.safetensors",
+                       "the legacy name of models/diffusion_models (FLUX transformers as single files)"),
+    "text_encoders": FolderSpec((".safetensors",), "t5xxl_fp16.safetensors",
+                                "text encoders as single files: CLIP-L (clip_l.safetensors) and T5-XXL for FLUX"),
+    "clip": FolderSpec((".safetensors",), "clip_l.safetensors",
+                       "the legacy name of models/text_encoders (CLIP-L and T5-XXL single files)"),
+    "vae": FolderSpec((".safetensors",), "ae.safetensors", "autoencoders as single files: FLUX's ae.safetensors"),
+    "aesthetic": FolderSpec((".safetensors", ".pth", ".pt"), "sac+logos+ava1-l14-linearMSE.safetensors",
+                            "aesthetic predictors: the LAION improved-aesthetic-predictor MLP on CLIP embeddings"),
+    "clip_vision": FolderSpec((".safetensors",), "clip-vit-large-patch14.safetensors",
+                              "CLIP vision encoders (transformers layout: vision_model.*, visual_projection)"),
 }
 
 

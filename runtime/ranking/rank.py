@@ -4,6 +4,9 @@ Each raw defect (see ``defects``) is divided by its SCALE, the value at which th
 normalised 1.0 means "clearly there" and the four are comparable; the combined score is their WEIGHTS-weighted
 sum (lower is better). The weights are all 1: no defect is assumed worse than another, and the planted-defect
 benchmark (benchmarks/bench_ranking.py) is what the scales were set against.
+
+With a learned aesthetic score per candidate (``aesthetic``: see ``aesthetic.py``), a fifth term joins the sum: the
+candidate's shortfall from the best-rated one, in AESTHETIC_SCALE rating points.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from .regions import analysis_size, product_regions, to_analysis, to_lab
 
 DEFECTS = ("seam", "leakage", "cast", "clutter")
 SCALES = {"seam": 1.5, "leakage": 0.08, "cast": 4.0, "clutter": 0.02}  # raw value at which each is plainly visible
-WEIGHTS = {"seam": 1.0, "leakage": 1.0, "cast": 1.0, "clutter": 1.0}
+WEIGHTS = {"seam": 1.0, "leakage": 1.0, "cast": 1.0, "clutter": 1.0, "aesthetic": 1.0}
+AESTHETIC_SCALE = 1.0  # a rating point on the LAION 1..10 scale: a difference people plainly see
 
 Palette = Mapping[str, Sequence[float]] | Sequence[Sequence[float]]
 
@@ -74,12 +78,13 @@ def measure_defects(image: np.ndarray, product_alpha: np.ndarray, palette: Palet
 
 
 def rank_candidates(candidates: Sequence[np.ndarray], product_alpha: np.ndarray | Sequence[np.ndarray],
-                    palette: Palette | None = None, weights: Mapping[str, float] | None = None
-                    ) -> list[RankedCandidate]:
+                    palette: Palette | None = None, weights: Mapping[str, float] | None = None,
+                    aesthetic: Sequence[float] | None = None) -> list[RankedCandidate]:
     """The candidates ordered best first (ties keep the given order), each with its defect scores.
 
     ``product_alpha`` is one mask for every candidate or one per candidate (1 = product). Without a ``palette``
     the colour cast is measured against the candidates' median background chroma (the odd one out is cast).
+    ``aesthetic`` (one learned rating per candidate, higher is better) adds the shortfall from the best rating.
     """
     if not len(candidates):
         return []
@@ -87,9 +92,11 @@ def rank_candidates(candidates: Sequence[np.ndarray], product_alpha: np.ndarray 
     if len(alphas) != len(candidates):
         raise InvalidInputError(f"{len(candidates)} candidates but {len(alphas)} product masks")
     chosen = {**WEIGHTS, **(weights or {})}
-    unknown = set(chosen) - set(DEFECTS)
+    unknown = set(chosen) - {*DEFECTS, "aesthetic"}
     if unknown:
         raise InvalidInputError(f"unknown defect weight(s) {sorted(unknown)}; known: {', '.join(DEFECTS)}")
+    if aesthetic is not None and len(aesthetic) != len(candidates):
+        raise InvalidInputError(f"{len(candidates)} candidates but {len(aesthetic)} aesthetic scores")
     measured = [measure_defects(image, alpha, palette) for image, alpha in zip(candidates, alphas, strict=True)]
     if palette is None and len(candidates) > 1:
         median = np.median(np.stack([chroma for _, chroma in measured]), axis=0)
@@ -98,7 +105,10 @@ def rank_candidates(candidates: Sequence[np.ndarray], product_alpha: np.ndarray 
     scored = []
     for index, (raw, _) in enumerate(measured):
         defects = {name: raw[name] / SCALES[name] for name in DEFECTS}
-        scored.append((sum(chosen[name] * defects[name] for name in DEFECTS), index, defects, raw))
+        if aesthetic is not None:
+            raw["aesthetic"] = float(aesthetic[index])
+            defects["aesthetic"] = (max(aesthetic) - raw["aesthetic"]) / AESTHETIC_SCALE
+        scored.append((sum(chosen[name] * value for name, value in defects.items()), index, defects, raw))
     scored.sort(key=lambda item: (item[0], item[1]))
     return [RankedCandidate(index=index, rank=rank, score=float(score), defects=defects, raw=raw)
             for rank, (score, index, defects, raw) in enumerate(scored)]

@@ -78,7 +78,25 @@ def test_a_model_upscale_from_a_third_of_the_size(tmp_path, product_photo, model
                                  "delivered": [517, 389]}
 
 
+def test_an_aesthetic_predictor_in_the_models_folder_joins_the_ranking(tmp_path, product_photo, models):
+    from tests.fixtures.aesthetic_fixtures import write_aesthetic_models
+
+    write_aesthetic_models(models)
+    photo, _ = product_photo
+    assert _run(tmp_path, models, photo, "--candidates", "3") == 0  # --aesthetic auto: the one predictor there
+    ranking = json.loads((tmp_path / "out" / "bottle_minimal-studio.json").read_text())["candidates"]
+    ratings = [c["raw"]["aesthetic"] for c in ranking]
+    assert [c["defects"]["aesthetic"] for c in ranking] == pytest.approx([max(ratings) - r for r in ratings], abs=1e-3)
+    assert [c["rank"] for c in ranking] == [0, 1, 2] and ranking[0]["score"] <= ranking[1]["score"]
+    (tmp_path / "none").mkdir()
+    assert _run(tmp_path / "none", models, photo, "--candidates", "3", "--aesthetic", "none") == 0
+    plain = json.loads((tmp_path / "none" / "out" / "bottle_minimal-studio.json").read_text())["candidates"]
+    assert all("aesthetic" not in c["raw"] for c in plain)
+
+
 @pytest.mark.parametrize(("extra", "message"), [
+    (["--aesthetic", "tiny-aesthetic.safetensors"], "--aesthetic and --clip-vision rank candidates"),
+    (["--candidates", "3", "--aesthetic", "missing.safetensors"], "models/aesthetic"),
     (["--candidates", "3", "--keep-best", "4"], "--keep-best must be 1..3"),
     (["--keep-best", "2"], "--keep-best needs --candidates"),
     (["--candidates", "3", "--variations", "2"], "replaces --variations"),

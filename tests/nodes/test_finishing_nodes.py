@@ -45,3 +45,23 @@ def test_upscale_node_delivers_the_originals_size_with_the_product_exact(models_
             product = masks[k // 2] >= 0.5
             assert torch.equal(out[k][product], originals[k // 2][product])
             assert not torch.allclose(out[k][~product], originals[k // 2][~product], atol=0.05)
+
+
+def test_rank_node_with_an_aesthetic_predictor_puts_the_preferred_backdrop_first(models_dir):
+    from comfyui_backdrop.nodes.finishing import aesthetic_choices
+    from tests.fixtures.aesthetic_fixtures import cool_colour, studio_shot, warm_colour, write_aesthetic_models
+
+    write_aesthetic_models(models_dir)
+    assert aesthetic_choices() == ["none", "tiny-aesthetic.safetensors"]
+    encoders = BackdropRankCandidates.INPUT_TYPES()["required"]["clip_vision"][0]
+    assert encoders == ["auto", "tiny-clip-vision.safetensors"]
+    rng = np.random.default_rng(11)
+    shots = [studio_shot(cool_colour(rng), seed=1), studio_shot(warm_colour(rng), seed=2)]
+    batch = torch.from_numpy(np.stack(shots))
+    mask = torch.zeros(1, *shots[0].shape[:2])
+    mask[:, 24:72, 43:85] = 1.0
+    best, _, scores = BackdropRankCandidates().rank(batch, mask, "Minimal Studio", 1, "tiny-aesthetic.safetensors",
+                                                    "auto")
+    ranking = json.loads(scores)
+    assert ranking[0]["index"] == 1 and ranking[0]["raw"]["aesthetic"] > ranking[1]["raw"]["aesthetic"]
+    assert torch.equal(best[0], batch[1])
