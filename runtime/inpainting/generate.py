@@ -13,6 +13,10 @@ run through the same steps. ``cfg`` is FLUX's distilled guidance (``guidance_sca
 made for about 30, Kontext [dev] for about 2.5, not SD's 7); there is no negative prompt
 (``negative_prompt`` is ignored); the sampler is FLUX's own flow-match Euler (``scheduler`` must be
 ``euler``); there is no UNet feature cache; and the working size is a multiple of 16 instead of 64.
+
+Qwen-Image-Edit (``qwen-image-edit``, ``QwenImageEditInpaintPipeline``, run by ``qwen_edit``) follows the
+FLUX rules for sampler, feature cache and working size, but ``cfg`` is true classifier-free guidance
+(``true_cfg_scale``, 4.0 in its model card) with the negative prompt (the model card's ``" "`` when empty).
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from ..errors import InvalidInputError, InvalidModelError
 from ..progress import ProgressFn, report
 from .feature_cache import MAX_INTERVAL, feature_cache
 from .geometry import FAMILY_RESOLUTION, FAMILY_SIZE_STEP, SIZE_STEP, check_mask_aspect, outpaint_canvas, plan_canvas
-from .loader import LoadedPipeline
+from .loader import QWEN_EDIT, LoadedPipeline
 from .loras import activated
+from .qwen_edit import run_qwen_edit
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
 from .seam import blend, hard_product, match_colors, seam_alpha
 
@@ -90,15 +95,15 @@ def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks:
     ``cfg`` is FLUX's guidance scale.
     """
     settings.validate()
-    if handle.is_flux:
-        _check_flux_settings(settings)
+    if handle.is_transformer:
+        _check_flux_settings(settings, "Qwen-Image-Edit" if handle.family == QWEN_EDIT else "FLUX")
     if len(images) != len(masks):
         raise InvalidInputError(f"{len(images)} images but {len(masks)} masks")
     per_image = settings.effective_steps()
     total = per_image * len(images)
     result = InpaintResult([], [])
     with activated(handle) as pipe, _feature_cache(handle, pipe, settings.feature_cache):
-        if not handle.is_flux:  # FLUX keeps its own flow-match Euler scheduler
+        if not handle.is_transformer:  # FLUX and Qwen-Image-Edit keep their own flow-match Euler scheduler
             _set_scheduler(handle, pipe, settings.scheduler)
         for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
             def on_step(done: int, base: int = index * per_image) -> None:
@@ -112,16 +117,16 @@ def inpaint_backgrounds(handle: LoadedPipeline, images: list[np.ndarray], masks:
     return result
 
 
-def _check_flux_settings(settings: InpaintSettings) -> None:
+def _check_flux_settings(settings: InpaintSettings, model: str = "FLUX") -> None:
     if settings.scheduler != FLUX_SCHEDULER:
-        raise InvalidInputError(f"FLUX samples with its own flow-match Euler scheduler; choose scheduler "
+        raise InvalidInputError(f"{model} samples with its own flow-match Euler scheduler; choose scheduler "
                                 f"'{FLUX_SCHEDULER}' (got {settings.scheduler!r})")
     if settings.feature_cache not in (0, 1):
-        raise InvalidInputError("feature_cache (DeepCache) works on SD1.5/SDXL UNets only; set it to 0 for FLUX")
+        raise InvalidInputError(f"feature_cache (DeepCache) works on SD1.5/SDXL UNets only; set it to 0 for {model}")
 
 
 def _feature_cache(handle: LoadedPipeline, pipe, interval: int):
-    return nullcontext() if handle.is_flux else feature_cache(pipe.unet, interval)
+    return nullcontext() if handle.is_transformer else feature_cache(pipe.unet, interval)
 
 
 def _set_scheduler(handle: LoadedPipeline, pipe, name: str) -> None:
@@ -208,6 +213,12 @@ def _run_pipeline(pipe, work_image: np.ndarray, work_regen: np.ndarray, settings
         on_step(index + 1)
         return kwargs
 
+    if handle.family == QWEN_EDIT:  # true CFG with a negative prompt, at our working size
+        images = run_qwen_edit(pipe, work_image, work_regen, prompt=settings.prompt,
+                               negative_prompt=settings.negative_prompt, cfg=settings.cfg, steps=settings.steps,
+                               strength=settings.strength, generators=generators, callback=on_step_end)
+        check_decoded(images, handle)
+        return images
     # FLUX has no negative prompt: it is guidance-distilled, cfg is its embedded guidance scale
     extra: dict = {} if handle.is_flux else {"negative_prompt": settings.negative_prompt or None}
     if handle.family == "flux-kontext":

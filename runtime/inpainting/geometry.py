@@ -16,9 +16,10 @@ import numpy as np
 from ..errors import InvalidInputError
 
 OUTPAINT_CHOICES = ("none", "1:1", "4:5", "5:4", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
-FAMILY_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux-fill": 1024, "flux-kontext": 1024}
+FAMILY_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux-fill": 1024, "flux-kontext": 1024, "qwen-image-edit": 1024}
 SIZE_STEP = 64  # SD UNets: 8x VAE and three 2x downsamplings
-FAMILY_SIZE_STEP = {"flux-fill": 16, "flux-kontext": 16}  # FLUX: 8x VAE and 2x2 latent patches
+# FLUX and Qwen-Image-Edit: 8x VAE and 2x2 latent patches
+FAMILY_SIZE_STEP = {"flux-fill": 16, "flux-kontext": 16, "qwen-image-edit": 16}
 CONTEXT_FRACTION = 0.15  # extra context around the background's bounding box, per side
 
 

@@ -3,7 +3,8 @@
 ``load_pipeline`` returns a ``LoadedPipeline``: an immutable handle on a cached diffusers pipeline
 plus the LoRA stack to apply when it runs. Families: ``sd15`` and ``sdxl`` (UNet inpainting pipelines,
 from folders or single files), ``flux-fill`` (diffusers' ``FluxFillPipeline``) and ``flux-kontext``
-(``FluxKontextInpaintPipeline``), each from a diffusers folder whose model_index.json names it.
+(``FluxKontextInpaintPipeline``) and ``qwen-image-edit`` (``QwenImageEditInpaintPipeline``), each from a
+diffusers folder whose model_index.json names it.
 Several handles (different LoRA stacks) share one base pipeline; ``loras.activate`` configures it
 under a lock right before each run, so LoRAs switch without reloading the base model.
 """
@@ -31,16 +32,21 @@ UNET_FAMILIES = ("sd15", "sdxl")
 FLUX_FILL = "flux-fill"
 FLUX_KONTEXT = "flux-kontext"
 FLUX_FAMILIES = (FLUX_FILL, FLUX_KONTEXT)
+QWEN_EDIT = "qwen-image-edit"
+TRANSFORMER_FAMILIES = (*FLUX_FAMILIES, QWEN_EDIT)  # denoised by a diffusers transformer, not a UNet
 # model_index.json ``_class_name`` -> family, for the pipeline classes a diffusers folder may name
 FOLDER_FAMILIES = {"StableDiffusionInpaintPipeline": "sd15", "StableDiffusionPipeline": "sd15",
                    "StableDiffusionXLInpaintPipeline": "sdxl", "StableDiffusionXLPipeline": "sdxl",
                    "FluxFillPipeline": FLUX_FILL, "FluxKontextPipeline": FLUX_KONTEXT,
-                   "FluxKontextInpaintPipeline": FLUX_KONTEXT}
-# family -> the guidance scale its models are made for (FLUX's is distilled guidance, not CFG)
-FAMILY_CFG = {"sd15": 7.0, "sdxl": 7.0, FLUX_FILL: 30.0, FLUX_KONTEXT: 2.5}
+                   "FluxKontextInpaintPipeline": FLUX_KONTEXT, "QwenImageEditPipeline": QWEN_EDIT,
+                   "QwenImageEditInpaintPipeline": QWEN_EDIT, "QwenImageEditPlusPipeline": QWEN_EDIT}
+# family -> the guidance scale its models are made for (FLUX's is distilled guidance, not CFG;
+# Qwen-Image-Edit's is true CFG, ``true_cfg_scale`` 4.0 in its model card)
+FAMILY_CFG = {"sd15": 7.0, "sdxl": 7.0, FLUX_FILL: 30.0, FLUX_KONTEXT: 2.5, QWEN_EDIT: 4.0}
 # family -> the diffusers class a folder of that family is loaded as
 PIPELINE_CLASSES = {"sd15": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline",
-                    FLUX_FILL: "FluxFillPipeline", FLUX_KONTEXT: "FluxKontextInpaintPipeline"}
+                    FLUX_FILL: "FluxFillPipeline", FLUX_KONTEXT: "FluxKontextInpaintPipeline",
+                    QWEN_EDIT: "QwenImageEditInpaintPipeline"}
 
 
 class LoraSpec(NamedTuple):
@@ -66,7 +72,7 @@ class LoadedPipeline:
     """A cached diffusers inpainting pipeline plus the LoRA stack this handle runs with."""
 
     pipe: Any
-    family: str  # "sd15" | "sdxl" | "flux-fill" | "flux-kontext"
+    family: str  # "sd15" | "sdxl" | "flux-fill" | "flux-kontext" | "qwen-image-edit"
     name: str
     fingerprint: str
     device: Any
@@ -80,9 +86,14 @@ class LoadedPipeline:
         return self.family in FLUX_FAMILIES
 
     @property
+    def is_transformer(self) -> bool:
+        """Denoised by a diffusers transformer (FLUX, Qwen-Image-Edit), not an SD UNet."""
+        return self.family in TRANSFORMER_FAMILIES
+
+    @property
     def denoiser(self) -> Any:
-        """The network that denoises: the UNet (SD families) or the FLUX transformer."""
-        return self.pipe.transformer if self.is_flux else self.pipe.unet
+        """The network that denoises: the UNet (SD families) or the transformer (FLUX, Qwen-Image-Edit)."""
+        return self.pipe.transformer if self.is_transformer else self.pipe.unet
 
     @property
     def unet_in_channels(self) -> int:
@@ -105,12 +116,17 @@ class LoadedPipeline:
 
     def describe(self) -> str:
         stack = ", ".join(f"{s.name}@{s.strength:g}" for s in self.loras) or "no LoRA"
-        kind = "transformer" if self.is_flux else "UNet"
+        kind = "transformer" if self.is_transformer else "UNet"
         return f"{self.name} ({self.family}, {self.unet_in_channels}-channel {kind}, {stack})"
 
 
 def require_unet(handle: LoadedPipeline, what: str) -> None:
     """Raise ``InvalidInputError`` unless ``handle`` is an SD1.5/SDXL UNet pipeline (``what`` needs one)."""
+    if handle.family == QWEN_EDIT:
+        raise InvalidInputError(
+            f"{what} needs an SD1.5 or SDXL UNet pipeline, but {handle.name} is {handle.family} (a Qwen-Image "
+            "transformer); for Qwen-Image-Edit, inpainting and LoRAs work, LoRA training and engine export do not "
+            "(docs/flux.md, Qwen-Image-Edit).")
     if handle.family not in UNET_FAMILIES:
         raise InvalidInputError(
             f"{what} needs an SD1.5 or SDXL UNet pipeline, but {handle.name} is {handle.family} (a FLUX transformer); "
@@ -151,7 +167,8 @@ def split_model_name(model: str) -> tuple[str, str]:
 
 def default_cfg(model: str) -> float:
     """The guidance scale ``model``'s family is made for, read from its model_index.json (no weights are
-    loaded): 30 for FLUX.1 Fill, 2.5 for Kontext, 7 for SD1.5/SDXL and for anything not found here."""
+    loaded): 30 for FLUX.1 Fill, 2.5 for Kontext, 4 for Qwen-Image-Edit (true CFG), 7 for SD1.5/SDXL and for
+    anything not found here."""
     try:
         kind, name = split_model_name(model)
         if kind == "diffusers":
@@ -168,8 +185,9 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto",
     kind, name = split_model_name(model)
     path = get_locator().resolve(kind, name)
     device_name = resolve_device(device)
-    if dtype == "auto" and device_name == "cuda" and kind == "diffusers" and _index_class(path).startswith("Flux"):
-        dtype = "bf16"  # FLUX's activations overflow fp16; it is trained and released in bf16
+    if dtype == "auto" and device_name == "cuda" and kind == "diffusers" \
+            and _index_class(path).startswith(("Flux", "QwenImage")):
+        dtype = "bf16"  # FLUX's and Qwen-Image's activations overflow fp16; they are released in bf16
     torch_dtype = resolve_dtype(dtype, device_name)
     key = ("inpaint", kind, file_fingerprint(path), device_name, str(torch_dtype))
     return MODEL_CACHE.get_or_load(key, lambda: _load(kind, name, path, device_name, torch_dtype, tokenizer_dir))
@@ -222,7 +240,8 @@ def _load_diffusers_folder(path: Path, torch_dtype) -> tuple[Any, str]:
 
 
 def folder_family(class_name: str, name: str = "the folder") -> str:
-    """The family of a diffusers folder from its model_index.json ``_class_name``; other FLUX pipelines are refused."""
+    """The family of a diffusers folder from its model_index.json ``_class_name``; other FLUX and Qwen-Image
+    pipelines are refused."""
     if class_name in FOLDER_FAMILIES:
         return FOLDER_FAMILIES[class_name]
     if class_name.startswith("Flux"):
@@ -230,6 +249,11 @@ def folder_family(class_name: str, name: str = "the folder") -> str:
             f"{name} is a {class_name} folder; of the FLUX.1 family FLUX.1 Fill (FluxFillPipeline, e.g. "
             "black-forest-labs/FLUX.1-Fill-dev) and FLUX.1 Kontext (FluxKontextPipeline, e.g. "
             "black-forest-labs/FLUX.1-Kontext-dev) inpaint here with the product kept exact.")
+    if class_name.startswith("QwenImage"):
+        raise InvalidModelError(
+            f"{name} is a {class_name} folder; of the Qwen-Image family Qwen-Image-Edit (QwenImageEditPipeline, e.g. "
+            "Qwen/Qwen-Image-Edit, or QwenImageEditPlusPipeline, e.g. Qwen/Qwen-Image-Edit-2509) inpaints here "
+            "with the product kept exact.")
     return "sdxl" if "XL" in class_name else "sd15"
 
 
