@@ -6,6 +6,10 @@ UNet layers to predict the noise. A 9-channel UNet sees ``[noisy latents, mask, 
 as in diffusers' inpainting pipeline; a 4-channel UNet trains plain denoising. The loss is a
 per-pixel weighted MSE: ``background_weight`` on the regenerate region, ``product_weight`` elsewhere.
 
+FLUX.1 Fill and Kontext train the same way on every block of their transformer (``ALL_FLUX_TARGETS``),
+with the rectified-flow objective of ``flux_objective`` (same dataset, mask augmentation, loss weights,
+checkpoints, progress and interruption); their LoRA is saved in the diffusers ``transformer.*`` layout.
+
 All randomness (sampling, augmentation, caption dropout, noise, timesteps) comes from one CPU
 ``torch.Generator``, saved in checkpoints, so a resumed run continues exactly where it stopped.
 """
@@ -25,7 +29,7 @@ from ..progress import ProgressFn, report
 from .augment import AUGMENTATIONS, background_mask, drop_caption
 from .checkpoints import restore_checkpoint, save_checkpoint
 from .dataset import dataset_hash
-from .lora_setup import ALL_UNET_TARGETS, attach_lora, load_lora_state, lora_state
+from .lora_setup import attach_lora, default_targets, load_lora_state, lora_state
 
 LossFn = Callable[[int, float], None]
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -47,13 +51,14 @@ class TrainConfig:
     product_weight: float = 0.1
     caption_dropout: float = 0.1
     mask_augmentations: tuple[str, ...] = AUGMENTATIONS
-    targets: list[str] = field(default_factory=lambda: list(ALL_UNET_TARGETS))
+    targets: list[str] | None = None  # None: all layers of the model's denoiser (ALL_UNET_TARGETS / ALL_FLUX_TARGETS)
     checkpoint_every: int = 0
     checkpoint_dir: str | None = None
     gradient_checkpointing: bool | None = None  # None: on a GPU only; True/False: always/never
     mixed_precision: str = "auto"  # GPU only: auto = bf16 where supported, else fp16
     max_grad_norm: float = 1.0
     init_lora: str | None = None  # a LoRA file to continue from (stage 2)
+    guidance: float | None = None  # FLUX: the guidance embedding's value (None: the family's, 30 Fill / 2.5 Kontext)
 
     def check(self) -> None:
         if self.steps < 1:
@@ -71,6 +76,23 @@ class TrainConfig:
             raise InvalidInputError(f"unknown mask augmentations {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise InvalidInputError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise InvalidInputError(f"guidance must be a number >= 0, got {self.guidance}")
+
+    def check_for(self, handle) -> None:
+        """``check`` plus what the model's family needs (FLUX: a resolution that is a multiple of 16)."""
+        self.check()
+        if handle.is_flux and self.resolution % 16:
+            raise InvalidInputError(f"FLUX trains at multiples of 16 (an 8x VAE and 2x2 latent patches); "
+                                    f"resolution {self.resolution} is not one")
+
+    def targets_for(self, handle) -> list[str]:
+        return list(self.targets) if self.targets else default_targets(handle.is_flux)
+
+    def guidance_for(self, handle) -> float:
+        from ..inpainting.loader import FAMILY_CFG
+
+        return float(self.guidance if self.guidance is not None else FAMILY_CFG[handle.family])
 
 
 @dataclass
@@ -90,19 +112,24 @@ class TrainResult:
     family: str
     unet_in_channels: int
     checkpoints: list[Path] = field(default_factory=list)
+    guidance: float | None = None  # FLUX: the guidance the transformer was trained with
 
     def metadata(self, extra: dict | None = None) -> dict[str, str]:
         from .export import build_metadata
 
+        if self.guidance is not None:
+            extra = {"guidance": f"{self.guidance:g}", **(extra or {})}
         return build_metadata(base_model=self.base_model, base_fingerprint=self.base_fingerprint, family=self.family,
                               rank=self.rank, alpha=self.alpha, targets=self.targets, steps=self.steps,
                               dataset_hash=self.dataset_hash, unet_in_channels=self.unet_in_channels, extra=extra)
 
     def save(self, name: str, folder=None, extra: dict | None = None) -> Path:
-        """Write the LoRA (kohya/ComfyUI keys + metadata) to models/loras or ``folder``; never overwrites."""
+        """Write the LoRA (kohya/ComfyUI keys for SD, diffusers ``transformer.*`` keys for FLUX, + metadata) to
+        models/loras or ``folder``; never overwrites."""
         from .export import save_lora
 
-        return save_lora(self.lora, self.alpha, self.metadata(extra), name, folder)
+        layout = "diffusers" if self.family.startswith("flux") else "kohya"
+        return save_lora(self.lora, self.alpha, self.metadata(extra), name, folder, layout=layout)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -150,13 +177,18 @@ def load_samples(entries: list[dict], resolution: int) -> list[_Sample]:
 # ------------------------------------------------------------------------------------------------ model
 
 def training_unet(handle) -> Any:
-    """A private fp32/fp16 copy of the handle's base UNet with no LoRA on it (the cached pipeline is untouched)."""
+    """A private copy of the handle's base UNet (or FLUX transformer), in the handle's dtype, with no LoRA on it
+    (the cached pipeline is untouched)."""
     from diffusers import UNet2DConditionModel
 
-    from ..inpainting.loader import require_unet
+    from ..inpainting.loader import UNET_FAMILIES
     from ..inpainting.loras import activated
 
-    require_unet(handle, "LoRA training")
+    if handle.is_flux:
+        return _training_transformer(handle)
+    if handle.family not in UNET_FAMILIES:
+        raise InvalidInputError(f"LoRA training works on SD1.5, SDXL, FLUX.1 Fill and FLUX.1 Kontext pipelines; "
+                                f"{handle.name} is {handle.family}")
     with activated(handle.with_loras(())) as pipe:  # unfuses/disables any LoRA of earlier runs
         base = pipe.unet
         state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
@@ -166,13 +198,40 @@ def training_unet(handle) -> Any:
     return unet if handle.dtype == unet.dtype else unet.to(dtype=handle.dtype)
 
 
+def _training_transformer(handle) -> Any:
+    """The FLUX transformer copy: built on the meta device (no random init of billions of weights), then given
+    clones of the base weights."""
+    from accelerate import init_empty_weights
+
+    from ..inpainting.loras import activated
+
+    with activated(handle.with_loras(())) as pipe:
+        base = pipe.transformer
+        state = {k.replace(".base_layer.", "."): v.detach().clone() for k, v in base.state_dict().items()
+                 if "lora_" not in k}
+        with init_empty_weights():
+            transformer = type(base).from_config(base.config)
+    transformer.load_state_dict(state, strict=True, assign=True)
+    left = [name for name, p in transformer.named_parameters() if p.is_meta]
+    if left:
+        raise InvalidModelError(f"the FLUX transformer copy has no weights for {left[:3]}")
+    transformer.to(device=handle.device)
+    return transformer if handle.dtype == transformer.dtype else transformer.to(dtype=handle.dtype)
+
+
 def _text_conditioning(handle, captions: set[str], resolution: int) -> dict[str, dict]:
-    """Prompt embeddings (plus SDXL's pooled embeddings and time ids) for every caption, computed once."""
+    """Prompt embeddings (plus SDXL's pooled embeddings and time ids, FLUX's pooled embeddings and text ids) for
+    every caption, computed once."""
     import torch
 
     from ..inpainting.loras import activated
 
     out = {}
+    if handle.is_flux:
+        from .flux_objective import flux_text_conditioning
+
+        with activated(handle.with_loras(())) as pipe:
+            return flux_text_conditioning(pipe, handle, captions)
     with torch.no_grad(), activated(handle.with_loras(())) as pipe:
         for caption in sorted(captions):
             if handle.family == "sdxl":
@@ -220,16 +279,17 @@ def _train_lora(handle, entries: list[dict], config: TrainConfig, progress: Prog
                 on_loss: LossFn | None, resume_from: str | Path | None) -> TrainResult:
     import torch
 
-    config.check()
+    config.check_for(handle)
     samples = load_samples(entries, config.resolution)
     data_hash = dataset_hash(entries)
     device = handle.device
     init = _read_init_lora(config.init_lora) if config.init_lora else None
     rank, alpha = (init[1], init[2]) if init else (config.rank, float(config.alpha or config.rank))
+    targets = config.targets_for(handle)
     unet = training_unet(handle)
     with torch.random.fork_rng(devices=[]):  # peft draws lora_A's initial weights from the global RNG
         torch.manual_seed(int(config.seed))
-        params = attach_lora(unet, rank, alpha, config.targets)
+        params = attach_lora(unet, rank, alpha, targets)
     if init:
         _load_init_lora(unet, init[0], config.init_lora)
     use_gc = device.type == "cuda" if config.gradient_checkpointing is None else bool(config.gradient_checkpointing)
@@ -243,16 +303,16 @@ def _train_lora(handle, entries: list[dict], config: TrainConfig, progress: Prog
     losses: list[float] = []
     start = 0
     fingerprint = {"base": handle.fingerprint, "dataset": data_hash, "rank": rank, "alpha": alpha,
-                   "targets": list(config.targets), "in_channels": handle.unet_in_channels}
+                   "targets": targets, "in_channels": handle.unet_in_channels}
+    if handle.is_flux:
+        fingerprint["guidance"] = config.guidance_for(handle)
     if resume_from is not None:
         start, losses = restore_checkpoint(resume_from, unet, optimizer, generator, scaler, fingerprint)
         if start >= config.steps:
             raise InvalidInputError(f"checkpoint {Path(resume_from).name} is at step {start}; "
                                     f"ask for more than {start} steps to continue training")
 
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler.from_config(handle.pipe.scheduler.config)
+    scheduler = _training_scheduler(handle)
     vae = handle.pipe.vae
     scale = float(vae.config.scaling_factor)
     conditioning = _text_conditioning(handle, {s.caption for s in samples} | {""}, config.resolution)
@@ -291,16 +351,32 @@ def _train_lora(handle, entries: list[dict], config: TrainConfig, progress: Prog
     if use_gc:
         unet.disable_gradient_checkpointing()
     unet.eval()
-    return TrainResult(unet=unet, lora=lora_state(unet), rank=rank, alpha=alpha, targets=list(config.targets),
+    return TrainResult(unet=unet, lora=lora_state(unet), rank=rank, alpha=alpha, targets=targets,
                        steps=config.steps, losses=losses, dataset_hash=data_hash, base_model=handle.name,
                        base_fingerprint=handle.fingerprint, family=handle.family,
-                       unet_in_channels=handle.unet_in_channels, checkpoints=checkpoints)
+                       unet_in_channels=handle.unet_in_channels, checkpoints=checkpoints,
+                       guidance=config.guidance_for(handle) if handle.is_flux else None)
+
+
+def _training_scheduler(handle) -> Any:
+    if handle.is_flux:
+        from .flux_objective import flux_scheduler
+
+        return flux_scheduler(handle)
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(handle.pipe.scheduler.config)
 
 
 def _batch_loss(unet, batch: dict, generator, scheduler, handle, config: TrainConfig, amp_dtype):
     """The weighted denoising loss of one batch, with noise and timesteps drawn from ``generator``."""
     import torch
 
+    if handle.is_flux:
+        from .flux_objective import flux_batch_loss
+
+        return flux_batch_loss(unet, batch, generator, scheduler, handle, config.background_weight,
+                               config.product_weight, config.guidance_for(handle), amp_dtype)
     device = handle.device
     noise = torch.randn(batch["latents"].shape, generator=generator).to(device, batch["latents"].dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch["latents"].shape[0],),
@@ -328,10 +404,9 @@ def evaluation_loss(handle, unet, entries: list[dict], config: TrainConfig, batc
     """Mean weighted loss of ``unet`` over ``batches`` fixed batches (same seed -> same batches): a
     low-variance yardstick to compare a UNet before and after training."""
     import torch
-    from diffusers import DDPMScheduler
 
     samples = load_samples(entries, config.resolution)
-    scheduler = DDPMScheduler.from_config(handle.pipe.scheduler.config)
+    scheduler = _training_scheduler(handle)
     conditioning = _text_conditioning(handle, {s.caption for s in samples} | {""}, config.resolution)
     weights = torch.tensor([s.weight for s in samples], dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
@@ -357,6 +432,10 @@ def _make_batch(samples, weights, config: TrainConfig, generator, handle, vae, s
         captions.append(drop_caption(sample.caption, config.caption_dropout, generator))
     image = torch.stack(pixels).to(handle.device, handle.dtype)
     mask = torch.stack(masks)[:, None].to(handle.device, handle.dtype)
+    if handle.is_flux:
+        from .flux_objective import make_flux_batch
+
+        return make_flux_batch(handle, image, mask, captions, conditioning)
     with torch.no_grad():
         latents = vae.encode(image).latent_dist.mode() * scale
         masked = vae.encode(image * (mask < 0.5)).latent_dist.mode() * scale if handle.unet_in_channels == 9 else None
@@ -371,26 +450,31 @@ def _make_batch(samples, weights, config: TrainConfig, generator, handle, vae, s
 # ------------------------------------------------------------------------------------------ stage 2 init
 
 def _read_init_lora(name: str) -> tuple[dict, int, float]:
-    """A LoRA (models/loras name or a path we wrote) -> (kohya state, rank, alpha)."""
+    """A LoRA (models/loras name or a path we wrote) -> (its state: kohya keys for SD, ``transformer.*`` for FLUX,
+    rank, alpha)."""
     from ..models import get_locator, load_state_dict
 
     path = Path(name)
     if not path.is_file():
         path = get_locator().resolve("loras", name)
     state = load_state_dict(path)
-    downs = [v for k, v in state.items() if k.endswith(".lora_down.weight")]
+    downs = [v for k, v in state.items() if k.endswith((".lora_down.weight", ".lora_A.weight"))]
     if not downs:
-        raise InvalidModelError(f"{path.name} is not a kohya-format LoRA (no lora_down weights)")
+        raise InvalidModelError(f"{path.name} is not a LoRA written by backdrop train-lora "
+                                "(no lora_down or lora_A weights)")
     rank = int(downs[0].shape[0])
     alphas = [float(v) for k, v in state.items() if k.endswith(".alpha")]
     return state, rank, alphas[0] if alphas else float(rank)
 
 
 def _load_init_lora(unet, state: dict, name: str) -> None:
-    from .export import from_kohya_state
+    from .export import DIFFUSERS_PREFIX, from_diffusers_state, from_kohya_state
 
     modules = [n for n, m in unet.named_modules() if hasattr(m, "lora_A") and len(m.lora_A)]
-    peft_state, _ = from_kohya_state(state, modules)
+    if any(k.startswith(DIFFUSERS_PREFIX) for k in state):
+        peft_state, _ = from_diffusers_state(state)
+    else:
+        peft_state, _ = from_kohya_state(state, modules)
     try:
         load_lora_state(unet, peft_state)
     except RuntimeError as exc:
