@@ -9,7 +9,8 @@ it is emulated). Every row has its max relative error against fp32 eager and its
 
 The report starts with the CPU model and ISA (AVX2 / AVX-512 / AMX) and the units present; OpenVINO rows
 name the kernels that ran (from the compiled graph). Without --model the UNet has random weights in the
-real architecture (the shipped SD1.5/SDXL configs), so the step benchmark needs no model files.
+real architecture (the shipped SD1.5/SDXL configs), so the step benchmark needs no model files. With a
+FLUX.1 Fill / Kontext ``--model`` the section is the FLUX transformer step (cli/bench_flux.py).
 
 ``--backends auto`` runs the CPU backends that ``backdrop run`` can use and picks the fastest row within
 ``--error-budget`` (default: the bf16 class, 2e-2); the choice goes to ``engine_choice.json`` in the models
@@ -198,7 +199,10 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     plan = BenchPlan.from_args(args)
     handle = _load_handle(args) if args.model else None
-    if handle is not None:
+    flux = handle is not None and handle.is_flux
+    if flux:
+        unet = None  # the FLUX transformer step is its own section (cli/bench_flux.py)
+    elif handle is not None:
         unet = handle.pipe.unet
     elif plan.pipeline_only:
         unet = None  # the pipeline section builds its own
@@ -219,13 +223,22 @@ def _run_bench(args: argparse.Namespace) -> int:
                                f"{machine['cpu']['model']} ({machine['cpu']['isa']})", settings=settings)
     with tempfile.TemporaryDirectory(prefix="backdrop-bench-") as tmp:
         exports = Exports(Path(args.work_dir or tmp))
-        if not plan.pipeline_only:
+        if flux:
+            from .bench_flux import flux_step
+
+            report.title = report.title.replace("UNet backends", "FLUX transformer backends")
+            rows, skipped = flux_step(handle, plan, exports)
+            report.sections["transformer step"], report.skipped["transformer step"] = rows, skipped
+            if plan.auto:
+                report.notes.append(_choose(rows, plan, settings, args.models_dir))
+            report.notes.append("FLUX: the transformer step only (the whole-pipeline rows are for SD pipelines)")
+        elif not plan.pipeline_only:
             rows, skipped = _unet_step(unet, plan, exports)
             report.sections["UNet step"], report.skipped["UNet step"] = rows, skipped
             gc.collect()
             if plan.auto:
                 report.notes.append(_choose(rows, plan, settings, args.models_dir))
-        if plan.pipeline:
+        if plan.pipeline and not flux:
             del exports.built
             exports.built = {}
             gc.collect()
@@ -543,7 +556,8 @@ def _load_handle(args: argparse.Namespace) -> Any:
     from ..runtime.inpainting.loader import load_pipeline, require_unet
 
     handle = load_pipeline(args.model, device=args.device, dtype="fp32")
-    require_unet(handle, "backdrop bench")
+    if not handle.is_flux:  # FLUX: the transformer step (cli/bench_flux.py)
+        require_unet(handle, "backdrop bench")
     return handle
 
 

@@ -76,7 +76,8 @@ class InpaintPlan:
             return handle
         from ..runtime.inpainting.loader import require_unet
 
-        require_unet(handle, "--engine")
+        if not handle.is_flux:  # FLUX transformers run on ONNX / OpenVINO engines too
+            require_unet(handle, "--engine")
         from ..export.attach import attach_engine
         from ..runtime.models import get_locator
 
@@ -87,6 +88,8 @@ class InpaintPlan:
             return attach_engine(handle, locator.resolve(kind, name), threads=threads,
                                  components=self.engine_components, locator=locator)
         from ..export.engine_export import export_pipeline_engine
+        if handle.is_flux:
+            return self._attach_flux_auto(handle, choice, locator, threads)
         from ..runtime.engines.profile import ShapeProfile
         from ..runtime.engines.spec import UNetSpec
         from ..runtime.inpainting.geometry import FAMILY_RESOLUTION
@@ -101,6 +104,22 @@ class InpaintPlan:
         components = self.engine_components and request.format == "openvino"
         result = export_pipeline_engine(handle, request, locator, components=components)
         return attach_engine(handle, result.path, threads=threads, components=components, locator=locator)
+
+    def _attach_flux_auto(self, handle, choice, locator, threads):
+        """--engine auto for a FLUX pipeline: the chosen kind of engine for its transformer (an onnxruntime
+        choice becomes the portable fp32 export: the optimised graphs are UNet-only), exported unless cached."""
+        import dataclasses
+
+        from ..export.attach import attach_engine
+        from ..export.engine_export import export_pipeline_engine
+
+        request = choice.request(None)
+        if request is None:
+            return handle  # plain torch was the fastest within the budget
+        if request.format == "onnx":
+            request = dataclasses.replace(request, optimize_for="", precision="fp32")
+        result = export_pipeline_engine(handle, request, locator)
+        return attach_engine(handle, result.path, threads=threads, locator=locator)
 
     def settings_for(self, positive: str, negative: str) -> InpaintSettings:
         """The sampling settings with this photo's prompts (explicit --prompt/--negative win)."""

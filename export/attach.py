@@ -8,6 +8,10 @@ otherwise the error says which engine to export.
 With ``components=True`` (OpenVINO engines) the text encoder(s) and the VAE run on their engines too.
 They are found from the UNet engine's manifest (export/engine_export.py ``component_key``), so a
 pipeline runs entirely on engines; the product-exact paste-back after decoding is unchanged.
+
+A FLUX pipeline (Fill, Kontext) takes a FLUX transformer engine (ONNX or OpenVINO) the same way: the
+pipeline's ``transformer`` becomes a ``BackendFluxTransformer``; a portable ONNX export is refit to
+another LoRA stack by initializer name, an OpenVINO one must have the stack baked in.
 """
 
 from __future__ import annotations
@@ -20,17 +24,17 @@ from typing import Any
 from ..runtime.engines.adapter import BackendUNet
 from ..runtime.engines.load import open_backend
 from ..runtime.engines.manifest import EngineManifest, read_manifest
-from ..runtime.engines.spec import UNetSpec
+from ..runtime.engines.spec import denoiser_spec
 from ..runtime.errors import InvalidInputError
 from .refit import base_parameters, effective_lora_weights, refit_map_from_dict, refit_weights
 
 
-def check_fits(manifest: EngineManifest, spec: UNetSpec, engine_name: str) -> None:
-    """Raise unless the engine's UNet interface is the pipeline UNet's."""
+def check_fits(manifest: EngineManifest, spec: Any, engine_name: str) -> None:
+    """Raise unless the engine's UNet (or FLUX transformer) interface is the pipeline's."""
     engine = manifest.spec
-    fields = ("family", "in_channels", "out_channels", "context_dim", "text_embeds_dim", "time_ids_dim")
-    wrong = [f"{f}: engine {getattr(engine, f)}, pipeline {getattr(spec, f)}" for f in fields
-             if getattr(engine, f) != getattr(spec, f)]
+    ours, theirs = engine.to_dict(), spec.to_dict()
+    fields = [f for f in dict.fromkeys([*ours, *theirs]) if f not in ("config", "latent_multiple")]
+    wrong = [f"{f}: engine {ours.get(f)}, pipeline {theirs.get(f)}" for f in fields if ours.get(f) != theirs.get(f)]
     if wrong:
         raise InvalidInputError(f"{engine_name} was exported from a {engine.describe()} and does not fit this "
                                 f"pipeline's {spec.describe()} ({'; '.join(wrong)})")
@@ -44,13 +48,11 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
                   threads: int | None = None, components: bool = False, locator: Any = None) -> Any:
     """A ``LoadedPipeline`` like ``handle`` whose UNet is the engine at ``engine_path`` (and, with
     ``components``, whose text encoders and VAE are that engine's sibling engines)."""
-    from ..runtime.inpainting.loader import require_unet
     from ..runtime.inpainting.loras import activated
 
-    require_unet(handle, "an engine")
     engine_path = Path(engine_path)
     manifest = read_manifest(engine_path)
-    spec = UNetSpec.from_unet(handle.pipe.unet)
+    spec = denoiser_spec(handle.denoiser)
     check_fits(manifest, spec, engine_path.name)
     if manifest.base_fingerprint and manifest.base_fingerprint != handle.fingerprint:
         raise InvalidInputError(f"{engine_path.name} was exported from {manifest.base_model or 'another model'}, "
@@ -65,7 +67,7 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
                 f"uses {_describe(lora_stack(handle))}. Export an engine for this stack, or a refittable one "
                 "(a portable ONNX export, or TensorRT with refittable on).")
         with activated(handle) as pipe:
-            weights = refit_weights(refit_map_from_dict(manifest.refit_map), *_refit_set(pipe.unet, manifest))
+            weights = refit_weights(refit_map_from_dict(manifest.refit_map), *_refit_set(handle.denoiser, manifest))
         if manifest.format == "onnx":
             overrides = weights
     backend = open_backend(engine_path, device=device, provider=provider, threads=threads,
@@ -74,6 +76,13 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
         from .tensorrt_build import refit_engine
 
         refit_engine(backend.engine, weights)
+    if handle.is_flux:
+        from ..runtime.engines.flux_adapter import BackendFluxTransformer
+
+        if components:
+            raise InvalidInputError("whole-pipeline engines (text encoders, VAE) are for SD1.5/SDXL pipelines; for "
+                                    "FLUX only the transformer runs on an engine")
+        return _with_transformer(handle, BackendFluxTransformer(backend, dtype=handle.dtype, device=handle.device))
     unet = BackendUNet(backend, dtype=handle.dtype, device=handle.device)
     attached = handle.with_unet(unet)
     if components:
@@ -86,6 +95,15 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
         pipe.set_progress_bar_config(disable=True)
         attached = dataclasses.replace(attached, pipe=pipe)
     return dataclasses.replace(attached, loras=())
+
+
+def _with_transformer(handle: Any, transformer: Any) -> Any:
+    """A shallow copy of a FLUX ``handle`` whose pipeline uses ``transformer`` (an engine), LoRAs baked in."""
+    from ..runtime.inpainting.loader import BaseState
+
+    pipe = type(handle.pipe)(**{**handle.pipe.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    return dataclasses.replace(handle, pipe=pipe, state=BaseState(), loras=())
 
 
 def pipeline_parts(handle: Any, manifest: EngineManifest, engine_path: Path, threads: int | None = None,

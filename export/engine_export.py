@@ -6,19 +6,26 @@ engine, and an OpenVINO IR for the CPU (fp32, bf16, fp16 or int8-compressed weig
 export/openvino_export.py). The active LoRA stack is fused in; the key (export/cache.py) names base weights, LoRA stack,
 profile, precision and, for TensorRT, version and GPU, so changing any of them builds a new engine and
 repeating a request finds the one already built.
+
+A FLUX transformer (FLUX.1 Fill, Kontext) takes the same path with its own contract (``FluxSpec``,
+export/flux_export.py): a portable, refittable ONNX or an OpenVINO IR (fp32, bf16/fp16 where the CPU has
+the unit, int8 weights), component ``transformer``, no shape profile (batch and sequence lengths are
+dynamic). The onnxruntime-optimised graphs and TensorRT are UNet-only and refused for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.engines.flux_spec import FluxSpec
 from ..runtime.engines.manifest import EngineManifest, write_manifest
 from ..runtime.engines.profile import ShapeProfile
-from ..runtime.engines.spec import UNetSpec
+from ..runtime.engines.spec import UNetSpec, denoiser_spec
 from ..runtime.errors import InvalidInputError
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
@@ -76,14 +83,32 @@ class EngineResult:
     cached: bool
 
 
-def engine_key(spec: UNetSpec, base: BaseIdentity, request: EngineRequest, trt_version: str = "",
+def engine_key(spec: UNetSpec | FluxSpec, base: BaseIdentity, request: EngineRequest, trt_version: str = "",
                compute_capability: str = "") -> EngineKey:
     builder = (("optimization_level", request.optimization_level), ("refittable", request.refittable)) \
         if request.format == "tensorrt" else ()
     return EngineKey(base_fingerprint=base.fingerprint, loras=tuple(base.loras), spec=spec, profile=request.profile,
                      precision=request.precision, format=request.format,
                      optimized_for=request.optimize_for if request.format == "onnx" else "",
-                     tensorrt_version=trt_version, compute_capability=compute_capability, builder=builder)
+                     tensorrt_version=trt_version, compute_capability=compute_capability, builder=builder,
+                     component=denoiser_component(spec))
+
+
+def denoiser_component(spec: UNetSpec | FluxSpec) -> str:
+    """The manifest component of a denoiser engine: ``transformer`` for FLUX, ``unet`` otherwise."""
+    return "transformer" if isinstance(spec, FluxSpec) else "unet"
+
+
+def check_flux_request(request: EngineRequest) -> EngineRequest:
+    """The request as a FLUX transformer engine takes it (no shape profile), or an error saying what fits."""
+    if request.format not in ("onnx", "openvino"):
+        raise InvalidInputError(f"FLUX transformer engines are exported as onnx or openvino, not {request.format} "
+                                "(TensorRT is checked for SD UNets only)")
+    if request.format == "onnx" and (request.optimize_for or request.precision != "fp32"):
+        raise InvalidInputError("a FLUX transformer ONNX export is the portable fp32 graph (onnxruntime's UNet "
+                                "fusions and fp16 conversion are for SD UNets); use optimize_for '' and precision "
+                                "fp32, or an OpenVINO engine for int8/bf16")
+    return dataclasses.replace(request, profile=None)
 
 
 def default_precision(format: str) -> str:
@@ -103,7 +128,9 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
     """Build (or find) the engine for ``unet`` as its LoRA stack is active now; write it into ``folder``."""
     request.validate()
     folder = Path(folder)
-    spec = UNetSpec.from_unet(unet)
+    spec = denoiser_spec(unet)
+    if isinstance(spec, FluxSpec):
+        request = check_flux_request(request)
     trt_version = compute_capability = ""
     if request.format == "tensorrt":
         from ..runtime.engines.tensorrt_backend import import_tensorrt
@@ -115,12 +142,16 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
     hit = EngineCache([folder, *search]).find(key)
     if hit is not None:
         return EngineResult(path=hit[0], manifest=hit[1], cached=True)
-    target = folder / engine_file_name(spec, request.precision, key, SUFFIXES[request.format])
+    component = denoiser_component(spec)
+    target = folder / engine_file_name(spec, request.precision, key, SUFFIXES[request.format], component=component)
     manifest = EngineManifest(format=request.format, file="", spec=spec, precision=request.precision, key=key,
                               profile=request.profile, base_model=base.name, base_fingerprint=base.fingerprint,
                               loras=tuple(base.loras), optimized_for=request.optimize_for,
-                              exporter={"exporter": EXPORTER, "opset": OPSET, "torch": _torch_version()})
-    if request.format == "onnx":
+                              exporter={"exporter": EXPORTER, "opset": OPSET, "torch": _torch_version()},
+                              component=component)
+    if component == "transformer":
+        path, manifest = _export_flux(unet, target, request, manifest)
+    elif request.format == "onnx":
         path, manifest = _export_onnx(unet, target, request, manifest)
     elif request.format == "openvino":
         path, manifest = _export_openvino(unet, target, request, manifest)
@@ -150,6 +181,22 @@ def _export_onnx(unet: Any, target: Path, request: EngineRequest, manifest: Engi
                                        latent_size=latent)
     return optimized.path, manifest.replace(file=optimized.path.name, precision=optimized.precision,
                                             extra={"fused_ops": optimized.fused_ops})
+
+
+def _export_flux(transformer: Any, target: Path, request: EngineRequest, manifest: EngineManifest
+                 ) -> tuple[Path, EngineManifest]:
+    from .flux_export import export_flux_onnx, export_flux_openvino
+
+    if request.format == "onnx":
+        exported = export_flux_onnx(transformer, target)
+        return exported.path, manifest.replace(file=exported.path.name, precision=exported.precision,
+                                               refit_map=refit_map_to_dict(exported.refit_map),
+                                               extra={"external_data": exported.external_data})
+    from .openvino_export import CONVERTER, openvino_exporter
+
+    exported = export_flux_openvino(transformer, target, precision=request.precision)
+    return exported.path, manifest.replace(file=exported.path.name, exporter=openvino_exporter(CONVERTER),
+                                           extra={"weight_compression": exported.weight_compression})
 
 
 def _export_openvino(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest
@@ -199,12 +246,11 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
                            components: bool = False) -> EngineResult:
     """``export_engine`` for a ``LoadedPipeline``: its LoRA stack is applied (and fused into the export),
     and the engine goes to the first models/onnx, models/tensorrt or models/openvino folder. ``components``
-    (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py)."""
-    from ..runtime.inpainting.loader import require_unet
+    (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py). For a
+    FLUX pipeline the engine is its transformer's (no components)."""
     from ..runtime.inpainting.loras import activated
     from ..runtime.models import get_locator
 
-    require_unet(handle, "engine export")
     locator = locator or get_locator()
     request.validate()
     kind = FOLDER_KINDS[request.format]
@@ -215,8 +261,11 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
                         loras=tuple((s.name, s.fingerprint, float(s.strength)) for s in handle.loras))
     if components and request.format != "openvino":
         raise InvalidInputError("whole-pipeline engines (text encoders, VAE) are exported for format openvino only")
+    if components and handle.is_flux:
+        raise InvalidInputError("whole-pipeline engines (text encoders, VAE) are exported for SD1.5/SDXL pipelines; "
+                                "for FLUX only the transformer runs on an engine")
     with activated(handle) as pipe:
-        result = export_engine(pipe.unet, base, request, folders[0], search=folders[1:],
+        result = export_engine(handle.denoiser, base, request, folders[0], search=folders[1:],
                                timing_cache_dir=folders[0] if kind == "tensorrt" else None)
         if components:
             from .pipeline_export import export_components

@@ -84,10 +84,12 @@ class BackdropExportEngine(HostedNode):
         from ..runtime.errors import InvalidInputError
         from ..runtime.inpainting.loader import require_unet
 
-        require_unet(pipeline, "engine export")
-        profile = ShapeProfile.from_resolutions(parse_resolutions(resolutions),
-                                                batch=(1, 2 * images_per_batch, 2 * images_per_batch),
-                                                latent_multiple=UNetSpec.from_unet(pipeline.pipe.unet).latent_multiple)
+        profile = None  # a FLUX transformer engine takes any batch and sequence length
+        if not pipeline.is_flux:
+            require_unet(pipeline, "engine export")
+            profile = ShapeProfile.from_resolutions(
+                parse_resolutions(resolutions), batch=(1, 2 * images_per_batch, 2 * images_per_batch),
+                latent_multiple=UNetSpec.from_unet(pipeline.pipe.unet).latent_multiple)
         if precision == "auto":
             precision = default_precision(format)
         whole = COMPONENT_CHOICES[components]
