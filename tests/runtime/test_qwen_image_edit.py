@@ -148,6 +148,7 @@ def test_partial_strength_and_progress_count_up_to_the_total(qwen_models, odd_ph
 
 def test_sd_only_settings_training_and_engines_are_refused_naming_the_family(qwen_models, odd_photo):
     from comfyui_backdrop.runtime.inpainting.loader import require_unet
+    from comfyui_backdrop.runtime.training.trainer import training_unet
 
     image, mask = odd_photo
     handle = load_pipeline(QWEN)
@@ -161,6 +162,8 @@ def test_sd_only_settings_training_and_engines_are_refused_naming_the_family(qwe
             require_unet(handle, what)
     with pytest.raises(InvalidInputError, match="qwen-image-edit"):
         handle.with_unet(None)
+    with pytest.raises(InvalidInputError, match="LoRA training.*qwen-image-edit"):
+        training_unet(handle)
 
 
 # ------------------------------------------------------------------------------------------------- LoRAs
