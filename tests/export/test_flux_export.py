@@ -215,3 +215,68 @@ def test_engines_that_do_not_fit_are_refused(models):
     with pytest.raises(InvalidInputError, match="exported as onnx or openvino"):
         export_pipeline_engine(fill, EngineRequest(format="tensorrt", precision="fp16",
                                                    profile=ShapeProfile.from_resolutions([(128, 128)])))
+
+
+def test_backdrop_run_with_a_flux_engine_named_or_auto(tmp_path, flux_models_root):
+    import cv2
+
+    from comfyui_backdrop.cli.main import main
+    from comfyui_backdrop.export.engine_choice import EngineChoice, default_choice_path, write_choice
+    from comfyui_backdrop.runtime.engines.precision import cpu_info
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for kind in ("diffusers", "loras"):
+        (models / kind).symlink_to(flux_models_root["root"] / kind)
+    photo, _ = studio_product_photo(77, 101, seed=5)
+    cv2.imwrite(str(tmp_path / "bottle.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    common = ["run", str(tmp_path / "bottle.png"), "--models-dir", str(models), "--checkpoint",
+              "diffusers/tiny-flux-fill", "--steps", "2", "--resolution", "128", "--seed", "7", "--save-mask",
+              "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "torch")]) == 0
+    # auto: the bench chose onnxruntime (its CPU-optimised graph is UNet-only, so FLUX gets the portable export)
+    choice = EngineChoice(backend="ort", precision="fp32", label="onnxruntime (optimized) fp32", p50_s=1.0,
+                          speedup=1.1, max_rel_error=1e-6, error_budget=2e-2, cpu=cpu_info().to_dict())
+    write_choice(choice, default_choice_path(models))
+    assert main([*common, "--out", str(tmp_path / "auto"), "--engine", "auto"]) == 0
+    [onnx_engine] = [p.name for p in (models / "onnx").glob("transformer_flux_384ch_fp32_*.onnx")]
+    # named: an OpenVINO engine exported beforehand (the export node / export_pipeline_engine)
+    set_locator(ModelLocator.from_models_dir(models))
+    try:
+        ov_engine = export(load_pipeline(FILL), "openvino").path.name
+    finally:
+        set_locator(None)
+    assert main([*common, "--out", str(tmp_path / "ov"), "--engine", f"openvino/{ov_engine}"]) == 0
+    assert main([*common, "--out", str(tmp_path / "named"), "--engine", f"onnx/{onnx_engine}"]) == 0
+    name = "bottle_minimal-studio.png"
+    mask = cv2.imread(str(tmp_path / "torch" / "bottle_mask.png"), cv2.IMREAD_GRAYSCALE) >= 128
+    reference = cv2.imread(str(tmp_path / "torch" / name)).astype(int)
+    assert mask.any()
+    for out in ("auto", "ov", "named"):
+        ours = cv2.imread(str(tmp_path / out / name)).astype(int)
+        assert np.abs(ours - reference).max() <= 2  # 8-bit PNGs of the same picture
+        assert np.array_equal(cv2.cvtColor(ours.astype(np.uint8), cv2.COLOR_BGR2RGB)[mask], photo[mask])
+
+
+def test_backdrop_bench_times_the_flux_transformer_step(tmp_path, flux_models_root):
+    import json
+
+    from comfyui_backdrop.cli.bench import main as bench_main
+
+    code = bench_main(["bench", "--model", "diffusers/tiny-flux-kontext", "--models-dir",
+                       str(flux_models_root["root"]), "--backends", "eager,ort,openvino", "--precisions", "fp32,int8",
+                       "--size", "128", "--batch", "1", "--tokens", "16", "--rounds", "2", "--threads", "1",
+                       "--out", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    rows = {r["name"]: r for r in report["sections"]["transformer step"]}
+    assert list(rows) == ["torch eager fp32", "onnxruntime (plain export) fp32", "OpenVINO fp32", "OpenVINO int8"]
+    assert all(len(r["times_s"]) == 2 and r["p50_s"] > 0 for r in rows.values())
+    assert rows["torch eager fp32"]["max_abs_error"] == 0.0
+    assert rows["onnxruntime (plain export) fp32"]["max_rel_error"] <= FP32_REL
+    assert rows["OpenVINO fp32"]["max_rel_error"] <= FP32_REL
+    assert FP32_REL < rows["OpenVINO int8"]["max_rel_error"] <= ERROR_CLASS["int8"]
+    skipped = {s["name"]: s["reason"] for s in report["skipped"]["transformer step"]}
+    assert "for SD UNets" in skipped["onnxruntime (plain export) int8"]
+    assert report["title"].startswith("FLUX transformer backends")
+    assert "UNet step" not in report["sections"] and "pipeline" not in report["sections"]
