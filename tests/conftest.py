@@ -104,3 +104,21 @@ def flux_models(flux_models_root):
     set_locator(ModelLocator.from_models_dir(flux_models_root["root"]))
     yield flux_models_root["root"]
     set_locator(None)
+
+
+@pytest.fixture(scope="session")
+def qwen_models_root(tmp_path_factory):
+    """A tiny Qwen-Image-Edit diffusers folder and Qwen LoRAs (diffusers, kohya, ComfyUI layouts), built once."""
+    from tests.fixtures.qwen_fixtures import build_qwen_models
+
+    return build_qwen_models(tmp_path_factory.mktemp("qwen") / "models")["root"]
+
+
+@pytest.fixture()
+def qwen_models(qwen_models_root):
+    """The tiny Qwen-Image-Edit models dir installed as the locator."""
+    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
+
+    set_locator(ModelLocator.from_models_dir(qwen_models_root))
+    yield qwen_models_root
+    set_locator(None)

@@ -22,23 +22,6 @@ FAST = {"prompt": "a marble table, soft light", "steps": 2, "resolution": 128, "
 
 
 @pytest.fixture(scope="module")
-def qwen_root(tmp_path_factory):
-    from tests.fixtures.qwen_fixtures import build_qwen_models
-
-    return build_qwen_models(tmp_path_factory.mktemp("qwen") / "models")["root"]
-
-
-@pytest.fixture()
-def qwen_models(qwen_root):
-    """The tiny Qwen-Image-Edit models dir installed as the locator."""
-    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
-
-    set_locator(ModelLocator.from_models_dir(qwen_root))
-    yield qwen_root
-    set_locator(None)
-
-
-@pytest.fixture(scope="module")
 def odd_photo() -> tuple[np.ndarray, np.ndarray]:
     """A 77x101 (H x W) float photo and its product mask."""
     image, mask = studio_product_photo(77, 101, seed=5)
