@@ -14,7 +14,8 @@ def add_train_parser(subparsers) -> None:
     train = subparsers.add_parser("train-lora", help="train a background-inpainting LoRA on a folder of product photos")
     train.add_argument("dataset", type=Path, help="folder of product photos (.txt files beside them are captions)")
     train.add_argument("--model", required=True,
-                       help="base inpainting model: checkpoints/<file> or diffusers/<folder> in the models dir")
+                       help="base inpainting model: checkpoints/<file> or diffusers/<folder> in the models dir "
+                            "(SD1.5, SDXL, FLUX.1 Fill or FLUX.1 Kontext)")
     train.add_argument("--name", required=True, help="LoRA file name to write in models/loras (never overwritten)")
     train.add_argument("--models-dir", type=Path, default=None,
                        help="ComfyUI-style models folder (default: $BACKDROP_MODELS_DIR or ./models)")
@@ -25,7 +26,8 @@ def add_train_parser(subparsers) -> None:
     train.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     train.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     train.add_argument("--batch-size", type=int, default=1)
-    train.add_argument("--resolution", type=int, default=512, help="square training size (multiple of 8)")
+    train.add_argument("--resolution", type=int, default=512,
+                       help="square training size (a multiple of 8; of 16 for FLUX)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--background-weight", type=float, default=1.0, help="loss weight of the background region")
     train.add_argument("--product-weight", type=float, default=0.1, help="loss weight of the product region")
@@ -43,6 +45,9 @@ def add_train_parser(subparsers) -> None:
     train.add_argument("--score-weighted", action="store_true", help="stage 2: sample images by score")
     train.add_argument("--captioner", default=None, help="VLM folder in models/LLM for captions "
                        "(default: captions from image statistics)")
+    train.add_argument("--guidance", type=float, default=None,
+                       help="FLUX: the distilled guidance fed to the transformer while training (default: the "
+                            "model's own, 30 for FLUX.1 Fill [dev], 2.5 for Kontext [dev]); not used for SD")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
                        help="GPU autocast precision")
@@ -63,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
                        mask_augmentations=tuple(a.strip() for a in args.mask_augment.split(",") if a.strip()),
                        checkpoint_every=args.checkpoint_every, checkpoint_dir=str(checkpoint_dir),
                        gradient_checkpointing=False if args.no_gradient_checkpointing else None,
-                       mixed_precision=args.mixed_precision)
+                       mixed_precision=args.mixed_precision, guidance=args.guidance)
 
 
 def run_train(args: argparse.Namespace) -> int:

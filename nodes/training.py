@@ -48,7 +48,8 @@ def resolve_inside_input(text: str, input_dir: Path, what: str) -> Path:
 
 
 class BackdropTrainLoRA(HostedNode):
-    """Train a background-inpainting LoRA on all UNet layers from a folder of product photos."""
+    """Train a background-inpainting LoRA on all UNet layers (SD) or all transformer blocks (FLUX.1 Fill / Kontext)
+    from a folder of product photos."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -87,6 +88,10 @@ class BackdropTrainLoRA(HostedNode):
                 "stage2_steps": ("INT", {"default": 0, "min": 0, "max": 100000,
                                          "tooltip": "stage 2 (curated fine-tune) steps; 0: no stage 2"}),
                 "top_k": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "stage 2: best k (0: all)"}),
+                "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.5,
+                                       "tooltip": "FLUX only: the distilled guidance the transformer is trained "
+                                                  "with; 0 = the model's own (30 for FLUX.1 Fill [dev], 2.5 for "
+                                                  "Kontext [dev]). Not used for SD"}),
             },
         }
 
@@ -98,7 +103,8 @@ class BackdropTrainLoRA(HostedNode):
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
     DESCRIPTION = ("Prepares masks + captions for a folder of product photos and trains a LoRA for background "
-                   "inpainting; the LoRA is saved in models/loras and loads in BackdropLoRA and LoraLoader. "
+                   "inpainting (SD1.5, SDXL, FLUX.1 Fill or Kontext); the LoRA is saved in models/loras and loads "
+                   "in BackdropLoRA and LoraLoader. "
                    "Reads only folders inside ComfyUI's input folder; its working files (masks, manifest, "
                    "checkpoints) go to output/backdrop-training/<dataset>, never into the photo folder. The run's "
                    "summary is shown on the node.")
@@ -106,7 +112,7 @@ class BackdropTrainLoRA(HostedNode):
     def train(self, pipeline, dataset: str, lora_name: str, steps: int, rank: int, learning_rate: float,
               resolution: int, seed: int, background_weight: float, product_weight: float, caption_dropout: float,
               checkpoint_every: int, resume: bool, captioner=None, curated: str = "", stage2_steps: int = 0,
-              top_k: int = 0):
+              top_k: int = 0, guidance: float = 0.0):
         from ..runtime.training.dataset import working_dir
         from ..runtime.training.recipe import Recipe, run_recipe
         from ..runtime.training.trainer import TrainConfig
@@ -119,7 +125,8 @@ class BackdropTrainLoRA(HostedNode):
         config = TrainConfig(steps=steps, rank=rank, learning_rate=learning_rate, resolution=resolution, seed=seed,
                              background_weight=background_weight, product_weight=product_weight,
                              caption_dropout=caption_dropout, checkpoint_every=checkpoint_every,
-                             checkpoint_dir=str(dataset_dir / "checkpoints" / Path(lora_name).stem))
+                             checkpoint_dir=str(dataset_dir / "checkpoints" / Path(lora_name).stem),
+                             guidance=float(guidance) if guidance else None)
         recipe = Recipe(folder, lora_name, config, dataset_dir=dataset_dir, curated=curated_path,
                         stage2_steps=stage2_steps, top_k=top_k or None, resume=resume)
         result = run_recipe(pipeline.with_loras(()), recipe, captioner=captioner,

@@ -69,6 +69,7 @@ def run_recipe(handle, recipe: Recipe, captioner=None, sam=None,
         return progress_factory(label, total) if progress_factory else None
 
     config, lora_name = recipe.config, recipe.lora_name
+    config.check_for(handle)  # before the dataset is prepared
     images = list_images(recipe.dataset_folder)
     dataset = prepare_dataset(recipe.dataset_folder, recipe.dataset_dir, captioner=captioner, sam=sam,
                               progress=progress("preparing dataset", max(1, len(images))))

@@ -79,3 +79,27 @@ def test_node_reads_only_folders_inside_the_input_folder(private_loras, tmp_path
             BackdropTrainLoRA().train(pipeline, "catalog", "x", curated=bad, stage2_steps=1, **SETTINGS)
     assert sorted(p.name for p in outside.iterdir()) == before, "nothing was written outside the input folder"
     assert not (tmp_path / "input" / "catalog" / ".backdrop-dataset").exists()
+
+
+def test_node_trains_a_flux_fill_lora_with_its_guidance(flux_models_root, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from comfyui_backdrop.runtime.models import set_locator
+
+    set_locator(locator_with_loras(flux_models_root["root"], tmp_path / "loras"))
+    try:
+        write_product_folder(tmp_path / "input" / "catalog", count=2)
+        use_node_host(monkeypatch, tmp_path / "input", tmp_path / "output")
+        spec = BackdropTrainLoRA.INPUT_TYPES()
+        assert list(spec["optional"])[-1] == "guidance", "new widgets go last"
+        (pipeline,) = BackdropInpaintLoader().load("diffusers/tiny-flux-fill", "cpu", "auto")
+        returned = BackdropTrainLoRA().train(pipeline, "catalog", "flux_node", **{**SETTINGS, "steps": 2},
+                                             guidance=12.0)
+        name, report = returned["result"]
+        assert name == "flux_node.safetensors" and "stage 1: 2 steps" in report
+        assert read_metadata(tmp_path / "loras" / name)["backdrop.guidance"] == "12"
+        assert all(k.startswith("transformer.") for k in load_file(str(tmp_path / "loras" / name)))
+        (reloaded,) = BackdropLoRA().apply(pipeline, name, 1.0, enabled=True, fuse=False)
+        assert reloaded.loras[-1].name == name
+    finally:
+        set_locator(None)
