@@ -26,7 +26,8 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, default=25)
     group.add_argument("--cfg", type=float, default=None,
                        help="guidance scale (default: the model's: 7 for SD1.5/SDXL; for FLUX its distilled "
-                            "guidance, 30 for FLUX.1 Fill and 2.5 for Kontext)")
+                            "guidance, 30 for FLUX.1 Fill and 2.5 for Kontext; for Qwen-Image-Edit true CFG "
+                            "with the negative prompt, 4)")
     group.add_argument("--scheduler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER)
     group.add_argument("--strength", type=float, default=1.0)
     group.add_argument("--variations", type=int, default=1, help="backgrounds per input")

@@ -20,7 +20,8 @@ def pipeline_choices() -> list[str]:
 
 
 class BackdropInpaintLoader(HostedNode):
-    """Load an SD1.5, SDXL, FLUX.1 Fill or FLUX.1 Kontext inpainting pipeline (or a regular SD checkpoint) offline."""
+    """Load an SD1.5, SDXL, FLUX.1 Fill, FLUX.1 Kontext or Qwen-Image-Edit inpainting pipeline (or a regular SD
+    checkpoint) offline."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -29,7 +30,8 @@ class BackdropInpaintLoader(HostedNode):
                 "model": (pipeline_choices(), {"tooltip": "a single file in models/checkpoints or a diffusers "
                                                           "folder in models/diffusers"}),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: cuda when torch sees a GPU, else cpu"}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU (bf16 for FLUX), fp32 on "
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU (bf16 for FLUX and "
+                                                                    "Qwen-Image-Edit), fp32 on "
                                                                     "the CPU; choose bf16 or fp32 if fp16 gives "
                                                                     "NaN/black images"}),
             }
@@ -45,7 +47,8 @@ class BackdropInpaintLoader(HostedNode):
                    "models/checkpoints (single files) or models/diffusers (folders), without any download. "
                    "Single files use the shipped configs and ComfyUI's own CLIP tokenizer. FLUX.1 Fill and "
                    "FLUX.1 Kontext diffusers folders load too (no negative prompt; cfg is FLUX's guidance: "
-                   "about 30 for Fill, 2.5 for Kontext).")
+                   "about 30 for Fill, 2.5 for Kontext), and Qwen-Image-Edit folders (cfg is its true CFG with "
+                   "the negative prompt: about 4).")
 
     @classmethod
     def VALIDATE_INPUTS(cls, model):
