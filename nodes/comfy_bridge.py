@@ -21,8 +21,10 @@ IN_COMFYUI = folder_paths is not None
 
 
 def register_model_folders() -> None:
-    """Register sams, LLM, checkpoints, diffusers, loras, onnx, tensorrt with ComfyUI's folder_paths,
-    and make the runtime resolve model names through them."""
+    """Register every kind of MODEL_FOLDERS (sams, LLM, checkpoints, diffusers, loras, onnx, tensorrt, ...) with
+    ComfyUI's folder_paths, and make the runtime resolve model names through them. ComfyUI already knows
+    diffusion_models, text_encoders and vae, and maps the legacy unet and clip names onto the first two, so
+    those resolve to ComfyUI's own folders (extra_model_paths.yaml included)."""
     if folder_paths is None:
         return
     for kind in MODEL_FOLDERS:
@@ -76,12 +78,27 @@ def clip_tokenizer_dir() -> Path | None:
 
 
 def register_clip_tokenizer() -> None:
-    """Let single-file checkpoints use ComfyUI's bundled CLIP tokenizer files."""
-    from ..runtime.inpainting.tokenizers import register_tokenizer_dir
+    """Let single-file checkpoints use ComfyUI's bundled CLIP tokenizer files (and, for FLUX single files, its
+    T5 tokenizer)."""
+    from ..runtime.inpainting.tokenizers import register_t5_tokenizer_dir, register_tokenizer_dir
 
     folder = clip_tokenizer_dir()
     if folder is not None:
         register_tokenizer_dir(folder)
+    t5_folder = t5_tokenizer_dir()
+    if t5_folder is not None:
+        register_t5_tokenizer_dir(t5_folder)
+
+
+def t5_tokenizer_dir() -> Path | None:
+    """ComfyUI's own T5 tokenizer folder (comfy/text_encoders/t5_tokenizer: tokenizer.json and
+    tokenizer_config.json, what transformers' T5 tokenizer reads), or None outside ComfyUI."""
+    try:
+        import comfy.sd1_clip as sd1_clip  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    folder = Path(sd1_clip.__file__).resolve().parent / "text_encoders" / "t5_tokenizer"
+    return folder if (folder / "tokenizer.json").is_file() else None
 
 
 register_model_folders()

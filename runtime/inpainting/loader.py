@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 SOURCES = ("checkpoints", "diffusers")
+FLUX_FILE_KINDS = ("diffusion_models", "unet")  # FLUX transformers as single files (ComfyUI's layout)
 UNET_FAMILIES = ("sd15", "sdxl")
 FLUX_FILL = "flux-fill"
 FLUX_KONTEXT = "flux-kontext"
@@ -148,18 +150,21 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def available_models() -> list[str]:
-    """Every loadable name, as ``checkpoints/<file>`` and ``diffusers/<folder>``."""
+    """Every loadable name: ``checkpoints/<file>``, ``diffusers/<folder>``, ``diffusion_models/<file>`` and
+    ``unet/<file>`` (a legacy ``unet`` name only when ``diffusion_models`` does not list it: ComfyUI maps one
+    folder into the other)."""
     locator = get_locator()
-    return [f"{kind}/{name}" for kind in SOURCES for name in locator.list(kind)]
+    names = [f"{kind}/{name}" for kind in (*SOURCES, "diffusion_models") for name in locator.list(kind)]
+    return names + [f"unet/{n}" for n in locator.list("unet") if f"diffusion_models/{n}" not in names]
 
 
 def split_model_name(model: str) -> tuple[str, str]:
     """``checkpoints/x.safetensors`` -> (kind, name); a bare name is looked up in both folders."""
     kind, _, rest = model.partition("/")
-    if kind in SOURCES and rest:
+    if kind in (*SOURCES, *FLUX_FILE_KINDS) and rest:
         return kind, rest
     locator = get_locator()
-    for candidate in SOURCES:
+    for candidate in (*SOURCES, *FLUX_FILE_KINDS):
         if model in locator.list(candidate):
             return candidate, model
     return "checkpoints", model  # resolve() then raises the missing-model error naming the folder
@@ -174,16 +179,31 @@ def default_cfg(model: str) -> float:
         if kind == "diffusers":
             path = get_locator().resolve(kind, name)
             return FAMILY_CFG.get(folder_family(_index_class(path), name), FAMILY_CFG["sd15"])
+        path = get_locator().resolve(kind, name)
+        if kind in FLUX_FILE_KINDS or (kind == "checkpoints" and _is_flux_file(path)):
+            from .flux_files import transformer_family
+
+            return FAMILY_CFG[transformer_family(kind, name, path)]
     except (MissingModelError, InvalidModelError):
         pass  # load_pipeline reports it, with the folder it looked in
     return FAMILY_CFG["sd15"]
 
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto",
-                  tokenizer_dir: str | None = None) -> LoadedPipeline:
-    """Load (or fetch from cache) the pipeline named ``model`` from models/checkpoints or models/diffusers."""
+                  tokenizer_dir: str | None = None, *, text_encoders: Sequence[str] = (), vae: str | None = None,
+                  t5_tokenizer_dir: str | None = None) -> LoadedPipeline:
+    """Load (or fetch from cache) the pipeline named ``model`` from models/checkpoints, models/diffusers or, for a
+    FLUX transformer file, models/diffusion_models (legacy models/unet). A FLUX single file (those, or an
+    all-in-one FLUX checkpoint) takes its CLIP-L / T5-XXL from ``text_encoders`` (names in models/text_encoders)
+    and its autoencoder from ``vae`` (models/vae), else the one fitting file there (``flux_files``)."""
     kind, name = split_model_name(model)
     path = get_locator().resolve(kind, name)
+    if kind in FLUX_FILE_KINDS or (kind == "checkpoints" and _is_flux_file(path)):
+        return _load_flux_files(kind, name, path, device, dtype, tokenizer_dir, tuple(text_encoders), vae,
+                                t5_tokenizer_dir)
+    if text_encoders or vae:
+        raise InvalidInputError(f"text encoders and a VAE are chosen separately only for FLUX single files "
+                                f"(models/diffusion_models); {kind}/{name} brings its own")
     device_name = resolve_device(device)
     if dtype == "auto" and device_name == "cuda" and kind == "diffusers" \
             and _index_class(path).startswith(("Flux", "QwenImage")):
@@ -271,3 +291,46 @@ def content_fingerprint(path: Path) -> str:
                 handle.seek(-(1 << 20), os.SEEK_END)
                 digest.update(handle.read())
     return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------- FLUX single files (ComfyUI layout)
+
+def _is_flux_file(path: Path) -> bool:
+    """An all-in-one FLUX checkpoint in models/checkpoints (its transformer under ``model.diffusion_model.``)."""
+    if path.suffix.lower() != ".safetensors":
+        return False
+    from .flux_probe import is_flux_checkpoint, safetensors_shapes
+
+    try:
+        return is_flux_checkpoint(safetensors_shapes(path))
+    except InvalidModelError:
+        return False  # the SD single-file loader reports the unreadable file
+
+
+def _load_flux_files(kind: str, name: str, path: Path, device: str, dtype: str, tokenizer_dir: str | None,
+                     text_encoders: tuple[str, ...], vae: str | None, t5_tokenizer_dir: str | None) -> LoadedPipeline:
+    """Choose the parts (headers only), then load them once per distinct set of files, device and dtype."""
+    from .flux_files import flux_files
+
+    files = flux_files(kind, name, path, text_encoders, vae)
+    device_name = resolve_device(device)
+    if dtype == "auto" and device_name == "cuda":
+        dtype = "bf16"  # FLUX's activations overflow fp16; it is trained and released in bf16
+    torch_dtype = resolve_dtype(dtype, device_name)
+    key = ("inpaint-flux-files", *(file_fingerprint(p) for p in files.paths),
+           *(part.prefix for part in (files.transformer, files.clip_l, files.t5, files.vae)),
+           device_name, str(torch_dtype))
+
+    def load() -> LoadedPipeline:
+        import torch
+
+        from .flux_single_file import load_flux_single_file_pipeline
+
+        pipe = load_flux_single_file_pipeline(files, torch_dtype, tokenizer_dir, t5_tokenizer_dir)
+        pipe.to(device_name)
+        pipe.set_progress_bar_config(disable=True)
+        digest = hashlib.sha256("|".join(content_fingerprint(p) for p in files.paths).encode()).hexdigest()[:16]
+        return LoadedPipeline(pipe=pipe, family=files.family, name=f"{kind}/{name}", fingerprint=digest,
+                              device=torch.device(device_name), dtype=torch_dtype)
+
+    return MODEL_CACHE.get_or_load(key, load)

@@ -1,4 +1,5 @@
-"""Find CLIP tokenizer files on disk for single-file checkpoints. Never reaches a hub.
+"""Find CLIP (and, for FLUX single files, T5) tokenizer files on disk for single-file checkpoints. Never
+reaches a hub.
 
 Looked for, in order: a folder passed in, ``$BACKDROP_CLIP_TOKENIZER``, folders registered at run
 time (inside ComfyUI: its own ``comfy/sd1_tokenizer``), then the ``tokenizer/`` folder of any
@@ -70,3 +71,63 @@ def write_tokenizer(source: Path, target: Path, pad_token: str) -> None:
         "pad_token": pad_token,
     }
     (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+# ------------------------------------------------------------------------------------------- T5 (FLUX)
+
+T5_TOKENIZER_ENV = "BACKDROP_T5_TOKENIZER"
+T5_FILES = ("tokenizer.json", "spiece.model")  # either one: transformers' T5 tokenizer reads both
+_registered_t5: list[Path] = []
+
+
+def register_t5_tokenizer_dir(folder: str | os.PathLike) -> None:
+    """Add a folder to search for the T5 tokenizer (nodes/ registers ComfyUI's comfy/text_encoders/t5_tokenizer)."""
+    path = Path(folder)
+    if path not in _registered_t5:
+        _registered_t5.append(path)
+
+
+def t5_candidate_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
+    """Every folder searched for the T5 tokenizer, in order: the folder passed in, ``$BACKDROP_T5_TOKENIZER``,
+    registered folders, then ``tokenizer_2/`` of every diffusers folder (FLUX pipelines keep T5's there)."""
+    found: list[Path] = []
+    if explicit:
+        found.append(Path(explicit).expanduser())
+    if os.environ.get(T5_TOKENIZER_ENV):
+        found.append(Path(os.environ[T5_TOKENIZER_ENV]).expanduser())
+    found.extend(_registered_t5)
+    locator = get_locator()
+    for name in locator.list("diffusers"):
+        found.append(locator.resolve("diffusers", name) / "tokenizer_2")
+    return found
+
+
+def find_t5_tokenizer_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The first folder holding a T5 tokenizer (tokenizer.json or spiece.model); the error lists every place looked."""
+    looked = t5_candidate_dirs(explicit)
+    for folder in looked:
+        if any((folder / f).is_file() for f in T5_FILES) and _is_t5_folder(folder):
+            return folder
+    where = "\n".join(f"  - {p}" for p in looked) or "  (no folder configured)"
+    raise MissingModelError(
+        "FLUX single files need the T5 tokenizer files (tokenizer.json or spiece.model, with "
+        f"tokenizer_config.json), and none were found. Looked in:\n{where}\nInside ComfyUI they come from "
+        f"comfy/text_encoders/t5_tokenizer; elsewhere set ${T5_TOKENIZER_ENV} to a folder holding them (the "
+        "tokenizer_2/ folder of black-forest-labs/FLUX.1-Fill-dev, for example), or put a FLUX diffusers folder "
+        "in models/diffusers.")
+
+
+def _is_t5_folder(folder: Path) -> bool:
+    """Not a CLIP tokenizer that happens to have a tokenizer.json: its config names T5 (or says nothing)."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return (folder / "spiece.model").is_file()
+    return "T5" in str(config.get("tokenizer_class", "T5"))
+
+
+def load_t5_tokenizer(folder: Path):
+    """transformers' T5 tokenizer from ``folder``, offline."""
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer.from_pretrained(str(folder), local_files_only=True)
