@@ -132,7 +132,7 @@ def require_unet(handle: LoadedPipeline, what: str) -> None:
     if handle.family not in UNET_FAMILIES:
         raise InvalidInputError(
             f"{what} needs an SD1.5 or SDXL UNet pipeline, but {handle.name} is {handle.family} (a FLUX transformer); "
-            "for FLUX.1 Fill and Kontext, inpainting and LoRAs work, LoRA training and engine export do not yet "
+            f"for FLUX.1 Fill and Kontext, inpainting, LoRAs and LoRA training work; {what} is not available yet "
             "(docs/flux.md).")
 
 
