@@ -26,10 +26,13 @@ CORE_NODES = (
     "LoadImage", "SaveImage", "PreviewImage", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncodeForInpaint",
     "VAEEncode", "SetLatentNoiseMask", "InpaintModelConditioning", "KSampler", "VAEDecode", "ImageScale",
     "ImageScaleBy", "LoraLoader", "ImageCompositeMasked", "InvertMask", "EmptyLatentImage",
+    "UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "DifferentialDiffusion", "LoraLoaderModelOnly",
 )  # fmt: skip
 
 # Combos that list files on the machine even when the list happens to be empty at snapshot time.
-KNOWN_DYNAMIC = {("LoadImage", "image"), ("CheckpointLoaderSimple", "ckpt_name"), ("LoraLoader", "lora_name")}
+KNOWN_DYNAMIC = {("LoadImage", "image"), ("CheckpointLoaderSimple", "ckpt_name"), ("LoraLoader", "lora_name"),
+                 ("UNETLoader", "unet_name"), ("DualCLIPLoader", "clip_name1"), ("DualCLIPLoader", "clip_name2"),
+                 ("VAELoader", "vae_name"), ("LoraLoaderModelOnly", "lora_name")}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "remote")
 OWN_PREFIX = "Backdrop"
 

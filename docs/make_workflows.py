@@ -21,6 +21,11 @@ CAPTIONER = "Florence-2-base"
 PIPELINE_MODEL = "checkpoints/sd-v1-5-inpainting.safetensors"
 NATIVE_CHECKPOINT = "sd-v1-5-inpainting.safetensors"
 LORA = "backdrop_background.safetensors"
+FLUX_FILL_FOLDER = "diffusers/FLUX.1-Fill-dev"
+FLUX_FILL_UNET = "flux1-fill-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_T5 = "t5xxl_fp16.safetensors"
+FLUX_VAE = "ae.safetensors"
 PRODUCT_PHOTO = "product.png"
 SUSPICIOUS_PHOTO = "suspicious.png"
 CATALOG_FOLDER = "catalog"
@@ -98,6 +103,52 @@ def native_ksampler() -> tuple[dict, dict]:
     return graph, layout
 
 
+def native_flux_fill() -> tuple[dict, dict]:
+    """FLUX.1 Fill on ComfyUI's own loaders and KSampler (the layout of ComfyUI's FLUX Fill example: guidance 30,
+    cfg 1, euler/normal, DifferentialDiffusion), with Backdrop's mask, prompt, exact composite and watermark."""
+    graph = {
+        "1": node("LoadImage", "Product photo", image=PRODUCT_PHOTO),
+        "2": node("BackdropProductMask", "Product mask", image=link(1), box="", points="", **MASK),
+        "3": node("BackdropCaption", "Caption (no weights)", image=link(1), product_mask=link(2), **CAPTION),
+        "4": node("BackdropStylePrompt", "Style prompt", product_caption=link(3, 0), background_caption=link(3, 1),
+                  **STYLE),
+        "5": node("UNETLoader", "Load FLUX.1 Fill", unet_name=FLUX_FILL_UNET, weight_dtype="default"),
+        "6": node("DualCLIPLoader", "Load CLIP-L + T5-XXL", clip_name1=FLUX_CLIP_L, clip_name2=FLUX_T5,
+                  type="flux", device="default"),
+        "7": node("VAELoader", "Load FLUX VAE", vae_name=FLUX_VAE),
+        "8": node("CLIPTextEncode", "Positive", text=link(4, 0), clip=link(6)),
+        "9": node("CLIPTextEncode", "Negative (unused by FLUX: guidance-distilled)", text="", clip=link(6)),
+        "10": node("FluxGuidance", "FLUX guidance", conditioning=link(8), guidance=30.0),
+        "11": node("InpaintModelConditioning", "Fill conditioning (background = regenerate)", positive=link(10),
+                   negative=link(9), vae=link(7), pixels=link(1), mask=link(2, 1), noise_mask=True),
+        "12": node("DifferentialDiffusion", "Differential diffusion", model=link(5)),
+        "13": node("KSampler", "KSampler", model=link(12), positive=link(11, 0), negative=link(11, 1),
+                   latent_image=link(11, 2), seed=42, steps=28, cfg=1.0, sampler_name="euler", scheduler="normal",
+                   denoise=1.0),
+        "14": node("VAEDecode", "VAE Decode", samples=link(13), vae=link(7)),
+        "15": node("BackdropComposite", "Paste the exact product back", generated=link(14), original=link(1),
+                   product_mask=link(2), seam_feather=6, color_match=1.0),
+        "16": node("BackdropWatermark", "Watermark + provenance", image=link(15), prompt=link(4, 0),
+                   negative_prompt=link(4, 1), product_mask=link(2), **MARK),
+        "17": node("BackdropSave", "Save (C2PA)", images=link(16), filename_prefix="backdrop/flux_fill", **SAVE),
+    }
+    layout = {"1": (0, 0), "2": (1, 0), "3": (2, 0), "4": (3, 0), "5": (0, 2), "6": (0, 2.6), "7": (0, 3.4),
+              "8": (4, 0), "9": (4, 1), "10": (5, 0), "11": (5, 1), "12": (1, 2), "13": (6, 0), "14": (7, 0),
+              "15": (8, 0), "16": (9, 0), "17": (10, 0)}
+    return graph, layout
+
+
+def flux_fill_headless() -> tuple[dict, dict]:
+    """The product_background job on FLUX.1 Fill through diffusers (runs headless: ``backdrop run --workflow``)."""
+    graph, layout = product_background()
+    graph["8"] = node("BackdropInpaintLoader", "Inpainting model", model=FLUX_FILL_FOLDER, device="auto",
+                      dtype="auto")
+    graph["9"]["_meta"]["title"] = "New background (FLUX.1 Fill, product exact)"
+    graph["9"]["inputs"].update(steps=28, cfg=30.0, scheduler="euler")
+    graph["11"]["inputs"]["filename_prefix"] = "backdrop/flux_fill"
+    return graph, layout
+
+
 def catalog_folder() -> tuple[dict, dict]:
     graph = {
         "1": node("BackdropLoadImageFolder", "Catalog folder", folder=CATALOG_FOLDER, start=0, limit=0),
@@ -166,6 +217,12 @@ WORKFLOWS = {
                            "product pixel-exact -> watermark + signed record -> save with C2PA."),
     "native_ksampler": (native_ksampler, "The same job on ComfyUI's own CheckpointLoader / VAEEncodeForInpaint / "
                         "KSampler, with Backdrop's mask, prompt, exact composite and watermark."),
+    "native_flux_fill": (native_flux_fill, "FLUX.1 Fill on ComfyUI's own UNETLoader / DualCLIPLoader / "
+                         "InpaintModelConditioning / FluxGuidance / KSampler, with Backdrop's mask, prompt, exact "
+                         "composite and watermark."),
+    "flux_fill_headless": (flux_fill_headless, "Mask (SAM) -> VLM caption -> style prompt -> FLUX.1 Fill (diffusers) "
+                           "with the product pixel-exact -> watermark + signed record -> save with C2PA; runs "
+                           "headless."),
     "catalog_folder": (catalog_folder, "Every photo of input/catalog through mask -> caption -> prompt -> inpaint "
                        "with the studio LoRA -> watermark -> save under its own name."),
     "train_lora": (train_lora, "Auto-mask and auto-caption input/product_photos, then train a background LoRA "

@@ -30,7 +30,8 @@ NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 # The files, model and input names the shipped workflows refer to (the README's workflow table lists them).
 EXPECTED_FILES = {"models/sams/sam_vit_b_01ec64.pth", "models/LLM/Florence-2-base/config.json",
                   "models/checkpoints/sd-v1-5-inpainting.safetensors", "models/loras/backdrop_background.safetensors",
-                  "input/product.png", "input/suspicious.png", "input/catalog/a.png", "input/product_photos/a.png"}
+                  "input/product.png", "input/suspicious.png", "input/catalog/a.png", "input/product_photos/a.png",
+                  "models/diffusers/FLUX.1-Fill-dev/model_index.json"}
 # Quick settings and the tiny models in place of the real ones, given the way users give them: --set.
 TINY = ["Inpainting model.model=checkpoints/tiny-sd15-inpaint.safetensors", "Base model.model="
         "checkpoints/tiny-sd15-inpaint.safetensors", "SAM.sam_model=tiny_sam.safetensors",
@@ -69,9 +70,9 @@ def studio_with_expected_files(tmp_path, monkeypatch):
     set_locator(None)
 
 
-def test_the_six_workflows_ship_in_both_forms_and_are_current():
-    assert NAMES == ["catalog_folder", "engine_export_load", "native_ksampler", "product_background", "train_lora",
-                     "verify_image"]
+def test_the_eight_workflows_ship_in_both_forms_and_are_current():
+    assert NAMES == ["catalog_folder", "engine_export_load", "flux_fill_headless", "native_flux_fill", "native_ksampler",
+                     "product_background", "train_lora", "verify_image"]
     assert sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json")) == NAMES
     stale = [str(p) for p, text in GENERATOR.render().items() if p.read_text(encoding="utf-8") != text]
     assert not stale, f"out of date (run python docs/make_workflows.py): {stale}"
@@ -203,6 +204,35 @@ def test_product_background_runs_with_the_product_exact_then_verifies(run, studi
     assert record["prompt"] == result.output("7", 0)[0] and record["account"] == "studio" and record["seed"] == 42
 
 
+def test_flux_fill_headless_runs_with_the_product_exact(run, studio, flux_models_root):
+    """The FLUX.1 Fill workflow on a tiny FluxFillPipeline folder: FLUX's guidance 30 and euler, product exact."""
+    folder = studio / "models" / "diffusers" / "tiny-flux-fill"
+    if not folder.exists():
+        folder.parent.mkdir(exist_ok=True)
+        folder.symlink_to(flux_models_root["root"] / "diffusers" / "tiny-flux-fill", target_is_directory=True)
+    result, graph = run("flux_fill_headless", ["Inpainting model.model=diffusers/tiny-flux-fill"])
+    assert graph["9"]["inputs"]["cfg"] == 30.0 and graph["9"]["inputs"]["scheduler"] == "euler"
+    assert result.output("8", 0)[0].family == "flux-fill"
+    files = _saved(result, studio)
+    assert len(files) == 2 and all(f.name.startswith("flux_fill") for f in files)
+    original = _read(studio / "input" / "product.png")
+    product = result.output("9", 1)[0].numpy() == 1.0
+    for index, path in enumerate(files):
+        out = _read(path)
+        assert np.array_equal(out[product[index]], original[product[index]])
+        assert not np.array_equal(out, original)
+    assert all(len(i) == 16 for i in result.output("10", 1)[0].split("\n"))
+
+
+def test_native_flux_fill_graph_names_the_core_nodes_it_needs(run):
+    from comfyui_backdrop.runtime.workflow.validate import WorkflowError
+
+    with pytest.raises(WorkflowError, match="only run inside ComfyUI: CLIPTextEncode, DifferentialDiffusion, "
+                                            "DualCLIPLoader, FluxGuidance, InpaintModelConditioning, KSampler, "
+                                            "UNETLoader, VAEDecode, VAELoader"):
+        run("native_flux_fill")
+
+
 def test_train_then_catalog_with_the_trained_lora(run, studio):
     trained, _ = run("train_lora", ["3.steps=2", "3.rank=2", "3.resolution=64", "3.checkpoint_every=0"])
     assert trained.output("3", 0) == ["backdrop_background.safetensors"]
@@ -267,11 +297,12 @@ def test_native_ksampler_graph_names_the_core_nodes_it_needs(run):
 
 @pytest.mark.skipif(not os.environ.get("BACKDROP_COMFYUI_URL"),
                     reason="set BACKDROP_COMFYUI_URL to a running ComfyUI with this pack to post the workflows to it")
-def test_native_ksampler_on_a_live_comfyui():
+@pytest.mark.parametrize("name", ["native_ksampler", "native_flux_fill"])
+def test_native_workflows_are_accepted_by_a_live_comfyui(name):
     import urllib.request
 
     url = os.environ["BACKDROP_COMFYUI_URL"].rstrip("/")
-    body = json.dumps({"prompt": _load("native_ksampler", api=True)}).encode()
+    body = json.dumps({"prompt": _load(name, api=True)}).encode()
     request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         reply = json.loads(response.read())
