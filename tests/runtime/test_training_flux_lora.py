@@ -350,3 +350,12 @@ def test_flux_training_works_under_inference_mode(setup):
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
     assert any(v.abs().sum() > 0 for k, v in result.lora.items() if "lora_B" in k)
     free_models()
+
+
+def test_gradient_checkpointing_gives_the_same_flux_training(setup):
+    """The GPU memory saver, forced on the CPU: same losses and LoRA as without it."""
+    plain = train_lora(setup["handle"], setup["entries"], tiny_config(steps=2, gradient_checkpointing=False))
+    saved = train_lora(setup["handle"], setup["entries"], tiny_config(steps=2, gradient_checkpointing=True))
+    assert saved.losses == pytest.approx(plain.losses, abs=1e-6)
+    for key, value in plain.lora.items():
+        torch.testing.assert_close(saved.lora[key], value, atol=1e-6, rtol=0)
