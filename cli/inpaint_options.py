@@ -17,7 +17,9 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", default=None,
                        help="inpainting model: a file in models/checkpoints or a folder in models/diffusers "
                             "(SD1.5, SDXL, FLUX.1 Fill or Kontext; prefix checkpoints/ or diffusers/ when both "
-                            "hold the name); without it the weight-free studio backdrop is drawn")
+                            "hold the name), or a FLUX.1 Fill / Kontext transformer file as "
+                            "diffusion_models/<file> (legacy unet/<file>) with --text-encoders and --vae; without "
+                            "it the weight-free studio backdrop is drawn")
     group.add_argument("--lora", action="append", default=[], metavar="NAME[:STRENGTH]",
                        help="LoRA in models/loras; repeat to stack (default strength 1.0)")
     group.add_argument("--fuse-loras", action="store_true", help="fuse the LoRA stack into the weights")
@@ -39,6 +41,17 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=list(DTYPES), default="auto")
     group.add_argument("--tokenizer-dir", default=None,
                        help="folder with CLIP vocab.json + merges.txt for single-file checkpoints")
+    group.add_argument("--text-encoders", default=None, metavar="CLIP_L,T5",
+                       help="FLUX single files (--checkpoint diffusion_models/<file>): the CLIP-L and/or T5-XXL "
+                            "files in models/text_encoders (legacy models/clip), comma-separated, e.g. "
+                            "clip_l.safetensors,t5xxl_fp16.safetensors (default: the one fitting file of each kind "
+                            "there, or what an all-in-one checkpoint holds)")
+    group.add_argument("--vae", default=None, metavar="NAME",
+                       help="FLUX single files: the autoencoder in models/vae, e.g. ae.safetensors (default: the "
+                            "one fitting file there)")
+    group.add_argument("--t5-tokenizer-dir", default=None,
+                       help="FLUX single files: folder with the T5 tokenizer (tokenizer.json or spiece.model; default: "
+                            "$BACKDROP_T5_TOKENIZER, else tokenizer_2/ of a FLUX folder in models/diffusers)")
     group.add_argument("--feature-cache", type=int, default=0, metavar="N",
                        help="DeepCache-style feature cache: the full UNet every N steps (2..10), deep features "
                             "reused in between; faster, slightly different output (0 = off; torch UNet only)")

@@ -39,6 +39,9 @@ class InpaintPlan:
     keep_best: int = 1
     upscale: str | None = None  # --upscale: "lanczos" or a file in models/upscale_models
     upscale_to: str = "original"
+    text_encoders: tuple[str, ...] = ()  # --text-encoders: FLUX single files' CLIP-L / T5 (empty: the fitting ones)
+    vae: str | None = None  # --vae: FLUX single files' autoencoder in models/vae
+    t5_tokenizer_dir: str | None = None
     aesthetic: str | None = None  # --aesthetic: a predictor in models/aesthetic (ranking candidates)
     clip_vision: str | None = None  # --clip-vision: its encoder in models/clip_vision (None: the one that fits)
 
@@ -56,7 +59,9 @@ class InpaintPlan:
         choice = self._engine_choice()
         if choice is not None and choice.request(None) is None and dtype == "auto":
             dtype = choice.precision if choice.precision in ("fp32", "bf16") else dtype  # torch won the bench
-        handle = load_pipeline(self.checkpoint, device=device, dtype=dtype, tokenizer_dir=self.tokenizer_dir)
+        handle = load_pipeline(self.checkpoint, device=device, dtype=dtype, tokenizer_dir=self.tokenizer_dir,
+                               text_encoders=self.text_encoders, vae=self.vae,
+                               t5_tokenizer_dir=self.t5_tokenizer_dir)
         for name, strength in self.loras:
             handle = add_lora(handle, name, strength, fuse=self.fuse_loras)
         return self._attach_engine(handle, choice)
@@ -242,6 +247,9 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
                        engine_components=args.engine_components,
                        engine_threads=args.engine_threads, models_dir=args.models_dir, candidates=candidates,
                        keep_best=keep_best, upscale=upscale, upscale_to=getattr(args, "upscale_to", "original"),
+                       text_encoders=tuple(n.strip() for n in (getattr(args, "text_encoders", None) or "").split(",")
+                                           if n.strip()),
+                       vae=getattr(args, "vae", None), t5_tokenizer_dir=getattr(args, "t5_tokenizer_dir", None),
                        aesthetic=_aesthetic_predictor(args, candidates), clip_vision=getattr(args, "clip_vision", None))
 
 

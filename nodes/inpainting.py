@@ -15,8 +15,18 @@ PIPELINE = "BACKDROP_PIPELINE"
 
 
 def pipeline_choices() -> list[str]:
-    """``checkpoints/<file>`` and ``diffusers/<folder>`` names that exist right now."""
-    return [f"{kind}/{name}" for kind in ("checkpoints", "diffusers") for name in comfy_bridge.model_choices(kind)]
+    """``checkpoints/<file>``, ``diffusers/<folder>`` and ``diffusion_models/<file>`` (FLUX transformers; ComfyUI
+    maps the legacy models/unet into it) names that exist right now."""
+    return [f"{kind}/{name}" for kind in ("checkpoints", "diffusers", "diffusion_models")
+            for name in comfy_bridge.model_choices(kind)]
+
+
+def component_choices(*kinds: str) -> list[str]:
+    """``auto`` then the files of ``kinds`` (each name once: ComfyUI lists models/clip inside text_encoders)."""
+    names: list[str] = []
+    for kind in kinds:
+        names += [n for n in comfy_bridge.model_choices(kind) if n not in names]
+    return ["auto", *names]
 
 
 class BackdropInpaintLoader(HostedNode):
@@ -27,14 +37,29 @@ class BackdropInpaintLoader(HostedNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (pipeline_choices(), {"tooltip": "a single file in models/checkpoints or a diffusers "
-                                                          "folder in models/diffusers"}),
+                "model": (pipeline_choices(), {"tooltip": "a single file in models/checkpoints, a diffusers "
+                                                          "folder in models/diffusers, or a FLUX.1 Fill / Kontext "
+                                                          "transformer file in models/diffusion_models"}),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: cuda when torch sees a GPU, else cpu"}),
                 "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU (bf16 for FLUX and "
                                                                     "Qwen-Image-Edit), fp32 on "
                                                                     "the CPU; choose bf16 or fp32 if fp16 gives "
                                                                     "NaN/black images"}),
-            }
+            },
+            "optional": {
+                "clip_l": (component_choices("text_encoders", "clip"), {
+                    "default": "auto", "tooltip": "FLUX single files (diffusion_models/...): the CLIP-L text encoder "
+                    "in models/text_encoders, e.g. clip_l.safetensors; auto: the one that fits (or what an "
+                    "all-in-one checkpoint holds). Leave auto for other models (a diffusers folder ignores it, an SD "
+                    "checkpoint refuses it)"}),
+                "t5xxl": (component_choices("text_encoders", "clip"), {
+                    "default": "auto", "tooltip": "FLUX single files: the T5-XXL text encoder in "
+                    "models/text_encoders, e.g. t5xxl_fp16.safetensors (fp8 files are upcast); auto: the one that "
+                    "fits. Leave auto for other models"}),
+                "vae": (component_choices("vae"), {
+                    "default": "auto", "tooltip": "FLUX single files: the autoencoder in models/vae, e.g. "
+                    "ae.safetensors; auto: the one that fits. Leave auto for other models"}),
+            },
         }
 
     RETURN_TYPES = (PIPELINE,)
@@ -48,18 +73,27 @@ class BackdropInpaintLoader(HostedNode):
                    "Single files use the shipped configs and ComfyUI's own CLIP tokenizer. FLUX.1 Fill and "
                    "FLUX.1 Kontext diffusers folders load too (no negative prompt; cfg is FLUX's guidance: "
                    "about 30 for Fill, 2.5 for Kontext), and Qwen-Image-Edit folders (cfg is its true CFG with "
-                   "the negative prompt: about 4).")
+                   "the negative prompt: about 4). FLUX.1 Fill / Kontext also load from ComfyUI's single files: "
+                   "the transformer in models/diffusion_models (or models/unet), clip_l and t5xxl from "
+                   "models/text_encoders and ae.safetensors from models/vae (the optional widgets, or the one file "
+                   "that fits), or an all-in-one FLUX checkpoint.")
 
     @classmethod
     def VALIDATE_INPUTS(cls, model):
-        return comfy_bridge.check_prefixed_model_name(model, ("checkpoints", "diffusers"))
+        return comfy_bridge.check_prefixed_model_name(model, ("checkpoints", "diffusers", "diffusion_models", "unet"))
 
-    def load(self, model: str, device: str, dtype: str):
+    def load(self, model: str, device: str, dtype: str, clip_l: str = "auto", t5xxl: str = "auto",
+             vae: str = "auto"):
         from ..runtime.devices import resolve_device
-        from ..runtime.inpainting.loader import load_pipeline
+        from ..runtime.inpainting.loader import FLUX_FILE_KINDS, load_pipeline
 
         comfy_bridge.register_clip_tokenizer()
-        return (load_pipeline(model, device=resolve_device(device, auto=self.host.default_device()), dtype=dtype),)
+        parts: dict = {}
+        if model.partition("/")[0] in (*FLUX_FILE_KINDS, "checkpoints"):  # FLUX single files choose their parts
+            parts = {"text_encoders": tuple(n for n in (clip_l, t5xxl) if n and n != "auto"),
+                     "vae": None if vae in (None, "", "auto") else vae}
+        return (load_pipeline(model, device=resolve_device(device, auto=self.host.default_device()), dtype=dtype,
+                              **parts),)
 
 
 class BackdropLoRA(HostedNode):

@@ -1,0 +1,53 @@
+"""Backdrop Inpaint Loader with FLUX single files: the new names in the model combo, the optional part widgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from comfyui_backdrop.nodes.inpainting import BackdropInpaintLoader
+from comfyui_backdrop.runtime.errors import InvalidInputError
+from comfyui_backdrop.runtime.inpainting.loader import load_pipeline
+from comfyui_backdrop.runtime.models import ModelLocator, set_locator
+from tests.fixtures.flux_single_file_fixtures import CHECKPOINT_FILE, FILL_FILE, KONTEXT_FILE
+
+
+@pytest.fixture(scope="module")
+def sf_root(tmp_path_factory):
+    from tests.fixtures.flux_single_file_fixtures import build_single_file_models
+
+    return build_single_file_models(tmp_path_factory.mktemp("flux-sf-nodes") / "models")
+
+
+@pytest.fixture()
+def models(sf_root, monkeypatch):
+    monkeypatch.setenv("BACKDROP_CLIP_TOKENIZER", str(sf_root["tokenizer"]))
+    set_locator(ModelLocator.from_models_dir(sf_root["root"]))
+    yield sf_root["root"]
+    set_locator(None)
+
+
+def test_the_loader_lists_single_files_and_appends_optional_part_widgets(models):
+    inputs = BackdropInpaintLoader.INPUT_TYPES()
+    assert list(inputs["required"]) == ["model", "device", "dtype"]  # saved workflows keep their positions
+    assert list(inputs["optional"]) == ["clip_l", "t5xxl", "vae"]
+    models_combo = inputs["required"]["model"][0]
+    assert {f"diffusion_models/{FILL_FILE}", f"diffusion_models/{KONTEXT_FILE}", f"checkpoints/{CHECKPOINT_FILE}",
+            "diffusers/tiny-flux-fill"} <= set(models_combo)
+    assert inputs["optional"]["t5xxl"][0] == ["auto", "clip_l.safetensors", "t5xxl_fp16.safetensors"]
+    assert inputs["optional"]["vae"][0] == ["auto", "ae.safetensors"]
+    for name, (_, options) in inputs["optional"].items():
+        assert options["default"] == "auto" and options["tooltip"], name
+    assert BackdropInpaintLoader.VALIDATE_INPUTS(f"unet/{FILL_FILE}") is not True  # not in models/unet here
+    assert BackdropInpaintLoader.VALIDATE_INPUTS(f"diffusion_models/{FILL_FILE}") is True
+
+
+def test_the_node_loads_the_named_parts_and_refuses_them_for_an_sd_model(models):
+    (handle,) = BackdropInpaintLoader().load(f"diffusion_models/{FILL_FILE}", "cpu", "auto",
+                                             clip_l="clip_l.safetensors", t5xxl="t5xxl_fp16.safetensors",
+                                             vae="ae.safetensors")
+    assert handle.family == "flux-fill"
+    assert handle.pipe is load_pipeline(f"diffusion_models/{FILL_FILE}", device="cpu").pipe  # auto picks the same
+    (folder,) = BackdropInpaintLoader().load("diffusers/tiny-flux-fill", "cpu", "auto", vae="ae.safetensors")
+    assert folder.family == "flux-fill"  # a diffusers folder brings its own parts: the widget is ignored
+    with pytest.raises(InvalidInputError, match="only for FLUX single files"):
+        load_pipeline("diffusers/tiny-flux-fill", device="cpu", vae="ae.safetensors")
