@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..runtime.errors import InvalidInputError
+from ..runtime.inpainting.memory import OFFLOAD_MODES, TEXT_ENCODER_QUANTS
 
 
 def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
@@ -52,6 +53,13 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--t5-tokenizer-dir", default=None,
                        help="FLUX single files: folder with the T5 tokenizer (tokenizer.json or spiece.model; default: "
                             "$BACKDROP_T5_TOKENIZER, else tokenizer_2/ of a FLUX folder in models/diffusers)")
+    group.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                       help="GPU memory: 'model' keeps each model in CPU memory and moves it to the GPU while it runs "
+                            "(diffusers' model CPU offload), 'sequential' layer by layer (least memory, slowest); "
+                            "needs a GPU")
+    group.add_argument("--text-encoder-quant", choices=TEXT_ENCODER_QUANTS, default="none",
+                       help="int8: FLUX's T5-XXL or Qwen-Image-Edit's text encoder with int8 weights (torchao "
+                            "weight-only int8: half the memory; the 'memory' extra)")
     group.add_argument("--feature-cache", type=int, default=0, metavar="N",
                        help="DeepCache-style feature cache: the full UNet every N steps (2..10), deep features "
                             "reused in between; faster, slightly different output (0 = off; torch UNet only)")

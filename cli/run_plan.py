@@ -16,6 +16,7 @@ from ..runtime.backdrop.styles import StylePreset
 from ..runtime.errors import InvalidInputError
 from ..runtime.image_gate import ReadLimits
 from ..runtime.inpainting.generate import InpaintSettings
+from ..runtime.inpainting.memory import DEFAULT_MEMORY, MemoryOptions
 from ..runtime.masking.types import Prompt, RefineOptions
 
 
@@ -42,6 +43,7 @@ class InpaintPlan:
     text_encoders: tuple[str, ...] = ()  # --text-encoders: FLUX single files' CLIP-L / T5 (empty: the fitting ones)
     vae: str | None = None  # --vae: FLUX single files' autoencoder in models/vae
     t5_tokenizer_dir: str | None = None
+    memory: MemoryOptions = DEFAULT_MEMORY  # --offload, --text-encoder-quant
     aesthetic: str | None = None  # --aesthetic: a predictor in models/aesthetic (ranking candidates)
     clip_vision: str | None = None  # --clip-vision: its encoder in models/clip_vision (None: the one that fits)
 
@@ -61,7 +63,7 @@ class InpaintPlan:
             dtype = choice.precision if choice.precision in ("fp32", "bf16") else dtype  # torch won the bench
         handle = load_pipeline(self.checkpoint, device=device, dtype=dtype, tokenizer_dir=self.tokenizer_dir,
                                text_encoders=self.text_encoders, vae=self.vae,
-                               t5_tokenizer_dir=self.t5_tokenizer_dir)
+                               t5_tokenizer_dir=self.t5_tokenizer_dir, memory=self.memory)
         for name, strength in self.loras:
             handle = add_lora(handle, name, strength, fuse=self.fuse_loras)
         return self._attach_engine(handle, choice)
@@ -250,6 +252,8 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
                        text_encoders=tuple(n.strip() for n in (getattr(args, "text_encoders", None) or "").split(",")
                                            if n.strip()),
                        vae=getattr(args, "vae", None), t5_tokenizer_dir=getattr(args, "t5_tokenizer_dir", None),
+                       memory=MemoryOptions(getattr(args, "offload", "none"),
+                                            getattr(args, "text_encoder_quant", "none")),
                        aesthetic=_aesthetic_predictor(args, candidates), clip_vision=getattr(args, "clip_vision", None))
 
 

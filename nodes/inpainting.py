@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..runtime.devices import DEVICES
 from ..runtime.inpainting.geometry import OUTPAINT_CHOICES
 from ..runtime.inpainting.loader import DTYPES
+from ..runtime.inpainting.memory import OFFLOAD_MODES, TEXT_ENCODER_QUANTS
 from ..runtime.inpainting.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from . import comfy_bridge
 from .comfy_host import HostedNode
@@ -59,6 +60,14 @@ class BackdropInpaintLoader(HostedNode):
                 "vae": (component_choices("vae"), {
                     "default": "auto", "tooltip": "FLUX single files: the autoencoder in models/vae, e.g. "
                     "ae.safetensors; auto: the one that fits. Leave auto for other models"}),
+                "offload": (list(OFFLOAD_MODES), {
+                    "default": "none", "advanced": True,
+                    "tooltip": "GPU memory: model keeps each model in CPU memory and moves it to the GPU while it "
+                    "runs, sequential does so layer by layer (slowest, least memory); needs a GPU"}),
+                "text_encoder_quant": (list(TEXT_ENCODER_QUANTS), {
+                    "default": "none", "advanced": True,
+                    "tooltip": "int8: FLUX's T5-XXL (or Qwen-Image-Edit's text encoder) with int8 weights, half "
+                    "the memory (torchao, the 'memory' extra)"}),
             },
         }
 
@@ -83,9 +92,10 @@ class BackdropInpaintLoader(HostedNode):
         return comfy_bridge.check_prefixed_model_name(model, ("checkpoints", "diffusers", "diffusion_models", "unet"))
 
     def load(self, model: str, device: str, dtype: str, clip_l: str = "auto", t5xxl: str = "auto",
-             vae: str = "auto"):
+             vae: str = "auto", offload: str = "none", text_encoder_quant: str = "none"):
         from ..runtime.devices import resolve_device
         from ..runtime.inpainting.loader import FLUX_FILE_KINDS, load_pipeline
+        from ..runtime.inpainting.memory import MemoryOptions
 
         comfy_bridge.register_clip_tokenizer()
         parts: dict = {}
@@ -93,7 +103,7 @@ class BackdropInpaintLoader(HostedNode):
             parts = {"text_encoders": tuple(n for n in (clip_l, t5xxl) if n and n != "auto"),
                      "vae": None if vae in (None, "", "auto") else vae}
         return (load_pipeline(model, device=resolve_device(device, auto=self.host.default_device()), dtype=dtype,
-                              **parts),)
+                              memory=MemoryOptions(offload, text_encoder_quant), **parts),)
 
 
 class BackdropLoRA(HostedNode):

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from ..devices import resolve_device
 from ..errors import InvalidInputError, InvalidModelError, MissingModelError
 from ..models import MODEL_CACHE, file_fingerprint, get_locator
+from .memory import DEFAULT_MEMORY, MemoryOptions, place_pipeline
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -191,16 +192,18 @@ def default_cfg(model: str) -> float:
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto",
                   tokenizer_dir: str | None = None, *, text_encoders: Sequence[str] = (), vae: str | None = None,
-                  t5_tokenizer_dir: str | None = None) -> LoadedPipeline:
+                  t5_tokenizer_dir: str | None = None, memory: MemoryOptions = DEFAULT_MEMORY) -> LoadedPipeline:
     """Load (or fetch from cache) the pipeline named ``model`` from models/checkpoints, models/diffusers or, for a
     FLUX transformer file, models/diffusion_models (legacy models/unet). A FLUX single file (those, or an
     all-in-one FLUX checkpoint) takes its CLIP-L / T5-XXL from ``text_encoders`` (names in models/text_encoders)
-    and its autoencoder from ``vae`` (models/vae), else the one fitting file there (``flux_files``)."""
+    and its autoencoder from ``vae`` (models/vae), else the one fitting file there (``flux_files``).
+    ``memory`` chooses offload and an int8 large text encoder (``memory.MemoryOptions``)."""
     kind, name = split_model_name(model)
     path = get_locator().resolve(kind, name)
+    memory.check(device=resolve_device(device))
     if kind in FLUX_FILE_KINDS or (kind == "checkpoints" and _is_flux_file(path)):
         return _load_flux_files(kind, name, path, device, dtype, tokenizer_dir, tuple(text_encoders), vae,
-                                t5_tokenizer_dir)
+                                t5_tokenizer_dir, memory)
     if text_encoders or vae:
         raise InvalidInputError(f"text encoders and a VAE are chosen separately only for FLUX single files "
                                 f"(models/diffusion_models); {kind}/{name} brings its own")
@@ -209,11 +212,13 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto",
             and _index_class(path).startswith(("Flux", "QwenImage")):
         dtype = "bf16"  # FLUX's and Qwen-Image's activations overflow fp16; they are released in bf16
     torch_dtype = resolve_dtype(dtype, device_name)
-    key = ("inpaint", kind, file_fingerprint(path), device_name, str(torch_dtype))
-    return MODEL_CACHE.get_or_load(key, lambda: _load(kind, name, path, device_name, torch_dtype, tokenizer_dir))
+    key = ("inpaint", kind, file_fingerprint(path), device_name, str(torch_dtype), *memory.key)
+    return MODEL_CACHE.get_or_load(key, lambda: _load(kind, name, path, device_name, torch_dtype, tokenizer_dir,
+                                                      memory))
 
 
-def _load(kind: str, name: str, path: Path, device: str, torch_dtype, tokenizer_dir: str | None) -> LoadedPipeline:
+def _load(kind: str, name: str, path: Path, device: str, torch_dtype, tokenizer_dir: str | None,
+          memory: MemoryOptions) -> LoadedPipeline:
     if kind == "checkpoints":
         from .single_file import load_single_file_pipeline
 
@@ -221,7 +226,7 @@ def _load(kind: str, name: str, path: Path, device: str, torch_dtype, tokenizer_
         family = layout.family
     else:
         pipe, family = _load_diffusers_folder(path, torch_dtype)
-    pipe.to(device)
+    place_pipeline(pipe, family, device, memory)
     pipe.set_progress_bar_config(disable=True)
     import torch
 
@@ -308,7 +313,8 @@ def _is_flux_file(path: Path) -> bool:
 
 
 def _load_flux_files(kind: str, name: str, path: Path, device: str, dtype: str, tokenizer_dir: str | None,
-                     text_encoders: tuple[str, ...], vae: str | None, t5_tokenizer_dir: str | None) -> LoadedPipeline:
+                     text_encoders: tuple[str, ...], vae: str | None, t5_tokenizer_dir: str | None,
+                     memory: MemoryOptions) -> LoadedPipeline:
     """Choose the parts (headers only), then load them once per distinct set of files, device and dtype."""
     from .flux_files import flux_files
 
@@ -319,7 +325,7 @@ def _load_flux_files(kind: str, name: str, path: Path, device: str, dtype: str, 
     torch_dtype = resolve_dtype(dtype, device_name)
     key = ("inpaint-flux-files", *(file_fingerprint(p) for p in files.paths),
            *(part.prefix for part in (files.transformer, files.clip_l, files.t5, files.vae)),
-           device_name, str(torch_dtype))
+           device_name, str(torch_dtype), *memory.key)
 
     def load() -> LoadedPipeline:
         import torch
@@ -327,7 +333,7 @@ def _load_flux_files(kind: str, name: str, path: Path, device: str, dtype: str, 
         from .flux_single_file import load_flux_single_file_pipeline
 
         pipe = load_flux_single_file_pipeline(files, torch_dtype, tokenizer_dir, t5_tokenizer_dir)
-        pipe.to(device_name)
+        place_pipeline(pipe, files.family, device_name, memory)
         pipe.set_progress_bar_config(disable=True)
         digest = hashlib.sha256("|".join(content_fingerprint(p) for p in files.paths).encode()).hexdigest()[:16]
         return LoadedPipeline(pipe=pipe, family=files.family, name=f"{kind}/{name}", fingerprint=digest,

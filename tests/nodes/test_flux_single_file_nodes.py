@@ -29,14 +29,16 @@ def models(sf_root, monkeypatch):
 def test_the_loader_lists_single_files_and_appends_optional_part_widgets(models):
     inputs = BackdropInpaintLoader.INPUT_TYPES()
     assert list(inputs["required"]) == ["model", "device", "dtype"]  # saved workflows keep their positions
-    assert list(inputs["optional"]) == ["clip_l", "t5xxl", "vae"]
+    assert list(inputs["optional"]) == ["clip_l", "t5xxl", "vae", "offload", "text_encoder_quant"]
     models_combo = inputs["required"]["model"][0]
     assert {f"diffusion_models/{FILL_FILE}", f"diffusion_models/{KONTEXT_FILE}", f"checkpoints/{CHECKPOINT_FILE}",
             "diffusers/tiny-flux-fill"} <= set(models_combo)
     assert inputs["optional"]["t5xxl"][0] == ["auto", "clip_l.safetensors", "t5xxl_fp16.safetensors"]
     assert inputs["optional"]["vae"][0] == ["auto", "ae.safetensors"]
-    for name, (_, options) in inputs["optional"].items():
-        assert options["default"] == "auto" and options["tooltip"], name
+    for name in ("clip_l", "t5xxl", "vae"):
+        assert inputs["optional"][name][1]["default"] == "auto" and inputs["optional"][name][1]["tooltip"], name
+    assert inputs["optional"]["offload"][0] == ["none", "model", "sequential"]
+    assert inputs["optional"]["text_encoder_quant"][0] == ["none", "int8"]
     assert BackdropInpaintLoader.VALIDATE_INPUTS(f"unet/{FILL_FILE}") is not True  # not in models/unet here
     assert BackdropInpaintLoader.VALIDATE_INPUTS(f"diffusion_models/{FILL_FILE}") is True
 
