@@ -227,7 +227,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             from .bench_flux import flux_step
 
             report.title = report.title.replace("UNet backends", "FLUX transformer backends")
-            rows, skipped = flux_step(handle, plan, exports)
+            rows, skipped = flux_step(handle, plan, exports, sys.modules[__name__])
             report.sections["transformer step"], report.skipped["transformer step"] = rows, skipped
             if plan.auto:
                 report.notes.append(_choose(rows, plan, settings, args.models_dir))

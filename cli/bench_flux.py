@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..runtime.errors import InvalidInputError
@@ -34,10 +35,8 @@ def image_tokens(handle: Any, width: int, height: int) -> int:
     return 2 * tokens if handle.family == "flux-kontext" else tokens
 
 
-def flux_support(backend: str, precision: str, plan: Any) -> tuple[bool, str]:
-    """(run it, note or reason) for a FLUX transformer row."""
-    from .bench import support
-
+def flux_support(backend: str, precision: str, plan: Any, support: Callable) -> tuple[bool, str]:
+    """(run it, note or reason) for a FLUX transformer row; ``support`` answers for the rows shared with the UNet."""
     if backend in SKIP_REASONS:
         return False, SKIP_REASONS[backend]
     if backend == "ort-plain":
@@ -47,14 +46,19 @@ def flux_support(backend: str, precision: str, plan: Any) -> tuple[bool, str]:
     return support(backend, precision, plan)
 
 
-def flux_step(handle: Any, plan: Any, exports: Any) -> tuple[list, list]:
-    """Measured rows and skipped rows for one transformer step of ``handle``'s FLUX transformer."""
+def flux_step(handle: Any, plan: Any, exports: Any, bench: Any) -> tuple[list, list]:
+    """Measured rows and skipped rows for one transformer step of ``handle``'s FLUX transformer.
+
+    ``bench`` is the cli.bench module (passed in, not imported, so the two modules do not import each other):
+    its row names, baseline, support table, torch precision copies and round printer are shared.
+    """
     import torch
 
     from ..export.bench import Candidate, MemoryProbe, Skipped, measure, parity
     from ..export.flux_export import example_inputs
     from ..runtime.engines.flux_spec import FluxSpec
-    from .bench import BASELINE, _print_round, row_name
+
+    row_name = bench.row_name
 
     transformer = handle.denoiser
     spec = FluxSpec.from_transformer(transformer)
@@ -66,7 +70,7 @@ def flux_step(handle: Any, plan: Any, exports: Any) -> tuple[list, list]:
             for backend, precision in plan.rows]
     for backend, precision in dict.fromkeys(rows):
         name = row_name(backend, precision)
-        ok, note = flux_support(backend, precision, plan)
+        ok, note = flux_support(backend, precision, plan, bench.support)
         if not ok:
             print(f"{name}: skipped ({note})", file=sys.stderr)
             skipped.append(Skipped(name, note))
@@ -75,7 +79,7 @@ def flux_step(handle: Any, plan: Any, exports: Any) -> tuple[list, list]:
         started, before = time.perf_counter(), probe.rss()
 
         def setup(backend: str = backend, precision: str = precision) -> tuple[Any, str, Any]:
-            made, notes = _flux_backend(backend, precision, transformer, spec, plan, exports)
+            made, notes = _flux_backend(backend, precision, transformer, spec, plan, exports, bench._torch_unet)
             return made, notes, made.run(**feeds)
 
         try:
@@ -95,21 +99,19 @@ def flux_step(handle: Any, plan: Any, exports: Any) -> tuple[list, list]:
     outputs.clear()
     sync = torch.cuda.synchronize if plan.device.type == "cuda" else None
     ordered = [candidates[r] for r in dict.fromkeys(rows) if r in candidates]
-    results = measure(ordered, None, rounds=plan.rounds, warmup=plan.warmup, baseline=BASELINE, sync=sync,
-                      on_round=_print_round, probe_calls=False)
+    results = measure(ordered, None, rounds=plan.rounds, warmup=plan.warmup, baseline=bench.BASELINE, sync=sync,
+                      on_round=bench._print_round, probe_calls=False)
     for result in results:
         result.max_abs_error, result.max_rel_error = errors[result.name]
     return results, skipped
 
 
-def _flux_backend(backend: str, precision: str, transformer: Any, spec: Any, plan: Any, exports: Any
-                  ) -> tuple[Any, str]:
+def _flux_backend(backend: str, precision: str, transformer: Any, spec: Any, plan: Any, exports: Any,
+                  torch_copy: Callable) -> tuple[Any, str]:
     from ..runtime.engines.flux_backend import OpenVinoFluxBackend, OrtFluxBackend, TorchFluxBackend
 
     if backend == "eager":
-        from .bench import _torch_unet
-
-        return TorchFluxBackend(_torch_unet(transformer, precision, exports)), ""
+        return TorchFluxBackend(torch_copy(transformer, precision, exports)), ""
     if backend == "ort-plain":
         if "flux-onnx" not in exports.built:
             from ..export.flux_export import export_flux_onnx

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.engines.adapter import BackendUNet
+from ..runtime.engines.denoiser import denoiser_spec
 from ..runtime.engines.load import open_backend
 from ..runtime.engines.manifest import EngineManifest, read_manifest
-from ..runtime.engines.spec import denoiser_spec
 from ..runtime.errors import InvalidInputError
 from .refit import base_parameters, effective_lora_weights, refit_map_from_dict, refit_weights
 

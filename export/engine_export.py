@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.engines.denoiser import denoiser_spec
 from ..runtime.engines.flux_spec import FluxSpec
 from ..runtime.engines.manifest import EngineManifest, write_manifest
 from ..runtime.engines.profile import ShapeProfile
-from ..runtime.engines.spec import UNetSpec, denoiser_spec
+from ..runtime.engines.spec import UNetSpec
 from ..runtime.errors import InvalidInputError
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx

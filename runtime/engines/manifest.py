@@ -17,8 +17,9 @@ from typing import Any
 
 from ..errors import InvalidInputError, InvalidModelError, MissingModelError
 from ..files import write_bytes_exclusive
+from .denoiser import spec_from_dict
 from .profile import ShapeProfile
-from .spec import UNetSpec, spec_from_dict
+from .spec import UNetSpec
 
 SUFFIX = ".json"
 SCHEMA = 1

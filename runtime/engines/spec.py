@@ -86,22 +86,6 @@ class UNetSpec:
                    time_ids_dim=time_ids_dim if is_sdxl else 0, config=_jsonable(config))
 
 
-def spec_from_dict(data: dict[str, Any]) -> Any:
-    """The ``UNetSpec`` or (family ``flux``) ``FluxSpec`` a manifest describes."""
-    if isinstance(data, dict) and data.get("family") == "flux":
-        from .flux_spec import FluxSpec
-
-        return FluxSpec.from_dict(data)
-    return UNetSpec.from_dict(data)
-
-
-def denoiser_spec(module: Any) -> Any:
-    """The engine contract of a pipeline's denoiser: ``FluxSpec`` for a FLUX transformer, else ``UNetSpec``."""
-    from .flux_spec import FluxSpec, is_flux_module
-
-    return FluxSpec.from_transformer(module) if is_flux_module(module) else UNetSpec.from_unet(module)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
