@@ -64,7 +64,8 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
                        help="DeepCache-style feature cache: the full UNet every N steps (2..10), deep features "
                             "reused in between; faster, slightly different output (0 = off; torch UNet only)")
     group.add_argument("--engine", default=None, metavar="NAME",
-                       help="run the UNet on an exported engine: openvino/<file>.xml, onnx/<file>.onnx or "
+                       help="run the UNet (or the FLUX transformer) on an exported engine: openvino/<file>.xml, "
+                            "onnx/<file>.onnx or "
                             "tensorrt/<file>.engine from the models folders; or 'auto': the engine kind "
                             "`backdrop bench --backends auto` chose on this CPU, exported for this checkpoint and "
                             "LoRA stack (or reused from the engine cache)")

@@ -133,8 +133,8 @@ def require_unet(handle: LoadedPipeline, what: str) -> None:
     if handle.family not in UNET_FAMILIES:
         raise InvalidInputError(
             f"{what} needs an SD1.5 or SDXL UNet pipeline, but {handle.name} is {handle.family} (a FLUX transformer); "
-            f"for FLUX.1 Fill and Kontext, inpainting, LoRAs and LoRA training work; {what} is not available yet "
-            "(docs/flux.md).")
+            f"for FLUX.1 Fill and Kontext, inpainting, LoRAs, LoRA training and ONNX/OpenVINO engines work; {what} "
+            "is not available yet (docs/flux.md).")
 
 
 def resolve_dtype(dtype: str, device: str):
