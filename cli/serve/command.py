@@ -74,13 +74,14 @@ def _recover_and_run(config: ServeConfig, store, tiers) -> int:
     from .store import QUEUED
 
     data = config.data
-    failed = recover_running(store, data)
+    failed = recover_running(store, data, ledger=config.ledger_location)
     uploads, orphans = clean_leftovers(store, data)
     log.info("data %s, %s; tiers %s; %d queued job(s) resume, %d interrupted job(s) failed as retryable%s",
              data.root, config.database_label, ", ".join(tiers.names()), store.count_jobs(QUEUED), len(failed),
              f", {uploads} unfinished upload(s) and {orphans} uncommitted job folder(s) removed"
              if uploads or orphans else "")
-    with _runner(config, on_lost=lambda worker, why: recover_running(store, data, why, worker)) as runner:
+    with _runner(config, on_lost=lambda worker, why: recover_running(store, data, why, worker,
+                                                                    config.ledger_location)) as runner:
         app = create_app(ServerState(config, store, tiers, runner))
         where = f" on Ray ({config.ray_address})" if config.ray_address else ""
         print(f"backdrop serve: http://{_host(config.host)}:{config.port} (API docs at /docs), {config.workers} "

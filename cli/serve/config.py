@@ -3,16 +3,23 @@
 The data folder holds everything the server keeps, and the server writes nowhere else::
 
     DATA/                  0700
-      server.sqlite3       accounts, API-key hashes, jobs, quota use (SQLite, WAL); absent with --database postgresql://
+      ledger.sqlite3       the one database (SQLite, WAL): accounts, API-key hashes, jobs, quota use, and the signed
+                           provenance ledger (one record per delivered image); absent with --database postgresql://
       tiers.toml           the tiers: written from the shipped defaults on first use, then yours to edit
-      ledger.sqlite3       the signed provenance ledger (runtime.provenance): one record per delivered image
       keys/                watermark, ledger and C2PA keys (runtime.provenance.keys); DATA is the provenance home
       jobs/<job id>/       the uploaded photo and out/, the delivered images
       tmp/                 uploads being received (moved into jobs/ when accepted, removed otherwise)
       server.lock          held while a server runs on this folder: one server per folder
 
-Jobs and accounts are kept in their own database file, not in ``ledger.sqlite3``: the ledger holds its write
-lock while an image is saved (records follow delivery), and job submission must not queue behind image saves.
+The database is the provenance home's own ``ledger.sqlite3``, so ``backdrop verify --home DATA`` and the ledger's
+witness (``keys/ledger_witness.json``) find it as for any home; the server's tables sit beside ``records`` and
+``head``. Job submission does not queue behind image saves: a ledger append holds the database's write lock only
+for its short insert (the chain is serialised by the ledger's own append lock, ``ledger.sqlite3-append.lock``,
+while the image is saved; see ``runtime.provenance.ledger.Ledger.appending``).
+
+Data folders made before (jobs and accounts in ``server.sqlite3``, the ledger in ``ledger.sqlite3``) are merged
+into ``ledger.sqlite3`` the first time a server or ``backdrop accounts`` opens them (``legacy_database.py``);
+the old file is kept as ``server.sqlite3.merged``.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from ...runtime.errors import InvalidInputError
+from ...runtime.provenance.ledger import LEDGER_FILENAME
 
 DATABASE_ENV = "BACKDROP_DATABASE_URL"
-SQLITE_FILENAME = "server.sqlite3"
+SQLITE_FILENAME = LEDGER_FILENAME  # the one SQLite database: the server's tables and the ledger
+LEGACY_SQLITE_FILENAME = "server.sqlite3"  # jobs and accounts before they moved into the ledger's database
 TIERS_FILENAME = "tiers.toml"
 JOB_ID = re.compile(r"job_[0-9a-f]{24}")
 DEFAULT_MAX_UPLOAD_MB = 40
@@ -114,16 +123,29 @@ class ServeConfig:
 
     @property
     def ledger_location(self) -> str | None:
-        """Where delivered images are recorded: the PostgreSQL database of ``--database`` (one database for jobs
-        and provenance, shared by every server process), else None: ``ledger.sqlite3`` in the data folder."""
+        """Where delivered images are recorded: the database of ``--database`` (one database for jobs, accounts
+        and provenance: a PostgreSQL URL, or the file of ``sqlite:///FILE``), else None: the data folder's
+        ``ledger.sqlite3``, which is also the server's database."""
         from ...runtime.provenance.ledger_backends import is_database_url
 
-        return self.database if self.database and is_database_url(self.database) else None
+        if self.database and is_database_url(self.database):
+            return self.database
+        if self.database and self.database.startswith(SQLITE_URL):
+            return str(sqlite_url_path(self.database))
+        return None
 
     @property
     def database_label(self) -> str:
         """The database for messages and logs: never a password."""
         return database_label(self.database, self.data)
+
+
+SQLITE_URL = "sqlite:///"
+
+
+def sqlite_url_path(database: str) -> Path:
+    """The file of a ``sqlite:///FILE`` setting."""
+    return Path(database.removeprefix(SQLITE_URL)).expanduser().resolve()
 
 
 def database_label(database: str | None, data: DataFolder | None = None) -> str:

@@ -50,13 +50,15 @@ def joins_cluster(address: str | None) -> bool:
 
 def check_cluster_config(config: ServeConfig) -> None:
     """What ``--ray-address`` needs before anything starts; InvalidInputError says what to change."""
+    from ...runtime.provenance.ledger_backends import is_database_url
+
     if config.ray_gpus_per_worker < 0:
         raise InvalidInputError(f"--ray-gpus-per-worker must be 0 or more, got {config.ray_gpus_per_worker}")
     if config.ray_gpus_per_worker and config.ray_address is None:
         raise InvalidInputError("--ray-gpus-per-worker needs --ray-address")
-    if joins_cluster(config.ray_address) and config.ledger_location is None:
+    if joins_cluster(config.ray_address) and not is_database_url(config.database or ""):
         raise InvalidInputError(f"--ray-address {config.ray_address} runs jobs on other machines, which cannot reach "
-                                "the data folder's SQLite databases: give --database postgresql://USER@HOST/DB (jobs, "
+                                "the server's SQLite database: give --database postgresql://USER@HOST/DB (jobs, "
                                 "accounts and the provenance ledger in one database every node reaches), or use "
                                 "--ray-address local")
 

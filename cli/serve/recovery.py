@@ -23,12 +23,14 @@ log = logging.getLogger("backdrop.serve")
 INTERRUPTED = "interrupted: the server stopped while this job ran; submit it again"
 
 
-def recover_running(store: Store, data: DataFolder, reason: str = INTERRUPTED, worker: str | None = None) -> list[str]:
-    """Fail every running job (of ``worker``, or all) as retryable, reconciling its written images first."""
+def recover_running(store: Store, data: DataFolder, reason: str = INTERRUPTED, worker: str | None = None,
+                    ledger: str | None = None) -> list[str]:
+    """Fail every running job (of ``worker``, or all) as retryable, reconciling its written images first against
+    the ledger at ``ledger`` (``ServeConfig.ledger_location``; None: the data folder's)."""
     failed = []
     for job in store.running_jobs(worker):
         try:
-            _reconcile_outputs(store, data, job)
+            _reconcile_outputs(store, data, job, ledger)
         except Exception:  # reconciling is best effort; failing the job must still happen
             log.exception("job %s: checking the images it left failed", job.id)
         if store.finish(job.id, job.claim, FAILED, time.time(), error=reason, retryable=True):
@@ -37,7 +39,7 @@ def recover_running(store: Store, data: DataFolder, reason: str = INTERRUPTED, w
     return failed
 
 
-def _reconcile_outputs(store: Store, data: DataFolder, job: Job) -> None:
+def _reconcile_outputs(store: Store, data: DataFolder, job: Job, ledger: str | None) -> None:
     out = data.job_dir(job.id) / "out"
     if not out.is_dir():
         return
@@ -47,7 +49,7 @@ def _reconcile_outputs(store: Store, data: DataFolder, job: Job) -> None:
         relative = data.relative(path)
         if relative in registered:
             continue
-        if _recorded_for(data, path, job.account_id):
+        if _recorded_for(data, path, job.account_id, ledger):
             if store.add_image(job.id, job.claim, image_record(relative, path, n)):
                 n += 1
                 log.info("job %s: image %s was delivered before the interruption; kept", job.id, path.name)
@@ -56,11 +58,11 @@ def _reconcile_outputs(store: Store, data: DataFolder, job: Job) -> None:
             log.info("job %s: image %s has no ledger record (never delivered); removed", job.id, path.name)
 
 
-def _recorded_for(data: DataFolder, path, account_id: str) -> bool:
+def _recorded_for(data: DataFolder, path, account_id: str, ledger: str | None) -> bool:
     from ...runtime.watermark.service import get_service
 
     try:
-        result = get_service(data.root).verify_file(path)
+        result = get_service(data.root, ledger=ledger).verify_file(path)
     except Exception:
         return False
     return result.found and result.record is not None and result.record.get("account") == account_id

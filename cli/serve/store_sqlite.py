@@ -1,4 +1,5 @@
-"""The server's store on SQLite (the default): one file in the data folder, WAL mode."""
+"""The server's store on SQLite (the default): the data folder's ``ledger.sqlite3``, WAL mode, shared with the
+provenance ledger (whose appends hold the write lock only for their insert: ``runtime.provenance.ledger``)."""
 
 from __future__ import annotations
 

@@ -4,9 +4,11 @@ The record format, signatures, hash chain, idempotency keys and verification are
 backend (ledger_chain.py); this module stores rows in a file and keeps the witness. ``ledger_backends.open_ledger``
 picks the backend from a location.
 
-Every append runs in ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to ``busy_timeout``),
-takes the chain position from the signed *head* (the last record's seq and hash, signed with the
-ledger key), signs the new record and moves the head in the same transaction.
+Every append holds the ledger's append lock (``<ledger>-append.lock``, one appender at a time across threads and
+processes), takes the chain position from the signed *head* (the last record's seq and hash, signed with the
+ledger key), signs the new record, and inserts it and moves the head in one short ``BEGIN IMMEDIATE``
+transaction. The file may hold other tables too (``backdrop serve`` keeps its accounts and jobs in it): their
+writers wait only for that insert.
 
 Tamper evidence, per record and for the whole ledger:
 
@@ -28,9 +30,9 @@ Reading never changes the ledger: readers open it read-only (``file:...?mode=ro`
 write a schema into it; a missing or empty file reads as a ledger without records (and ``verify`` says which).
 Only appends create or write the file.
 
-Records follow delivery: :meth:`Ledger.appending` holds the append transaction open while the caller
-delivers the image (saves the file, returns the batch) and commits only when that succeeded; a failure
-rolls every record of the batch back, so a record always stands for an image that was delivered.
+Records follow delivery: :meth:`Ledger.appending` holds the append lock while the caller delivers the image
+(saves the file, returns the batch) and inserts the records only when that succeeded; a failure records nothing
+of the batch, so a record always stands for an image that was delivered.
 
 What a local ledger cannot prove: someone holding the signing key can rewrite history (the witness
 included), and an *older* ledger file put back together with the older key folder it came with looks like an
@@ -50,7 +52,7 @@ import os
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +83,7 @@ __all__ = ["BROKEN", "FILE_EMPTY", "FILE_MISSING", "FILE_NO_TABLES", "FILE_OK", 
            "Witness"]
 
 LEDGER_FILENAME = "ledger.sqlite3"
+APPEND_LOCK_SUFFIX = "-append.lock"
 BUSY_TIMEOUT_S = 30.0
 WITNESS_DOMAIN = b"comfyui-backdrop/ledger-witness/v1\n"
 WITNESS_SUFFIX = "_witness.json"
@@ -292,6 +295,66 @@ class Ledger(ChainLedger):
 
     def _has_idempotency_column(self, con: sqlite3.Connection) -> bool:
         return _has_column(con, "idempotency_key")
+
+    # ---- appending: the chain lock over delivery, the database's write lock over the insert only -----
+    @contextlib.contextmanager
+    def appending(self, pending: Sequence[PendingRecord]) -> Iterator[list[Record]]:
+        """As :meth:`ChainLedger.appending`; on SQLite the database's write lock is held only to insert.
+
+        Appenders take the ledger's *append lock* (an exclusive ``flock`` on ``<ledger>-append.lock``, released by
+        the kernel if the process dies) for the whole append: read the chain tip, sign, deliver (the block), then
+        insert the rows and move the head in one short ``BEGIN IMMEDIATE`` transaction. So the chain stays
+        serialised across threads and processes, while other writers of the same database file (the server's
+        jobs and accounts) wait only for the insert, never for an image being saved. The insert checks that the
+        tip did not move (a writer that ignored the append lock): if it did, nothing is recorded and the append
+        fails. Where ``flock`` is missing (Windows) the whole append runs in the write transaction instead.
+        """
+        if not _POSIX:
+            with super().appending(pending) as records:
+                yield records
+            return
+        for item in pending:
+            _ = item.idempotency_key  # a bad key fails before the lock is taken
+        with self._append_lock(), self._connection() as con:
+            con.execute("BEGIN")  # one consistent read of the tip and of what the batch must not repeat
+            try:
+                tip = self._chain_tip(con)
+                self._before_append(tip[0])
+                batch = self._sign_batch(con, pending, *tip)
+            finally:
+                con.execute("COMMIT")  # a read transaction: ends the snapshot before delivery
+            yield batch.records
+            if not batch.records:
+                return
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if self._chain_tip(con) != tip:
+                    raise InvalidInputError(
+                        f"another writer appended to {self.path} without taking its append lock (an older "
+                        "comfyui-backdrop?) while this batch was delivered; nothing of the batch was recorded, try "
+                        "again")
+                self._write_batch(con, batch)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        self._after_commit(batch.records[-1].seq, batch.records[-1].record_hash)
+
+    @property
+    def append_lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + APPEND_LOCK_SUFFIX)
+
+    @contextlib.contextmanager
+    def _append_lock(self) -> Iterator[None]:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.append_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one fd per append: threads of one process exclude each other too
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     # ---- connections ---------------------------------------------------------------------------------
     @contextlib.contextmanager

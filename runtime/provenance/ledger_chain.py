@@ -119,6 +119,15 @@ class PendingRecord:
         return key
 
 
+@dataclass(frozen=True)
+class SignedBatch:
+    """Records signed onto the chain tip, ready to insert: their idempotency keys and the new head's signature."""
+
+    records: list[Record]
+    keys: list[str | None]
+    head_signature: str
+
+
 class ChainLedger:
     """Signed, hash-chained records over a backend's storage (see the module docstring for the hooks)."""
 
@@ -177,43 +186,61 @@ class ChainLedger:
 
         Use it to make records follow delivery: save the image (or hand the batch on) inside the block. An
         exception in the block rolls every record back: nothing is recorded for a batch that was not
-        delivered. Other writers wait while the block runs, so keep it short. A record whose idempotency key
-        is already recorded raises :class:`DuplicateRecordError` before the block runs.
+        delivered. Other appenders wait while the block runs, so keep it short (on PostgreSQL the transaction
+        stays open; SQLite inserts after the block, see ``ledger.Ledger.appending``). A record whose idempotency
+        key is already recorded raises :class:`DuplicateRecordError` before the block runs.
         """
         for item in pending:
             _ = item.idempotency_key  # a bad key fails before the lock is taken
-        records: list[Record] = []
         with self._transaction() as con:
             last_seq, last_hash = self._chain_tip(con)
             self._before_append(last_seq)
-            for item in pending:
-                record = self._insert(con, item, last_seq + 1, last_hash)
-                last_seq, last_hash = record.seq, record.record_hash
-                records.append(record)
-            if records:
-                head_sig = self.keys.sign(head_message(last_seq, last_hash)).hex()
-                con.execute(_UPSERT_HEAD, (last_seq, last_hash, self.keys.ledger_public_key_hex, head_sig))
-            yield records
-        if records:
-            self._after_commit(last_seq, last_hash)
+            batch = self._sign_batch(con, pending, last_seq, last_hash)
+            self._write_batch(con, batch)
+            yield batch.records
+        if batch.records:
+            self._after_commit(batch.records[-1].seq, batch.records[-1].record_hash)
 
-    def _insert(self, con, item: PendingRecord, seq: int, prev_hash: str) -> Record:
-        wid = int(item.watermark_id)
-        key = item.idempotency_key
-        if key is not None:
-            row = con.execute(f"{_SELECT} WHERE idempotency_key = ?", (key,)).fetchone()
-            if row is not None:
-                existing = from_row(row)
-                raise DuplicateRecordError(f"idempotency key {key!r} is already recorded (ID {existing.id_hex}, "
-                                           f"seq {existing.seq}); nothing of this batch was recorded", existing)
-        exists = con.execute("SELECT 1 FROM records WHERE id = ?", (wid,)).fetchone() is not None
-        if exists and not item.add_to_existing:
-            raise InvalidInputError(f"watermark ID {format_id(wid)} is already in the ledger")
-        if item.add_to_existing and not exists:
-            raise InvalidInputError(f"watermark ID {format_id(wid)} has no record to add to")
-        record = self._signed_record(item.content, item.image_sha256, wid, seq, prev_hash)
-        con.execute(_INSERT, (*to_row(record), key))
-        return record
+    def _sign_batch(self, con, pending: Sequence[PendingRecord], last_seq: int, last_hash: str) -> SignedBatch:
+        """Check ``pending`` against the ledger (idempotency keys, IDs) and sign it onto (last_seq, last_hash):
+        reads only, so a backend may do it before taking its write lock."""
+        records: list[Record] = []
+        seen_keys: set[str] = set()
+        seen_ids: set[int] = set()
+        for item in pending:
+            wid, key = int(item.watermark_id), item.idempotency_key
+            if key is not None:
+                row = con.execute(f"{_SELECT} WHERE idempotency_key = ?", (key,)).fetchone()
+                if row is not None:
+                    existing = from_row(row)
+                    raise DuplicateRecordError(f"idempotency key {key!r} is already recorded (ID "
+                                               f"{existing.id_hex}, seq {existing.seq}); nothing of this batch was "
+                                               "recorded", existing)
+                if key in seen_keys:
+                    raise InvalidInputError(f"idempotency key {key!r} appears twice in one batch; nothing of this "
+                                            "batch was recorded")
+                seen_keys.add(key)
+            exists = wid in seen_ids or con.execute("SELECT 1 FROM records WHERE id = ?",
+                                                    (wid,)).fetchone() is not None
+            if exists and not item.add_to_existing:
+                raise InvalidInputError(f"watermark ID {format_id(wid)} is already in the ledger")
+            if item.add_to_existing and not exists:
+                raise InvalidInputError(f"watermark ID {format_id(wid)} has no record to add to")
+            seen_ids.add(wid)
+            record = self._signed_record(item.content, item.image_sha256, wid, last_seq + 1, last_hash)
+            last_seq, last_hash = record.seq, record.record_hash
+            records.append(record)
+        head_signature = self.keys.sign(head_message(last_seq, last_hash)).hex() if records else ""
+        return SignedBatch(records, [item.idempotency_key for item in pending], head_signature)
+
+    def _write_batch(self, con, batch: SignedBatch) -> None:
+        """Insert a signed batch and move the signed head, inside the caller's write transaction."""
+        for record, key in zip(batch.records, batch.keys, strict=True):
+            con.execute(_INSERT, (*to_row(record), key))
+        if batch.records:
+            last = batch.records[-1]
+            con.execute(_UPSERT_HEAD, (last.seq, last.record_hash, self.keys.ledger_public_key_hex,
+                                       batch.head_signature))
 
     def _signed_record(self, content: RecordContent, image_sha256: str, wid: int, seq: int,
                        prev_hash: str) -> Record:

@@ -24,7 +24,7 @@ def test_create_shows_the_key_once_and_stores_only_its_hash(tmp_path, capsys):
     assert code == 0 and "created account acme (acct_" in out and "tier pro" in out
     key = out.strip().splitlines()[-1]
     assert well_formed(key)
-    stored = b"".join(path.read_bytes() for path in data.glob("server.sqlite3*"))
+    stored = b"".join(path.read_bytes() for path in data.glob("ledger.sqlite3*"))
     assert key.encode() not in stored and hash_api_key(key).encode() in stored
     code, out, _ = run(capsys, "accounts", "list", "--data", str(data))
     assert code == 0 and key not in out and key[:10] in out and "0/1000" in out

@@ -115,7 +115,7 @@ def test_another_accounts_job_is_not_found(server, alice):
                              ("DELETE", f"/v1/jobs/{job['id']}")):
             answer = bob.request(method, path)
             assert answer.status_code == 404 and job["id"] in answer.json()["detail"]
-        assert bob.get("/v1/jobs/../../server.sqlite3").status_code == 404
+        assert bob.get("/v1/jobs/../../ledger.sqlite3").status_code == 404
         done = wait_for(alice, job["id"])
         verified = bob.post("/v1/verify", files={"image": ("x.png", alice.get(done["images"][0]["url"]).content)})
         body = verified.json()

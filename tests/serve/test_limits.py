@@ -135,7 +135,7 @@ def test_an_account_whose_tier_was_removed_is_told_so(queue_only_server):
     from tests.serve.server_process import create_account
 
     ivan = create_account(queue_only_server.data, "ivan", "test")
-    with sqlite3.connect(queue_only_server.data / "server.sqlite3") as con:
+    with sqlite3.connect(queue_only_server.data / "ledger.sqlite3") as con:
         con.execute("UPDATE accounts SET tier = 'retired' WHERE id = ?", (ivan["id"],))
     with queue_only_server.client(ivan["api_key"]) as client:
         answer = client.get("/v1/models")

@@ -71,7 +71,7 @@ def test_queued_jobs_survive_sigkill_on_postgres(tmp_path, postgres_url):
             ids = [submit(client, png_bytes(), seed=str(seed)) for seed in range(2)]
     finally:
         first.kill()
-    assert not (data / "server.sqlite3").exists(), "the PostgreSQL server also wrote a SQLite database"
+    assert not (data / "ledger.sqlite3").exists(), "the PostgreSQL server also wrote a SQLite database"
     second = ServerProcess(data, workers=1, database=postgres_url).start()
     try:
         with second.client(key) as client:
