@@ -14,11 +14,17 @@ payload only counts when its own nonce names the variant it was read with (a 1/V
 pays for the variant search in the false-positive bound). The result: folded on the period and averaged
 over a catalog, the marks of different images add up incoherently, so the average holds no usable tile.
 
-The tile is rendered at 2 x PERIOD px from LARGE_SIDE px (geometric mean of width and height) up, so a
-thumbnail at 0.25x still has a tile of 32 px whose band (<= 0.375 cycles/px) survives the downscale, and on
-mostly flat images (studio shots) from SMALL_SIDE up, where the lower band is what survives JPEG and WebP;
-at PERIOD px otherwise (small, busy pictures: a crop keeps more periods). The detector folds every period
-onto the canonical PERIOD x PERIOD grid whatever its size in pixels, and does not need to know which.
+Which periods carry the mark depends on the image (``layers_for``): small, busy pictures get one PERIOD px
+layer (a crop keeps more periods); mostly flat images (studio shots) from SMALL_SIDE up get one 2 x PERIOD
+layer, whose lower band is what survives JPEG and WebP on a flat sweep; large, busy images get both,
+sharing the energy: the 2 x PERIOD layer keeps a 0.25x thumbnail readable (a 32 px tile, band <= 0.375
+cycles/px), the PERIOD layer a crop to a tenth of the area. The detector folds every period onto the
+canonical PERIOD x PERIOD grid whatever its size in pixels, and reads whichever layer is there.
+
+The sync pattern takes the chips of one of the code's six outputs (puncturing the rate-1/6 code to rate
+1/5, PAYLOAD_GENERATORS): 236 sync chips instead of v1's 148, so a weak mark (a small crop, a recompressed
+thumbnail) clears the detection threshold, which the dihedral and variant search raise, while its payload
+still decodes.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ SMALL_SIDE = 384             # px: from here up, a mostly flat image gets the 2 
 FLAT_SHARE = 0.6             # ... when this share of it is flat
 FLAT_LEVEL = 1.0             # 8-bit levels of band-pass detail under which a cell counts as flat
 PERIODS = (PERIOD, 2 * PERIOD)
+FINE_SHARE = 0.2             # share of the mark's energy a large busy image gives its PERIOD px layer
+PAYLOAD_GENERATORS = (1, 2, 3, 4, 5)  # code outputs carried: rate 1/5, free distance 31 (all six: 37)
 SHAPING = Shaping(floor=0.9, max_gain=2.0, ceiling=10.0, target_rms=2.4)  # texture masks more of v2's mark
 
 
@@ -65,7 +73,7 @@ def nonce(key: bytes, payload: int) -> Nonce:
 
 def layout(key: bytes, variant: int) -> KeyedLayout:
     """The keyed chip layout of one variant."""
-    return domain_layout(bytes(key), V2_DOMAIN + b"/variant-%d" % variant)
+    return domain_layout(bytes(key), V2_DOMAIN + b"/variant-%d" % variant, PAYLOAD_GENERATORS)
 
 
 @lru_cache(maxsize=16)
@@ -74,17 +82,44 @@ def sync_spectra(key: bytes) -> np.ndarray:
     return np.stack([layout(key, v).sync_spectrum_conj for v in range(VARIANTS)]).astype(np.complex64)
 
 
-def period_for(y: np.ndarray) -> int:
-    """Tile period in px for luma ``y`` (8-bit scale): 2 x PERIOD for a large image (thumbnails stay readable)
-    or a mostly flat one (its mark then sits at the low frequencies that JPEG and WebP keep on a flat sweep);
-    PERIOD otherwise (a small, busy picture: more periods in a crop, less interference from the picture)."""
+def layers_for(y: np.ndarray) -> tuple[tuple[int, float], ...]:
+    """The tile layers of luma ``y`` (8-bit scale): (period px, share of the mark's energy) each.
+
+    * a small, busy picture: one PERIOD layer (more periods in a crop, less interference from the picture);
+    * a mostly flat image from SMALL_SIDE up: one 2 x PERIOD layer (its mark sits at the low frequencies
+      that JPEG and WebP keep on a flat sweep);
+    * a large, busy image: a 2 x PERIOD layer (a 0.25x thumbnail still holds a readable 32 px tile) with
+      1 - FINE_SHARE of the energy, plus a PERIOD layer with FINE_SHARE (a crop to a tenth of the area of a
+      busy picture reads far better at the higher band and four times as many periods).
+    """
     h, w = y.shape
     side = (h * w) ** 0.5
-    if side >= LARGE_SIDE:
-        return 2 * PERIOD
-    if side >= SMALL_SIDE and flat_fraction(y) >= FLAT_SHARE:
-        return 2 * PERIOD
-    return PERIOD
+    if side < SMALL_SIDE:
+        return ((PERIOD, 1.0),)
+    flat = flat_fraction(y) >= FLAT_SHARE
+    if flat:
+        return ((2 * PERIOD, 1.0),)
+    if side < LARGE_SIDE:
+        return ((PERIOD, 1.0),)
+    return ((2 * PERIOD, 1.0 - FINE_SHARE), (PERIOD, FINE_SHARE)) if FINE_SHARE > 0 else ((2 * PERIOD, 1.0),)
+
+
+def period_for(y: np.ndarray) -> int:
+    """The period (px) of the whole mark tile of luma ``y``: its longest layer's (see ``layers_for``)."""
+    return max(period for period, _ in layers_for(y))
+
+
+def image_tile(key: bytes, payload_coded: np.ndarray, mark: Nonce, y: np.ndarray) -> np.ndarray:
+    """The whole mark tile of one image (float32, unit RMS, ``period_for(y)`` px): the sum of its layers
+    (``layers_for``), each the image's own tile at its period, weighted by the square root of its share.
+    Every layer uses the image's one nonce (variant, dihedral transform, shift as a fraction of the period)."""
+    layers = layers_for(y)
+    size = max(period for period, _ in layers)
+    out = np.zeros((size, size), np.float64)
+    for period, share in layers:
+        reps = size // period
+        out += np.sqrt(share) * np.tile(tile(key, payload_coded, mark, period), (reps, reps))
+    return (out / np.sqrt(np.mean(out**2))).astype(np.float32)
 
 
 def flat_fraction(y: np.ndarray) -> float:

@@ -387,8 +387,8 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
     if version == 1:
         tile, period, shaping = keyed_layout(key).tile(coded), PERIOD, V1_SHAPING
     else:
-        period, shaping = carrier.period_for(y), carrier.SHAPING
-        tile = carrier.tile(key, coded, carrier.nonce(key, payload), period)
+        tile, shaping = carrier.image_tile(key, coded, carrier.nonce(key, payload), y), carrier.SHAPING
+        period = tile.shape[0]
     pattern = np.tile(tile, (max(1, STRIPE // period), -(-w // period)))[:, :w]  # one stripe's rows
     amplitude = amplitude_map(y, float(strength), shaping)
     out = _add_mark(arr, colour, pattern, amplitude)

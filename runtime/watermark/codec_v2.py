@@ -1,7 +1,7 @@
 """v2 of the codec: per-image carriers (see carrier.py), a dihedral search, and a half-resolution level.
 
 Embedding is v1's (luminance, texture-shaped amplitude, headroom shift), with the image's own tile
-(carrier.tile) rendered at the period carrier.period_for picks. Detection shares v1's residual,
+(carrier.image_tile: one or two layers, carrier.layers_for). Detection shares v1's residual,
 autocorrelation lattice search and fold; what v2 adds for each lattice hypothesis:
 
 * *Level.* A tile period of 96 px or more (a large image's 128 px tile, or any tile enlarged) is folded from
@@ -29,7 +29,7 @@ from .residual import whitened_residual
 HALF_LEVEL_PERIOD = 96.0     # px: lattices with a longer period are folded at the half-resolution level
 LEVEL1_LO, LEVEL1_HI = 80.0, 160.0  # periods searched on the half-resolution level (its px)
 LEVEL1_LATTICES = 3          # lattices kept from that search
-LEVEL1_MIN_SIDE = 288        # its px: three periods of 96 (a 128 px tile enlarged 1.5x); smaller images skip it
+LEVEL1_MIN_SIDE = 192        # its px: two periods of 96 (a 128 px tile enlarged 1.5x); smaller images skip it
 LEVEL0_LATTICES = 4          # lattices kept from the full-size search (lattice.HYPOTHESES)
 REFINED = 2                  # (dihedral, variant) pairs refined on the half-pixel grid per hypothesis...
 CLOSE = 0.9                  # ... the runner-up only when its integer-shift peak is this close to the best

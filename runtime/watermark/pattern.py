@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .payload import CODED_BITS
+from .payload import CODED_BITS, RATE_INVERSE, STEPS
 
 PERIOD = 64          # tile side in pixels at embedding scale
 GRID = 26            # chips per tile side (one chip ~2.5 px)
@@ -110,17 +110,32 @@ def keyed_layout(key: bytes) -> KeyedLayout:
     return domain_layout(key, V1_DOMAIN)
 
 
+ALL_GENERATORS = tuple(range(RATE_INVERSE))
+
+
+def kept_bits(generators: tuple[int, ...] = ALL_GENERATORS) -> np.ndarray:
+    """Indices of the coded bits a layout carries when only ``generators`` of the code's outputs are sent
+    (puncturing: the others are erasures, soft value 0, to the Viterbi decoder)."""
+    return (np.arange(STEPS)[:, None] * RATE_INVERSE + np.asarray(generators)[None, :]).reshape(-1)
+
+
 @lru_cache(maxsize=256)
-def domain_layout(key: bytes, domain: bytes) -> KeyedLayout:
-    """The layout for ``key`` within ``domain`` (each codec version and carrier variant has its own)."""
+def domain_layout(key: bytes, domain: bytes, generators: tuple[int, ...] = ALL_GENERATORS) -> KeyedLayout:
+    """The layout for ``key`` within ``domain`` (each codec version and carrier variant has its own).
+
+    ``generators``: the code outputs carried (all of them for v1); the chips the others would take are sync
+    chips instead (a punctured code: a stronger sync for a slightly weaker payload code).
+    """
     n = GRID * GRID
+    carried = kept_bits(generators)
+    sync_chips = n - carried.size
     order = np.argsort(np.frombuffer(_keyed_bytes(key, "order", 8 * n, domain), dtype="<u8"), kind="stable")
     sign_bits = np.unpackbits(np.frombuffer(_keyed_bytes(key, "signs", -(-n // 8), domain), dtype=np.uint8))[:n]
     signs = 1.0 - 2.0 * sign_bits.astype(np.float64)
-    sync_index, payload_index = order[:SYNC_CHIPS], order[SYNC_CHIPS:]
-    spread = np.argsort(np.frombuffer(_keyed_bytes(key, "spread", 8 * PAYLOAD_CHIPS, domain), dtype="<u8"),
+    sync_index, payload_index = order[:sync_chips], order[sync_chips:]
+    spread = np.argsort(np.frombuffer(_keyed_bytes(key, "spread", 8 * carried.size, domain), dtype="<u8"),
                         kind="stable")
-    payload_bit = spread % CODED_BITS
+    payload_bit = carried[spread]  # v1 (every output carried): spread itself, as before
     chips = np.zeros(n)
     chips[sync_index] = signs[sync_index]
     sync_tile = chips_to_tile(chips.reshape(GRID, GRID))

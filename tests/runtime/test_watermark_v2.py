@@ -215,3 +215,73 @@ def test_unknown_versions_are_refused(photos):
         embed(photos["coffee"], 1, KEY, version=3)
     with pytest.raises(InvalidInputError, match="version"):
         detect(photos["coffee"], KEY, versions=(7,))
+
+
+# ------------------------------------------------------------------ small crops and enlarged crops (issue 19, round 2)
+# Each case below failed on the first v2 (one 128 px layer on large images, 148 sync chips, no half-level lattice
+# search under 576 px): sync z 4.9-5.8 against a threshold of ~5.9, or a payload that no longer decoded.
+
+BUSY_IDS = (0x0FED_CBA9_8765_4321, 0x2000_0000_0000_1EEF)
+
+
+@pytest.fixture(scope="module")
+def busy_megapixel() -> dict[int, np.ndarray]:
+    """A busy 1 MP picture (microscopy, 1024 px) marked with two IDs: it carries both layers."""
+    image = resize(skimage_photo("immunohistochemistry"), 2.0)
+    return {payload: embed(image, payload, KEY, version=2) for payload in BUSY_IDS}
+
+
+def test_a_large_busy_picture_carries_two_layers_and_a_small_one_one():
+    busy = luma(resize(skimage_photo("immunohistochemistry"), 2.0))
+    assert carrier.layers_for(busy) == ((128, 1.0 - carrier.FINE_SHARE), (64, carrier.FINE_SHARE))
+    assert carrier.layers_for(luma(skimage_photo("astronaut"))) == ((64, 1.0),)
+    assert carrier.layers_for(luma(studio_shot(1024, 1280, seed=2))) == ((128, 1.0),)  # flat: JPEG/WebP layer only
+    tile = carrier.image_tile(KEY, np.zeros(528, np.uint8), carrier.nonce(KEY, 5), busy)
+    assert tile.shape == (128, 128) and np.sqrt(np.mean(tile.astype(np.float64) ** 2)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_v2_sync_takes_one_code_output_and_v1_is_unchanged():
+    from comfyui_backdrop.runtime.watermark.pattern import keyed_layout
+
+    v1, v2 = keyed_layout(KEY), carrier.layout(KEY, 3)
+    assert v1.sync_index.size == 148 and np.array_equal(np.sort(v1.payload_bit), np.arange(528))
+    assert v2.sync_index.size == 236 and v2.payload_bit.size == 440
+    assert set((v2.payload_bit % 6).tolist()) == {1, 2, 3, 4, 5}  # output 0 of every step is punctured
+    soft = v2.soft_bits(np.ones((26, 26)))
+    assert np.all(soft[0::6] == 0) and np.all(soft[1::6] != 0)
+
+
+def test_a_small_busy_picture_cropped_to_a_tenth():
+    image = embed(skimage_photo("astronaut"), 31337, KEY, version=2)  # old v2: sync z 5.3, not found
+    reads(crop_area(image, 0.1, 0.3, 0.6), 31337)
+
+
+@pytest.mark.parametrize("payload", BUSY_IDS)
+def test_a_busy_megapixel_picture_cropped_to_a_tenth(busy_megapixel, payload):
+    result = reads(crop_area(busy_megapixel[payload], 0.1, 0.3, 0.6), payload)  # old v2: z 5.0-5.3
+    assert result.details["period_px"][0] == pytest.approx(64, abs=0.5)  # read from the 64 px layer
+
+
+def test_a_busy_megapixel_picture_cropped_shrunk_and_recompressed(busy_megapixel):
+    payload = BUSY_IDS[1]
+    reads(jpeg(resize(crop_area(busy_megapixel[payload], 0.25, 0.4, 0.6), 0.8), 70), payload)  # old v2: z 5.8
+
+
+@pytest.mark.parametrize("scale", [0.33, 0.25])
+def test_thumbnails_of_a_two_layer_picture(busy_megapixel, scale):
+    """The 128 px layer keeps 80% of the energy: thumbnails (and a mirrored, recompressed one) still read."""
+    payload = BUSY_IDS[0]
+    reads(resize(busy_megapixel[payload], scale), payload)
+    reads(jpeg(resize(mirror(busy_megapixel[payload]), scale), 75), payload)
+
+
+def test_a_studio_crop_enlarged_then_recompressed():
+    """A 128 px tile enlarged 1.5x in a 480x384 crop: the half-level lattice search now runs from 384 px."""
+    image = embed(studio_shot(512, 640, seed=1), 0x2000_0000_0000_0000, KEY, version=2)
+    reads(jpeg(resize(crop_area(image, 0.25, 0.4, 0.6), 1.5), 70), 0x2000_0000_0000_0000)  # old v2: z 4.9
+
+
+def test_jpeg_20_on_a_flat_studio_shot():
+    image = embed(studio_shot(480, 640, seed=3), 31337, KEY, version=2)
+    reads(jpeg(image, 20), 31337)
+    reads(webp(image, 40), 31337)
