@@ -206,6 +206,7 @@ class Store:
     """The server's database. Thread-safe: each thread gets its own connection."""
 
     placeholder = "?"
+    reads_on_event_loop = False  # reads are quick and never wait for a writer: the API may run them inline
     lock_account_sql = ""  # statement that locks one account row inside a transaction ("" where BEGIN locks all)
     skip_locked = ""
     label = "database"
