@@ -18,47 +18,24 @@ import torch
 
 from ..errors import InvalidInputError
 from .base import UNetBackend
+from .stand_in import EngineStandIn
 
 
-class BackendUNet(torch.nn.Module):
+class BackendUNet(EngineStandIn):
     """A ``torch.nn.Module`` a diffusers pipeline can use as ``pipe.unet``; it forwards to ``backend``."""
 
     def __init__(self, backend: UNetBackend, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
         from diffusers.configuration_utils import FrozenDict
 
-        super().__init__()
-        self.backend = backend
         spec = backend.spec
         config = {"time_cond_proj_dim": None, "sample_size": 64, "addition_time_embed_dim": None, **spec.config,
                   "in_channels": spec.in_channels, "out_channels": spec.out_channels}
-        self._internal_dict = FrozenDict(config)
-        self._dtype = dtype
-        self._device = torch.device(device)
+        super().__init__(FrozenDict(config), dtype, device)
+        self.backend = backend
         if spec.is_sdxl:
             in_features = spec.text_embeds_dim + spec.time_ids_dim * int(config["addition_time_embed_dim"])
             self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(in_features=in_features))
-
-    @property
-    def config(self) -> Any:
-        return self._internal_dict
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def to(self, *args: Any, **kwargs: Any) -> BackendUNet:
-        """Record the device/dtype the pipeline moves to (the engine keeps its own precision)."""
-        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None:
-            self._device = torch.device(device)
-        if dtype is not None:
-            self._dtype = dtype
-        return self
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
                 encoder_hidden_states: torch.Tensor, class_labels: torch.Tensor | None = None,

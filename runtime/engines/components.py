@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
+from .stand_in import EngineStandIn
 
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUTS = ("output_0", "penultimate_hidden_state")
@@ -29,35 +30,14 @@ VAE_ENCODER_INPUT, VAE_ENCODER_OUTPUT = "image", "moments"
 VAE_DECODER_INPUT, VAE_DECODER_OUTPUT = "latents", "image"
 
 
-class _EngineModule(torch.nn.Module):
+class _EngineModule(EngineStandIn):
     """Common ``dtype`` / ``device`` / ``to`` surface: the engine keeps its own precision on the CPU."""
 
+    cpu_only = True
+
     def __init__(self, engine: Any, config: Any, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
+        super().__init__(config, dtype, "cpu")
         self.engine = engine
-        self._config = config
-        self._dtype = dtype
-        self._device = torch.device("cpu")
-
-    @property
-    def config(self) -> Any:
-        return self._config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def to(self, *args: Any, **kwargs: Any) -> _EngineModule:
-        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None and torch.device(device).type != "cpu":
-            raise InvalidInputError(f"{type(self).__name__} runs an OpenVINO engine on the CPU, not on {device}")
-        if dtype is not None:
-            self._dtype = dtype
-        return self
 
     def extra_repr(self) -> str:
         return f"engine={self.engine.model_path.name}, precision={self.engine.precision}"

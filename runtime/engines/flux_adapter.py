@@ -16,43 +16,21 @@ import torch
 
 from ..errors import InvalidInputError
 from .flux_backend import FluxBackend
+from .stand_in import EngineStandIn
 
 
-class BackendFluxTransformer(torch.nn.Module):
+class BackendFluxTransformer(EngineStandIn):
     """A ``torch.nn.Module`` a FLUX pipeline can use as ``pipe.transformer``; it forwards to ``backend``."""
 
     def __init__(self, backend: FluxBackend, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
         from diffusers.configuration_utils import FrozenDict
 
-        super().__init__()
-        self.backend = backend
         spec = backend.spec
-        self._internal_dict = FrozenDict({**spec.config, "in_channels": spec.in_channels,
-                                          "out_channels": spec.out_channels, "guidance_embeds": spec.guidance})
-        self._dtype = dtype
-        self._device = torch.device(device)
-
-    @property
-    def config(self) -> Any:
-        return self._internal_dict
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def to(self, *args: Any, **kwargs: Any) -> BackendFluxTransformer:
-        """Record the device/dtype the pipeline moves to (the engine keeps its own precision)."""
-        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None:
-            self._device = torch.device(device)
-        if dtype is not None:
-            self._dtype = dtype
-        return self
+        super().__init__(FrozenDict({**spec.config, "in_channels": spec.in_channels,
+                                     "out_channels": spec.out_channels, "guidance_embeds": spec.guidance}),
+                         dtype, device)
+        self.backend = backend
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 pooled_projections: torch.Tensor | None = None, timestep: torch.Tensor | None = None,
