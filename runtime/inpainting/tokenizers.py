@@ -31,15 +31,20 @@ def register_tokenizer_dir(folder: str | os.PathLike) -> None:
 
 def candidate_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
     """Every folder searched, in order."""
+    return _search_order(explicit, TOKENIZER_ENV, _registered, "tokenizer")
+
+
+def _search_order(explicit: str | os.PathLike | None, env: str, registered: list[Path], subfolder: str
+                  ) -> list[Path]:
+    """The folder passed in, ``$env``, the registered folders, then ``subfolder`` of every diffusers folder."""
     found: list[Path] = []
     if explicit:
         found.append(Path(explicit).expanduser())
-    if os.environ.get(TOKENIZER_ENV):
-        found.append(Path(os.environ[TOKENIZER_ENV]).expanduser())
-    found.extend(_registered)
+    if os.environ.get(env):
+        found.append(Path(os.environ[env]).expanduser())
+    found.extend(registered)
     locator = get_locator()
-    for name in locator.list("diffusers"):
-        found.append(locator.resolve("diffusers", name) / "tokenizer")
+    found.extend(locator.resolve("diffusers", name) / subfolder for name in locator.list("diffusers"))
     return found
 
 
@@ -90,16 +95,7 @@ def register_t5_tokenizer_dir(folder: str | os.PathLike) -> None:
 def t5_candidate_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
     """Every folder searched for the T5 tokenizer, in order: the folder passed in, ``$BACKDROP_T5_TOKENIZER``,
     registered folders, then ``tokenizer_2/`` of every diffusers folder (FLUX pipelines keep T5's there)."""
-    found: list[Path] = []
-    if explicit:
-        found.append(Path(explicit).expanduser())
-    if os.environ.get(T5_TOKENIZER_ENV):
-        found.append(Path(os.environ[T5_TOKENIZER_ENV]).expanduser())
-    found.extend(_registered_t5)
-    locator = get_locator()
-    for name in locator.list("diffusers"):
-        found.append(locator.resolve("diffusers", name) / "tokenizer_2")
-    return found
+    return _search_order(explicit, T5_TOKENIZER_ENV, _registered_t5, "tokenizer_2")
 
 
 def find_t5_tokenizer_dir(explicit: str | os.PathLike | None = None) -> Path:
