@@ -46,15 +46,9 @@ from ..runtime.engines.flux_spec import (
     FluxSpec,
 )
 from ..runtime.errors import InvalidInputError
-from .onnx_export import OPSET, OnnxExport, _eval_mode, _torch_export, fused_active_loras
+from .onnx_export import OPSET, OnnxExport, _eval_mode, _torch_export, fused_active_loras, publish_model
 from .onnx_files import (
-    EXTERNAL_DATA_THRESHOLD,
-    check_model_file,
-    free_name,
-    publish,
     staging_dir,
-    tensor_bytes,
-    write_model,
 )
 from .refit import build_refit_map
 
@@ -157,15 +151,8 @@ def export_flux_onnx(transformer: torch.nn.Module, path: str | os.PathLike, *, e
                           spec.dynamic_axes(), OPSET, output=OUTPUT)
         model = onnx.load(str(raw_path), load_external_data=False)
         refit_map = build_refit_map(model, module, base_dir=raw_dir, prefix=WRAPPER_PREFIX)
-        external = tensor_bytes(model, raw_dir) >= EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
-        final = free_name(requested)
-        out_dir = stage / "out"
-        out_dir.mkdir()
-        files = write_model(model, out_dir / final.name, raw_dir, external)
+        published, external = publish_model(model, raw_dir, stage, requested, external_data, check)
         del model
-        if check:
-            check_model_file(files[0])
-        published = publish(files, final.parent)
     return OnnxExport(path=published[0], files=published, spec=spec, precision="fp32", opset=OPSET,  # type: ignore[arg-type]
                       external_data=external, refit_map=refit_map, fused_adapters=fused)
 

@@ -138,18 +138,25 @@ def export_unet_onnx(unet: torch.nn.Module, path: str | os.PathLike, *, precisio
             model = convert_unet_to_fp16(model, base_dir=raw_dir)
             refit_map = with_dtypes(refit_map, model)
             out_precision = "fp16"
-        size = tensor_bytes(model, raw_dir)
-        external = size >= EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
-        final = free_name(requested)
-        out_dir = stage / "out"
-        out_dir.mkdir()
-        files = write_model(model, out_dir / final.name, raw_dir, external)
+        published, external = publish_model(model, raw_dir, stage, requested, external_data, check)
         del model
-        if check:
-            check_model_file(files[0])
-        published = publish(files, final.parent)
     return OnnxExport(path=published[0], files=published, spec=spec, precision=out_precision, opset=opset,
                       external_data=external, refit_map=refit_map, fused_adapters=fused)
+
+
+def publish_model(model: Any, raw_dir: Path, stage: Path, requested: Path, external_data: bool | None,
+                  check: bool) -> tuple[list[Path], bool]:
+    """Write ``model`` (its tensors in ``raw_dir``) under a free name beside ``requested``, external data past the
+    threshold unless ``external_data`` says, check it when asked, and publish it atomically; returns the published
+    files and whether the tensors are external."""
+    external = tensor_bytes(model, raw_dir) >= EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    final = free_name(requested)
+    out_dir = stage / "out"
+    out_dir.mkdir()
+    files = write_model(model, out_dir / final.name, raw_dir, external)
+    if check:
+        check_model_file(files[0])
+    return publish(files, final.parent), external
 
 
 def _torch_export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: list[str],
