@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import cv2
-import numpy as np
 import pytest
 
 from comfyui_backdrop.cli.main import main
 from tests.fixtures.images import studio_product_photo
+from tests.fixtures.inpaint_checks import assert_run_outputs_product_exact
 
 
 def test_run_with_a_flux_fill_folder_keeps_the_product_exact(tmp_path, flux_models):
@@ -17,16 +17,7 @@ def test_run_with_a_flux_fill_folder_keeps_the_product_exact(tmp_path, flux_mode
             "--checkpoint", "diffusers/tiny-flux-fill", "--lora", "flux_kohya.safetensors:0.8",
             "--steps", "2", "--resolution", "128", "--variations", "2", "--seed", "7", "--save-mask", "--quiet"]
     assert main(args) == 0
-    mask = cv2.imread(str(tmp_path / "out" / "bottle_mask.png"), cv2.IMREAD_GRAYSCALE)
-    product = mask >= 128  # the runtime's product threshold is 0.5
-    outputs = [cv2.cvtColor(cv2.imread(str(tmp_path / "out" / f"bottle_minimal-studio_{k}.png")), cv2.COLOR_BGR2RGB)
-               for k in range(2)]
-    assert product.any()
-    for out in outputs:
-        assert out.shape == photo.shape
-        assert np.array_equal(out[product], photo[product])
-        assert np.abs(out[~product].astype(int) - photo[~product].astype(int)).mean() > 5
-    assert not np.array_equal(outputs[0], outputs[1])
+    assert_run_outputs_product_exact(tmp_path / "out", photo, 2)
 
 
 @pytest.mark.parametrize(("checkpoint", "cfg"), [("diffusers/tiny-flux-fill", 30.0),

@@ -11,7 +11,7 @@ from comfyui_backdrop.runtime.inpainting.generate import InpaintSettings, inpain
 from comfyui_backdrop.runtime.inpainting.geometry import FAMILY_SIZE_STEP, SIZE_STEP, plan_canvas
 from comfyui_backdrop.runtime.inpainting.loader import load_pipeline
 from comfyui_backdrop.runtime.inpainting.loras import activated, add_lora
-from tests.fixtures.images import studio_product_photo
+from tests.fixtures.inpaint_checks import assert_product_exact, odd_float_photo
 
 FLUX = "diffusers/tiny-flux-fill"
 KONTEXT = "diffusers/tiny-flux-kontext"
@@ -21,20 +21,11 @@ FAST = {"prompt": "a marble table, soft light", "steps": 2, "resolution": 128, "
 
 @pytest.fixture(scope="module")
 def odd_photo() -> tuple[np.ndarray, np.ndarray]:
-    """A 77x101 (H x W) float photo and its product mask."""
-    image, mask = studio_product_photo(77, 101, seed=5)
-    return image.astype(np.float32) / 255.0, mask.astype(np.float32)
+    return odd_float_photo()
 
 
 def run(handle, images, masks, **overrides):
     return inpaint_backgrounds(handle, images, masks, InpaintSettings(**{**FAST, **overrides}))
-
-
-def assert_product_exact(out: np.ndarray, image: np.ndarray, mask: np.ndarray) -> None:
-    product = mask >= 0.5
-    assert np.isfinite(out).all()
-    assert np.array_equal(out[product], image[product])
-    assert np.abs(out[~product][..., :3] - image[~product][..., :3]).mean() > 0.02  # the background is new
 
 
 def test_a_flux_fill_folder_loads_as_its_own_family(flux_models):

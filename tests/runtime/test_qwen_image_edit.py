@@ -16,6 +16,7 @@ from comfyui_backdrop.runtime.inpainting.loader import default_cfg, load_pipelin
 from comfyui_backdrop.runtime.inpainting.loras import activated, add_lora
 from comfyui_backdrop.runtime.inpainting.qwen_edit import run_qwen_edit
 from tests.fixtures.images import studio_product_photo
+from tests.fixtures.inpaint_checks import assert_product_exact, assert_run_outputs_product_exact, odd_float_photo
 
 QWEN = "diffusers/tiny-qwen-image-edit"
 FAST = {"prompt": "a marble table, soft light", "steps": 2, "resolution": 128, "cfg": 4.0}
@@ -23,20 +24,11 @@ FAST = {"prompt": "a marble table, soft light", "steps": 2, "resolution": 128, "
 
 @pytest.fixture(scope="module")
 def odd_photo() -> tuple[np.ndarray, np.ndarray]:
-    """A 77x101 (H x W) float photo and its product mask."""
-    image, mask = studio_product_photo(77, 101, seed=5)
-    return image.astype(np.float32) / 255.0, mask.astype(np.float32)
+    return odd_float_photo()
 
 
 def run(handle, images, masks, **overrides):
     return inpaint_backgrounds(handle, images, masks, InpaintSettings(**{**FAST, **overrides}))
-
-
-def assert_product_exact(out: np.ndarray, image: np.ndarray, mask: np.ndarray) -> None:
-    product = mask >= 0.5
-    assert np.isfinite(out).all()
-    assert np.array_equal(out[product], image[product])
-    assert np.abs(out[~product][..., :3] - image[~product][..., :3]).mean() > 0.02  # the background is new
 
 
 def test_a_qwen_edit_folder_loads_as_the_edit_inpaint_pipeline(qwen_models):
@@ -242,13 +234,4 @@ def test_backdrop_run_with_a_qwen_edit_folder_keeps_the_product_exact(tmp_path, 
             "--checkpoint", QWEN, "--lora", "qwen_kohya.safetensors:0.8", "--steps", "2", "--resolution", "128",
             "--variations", "2", "--seed", "7", "--save-mask", "--quiet"]
     assert main(args) == 0
-    mask = cv2.imread(str(tmp_path / "out" / "bottle_mask.png"), cv2.IMREAD_GRAYSCALE)
-    product = mask >= 128  # the runtime's product threshold is 0.5
-    outputs = [cv2.cvtColor(cv2.imread(str(tmp_path / "out" / f"bottle_minimal-studio_{k}.png")), cv2.COLOR_BGR2RGB)
-               for k in range(2)]
-    assert product.any()
-    for out in outputs:
-        assert out.shape == photo.shape
-        assert np.array_equal(out[product], photo[product])
-        assert np.abs(out[~product].astype(int) - photo[~product].astype(int)).mean() > 5
-    assert not np.array_equal(outputs[0], outputs[1])
+    assert_run_outputs_product_exact(tmp_path / "out", photo, 2)

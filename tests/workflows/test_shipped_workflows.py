@@ -71,8 +71,8 @@ def studio_with_expected_files(tmp_path, monkeypatch):
 
 
 def test_the_eight_workflows_ship_in_both_forms_and_are_current():
-    assert NAMES == ["catalog_folder", "engine_export_load", "flux_fill_headless", "native_flux_fill", "native_ksampler",
-                     "product_background", "train_lora", "verify_image"]
+    assert NAMES == ["catalog_folder", "engine_export_load", "flux_fill_headless", "native_flux_fill",
+                     "native_ksampler", "product_background", "train_lora", "verify_image"]
     assert sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json")) == NAMES
     stale = [str(p) for p, text in GENERATOR.render().items() if p.read_text(encoding="utf-8") != text]
     assert not stale, f"out of date (run python docs/make_workflows.py): {stale}"
