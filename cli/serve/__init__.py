@@ -7,6 +7,7 @@
     api_keys.py        keys shown once, stored as SHA-256
     store.py           accounts, jobs, quota use: one interface and its SQL; the request-rate limiter
     store_sqlite.py    ... on SQLite (the default), store_postgres.py on PostgreSQL; database.py opens one
+    legacy_database.py a data folder's old server.sqlite3 merged into the one database, ledger.sqlite3
     params.py          a job's parameters: checked against the catalog and the tier, turned into `backdrop run`'s
     uploads.py         multipart bodies streamed into the data folder under a size cap; the image gate -> 413/415/422
     app.py             the FastAPI application: endpoints, authentication, limits
