@@ -115,6 +115,7 @@ NEW_ATTACKS: dict[str, Attack] = {  # issue 19
     "crop 10% area": lambda x: crop_area(x, 0.1, 0.3, 0.6),
     "crop 25% + scale 0.5 + JPEG 60": lambda x: jpeg(resize(crop_area(x, 0.25, 0.4, 0.6), 0.5), 60),
     "mirror + scale 0.33 + JPEG 75": lambda x: jpeg(resize(mirror(x), 0.33), 75),
+    "scale 0.25 + JPEG 50": lambda x: jpeg(resize(x, 0.25), 50),  # a thumbnail, recompressed hard
 }
 ATTACKS.update(NEW_ATTACKS)
 QUICK_ATTACKS = ("none", "crop 25% area", "scale 0.5", "scale 2.0", "aspect 0.9x1.1", "JPEG q50 4:2:0",
