@@ -86,8 +86,11 @@ class EngineResult:
 
 def engine_key(spec: UNetSpec | FluxSpec, base: BaseIdentity, request: EngineRequest, trt_version: str = "",
                compute_capability: str = "") -> EngineKey:
-    builder = (("optimization_level", request.optimization_level), ("refittable", request.refittable)) \
-        if request.format == "tensorrt" else ()
+    builder: tuple[tuple[str, Any], ...] = ()
+    if request.format == "tensorrt":
+        builder = (("optimization_level", request.optimization_level), ("refittable", request.refittable))
+    elif request.format == "openvino" and not isinstance(spec, FluxSpec):
+        builder = (("time_embedding", "fp32 inputs"),)  # engines from before that change are not reused
     return EngineKey(base_fingerprint=base.fingerprint, loras=tuple(base.loras), spec=spec, profile=request.profile,
                      precision=request.precision, format=request.format,
                      optimized_for=request.optimize_for if request.format == "onnx" else "",

@@ -38,14 +38,21 @@ from ..runtime.engines.manifest import SUFFIX
 from ..runtime.engines.openvino_backend import DEEP_FEATURES, EXTRA, import_openvino
 from ..runtime.engines.precision import check_precision
 from ..runtime.engines.spec import CONTEXT, OUTPUT, SAMPLE, TEXT_EMBEDS, TIME_IDS, TIMESTEP, UNetSpec
+from ..runtime.engines.time_embedding import (
+    TIME_IDS_EMBEDDING,
+    TIMESTEP_EMBEDDING,
+    HostTimeEmbeddings,
+    embeds_on_host,
+)
 from ..runtime.errors import InvalidInputError, InvalidModelError
 from .onnx_export import UNetExportWrapper, _eval_mode, example_inputs, fused_active_loras
 from .onnx_files import publish, staging_dir
+from .time_embedding_inputs import EmbeddingInputsWrapper
 
 CONVERTER = "openvino.convert_model(torch module, TorchScript tracing)"
 # The axes of each input that stay dynamic in the IR (everything else is fixed by the example).
 UNET_DYNAMIC = {SAMPLE: (0, 2, 3), TIMESTEP: (0,), CONTEXT: (0, 1), TEXT_EMBEDS: (0,), TIME_IDS: (0,),
-                DEEP_FEATURES: (0, 2, 3)}
+                TIMESTEP_EMBEDDING: (0,), TIME_IDS_EMBEDDING: (0,), DEEP_FEATURES: (0, 2, 3)}
 
 
 @dataclass
@@ -146,13 +153,18 @@ def save_ir(model: Any, requested: str | os.PathLike, precision: str) -> OpenVin
                           inputs=inputs, outputs=outputs)
 
 
+def unet_wrapper(unet: torch.nn.Module, sdxl: bool, embedded: bool) -> torch.nn.Module:
+    """The positional-input UNet to trace: with the time embeddings as inputs (``embedded``) or the timestep."""
+    return EmbeddingInputsWrapper(unet, sdxl) if embedded else UNetExportWrapper(unet, sdxl)
+
+
 class DeepFeatureUNet(torch.nn.Module):
     """The UNet returning ``(noise_pred, deep_features)``: its output and the input of its last up block."""
 
-    def __init__(self, unet: torch.nn.Module, sdxl: bool) -> None:
+    def __init__(self, unet: torch.nn.Module, sdxl: bool, embedded: bool = False) -> None:
         super().__init__()
         self.unet = unet
-        self.wrapper = UNetExportWrapper(unet, sdxl)
+        self.wrapper = unet_wrapper(unet, sdxl, embedded)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
@@ -167,10 +179,10 @@ class DeepFeatureUNet(torch.nn.Module):
 class ShallowUNet(torch.nn.Module):
     """The UNet's outermost level only; the deep blocks' result comes in as ``deep_features``."""
 
-    def __init__(self, unet: torch.nn.Module, sdxl: bool) -> None:
+    def __init__(self, unet: torch.nn.Module, sdxl: bool, embedded: bool = False) -> None:
         super().__init__()
         self.unet = unet
-        self.wrapper = UNetExportWrapper(unet, sdxl)
+        self.wrapper = unet_wrapper(unet, sdxl, embedded)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         *unet_inputs, deep = inputs
@@ -206,20 +218,25 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
                          ) -> OpenVinoExport:
     """The UNet (active LoRAs fused in) as an IR with dynamic batch, latent size and token count, returning
     ``noise_pred`` and ``deep_features``; with ``shallow_path`` also the shallow UNet for the feature cache
-    (``exported.shallow``)."""
+    (``exported.shallow``). The sinusoidal time embeddings are inputs (``timestep_embedding``...), computed in
+    fp32 by the backend, so a bf16 engine never takes ``sin`` of a bf16 timestep."""
     spec = UNetSpec.from_unet(unet)
     param = next(unet.parameters())
     feeds = example_inputs(spec, batch=example_batch, tokens=tokens, dtype=torch.float32, device=param.device)
     example = {n: feeds[n] for n in spec.input_names}
+    embedded = embeds_on_host(spec)
+    if embedded:
+        example = HostTimeEmbeddings(spec)(example)
     with fused_active_loras(unet) as fused:
         module = unet if param.dtype == torch.float32 else _fp32_copy(unet)
-        model = convert_module(DeepFeatureUNet(module, spec.is_sdxl), example, UNET_DYNAMIC, [OUTPUT, DEEP_FEATURES])
+        model = convert_module(DeepFeatureUNet(module, spec.is_sdxl, embedded), example, UNET_DYNAMIC,
+                               [OUTPUT, DEEP_FEATURES])
         exported = save_ir(model, path, precision)
         del model
         if shallow_path is not None:
             with torch.no_grad():
-                deep = DeepFeatureUNet(module, spec.is_sdxl).eval()(*example.values())[1]
-            shallow = convert_module(ShallowUNet(module, spec.is_sdxl), {**example, DEEP_FEATURES: deep},
+                deep = DeepFeatureUNet(module, spec.is_sdxl, embedded).eval()(*example.values())[1]
+            shallow = convert_module(ShallowUNet(module, spec.is_sdxl, embedded), {**example, DEEP_FEATURES: deep},
                                      UNET_DYNAMIC, [OUTPUT])
             exported.shallow = save_ir(shallow, shallow_path, precision)
     exported.fused_adapters = fused

@@ -28,6 +28,7 @@ from .base import ProfiledBackend
 from .precision import CpuInfo, UnsupportedPrecisionError, check_precision, native_support
 from .profile import ShapeProfile
 from .spec import OUTPUT, SAMPLE, UNetSpec
+from .time_embedding import TIMESTEP_EMBEDDING, HostTimeEmbeddings, engine_input_names
 
 if TYPE_CHECKING:
     import numpy as np
@@ -176,7 +177,10 @@ class OpenVinoUNetBackend(ProfiledBackend):
         self.model_path = self.model.model_path
         self.precision = precision
         self.name = f"openvino-{precision}"
-        missing = set(spec.input_names) - set(self.model.input_names)
+        # engines exported since the bf16 time-embedding fix take the embeddings, older ones the timestep
+        self._embed = HostTimeEmbeddings(spec) if TIMESTEP_EMBEDDING in self.model.input_names else None
+        self._inputs = engine_input_names(spec) if self._embed else spec.input_names
+        missing = set(self._inputs) - set(self.model.input_names)
         if missing:
             raise InvalidModelError(f"{self.model_path.name} lacks the UNet inputs {sorted(missing)}; it has "
                                     f"{self.model.input_names}")
@@ -201,8 +205,10 @@ class OpenVinoUNetBackend(ProfiledBackend):
         import torch
 
         sample = feeds[SAMPLE]
+        if self._embed is not None:
+            feeds = self._embed(feeds)
         arrays = {name: feeds[name].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-                  for name in self.spec.input_names}
+                  for name in self._inputs}
         shape = tuple(sample.shape)
         full = (self.cache_interval < 2 or self._calls % self.cache_interval == 0 or self._deep is None
                 or self._deep[0] != shape)
