@@ -79,20 +79,21 @@ def test_workers_give_the_single_process_pixels_in_both_layouts_and_a_rerun_skip
 
 
 def test_an_interrupted_run_resumes_without_duplicates(tmp_path):
-    photos, out = _photos(tmp_path / "in", 12, side=320), tmp_path / "out"  # slow enough to act mid-run
+    count = 24  # enough that a fast machine is still mid-run when Ctrl-C lands
+    photos, out = _photos(tmp_path / "in", count, side=320), tmp_path / "out"  # slow enough to act mid-run
     args = [str(photos), "--out", str(out), "--workers", "2", "--watermark", "--no-c2pa"]
     first = _start(args, tmp_path / "home")
-    _wait_for(lambda: finished_count(out) >= 4 or first.poll() is not None, "4 photos done")
-    first.send_signal(signal.SIGINT)  # Ctrl-C at about a third
+    _wait_for(lambda: finished_count(out) >= 3 or first.poll() is not None, "3 photos done")
+    first.send_signal(signal.SIGINT)  # Ctrl-C early in the run
     code, _, err = _finish(first)
     assert code == 130, err
     done_before = finished_count(out)
-    assert 4 <= done_before < 12 and "not run (interrupted)" in err
+    assert 3 <= done_before < count and "not run (interrupted)" in err
     code, _, err = _finish(_start(args, tmp_path / "home"))
     assert code == 0, err
     assert f"{done_before} photo(s) skipped" in err
-    assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(12)]  # no -1 copies
-    _assert_one_record_each(tmp_path / "home", 12)
+    assert _outputs(out) == [f"p{i:03d}_minimal-studio.png" for i in range(count)]  # no -1 copies
+    _assert_one_record_each(tmp_path / "home", count)
 
 
 def test_a_killed_worker_is_retried_and_nothing_is_duplicated(tmp_path):
@@ -230,10 +231,12 @@ def test_a_photo_whose_worker_dies_on_every_attempt_fails_and_the_run_ends(tmp_p
     def killer() -> None:
         while run.poll() is None:
             for pid in descendants_titled(run.pid, "PhotoStage"):
-                try:
-                    busy = b"__init__" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+                try:  # Ray titles an actor "ray::Class" when idle and "ray::Class.method" inside a call
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
                 except OSError:
                     continue
+                method = title.rsplit(")", 1)[-1]
+                busy = method.startswith(".") and method != ".__init__"  # on a photo: not starting, not idle
                 if busy and time.monotonic() - first_seen.setdefault(pid, time.monotonic()) > 0.3:
                     os.kill(pid, signal.SIGKILL)
                     kills.append(pid)
