@@ -325,6 +325,7 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
 
     from ..export.bench import Candidate, MemoryProbe, Skipped, measure, parity
     from ..export.onnx_export import example_inputs
+    from ..runtime.engines.openvino_backend import kernel_note
     from ..runtime.engines.spec import UNetSpec
 
     spec = UNetSpec.from_unet(unet)
@@ -348,7 +349,10 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
 
         def setup(backend=backend, precision=precision):
             made, notes = _make_backend(backend, precision, unet, spec, plan, exports)
-            return made, notes, made.run(*call) if made is not None else None
+            if made is None:
+                return made, notes, None
+            first = made.run(*call)  # the kernel report is of the copy compiled for these shapes
+            return made, "; ".join(n for n in (notes, kernel_note(made)) if n), first
 
         try:
             (made, notes, first), peak, _, _ = probe.measure(setup)
@@ -434,7 +438,7 @@ def _make_backend(name: str, precision: str, unet: Any, spec: Any, plan: BenchPl
 
 def _openvino_backend(unet: Any, spec: Any, precision: str, plan: BenchPlan, exports: Exports) -> tuple[Any, str]:
     from ..export.openvino_export import export_unet_openvino
-    from ..runtime.engines.openvino_backend import OpenVinoUNetBackend, summarize_kernels
+    from ..runtime.engines.openvino_backend import OpenVinoUNetBackend
 
     key = f"openvino-{precision}"
     if key not in exports.built:
@@ -442,9 +446,7 @@ def _openvino_backend(unet: Any, spec: Any, precision: str, plan: BenchPlan, exp
         gc.collect()
     exported = exports.built[key]
     backend = OpenVinoUNetBackend(exported.path, spec, precision=precision, threads=plan.threads)
-    compression = f"weights {exported.weight_compression}; " if exported.weight_compression else ""
-    return backend, compression + f"applied {backend.kernels()['applied_precision']}; " + summarize_kernels(
-        backend.kernels())
+    return backend, f"weights {exported.weight_compression}" if exported.weight_compression else ""
 
 
 def _optimized(plain: Any, exports: Exports, provider: str, fp16: bool, latent: tuple[int, int]) -> Any:

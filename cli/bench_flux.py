@@ -57,6 +57,7 @@ def flux_step(handle: Any, plan: Any, exports: Any, bench: Any) -> tuple[list, l
     from ..export.bench import Candidate, MemoryProbe, Skipped, measure, parity
     from ..export.flux_export import example_inputs
     from ..runtime.engines.flux_spec import FluxSpec
+    from ..runtime.engines.openvino_backend import kernel_note
 
     row_name = bench.row_name
 
@@ -80,7 +81,8 @@ def flux_step(handle: Any, plan: Any, exports: Any, bench: Any) -> tuple[list, l
 
         def setup(backend: str = backend, precision: str = precision) -> tuple[Any, str, Any]:
             made, notes = _flux_backend(backend, precision, transformer, spec, plan, exports, bench._torch_unet)
-            return made, notes, made.run(**feeds)
+            first = made.run(**feeds)
+            return made, "; ".join(n for n in (notes, kernel_note(made)) if n), first
 
         try:
             (made, notes, first), peak, _, _ = probe.measure(setup)
@@ -119,7 +121,6 @@ def _flux_backend(backend: str, precision: str, transformer: Any, spec: Any, pla
             exports.built["flux-onnx"] = export_flux_onnx(transformer, exports.work / "transformer.onnx")
         return OrtFluxBackend(exports.built["flux-onnx"].path, spec, threads=plan.threads), "portable graph, fp32"
     from ..export.flux_export import export_flux_openvino
-    from ..runtime.engines.openvino_backend import summarize_kernels
 
     key = f"flux-openvino-{precision}"
     if key not in exports.built:
@@ -127,5 +128,4 @@ def _flux_backend(backend: str, precision: str, transformer: Any, spec: Any, pla
                                                   precision=precision)
     exported = exports.built[key]
     made = OpenVinoFluxBackend(exported.path, spec, precision=precision, threads=plan.threads)
-    compression = f"weights {exported.weight_compression}; " if exported.weight_compression else ""
-    return made, compression + f"applied {made.kernels()['applied_precision']}; " + summarize_kernels(made.kernels())
+    return made, f"weights {exported.weight_compression}" if exported.weight_compression else ""

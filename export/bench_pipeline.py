@@ -129,6 +129,7 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
     """Measurements of the whole job per row (see the module docstring)."""
     import numpy as np
 
+    from ..runtime.engines.openvino_backend import kernel_note
     from ..runtime.engines.precision import native_support
     from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
 
@@ -154,7 +155,7 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
 
     rows: list[tuple[str, Any, InpaintSettings, str]] = [(f"{BASELINE}, {plan.steps} steps", handle, base, "")]
     engines = [p for p in plan.precisions if p in ("fp32", "bf16", "int8") and native_support(p)[0]]
-    best = None
+    built: dict[str, Any] = {}
     for precision in engines:
         started = time.perf_counter()
         try:
@@ -162,9 +163,12 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         except Exception as exc:  # a missing package or an unsupported precision: report it, keep going
             print(f"OpenVINO {precision} whole pipeline: skipped ({exc})", file=sys.stderr)
             continue
-        notes += f"; export+compile {time.perf_counter() - started:.0f}s"
+        notes = f"export+compile {time.perf_counter() - started:.0f}s"
         rows.append((f"OpenVINO {precision} whole pipeline, {plan.steps} steps", target, base, notes))
-        best = best or target
+        built[precision] = target
+    # the feature cache and few-step rows go on the bf16 engines where this CPU has them (the fast class), else fp32
+    fast = next((p for p in ("bf16", "fp32", "int8") if p in built), None)
+    best = built.get(fast)
     if plan.feature_cache:
         from dataclasses import replace
 
@@ -173,15 +177,15 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         rows.append((f"{BASELINE} + feature cache every {plan.feature_cache}, {plan.steps} steps", handle, cached,
                      note))
         if best is not None:
-            rows.append((f"OpenVINO {engines[0]} whole pipeline + feature cache every {plan.feature_cache}, "
+            rows.append((f"OpenVINO {fast} whole pipeline + feature cache every {plan.feature_cache}, "
                          f"{plan.steps} steps", best, cached, note + " (full and shallow UNet graphs)"))
     if plan.fast_scheduler:
         from dataclasses import replace
 
-        fast = replace(base, scheduler=plan.fast_scheduler, steps=plan.fast_steps)
+        few = replace(base, scheduler=plan.fast_scheduler, steps=plan.fast_steps)
         where = best or handle
-        label = "OpenVINO " + engines[0] + " whole pipeline" if best is not None else BASELINE
-        rows.append((f"{label}, {plan.fast_scheduler} {plan.fast_steps} steps", where, fast,
+        label = f"OpenVINO {fast} whole pipeline" if best is not None else BASELINE
+        rows.append((f"{label}, {plan.fast_scheduler} {plan.fast_steps} steps", where, few,
                      "few-step scheduler: error is the difference against the full schedule (random weights are not "
                      "step-distilled, so the image itself is not meaningful)"))
     probe = MemoryProbe()
@@ -193,6 +197,9 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         started = time.perf_counter()
         out, peak, _, _ = probe.measure(run)
         first_times[name] = time.perf_counter() - started
+        backend = getattr(target.pipe.unet, "backend", None)
+        if backend is not None:  # engines: what the CPU plugin compiled for the shapes that ran
+            notes = "; ".join(n for n in (kernel_note(backend, top=2), notes) if n)
         outputs[name] = out
         candidates.append(Candidate(name, run, setup_s=time.perf_counter() - started, notes=notes,
                                     setup_peak_bytes=peak,
@@ -220,7 +227,6 @@ def _first_run(candidate: Candidate, seconds: float, baseline: float) -> Measure
 
 def _engine_pipeline(handle: Any, precision: str, plan: Any, exports: Any) -> tuple[Any, str]:
     """``handle`` with its UNet, text encoder(s) and VAE on OpenVINO engines in ``precision``."""
-    from ..runtime.engines.openvino_backend import summarize_kernels
     from ..runtime.models import get_locator, models_dir_locator
     from .attach import attach_engine
     from .engine_export import EngineRequest, export_pipeline_engine
@@ -231,7 +237,7 @@ def _engine_pipeline(handle: Any, precision: str, plan: Any, exports: Any) -> tu
                                         components=True)
         gc.collect()
         target = attach_engine(handle, result.path, threads=plan.threads, components=True, locator=locator)
-    return target, summarize_kernels(target.pipe.unet.backend.kernels(), top=2)
+    return target, ""
 
 
 def _print_round(index: int, times: dict[str, float]) -> None:

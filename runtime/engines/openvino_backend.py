@@ -117,6 +117,15 @@ def summarize_kernels(report: dict[str, Any], top: int = 3) -> str:
     return f"kernels: {', '.join(parts) or 'n/a'}; runtime precisions: {precisions}"
 
 
+def kernel_note(backend: Any, top: int = 3) -> str:
+    """``applied bf16; kernels: ...`` for a backend with ``kernels()`` (OpenVINO), '' for others; ask after a run,
+    so the report is of the copy compiled for the shapes that ran."""
+    if not hasattr(backend, "kernels"):
+        return ""
+    report = backend.kernels()
+    return f"applied {report['applied_precision']}; " + summarize_kernels(report, top=top)
+
+
 class OpenVinoModel:
     """One compiled IR with a reusable infer request; numpy in, numpy out, by input name."""
 
