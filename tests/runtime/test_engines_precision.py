@@ -26,6 +26,12 @@ model name\t: something else
 SAPPHIRE_RAPIDS = """model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
 flags\t\t: fpu sse avx f16c fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
 """
+SAPPHIRE_RAPIDS_FP16 = """model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu avx f16c fma avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8 avx_vnni
+"""
+GRANITE_RAPIDS = """model name\t: Intel(R) Xeon(R) 6972P
+flags\t\t: fpu avx f16c fma avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8 amx_fp16
+"""
 SKYLAKE = """model name\t: Intel(R) Xeon(R) CPU @ 2.00GHz
 flags\t\t: fpu sse avx f16c fma avx2 avx512f avx512bw
 """
@@ -50,6 +56,13 @@ def test_amx_xeon_runs_bf16_on_amx_and_int8_on_amx_int8():
     assert cpu.int8_dot == "AMX-INT8" and "AMX-INT8" in native_support("int8", cpu)[1]
     assert native_support("fp16", cpu)[0] is False  # Sapphire Rapids has AMX-BF16, not AMX-FP16
     assert cpu.to_dict()["isa"] == "AMX"
+
+
+def test_fp16_is_native_with_amx_fp16_only_not_with_avx512_fp16_alone():
+    ok, why = native_support("fp16", parse_cpuinfo(SAPPHIRE_RAPIDS_FP16))  # the flags of a real 2-core SPR session
+    assert not ok and "AVX512_FP16 but no AMX-FP16" in why and "bf16" in why
+    assert native_support("bf16", parse_cpuinfo(SAPPHIRE_RAPIDS_FP16)) == (True, "AMX-BF16")
+    assert native_support("fp16", parse_cpuinfo(GRANITE_RAPIDS)) == (True, "AMX-FP16")
 
 
 def test_avx512_without_bf16_is_not_mistaken_for_amx():
