@@ -1,6 +1,7 @@
 """The whole-job benchmark behind ``backdrop bench --pipeline``: one photo through the runtime, split by stage.
 
-Rows: the torch pipeline in fp32 (the baseline and the reference), the same pipeline with every part on
+Rows: the torch pipeline in fp32 (the baseline and the reference), the torch pipeline cast to bf16 where the
+CPU has a bf16 unit (the one-flag alternative any engine must beat), the same pipeline with every part on
 OpenVINO engines (text encoder(s), VAE encoder, UNet, VAE decoder) in each precision this CPU runs, and
 optionally the DeepCache-style feature cache (``--feature-cache N``, torch UNet) and a few-step scheduler
 (``--fast-scheduler lcm|tcd``). Each row's error is the max |image - torch fp32 image| over the output
@@ -154,6 +155,9 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         return run
 
     rows: list[tuple[str, Any, InpaintSettings, str]] = [(f"{BASELINE}, {plan.steps} steps", handle, base, "")]
+    if "bf16" in plan.precisions and native_support("bf16")[0]:  # the one-flag alternative: torch itself in bf16
+        rows.append((f"torch eager bf16, {plan.steps} steps", torch_copy(handle, "bf16"), base,
+                     "the whole torch pipeline cast to bf16 (--dtype bf16)"))
     engines = [p for p in plan.precisions if p in ("fp32", "bf16", "int8") and native_support(p)[0]]
     built: dict[str, Any] = {}
     for precision in engines:
@@ -216,6 +220,19 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         result.max_abs_error, result.max_rel_error = errors[result.name]
         result.stages = stages.get(result.name, {})
     return results
+
+
+def torch_copy(handle: Any, precision: str) -> Any:
+    """``handle`` with a copy of its pipeline cast to ``precision`` (what ``--dtype bf16`` loads)."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    pipe = copy.deepcopy(handle.pipe).to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return dataclasses.replace(handle, pipe=pipe, dtype=dtype)
 
 
 def _first_run(candidate: Candidate, seconds: float, baseline: float) -> Measurement:

@@ -72,13 +72,32 @@ def worker_main(config: ServeConfig, index: int, wake, stop, parent_pid: int, re
         executor.store.close()
 
 
+def lower_priority() -> str:
+    """Make this thread (and the threads it starts, e.g. torch's pool) batch work; returns what was applied.
+
+    Linux ``SCHED_IDLE``: the worker runs only when no normal-priority thread wants the core, so the API
+    process answers a submission at once even while a pipeline holds every core (``nice 10`` only shrinks the
+    worker's share, and a woken API thread could still wait a scheduler slice behind it). Elsewhere, nice 10.
+    ``BACKDROP_WORKER_PRIORITY=nice`` keeps nice 10 on Linux too (for comparing the two).
+    """
+    if hasattr(os, "sched_setscheduler") and os.environ.get("BACKDROP_WORKER_PRIORITY", "idle") != "nice":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:  # a container that forbids it: fall back to nice
+            pass
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
+        return f"nice {NICENESS}"
+    return "normal"
+
+
 def start_worker(config: ServeConfig, name: str, provenance=None) -> JobExecutor:
     """Set up this process as a job worker (lower priority, logging, the pipeline imported) and open its store.
     ``provenance``: a ``ProvenanceService`` with its keys in memory (workers on other machines); None: the home's."""
     from .database import open_store
 
-    if hasattr(os, "nice"):
-        os.nice(NICENESS)
+    lower_priority()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s backdrop.serve.worker: %(message)s")
     executor = JobExecutor(config, open_store(config.database, config.data.root), name, provenance)

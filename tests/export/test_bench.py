@@ -129,3 +129,24 @@ def test_pipeline_rows_split_the_job_by_stage(tmp_path, inpaint_models):
     fast = rows["OpenVINO fp32 whole pipeline, lcm 2 steps"]
     assert fast["stages"]["UNet x2"] > 0 and fast["max_abs_error"] > 0
     assert "| pipeline | total s |" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_pipeline_rows_in_bf16_where_the_cpu_has_it(tmp_path, inpaint_models):
+    """With bf16 asked for: torch's own bf16 pipeline and the bf16 engines where the CPU has the unit (the cache
+    rows then go on the bf16 engines); on a CPU without it neither row is run."""
+    pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    from comfyui_backdrop.runtime.engines.precision import native_support
+
+    code = bench_main(["bench", "--model", "checkpoints/tiny-sd15-inpaint.safetensors", "--models-dir",
+                       str(inpaint_models), "--size", "64", "--rounds", "1", "--threads", "1", "--backends", "eager",
+                       "--precisions", "fp32,bf16", "--steps", "2", "--feature-cache", "2",
+                       "--out", str(tmp_path / "out")])
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads((tmp_path / "out" / "bench.json").read_text())["sections"]["pipeline"]}
+    if not native_support("bf16")[0]:
+        assert not any("bf16" in name for name in rows)
+        return
+    for name in ("torch eager bf16, 2 steps", "OpenVINO bf16 whole pipeline, 2 steps"):
+        assert 0 < rows[name]["max_abs_error"] <= 0.1, name  # bf16 rounding, not a different image
+    assert "OpenVINO bf16 whole pipeline + feature cache every 2, 2 steps" in rows
+    assert "bf16" in rows["OpenVINO bf16 whole pipeline, 2 steps"]["notes"]  # the kernels that ran

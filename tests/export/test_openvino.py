@@ -191,3 +191,22 @@ def test_an_engine_exported_with_a_timestep_input_still_runs(unets, tmp_path):
     assert "timestep" in older.model.input_names
     out, ref = run_both(unet, older)
     assert rel_error(out, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_realistic_sizes_run_a_static_copy_within_the_error_class(unets, engine_dir, precision):
+    """From a 4x4 deepest level up the UNet runs a copy compiled for the call's shapes; smaller, the dynamic IR."""
+    from comfyui_backdrop.runtime.engines.openvino_backend import STATIC_MIN_LEVELS
+
+    if not native_support(precision)[0]:
+        pytest.skip(f"no native {precision} here")
+    unet = unets["sdxl"]
+    backend = open_backend(export_engine(unet, BASE, EngineRequest(format="openvino", precision=precision),
+                                         engine_dir).path)
+    side = STATIC_MIN_LEVELS * backend.spec.latent_multiple
+    out, ref = run_both(unet, backend, latent=(side, side + backend.spec.latent_multiple))
+    assert rel_error(out, ref) <= ERROR_CLASS[precision]
+    compiled = list(backend.model._compiled)
+    assert len(compiled) == 1 and dict(compiled[0])["sample"] == (2, 9, side, side + backend.spec.latent_multiple)
+    run_both(unet, backend, latent=(side // 2, side // 2))  # below the floor: the dynamic IR (key ())
+    assert () in backend.model._compiled and len(backend.model._compiled) == 2

@@ -281,3 +281,25 @@ def test_keys_prompts_and_uploads_stay_out_of_logs_and_temp_folders(server, alic
     for account in server.accounts.values():
         assert account["api_key"] not in log and account["api_key"][4:20] not in log
     assert list(server.tmpdir.iterdir()) == [], "the server wrote outside its data folder (system temp)"
+
+
+def test_workers_run_as_idle_priority_and_the_api_does_not(server, alice):
+    """Submissions are answered first: the API process keeps the normal policy, its pipeline workers SCHED_IDLE."""
+    import os
+    from pathlib import Path
+
+    from tests.fixtures.processes import descends_from
+
+    if not hasattr(os, "sched_getscheduler"):
+        pytest.skip("no scheduling policies on this OS")
+    server_pid = server.process.pid
+    children = [int(p.name) for p in Path("/proc").iterdir()
+                if p.name.isdigit() and int(p.name) != server_pid and descends_from(int(p.name), server_pid)]
+    policies = {}
+    for pid in children:
+        try:
+            policies[pid] = os.sched_getscheduler(pid)
+        except OSError:  # gone
+            continue
+    assert os.sched_getscheduler(server_pid) == os.SCHED_OTHER
+    assert os.SCHED_IDLE in policies.values(), policies  # the one worker
