@@ -79,10 +79,18 @@ def main(argv: list[str]) -> int:
     if "pipeline" in report["sections"]:
         pipe = {r["name"]: r for r in report["sections"]["pipeline"]}
         base = next(iter(pipe.values()))
-        best = max(pipe.values(), key=lambda r: r["speedup"] or 0)
+        # the target compares backends on the same full schedule; the feature cache and few-step rows change it
+        schedule = base["name"].rsplit(", ", 1)[-1]  # "20 steps"
+        full = [r for r in pipe.values()
+                if "feature cache" not in r["name"] and r["name"].rsplit(", ", 1)[-1] == schedule]
+        best = max(full, key=lambda r: r["speedup"] or 0)
         print(f"  whole job: {best['name']} {best['speedup']:.2f}x the fp32 eager pipeline (target >= 4x) "
               f"{verdict(best['speedup'] >= 4)}; image difference {best['max_abs_error']:.3f}; baseline "
               f"{base['p50_s']:.1f} s")
+        for row in pipe.values():
+            if row not in full:
+                print(f"  not the same schedule: {row['name']} {row['speedup']:.2f}x, difference against the full "
+                      f"schedule {row['max_abs_error']:.3f}")
     return 0
 
 
