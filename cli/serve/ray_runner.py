@@ -41,7 +41,7 @@ log = logging.getLogger("backdrop.serve")
 LOCAL = "local"  # --ray-address local: Ray embedded in the server, on this machine
 POLL_S = 0.5  # an idle actor looks for queued jobs this often (a wake call comes sooner)
 WORK = "work"  # the actor's concurrency group of ready() and serve(): one thread, so jobs run in the thread
-#               that was set up (its lowered priority: Linux keeps the nice value per thread)
+#               that was set up (its lowered priority: Linux keeps the policy and nice value per thread)
 
 
 def joins_cluster(address: str | None) -> bool:

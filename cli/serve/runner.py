@@ -7,10 +7,10 @@ methods with Ray actors running the same loop and claiming jobs from the same st
 quotas and recovery stay as they are.
 
 Worker processes are started with ``spawn`` (no inherited sockets, locks or threads), run at a lower CPU priority
-than the API (nice 10: a busy worker does not slow submissions), ignore Ctrl-C (the server stops them), and die
-with the server (``PR_SET_PDEATHSIG`` on Linux, a parent check elsewhere): a server killed
-with SIGKILL leaves no worker behind to race its successor. A worker that dies is replaced, and the job it was
-running is failed as retryable, with the images it had delivered kept.
+than the API (``SCHED_IDLE`` on Linux, else nice 10: a busy worker does not slow submissions), ignore Ctrl-C
+(the server stops them), and die with the server (``PR_SET_PDEATHSIG`` on Linux, a parent check elsewhere): a
+server killed with SIGKILL leaves no worker behind to race its successor. A worker that dies is replaced, and the
+job it was running is failed as retryable, with the images it had delivered kept.
 """
 
 from __future__ import annotations
