@@ -26,6 +26,7 @@ from ...runtime.errors import InvalidInputError
 from ..photo_steps import STEPS
 from ..run_plan import RunPlan
 from ..run_summary import PhotoOutcome, RunSummary
+from .interrupts import ctrl_c_flag, until_interrupted
 from .manifest import PhotoJob, RunManifest
 from .options import CatalogOptions
 
@@ -82,13 +83,16 @@ def _stream(plan: RunPlan, options: CatalogOptions, jobs: Sequence[PhotoJob], ma
     """Run the pipeline over ``jobs`` and record each outcome as it arrives; False when Ctrl-C stopped it."""
     pending = {job.key: job for job in jobs}
     try:
-        for row in _pipeline(plan, options, jobs, secrets).iter_rows():
-            written = [Path(p) for p in json.loads(row["written"])]
-            outcome = PhotoOutcome(PhotoJob.from_json(row["job"]).source, written=written, error=row["error"] or None)
-            manifest.finish(row["key"], outcome.written, outcome.error)
-            pending.pop(row["key"], None)
-            summary.outcomes.append(outcome)
-            bar.update(failed=outcome.error is not None)
+        with ctrl_c_flag() as interrupted:
+            rows = until_interrupted(_pipeline(plan, options, jobs, secrets).iter_rows(), interrupted)
+            for row in rows:
+                written = [Path(p) for p in json.loads(row["written"])]
+                outcome = PhotoOutcome(PhotoJob.from_json(row["job"]).source, written=written,
+                                       error=row["error"] or None)
+                manifest.finish(row["key"], outcome.written, outcome.error)
+                pending.pop(row["key"], None)
+                summary.outcomes.append(outcome)
+                bar.update(failed=outcome.error is not None)
     except KeyboardInterrupt:
         summary.interrupted = True
         summary.not_started += [job.source for job in pending.values()]

@@ -23,6 +23,7 @@ import numpy as np
 
 from ...runtime.errors import InvalidInputError
 from ..workflow import Job, JobReport, WorkflowPlan, report_runs, run_job
+from .interrupts import ctrl_c_flag, until_interrupted
 from .manifest import DONE, RunManifest
 from .options import CatalogOptions
 from .stages import object_column
@@ -138,13 +139,15 @@ def run_workflow_catalog(plan: WorkflowPlan, options: CatalogOptions, models_dir
         pending = {item.key: item for item in todo}
         bar = CatalogProgress(len(todo), disable=plan.quiet)
         try:
-            for row in _dataset(todo, options, models_dir, plan.output_dir).iter_rows():
-                report = JobReport(**json.loads(row["report"]))
-                manifest.finish(row["key"], [Path(p) for p in report.outputs],
-                                "; ".join(report.errors) if report.status == "failed" else None)
-                pending.pop(row["key"], None)
-                reports.append(report)
-                bar.update(failed=report.status == "failed")
+            with ctrl_c_flag() as interrupted:
+                rows = until_interrupted(_dataset(todo, options, models_dir, plan.output_dir).iter_rows(), interrupted)
+                for row in rows:
+                    report = JobReport(**json.loads(row["report"]))
+                    manifest.finish(row["key"], [Path(p) for p in report.outputs],
+                                    "; ".join(report.errors) if report.status == "failed" else None)
+                    pending.pop(row["key"], None)
+                    reports.append(report)
+                    bar.update(failed=report.status == "failed")
         except KeyboardInterrupt:
             reports += [JobReport(item.job.label, status="not run") for item in pending.values()]
             return reports, True, len(done)
