@@ -320,12 +320,43 @@ def support(backend: str, precision: str, plan: BenchPlan) -> tuple[bool, str]:
     return False, "unknown backend"
 
 
+def set_up_row(name: str, note: str, make: Callable[[], tuple[Any, str]], first_call: Callable[[Any], Any],
+               probe: Any, skipped: list) -> tuple[Any, Any, dict[str, Any]] | None:
+    """Set one bench row up under the memory probe: ``make()`` the backend and run it once (that run gives the
+    parity output, warms it up and fixes its kernel report). None, with a skipped row saying why, when it cannot
+    run here; else (backend, first output, the setup keyword arguments of its ``Candidate``)."""
+    from ..export.bench import Skipped
+    from ..runtime.engines.openvino_backend import kernel_note
+
+    print(f"{name}: setting up", file=sys.stderr, flush=True)
+    started, before = time.perf_counter(), probe.rss()
+
+    def setup() -> tuple[Any, str, Any]:
+        made, notes = make()
+        if made is None:
+            return None, notes, None
+        first = first_call(made)  # the kernel report is of the copy compiled for these shapes
+        return made, "; ".join(n for n in (notes, kernel_note(made)) if n), first
+
+    try:
+        (made, notes, first), peak, _, _ = probe.measure(setup)
+    except InvalidInputError as exc:
+        skipped.append(Skipped(name, str(exc)))
+        print(f"{name}: skipped ({exc})", file=sys.stderr)
+        return None
+    if made is None:
+        skipped.append(Skipped(name, notes))
+        return None
+    return made, first, {"setup_s": time.perf_counter() - started, "notes": "; ".join(n for n in (note, notes) if n),
+                         "setup_peak_bytes": peak,
+                         "setup_extra_bytes": (peak - before) if peak is not None and before else None}
+
+
 def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list]:
     import torch
 
     from ..export.bench import Candidate, MemoryProbe, Skipped, measure, parity
     from ..export.onnx_export import example_inputs
-    from ..runtime.engines.openvino_backend import kernel_note
     from ..runtime.engines.spec import UNetSpec
 
     spec = UNetSpec.from_unet(unet)
@@ -343,34 +374,19 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
             print(f"{name}: skipped ({note})", file=sys.stderr)
             skipped.append(Skipped(name, note))
             continue
-        print(f"{name}: setting up", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        before = probe.rss()
 
-        def setup(backend=backend, precision=precision):
-            made, notes = _make_backend(backend, precision, unet, spec, plan, exports)
-            if made is None:
-                return made, notes, None
-            first = made.run(*call)  # the kernel report is of the copy compiled for these shapes
-            return made, "; ".join(n for n in (notes, kernel_note(made)) if n), first
+        def make(backend: str = backend, precision: str = precision) -> tuple[Any, str]:
+            return _make_backend(backend, precision, unet, spec, plan, exports)
 
-        try:
-            (made, notes, first), peak, _, _ = probe.measure(setup)
-        except InvalidInputError as exc:
-            skipped.append(Skipped(name, str(exc)))
-            print(f"{name}: skipped ({exc})", file=sys.stderr)
+        row = set_up_row(name, note, make, lambda made: made.run(*call), probe, skipped)
+        if row is None:
             continue
-        if made is None:
-            skipped.append(Skipped(name, notes))
-            continue
+        made, first, setup = row
         if (backend, precision) == ("eager", "fp32"):
             reference = first.float().cpu()
         outputs[name] = first
-        run = _runner(made, call)
-        note_text = "; ".join(n for n in (note, notes) if n)
-        candidates[(backend, precision)] = Candidate(
-            name, run, setup_s=time.perf_counter() - started, notes=note_text, backend=backend, precision=precision,
-            setup_peak_bytes=peak, setup_extra_bytes=(peak - before) if peak is not None and before else None)
+        candidates[(backend, precision)] = Candidate(name, _runner(made, call), backend=backend, precision=precision,
+                                                     **setup)
         gc.collect()
     errors = {name: parity(reference, out) for name, out in outputs.items()}
     outputs.clear()

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import gc
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
-
-from ..runtime.errors import InvalidInputError
 
 SKIP_REASONS = {"compile": "torch.compile is benchmarked for SD UNets only",
                 "trt": "TensorRT is built for SD UNets only"}
@@ -57,7 +54,6 @@ def flux_step(handle: Any, plan: Any, exports: Any, bench: Any) -> tuple[list, l
     from ..export.bench import Candidate, MemoryProbe, Skipped, measure, parity
     from ..export.flux_export import example_inputs
     from ..runtime.engines.flux_spec import FluxSpec
-    from ..runtime.engines.openvino_backend import kernel_note
 
     row_name = bench.row_name
 
@@ -76,25 +72,16 @@ def flux_step(handle: Any, plan: Any, exports: Any, bench: Any) -> tuple[list, l
             print(f"{name}: skipped ({note})", file=sys.stderr)
             skipped.append(Skipped(name, note))
             continue
-        print(f"{name}: setting up", file=sys.stderr, flush=True)
-        started, before = time.perf_counter(), probe.rss()
 
-        def setup(backend: str = backend, precision: str = precision) -> tuple[Any, str, Any]:
-            made, notes = _flux_backend(backend, precision, transformer, spec, plan, exports, bench._torch_unet)
-            first = made.run(**feeds)
-            return made, "; ".join(n for n in (notes, kernel_note(made)) if n), first
+        def make(backend: str = backend, precision: str = precision) -> tuple[Any, str]:
+            return _flux_backend(backend, precision, transformer, spec, plan, exports, bench._torch_unet)
 
-        try:
-            (made, notes, first), peak, _, _ = probe.measure(setup)
-        except InvalidInputError as exc:
-            skipped.append(Skipped(name, str(exc)))
-            print(f"{name}: skipped ({exc})", file=sys.stderr)
+        row = bench.set_up_row(name, note, make, lambda made: made.run(**feeds), probe, skipped)
+        if row is None:
             continue
-        outputs[name] = first
-        candidates[(backend, precision)] = Candidate(
-            name, lambda made=made: made.run(**feeds), setup_s=time.perf_counter() - started,
-            notes="; ".join(n for n in (note, notes) if n), backend=backend, precision=precision,
-            setup_peak_bytes=peak, setup_extra_bytes=(peak - before) if peak is not None and before else None)
+        made, outputs[name], setup = row
+        candidates[(backend, precision)] = Candidate(name, lambda made=made: made.run(**feeds), backend=backend,
+                                                     precision=precision, **setup)
         gc.collect()
     reference = outputs[row_name("eager", "fp32")].float().cpu()
     errors = {name: parity(reference, out) for name, out in outputs.items()}
