@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.images import studio_product_photo
+from tests.fixtures.locator import installed_models
 from tests.fixtures.postgres import postgres_cluster, postgres_url  # noqa: F401  (fixtures for the whole suite)
 
 
@@ -55,12 +56,7 @@ def inpaint_models_root(tmp_path_factory):
 @pytest.fixture()
 def inpaint_models(inpaint_models_root, monkeypatch):
     """The tiny inpainting models dir installed as the locator, with the test CLIP tokenizer configured."""
-    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
-
-    monkeypatch.setenv("BACKDROP_CLIP_TOKENIZER", str(inpaint_models_root["tokenizer"]))
-    set_locator(ModelLocator.from_models_dir(inpaint_models_root["root"]))
-    yield inpaint_models_root["root"]
-    set_locator(None)
+    yield from installed_models(inpaint_models_root["root"], monkeypatch, inpaint_models_root["tokenizer"])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,11 +95,21 @@ def flux_models_root(tmp_path_factory):
 @pytest.fixture()
 def flux_models(flux_models_root):
     """The tiny FLUX models dir installed as the locator."""
-    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
+    yield from installed_models(flux_models_root["root"])
 
-    set_locator(ModelLocator.from_models_dir(flux_models_root["root"]))
-    yield flux_models_root["root"]
-    set_locator(None)
+
+@pytest.fixture(scope="session")
+def flux_sf_root(tmp_path_factory):
+    """The tiny FLUX models again as ComfyUI keeps single files (diffusion_models, text_encoders, vae), built once."""
+    from tests.fixtures.flux_single_file_fixtures import build_single_file_models
+
+    return build_single_file_models(tmp_path_factory.mktemp("flux-sf") / "models")
+
+
+@pytest.fixture()
+def flux_sf(flux_sf_root, monkeypatch):
+    """The single-file models dir as the locator, the tiny CLIP tokenizer found through its variable."""
+    yield from installed_models(flux_sf_root["root"], monkeypatch, flux_sf_root["tokenizer"])
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +123,4 @@ def qwen_models_root(tmp_path_factory):
 @pytest.fixture()
 def qwen_models(qwen_models_root):
     """The tiny Qwen-Image-Edit models dir installed as the locator."""
-    from comfyui_backdrop.runtime.models import ModelLocator, set_locator
-
-    set_locator(ModelLocator.from_models_dir(qwen_models_root))
-    yield qwen_models_root
-    set_locator(None)
+    yield from installed_models(qwen_models_root)

@@ -7,26 +7,10 @@ import pytest
 from comfyui_backdrop.nodes.inpainting import BackdropInpaintLoader
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from comfyui_backdrop.runtime.inpainting.loader import load_pipeline
-from comfyui_backdrop.runtime.models import ModelLocator, set_locator
 from tests.fixtures.flux_single_file_fixtures import CHECKPOINT_FILE, FILL_FILE, KONTEXT_FILE
 
 
-@pytest.fixture(scope="module")
-def sf_root(tmp_path_factory):
-    from tests.fixtures.flux_single_file_fixtures import build_single_file_models
-
-    return build_single_file_models(tmp_path_factory.mktemp("flux-sf-nodes") / "models")
-
-
-@pytest.fixture()
-def models(sf_root, monkeypatch):
-    monkeypatch.setenv("BACKDROP_CLIP_TOKENIZER", str(sf_root["tokenizer"]))
-    set_locator(ModelLocator.from_models_dir(sf_root["root"]))
-    yield sf_root["root"]
-    set_locator(None)
-
-
-def test_the_loader_lists_single_files_and_appends_optional_part_widgets(models):
+def test_the_loader_lists_single_files_and_appends_optional_part_widgets(flux_sf):
     inputs = BackdropInpaintLoader.INPUT_TYPES()
     assert list(inputs["required"]) == ["model", "device", "dtype"]  # saved workflows keep their positions
     assert list(inputs["optional"]) == ["clip_l", "t5xxl", "vae", "offload", "text_encoder_quant"]
@@ -43,7 +27,7 @@ def test_the_loader_lists_single_files_and_appends_optional_part_widgets(models)
     assert BackdropInpaintLoader.VALIDATE_INPUTS(f"diffusion_models/{FILL_FILE}") is True
 
 
-def test_the_node_loads_the_named_parts_and_refuses_them_for_an_sd_model(models):
+def test_the_node_loads_the_named_parts_and_refuses_them_for_an_sd_model(flux_sf):
     (handle,) = BackdropInpaintLoader().load(f"diffusion_models/{FILL_FILE}", "cpu", "auto",
                                              clip_l="clip_l.safetensors", t5xxl="t5xxl_fp16.safetensors",
                                              vae="ae.safetensors")

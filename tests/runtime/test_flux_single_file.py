@@ -21,22 +21,6 @@ FAST = {"prompt": "a marble table, soft light", "steps": 2, "resolution": 128, "
 
 
 @pytest.fixture(scope="module")
-def sf_root(tmp_path_factory):
-    from tests.fixtures.flux_single_file_fixtures import build_single_file_models
-
-    return build_single_file_models(tmp_path_factory.mktemp("flux-sf") / "models")
-
-
-@pytest.fixture()
-def models(sf_root, monkeypatch):
-    """The single-file models dir as the locator, the tiny CLIP tokenizer found through its variable."""
-    monkeypatch.setenv("BACKDROP_CLIP_TOKENIZER", str(sf_root["tokenizer"]))
-    set_locator(ModelLocator.from_models_dir(sf_root["root"]))
-    yield sf_root["root"]
-    set_locator(None)
-
-
-@pytest.fixture(scope="module")
 def photo():
     image, mask = studio_product_photo(77, 101, seed=5)
     return image.astype(np.float32) / 255.0, mask.astype(np.float32)
@@ -47,12 +31,12 @@ def run(handle, photo, **overrides):
     return np.stack(inpaint_backgrounds(handle, [image], [mask], InpaintSettings(**{**FAST, **overrides})).images)
 
 
-def partial_root(tmp_path, sf_root, files: dict[str, str]) -> ModelLocator:
+def partial_root(tmp_path, flux_sf_root, files: dict[str, str]) -> ModelLocator:
     """A models dir holding copies of some of the tiny files: {"<kind>/<name>": "<kind>/<source name>"}."""
     root = tmp_path / "models"
     for target, source in files.items():
         (root / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(sf_root["root"] / source, root / target)
+        shutil.copyfile(flux_sf_root["root"] / source, root / target)
     return ModelLocator.from_models_dir(root)
 
 
@@ -61,7 +45,7 @@ def partial_root(tmp_path, sf_root, files: dict[str, str]) -> ModelLocator:
     (f"diffusion_models/{KONTEXT_FILE}", "diffusers/tiny-flux-kontext", "flux-kontext", 2.5),  # prefixed BFL keys
     (f"checkpoints/{CHECKPOINT_FILE}", "diffusers/tiny-flux-fill", "flux-fill", 30.0),  # all-in-one
 ])
-def test_single_files_give_the_diffusers_folders_pixels(models, photo, single, folder, family, cfg):
+def test_single_files_give_the_diffusers_folders_pixels(flux_sf, photo, single, folder, family, cfg):
     handle = load_pipeline(single, device="cpu")
     reference = load_pipeline(folder, device="cpu")
     assert handle.family == family and type(handle.pipe) is type(reference.pipe)
@@ -79,20 +63,20 @@ def test_single_files_give_the_diffusers_folders_pixels(models, photo, single, f
     assert not np.array_equal(out[0], out[1])
 
 
-def test_the_new_folders_are_listed_and_the_cache_key_covers_every_file(models, sf_root, tmp_path):
+def test_the_new_folders_are_listed_and_the_cache_key_covers_every_file(flux_sf, flux_sf_root, tmp_path):
     assert {f"diffusion_models/{FILL_FILE}", f"diffusion_models/{KONTEXT_FILE}",
             f"checkpoints/{CHECKPOINT_FILE}"} <= set(available_models())
     first = load_pipeline(f"diffusion_models/{FILL_FILE}", device="cpu")
     assert load_pipeline(f"diffusion_models/{FILL_FILE}", device="cpu").pipe is first.pipe  # cached
     # the same transformer with another T5 file (one weight changed) is another pipeline with another fingerprint
-    locator = partial_root(tmp_path, sf_root, {
+    locator = partial_root(tmp_path, flux_sf_root, {
         f"diffusion_models/{FILL_FILE}": f"diffusion_models/{FILL_FILE}",
         "text_encoders/clip_l.safetensors": "text_encoders/clip_l.safetensors",
         "vae/ae.safetensors": "vae/ae.safetensors", "diffusers/tiny-flux-fill/tokenizer_2/tokenizer.json":
             "diffusers/tiny-flux-fill/tokenizer_2/tokenizer.json",
         "diffusers/tiny-flux-fill/tokenizer_2/tokenizer_config.json":
             "diffusers/tiny-flux-fill/tokenizer_2/tokenizer_config.json"})
-    t5 = load_file(str(sf_root["root"] / "text_encoders" / "t5xxl_fp16.safetensors"))
+    t5 = load_file(str(flux_sf_root["root"] / "text_encoders" / "t5xxl_fp16.safetensors"))
     t5["shared.weight"][0, 0] += 1.0
     save_file(t5, str(locator.folders("text_encoders")[0] / "t5_other.safetensors"))
     set_locator(locator)
@@ -102,12 +86,12 @@ def test_the_new_folders_are_listed_and_the_cache_key_covers_every_file(models, 
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
-def test_bf16_and_fp8_files_are_upcast_to_the_run_dtype(models, sf_root, tmp_path, monkeypatch, photo, dtype):
+def test_bf16_and_fp8_files_are_upcast_to_the_run_dtype(flux_sf, flux_sf_root, tmp_path, monkeypatch, photo, dtype):
     root = tmp_path / "models"
     for kind in ("diffusion_models", "text_encoders", "vae"):
         (root / kind).mkdir(parents=True)
     tag = "bf16" if dtype == torch.bfloat16 else "fp8_e4m3fn"
-    source = sf_root["root"]
+    source = flux_sf_root["root"]
     transformer = load_file(str(source / "diffusion_models" / FILL_FILE))
     save_file({k: v.to(dtype) for k, v in transformer.items()},
               str(root / "diffusion_models" / f"fill_{tag}.safetensors"))
@@ -115,25 +99,26 @@ def test_bf16_and_fp8_files_are_upcast_to_the_run_dtype(models, sf_root, tmp_pat
     save_file({k: v.to(dtype) for k, v in t5.items()}, str(root / "text_encoders" / f"t5xxl_{tag}.safetensors"))
     shutil.copyfile(source / "text_encoders" / "clip_l.safetensors", root / "text_encoders" / "clip_l.safetensors")
     shutil.copyfile(source / "vae" / "ae.safetensors", root / "vae" / "ae.safetensors")
-    monkeypatch.setenv("BACKDROP_T5_TOKENIZER", str(sf_root["root"] / "diffusers" / "tiny-flux-fill" / "tokenizer_2"))
+    monkeypatch.setenv("BACKDROP_T5_TOKENIZER",
+                       str(flux_sf_root["root"] / "diffusers" / "tiny-flux-fill" / "tokenizer_2"))
     set_locator(ModelLocator.from_models_dir(root))
     handle = load_pipeline(f"diffusion_models/fill_{tag}.safetensors", device="cpu")
     assert handle.dtype == torch.float32
     loaded = handle.pipe.transformer.state_dict()
-    reference = sf_root["fill"].transformer.state_dict()
+    reference = flux_sf_root["fill"].transformer.state_dict()
     for key in ("x_embedder.weight", "single_transformer_blocks.1.proj_mlp.weight",
                 "transformer_blocks.0.attn.to_k.bias"):
         assert loaded[key].dtype == torch.float32
         assert torch.equal(loaded[key], reference[key].to(dtype).float())  # exactly the stored values, upcast
     encoder = handle.pipe.text_encoder_2.state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"]
-    original = sf_root["fill"].text_encoder_2.state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"]
+    original = flux_sf_root["fill"].text_encoder_2.state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"]
     assert torch.equal(encoder, original.to(dtype).float())
     out = run(handle, photo)
     image, mask = photo
     assert np.isfinite(out).all() and np.array_equal(out[0][mask >= 0.5], image[mask >= 0.5])
 
 
-def test_comfyui_scaled_fp8_files_are_unscaled(models, sf_root, tmp_path):
+def test_comfyui_scaled_fp8_files_are_unscaled(flux_sf, flux_sf_root, tmp_path):
     from comfyui_backdrop.runtime.inpainting.flux_single_file import cast_state
 
     weight = torch.randn(8, 4)
@@ -146,8 +131,8 @@ def test_comfyui_scaled_fp8_files_are_unscaled(models, sf_root, tmp_path):
     assert torch.allclose(out["a.weight"], weight, rtol=0.07, atol=0.02)  # fp8's 3-bit mantissa
 
 
-def test_a_missing_text_encoder_names_the_folder(models, sf_root, tmp_path):
-    set_locator(partial_root(tmp_path, sf_root, {f"diffusion_models/{FILL_FILE}": f"diffusion_models/{FILL_FILE}",
+def test_a_missing_text_encoder_names_the_folder(flux_sf, flux_sf_root, tmp_path):
+    set_locator(partial_root(tmp_path, flux_sf_root, {f"diffusion_models/{FILL_FILE}": f"diffusion_models/{FILL_FILE}",
                                                  "vae/ae.safetensors": "vae/ae.safetensors"}))
     with pytest.raises(MissingModelError) as err:
         load_pipeline(f"diffusion_models/{FILL_FILE}", device="cpu")
@@ -156,14 +141,15 @@ def test_a_missing_text_encoder_names_the_folder(models, sf_root, tmp_path):
     assert "Nothing is downloaded" in text
 
 
-def test_two_fitting_t5_files_are_listed_unless_one_is_named(models, sf_root, tmp_path, monkeypatch):
+def test_two_fitting_t5_files_are_listed_unless_one_is_named(flux_sf, flux_sf_root, tmp_path, monkeypatch):
     t5 = "text_encoders/t5xxl_fp16.safetensors"
-    set_locator(partial_root(tmp_path, sf_root, {
+    set_locator(partial_root(tmp_path, flux_sf_root, {
         f"unet/{FILL_FILE}": f"diffusion_models/{FILL_FILE}", "text_encoders/clip_l.safetensors":
             "text_encoders/clip_l.safetensors", "text_encoders/t5xxl_fp16.safetensors": t5,
         "clip/t5xxl_fp8_e4m3fn.safetensors": t5, "vae/ae.safetensors": "vae/ae.safetensors",
         "text_encoders/vae_in_the_wrong_folder.safetensors": "vae/ae.safetensors"}))
-    monkeypatch.setenv("BACKDROP_T5_TOKENIZER", str(sf_root["root"] / "diffusers" / "tiny-flux-fill" / "tokenizer_2"))
+    monkeypatch.setenv("BACKDROP_T5_TOKENIZER",
+                       str(flux_sf_root["root"] / "diffusers" / "tiny-flux-fill" / "tokenizer_2"))
     with pytest.raises(InvalidInputError) as err:
         load_pipeline(f"unet/{FILL_FILE}", device="cpu")  # the legacy folder name
     text = str(err.value)
@@ -178,8 +164,8 @@ def test_two_fitting_t5_files_are_listed_unless_one_is_named(models, sf_root, tm
         load_pipeline(f"unet/{FILL_FILE}", device="cpu", text_encoders=["vae_in_the_wrong_folder.safetensors"])
 
 
-def test_truncated_and_mislabelled_files_are_clear_errors(models, sf_root, tmp_path):
-    locator = partial_root(tmp_path, sf_root, {
+def test_truncated_and_mislabelled_files_are_clear_errors(flux_sf, flux_sf_root, tmp_path):
+    locator = partial_root(tmp_path, flux_sf_root, {
         f"diffusion_models/{FILL_FILE}": f"diffusion_models/{FILL_FILE}",
         "diffusion_models/flux1-dev.safetensors": f"diffusion_models/{KONTEXT_FILE}",
         "vae/ae.safetensors": "vae/ae.safetensors"})
@@ -194,6 +180,6 @@ def test_truncated_and_mislabelled_files_are_clear_errors(models, sf_root, tmp_p
     with pytest.raises(InvalidModelError, match="name containing 'kontext'"):  # 64 channels: Kontext or [dev]?
         load_pipeline("diffusion_models/flux1-dev.safetensors", device="cpu")
     not_flux = locator.folders("diffusion_models")[0] / "vae_by_mistake.safetensors"
-    shutil.copyfile(sf_root["root"] / "vae" / "ae.safetensors", not_flux)
+    shutil.copyfile(flux_sf_root["root"] / "vae" / "ae.safetensors", not_flux)
     with pytest.raises(InvalidModelError, match="is not a FLUX.1 transformer"):
         load_pipeline("diffusion_models/vae_by_mistake.safetensors", device="cpu")
