@@ -29,6 +29,7 @@ from ..runtime.engines.profile import ShapeProfile
 from ..runtime.engines.spec import UNetSpec
 from ..runtime.errors import InvalidInputError
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
+from .graph_rewrites import rewrites_for
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
 from .refit import effective_lora_weights, refit_map_to_dict
@@ -90,7 +91,8 @@ def engine_key(spec: UNetSpec | FluxSpec, base: BaseIdentity, request: EngineReq
     if request.format == "tensorrt":
         builder = (("optimization_level", request.optimization_level), ("refittable", request.refittable))
     elif request.format == "openvino" and not isinstance(spec, FluxSpec):
-        builder = (("time_embedding", "fp32 inputs"),)  # engines from before that change are not reused
+        # engines from before these changes are not reused: fp32 time embeddings, then export_rewrites
+        builder = (("time_embedding", "fp32 inputs"), ("rewrites", rewrites_for(request.precision)))
     return EngineKey(base_fingerprint=base.fingerprint, loras=tuple(base.loras), spec=spec, profile=request.profile,
                      precision=request.precision, format=request.format,
                      optimized_for=request.optimize_for if request.format == "onnx" else "",
@@ -215,10 +217,11 @@ def _export_openvino(unet: Any, target: Path, request: EngineRequest, manifest: 
     write_manifest(manifest.replace(file=shallow.path.name, key=shallow_key, component="unet_shallow", profile=None,
                                     exporter=openvino_exporter(CONVERTER),
                                     extra={"weight_compression": shallow.weight_compression,
-                                           "feature_cache_of": exported.path.name}), shallow.path)
+                                           "feature_cache_of": exported.path.name,
+                                           "rewrites": exported.rewrites}), shallow.path)
     return exported.path, manifest.replace(file=exported.path.name, exporter=openvino_exporter(CONVERTER),
                                            extra={"weight_compression": exported.weight_compression,
-                                                  "shallow": shallow.path.name})
+                                                  "shallow": shallow.path.name, "rewrites": exported.rewrites})
 
 
 def _export_tensorrt(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest,

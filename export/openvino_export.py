@@ -45,6 +45,7 @@ from ..runtime.engines.time_embedding import (
     embeds_on_host,
 )
 from ..runtime.errors import InvalidInputError, InvalidModelError
+from .graph_rewrites import export_rewrites
 from .onnx_export import UNetExportWrapper, _eval_mode, example_inputs, fused_active_loras
 from .onnx_files import publish, staging_dir
 from .time_embedding_inputs import EmbeddingInputsWrapper
@@ -67,6 +68,7 @@ class OpenVinoExport:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     shallow: OpenVinoExport | None = None  # the shallow UNet for the feature cache
+    rewrites: dict[str, int] = field(default_factory=dict)  # export_rewrites applied: {name: modules}
 
 
 def openvino_exporter(converter: str) -> dict[str, Any]:
@@ -229,17 +231,20 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
         example = HostTimeEmbeddings(spec)(example)
     with fused_active_loras(unet) as fused:
         module = unet if param.dtype == torch.float32 else _fp32_copy(unet)
-        model = convert_module(DeepFeatureUNet(module, spec.is_sdxl, embedded), example, UNET_DYNAMIC,
-                               [OUTPUT, DEEP_FEATURES])
+        with export_rewrites(module, precision) as rewrites:
+            model = convert_module(DeepFeatureUNet(module, spec.is_sdxl, embedded), example, UNET_DYNAMIC,
+                                   [OUTPUT, DEEP_FEATURES])
         exported = save_ir(model, path, precision)
         del model
         if shallow_path is not None:
             with torch.no_grad():
                 deep = DeepFeatureUNet(module, spec.is_sdxl, embedded).eval()(*example.values())[1]
-            shallow = convert_module(ShallowUNet(module, spec.is_sdxl, embedded), {**example, DEEP_FEATURES: deep},
-                                     UNET_DYNAMIC, [OUTPUT])
+            with export_rewrites(module, precision):
+                shallow = convert_module(ShallowUNet(module, spec.is_sdxl, embedded),
+                                         {**example, DEEP_FEATURES: deep}, UNET_DYNAMIC, [OUTPUT])
             exported.shallow = save_ir(shallow, shallow_path, precision)
     exported.fused_adapters = fused
+    exported.rewrites = rewrites
     return exported
 
 

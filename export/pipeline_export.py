@@ -35,6 +35,7 @@ from ..runtime.engines.components import (
 from ..runtime.engines.manifest import EngineManifest, write_manifest
 from ..runtime.engines.spec import UNetSpec
 from .cache import EngineCache, component_key, engine_file_name
+from .graph_rewrites import export_rewrites
 from .openvino_export import CONVERTER, convert_module, openvino_exporter, save_ir
 
 PIPELINE_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
@@ -75,8 +76,9 @@ def component_modules(pipe: Any) -> dict[str, torch.nn.Module]:
     return {name: module for name, module in parts.items() if isinstance(module, torch.nn.Module)}
 
 
-def convert_component(name: str, module: torch.nn.Module, tokens: int = 77) -> Any:
-    """The ``ov.Model`` of one part (an fp32 copy is traced if the module is in another dtype)."""
+def convert_component(name: str, module: torch.nn.Module, tokens: int = 77, precision: str = "fp32") -> Any:
+    """The ``ov.Model`` of one part for a ``precision`` engine (an fp32 copy is traced if the module is in another
+    dtype; the VAE goes through ``export_rewrites`` for that precision)."""
     param = next(module.parameters())
     if param.dtype != torch.float32:
         import copy
@@ -91,12 +93,14 @@ def convert_component(name: str, module: torch.nn.Module, tokens: int = 77) -> A
         return convert_module(VaeEncoderWrapper(module), example, {VAE_ENCODER_INPUT: (0, 2, 3)},
                               [VAE_ENCODER_OUTPUT])
     example = {VAE_DECODER_INPUT: torch.randn(1, channels, 8, 8, generator=torch.Generator().manual_seed(0))}
-    return convert_module(VaeDecoderWrapper(module), example, {VAE_DECODER_INPUT: (0, 2, 3)}, [VAE_DECODER_OUTPUT])
+    with export_rewrites(module, precision):
+        return convert_module(VaeDecoderWrapper(module), example, {VAE_DECODER_INPUT: (0, 2, 3)},
+                              [VAE_DECODER_OUTPUT])
 
 
 def export_component(name: str, module: torch.nn.Module, path: str | os.PathLike, precision: str) -> Any:
     """One part as IR at ``path`` (weights shared with ``module`` while converting; saved at once)."""
-    return save_ir(convert_component(name, module), path, precision)
+    return save_ir(convert_component(name, module, precision=precision), path, precision)
 
 
 def export_components(pipe: Any, spec: UNetSpec, unet_manifest: EngineManifest, folder: str | os.PathLike,

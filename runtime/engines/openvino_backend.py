@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,16 +161,24 @@ class OpenVinoModel:
         self._latest: Any = None
         self._kernels: dict[str, Any] | None = None
 
-    def compiled_for(self, shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[Any, Any]:
-        """(compiled model, infer request) for these input shapes, or for the dynamic IR with None."""
-        key = tuple(sorted(shapes.items())) if shapes is not None else ()
+    def compiled_for(self, shapes: dict[str, tuple[int, ...]] | None = None, outputs: Sequence[str] | None = None
+                     ) -> tuple[Any, Any]:
+        """(compiled model, infer request) for these input shapes (None: the dynamic IR), computing only
+        ``outputs`` (None: all of them)."""
+        kept = tuple(outputs) if outputs is not None else tuple(self.output_names)
+        key = (tuple(sorted(shapes.items())) if shapes is not None else (), kept)
         if key in self._compiled:
             self._compiled.move_to_end(key)
             return self._compiled[key]
         model = self.ir
+        if shapes is not None or kept != tuple(self.output_names):
+            model = self.ir.clone()
+        if kept != tuple(self.output_names):
+            ov = import_openvino()
+            results = {r.input_value(0).get_any_name(): r for r in model.get_results()}
+            model = ov.Model([results[name] for name in kept], model.get_parameters(), model.get_friendly_name())
         if shapes is not None:
             ov = import_openvino()
-            model = self.ir.clone()
             try:
                 model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
             except RuntimeError as exc:
@@ -184,20 +193,26 @@ class OpenVinoModel:
         self._compiled[key] = (compiled, compiled.create_infer_request())
         return self._compiled[key]
 
-    def run(self, inputs: dict[str, np.ndarray], static: bool = True) -> list[np.ndarray]:
-        """Outputs in the model's order (copies: the request's buffers are reused by the next call)."""
+    def run(self, inputs: dict[str, np.ndarray], static: bool = True, outputs: Sequence[str] | None = None
+            ) -> list[np.ndarray]:
+        """The model's outputs in its order, or only ``outputs`` in that order: a copy compiled without the
+        others skips their work (copies: the request's buffers are reused by the next call)."""
         import numpy as np
 
         missing = set(self.input_names) - set(inputs)
         if missing:
             raise InvalidInputError(f"{self.model_path.name} needs inputs {sorted(missing)}")
+        unknown = set(outputs or ()) - set(self.output_names)
+        if unknown:
+            raise InvalidInputError(f"{self.model_path.name} has no outputs {sorted(unknown)}; it has "
+                                    f"{self.output_names}")
         feeds = {name: np.ascontiguousarray(inputs[name], dtype=self.input_types[name]) for name in self.input_names}
         shapes = {name: tuple(array.shape) for name, array in feeds.items()} if static else None
-        compiled, request = self.compiled_for(shapes)
+        compiled, request = self.compiled_for(shapes, outputs)
         if compiled is not self._latest:
             self._latest, self._kernels = compiled, None
         request.infer(feeds)
-        return [request.get_output_tensor(i).data.copy() for i in range(len(self.output_names))]
+        return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
 
     def kernels(self) -> dict[str, Any]:
         """The kernel report of the copy the last call ran (the dynamic IR compiled for it, before any call)."""
@@ -269,10 +284,13 @@ class OpenVinoUNetBackend(ProfiledBackend):
         self._calls += 1
         static = min(shape[2:]) >= STATIC_MIN_LEVELS * self.spec.latent_multiple
         if full:
-            outputs = self.model.run(arrays, static=static)
-            if self.cache_interval > 1:
-                self._deep = (shape, outputs[self._deep_output])
-            out = outputs[self._output]
+            caching = self.cache_interval > 1
+            names = self.model.output_names
+            wanted = [names[self._output], names[self._deep_output]] if caching else [names[self._output]]
+            outputs = self.model.run(arrays, static=static, outputs=wanted)  # no deep features unless cached
+            if caching:
+                self._deep = (shape, outputs[1])
+            out = outputs[0]
         else:
             out = self._shallow.run({**arrays, DEEP_FEATURES: self._deep[1]}, static=static)[0]
         return torch.from_numpy(out).to(device=sample.device, dtype=sample.dtype)

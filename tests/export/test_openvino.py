@@ -19,6 +19,7 @@ from comfyui_backdrop.runtime.engines.load import open_backend
 from comfyui_backdrop.runtime.engines.manifest import read_manifest
 from comfyui_backdrop.runtime.engines.openvino_backend import OpenVinoUNetBackend
 from comfyui_backdrop.runtime.engines.precision import ERROR_CLASS, UnsupportedPrecisionError, native_support
+from comfyui_backdrop.runtime.engines.spec import OUTPUT
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
 from comfyui_backdrop.runtime.errors import InvalidInputError
 from tests.fixtures.tiny_unets import tiny_sd15_unet, tiny_sdxl_unet
@@ -206,7 +207,8 @@ def test_realistic_sizes_run_a_static_copy_within_the_error_class(unets, engine_
     side = STATIC_MIN_LEVELS * backend.spec.latent_multiple
     out, ref = run_both(unet, backend, latent=(side, side + backend.spec.latent_multiple))
     assert rel_error(out, ref) <= ERROR_CLASS[precision]
-    compiled = list(backend.model._compiled)
-    assert len(compiled) == 1 and dict(compiled[0])["sample"] == (2, 9, side, side + backend.spec.latent_multiple)
-    run_both(unet, backend, latent=(side // 2, side // 2))  # below the floor: the dynamic IR (key ())
-    assert () in backend.model._compiled and len(backend.model._compiled) == 2
+    compiled = list(backend.model._compiled)  # keys: (shapes, outputs computed)
+    assert len(compiled) == 1 and dict(compiled[0][0])["sample"] == (2, 9, side, side + backend.spec.latent_multiple)
+    assert compiled[0][1] == (OUTPUT,)  # no feature cache: the deep features are not computed
+    run_both(unet, backend, latent=(side // 2, side // 2))  # below the floor: the dynamic IR (shapes ())
+    assert ((), (OUTPUT,)) in backend.model._compiled and len(backend.model._compiled) == 2

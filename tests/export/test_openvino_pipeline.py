@@ -63,6 +63,8 @@ def test_text_encoders_and_vae_engines_match_torch(inpaint_models, tmp_path, mod
         assert rel(vae.encode(image).latent_dist.mean, pipe.vae.encode(image).latent_dist.mean) <= 1e-4
         assert rel(vae.decode(latents, return_dict=False)[0], pipe.vae.decode(latents, return_dict=False)[0]) <= 1e-4
     assert vae.config.scaling_factor == pipe.vae.config.scaling_factor
+    decoder_ops = {op.get_type_name() for op in vae.decoder_engine.ir.get_ops()}
+    assert "ConvolutionBackpropData" in decoder_ops and "Interpolate" not in decoder_ops  # fp32: export_rewrites
     again = export_components(pipe, unet.manifest.spec, unet.manifest, tmp_path)
     assert all(cached for _, _, cached in again.values())  # found by key, not rebuilt
 

@@ -1,0 +1,113 @@
+"""Export-time rewrites compute the same function as the diffusers modules they stand in for, and leave them as
+they were; OpenVINO engines carry them (fp32: transposed-convolution upsamplers; every precision: split GEGLU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_backdrop.export.graph_rewrites import (
+    GEGLU_SPLIT,
+    UPSAMPLE_CONV_TRANSPOSE,
+    export_rewrites,
+    rewrites_for,
+    transposed_upsample_kernel,
+)
+from tests.fixtures.tiny_unets import add_random_lora, tiny_sd15_unet
+
+
+def geglus(model: torch.nn.Module) -> int:
+    from diffusers.models.activations import GEGLU
+
+    return sum(isinstance(m, GEGLU) for m in model.modules())
+
+
+def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out - ref).abs().max() / ref.abs().max())
+
+
+def upsampler(channels: int = 6, out_channels: int | None = None, seed: int = 0):
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(seed)
+    return Upsample2D(channels, use_conv=True, out_channels=out_channels).eval()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (16, 16)])
+def test_the_transposed_kernel_is_nearest_upsampling_then_the_convolution(size):
+    module = upsampler(6, out_channels=4).double()
+    x = torch.randn(2, 6, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = module(x)
+        ours = torch.nn.functional.conv_transpose2d(x, transposed_upsample_kernel(module.conv.weight),
+                                                    module.conv.bias, stride=2, padding=1)
+    assert ours.shape == ref.shape == (2, 4, 2 * size[0], 2 * size[1])
+    assert rel(ours, ref) <= 1e-12  # exact algebra: only the order of additions differs
+
+
+def test_rewrites_match_in_fp32_and_put_the_modules_back():
+    unet = tiny_sd15_unet()
+    feeds = (torch.randn(2, 9, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([999, 999]),
+             torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        ref = unet(*feeds).sample
+        with export_rewrites(unet, "fp32") as counts:
+            patched = [m for m in unet.modules() if "forward" in vars(m)]
+            ours = unet(*feeds).sample
+        after = unet(*feeds).sample
+    assert counts == {GEGLU_SPLIT: geglus(unet), UPSAMPLE_CONV_TRANSPOSE: 1} and len(patched) == geglus(unet) + 1
+    assert rel(ours, ref) <= 1e-5
+    assert torch.equal(after, ref) and not [m for m in unet.modules() if "forward" in vars(m)]
+
+
+def test_bf16_engines_keep_the_upsampling_convolution():
+    """OpenVINO has no bf16 transposed convolution: bf16 engines would run it in fp32 and lose."""
+    assert rewrites_for("bf16") == rewrites_for("fp16") == (GEGLU_SPLIT,)
+    assert UPSAMPLE_CONV_TRANSPOSE in rewrites_for("fp32") and UPSAMPLE_CONV_TRANSPOSE in rewrites_for("int8")
+    unet = tiny_sd15_unet()
+    with export_rewrites(unet, "bf16") as counts:
+        assert counts == {GEGLU_SPLIT: geglus(unet)} and geglus(unet) > 0
+
+
+def test_an_upsampler_asked_for_another_size_keeps_its_own_path():
+    module = upsampler()
+    x = torch.randn(1, 6, 5, 5, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref_odd, ref_double = module(x, (9, 11)), module(x, (10, 10))
+        with export_rewrites(module, "fp32") as counts:
+            odd, double = module(x, (9, 11)), module(x, (10, 10))
+    assert counts[UPSAMPLE_CONV_TRANSPOSE] == 1
+    assert torch.equal(odd, ref_odd)  # the interpolation the caller asked for, not 2x
+    assert rel(double, ref_double) <= 1e-5
+
+
+def test_a_live_lora_on_the_projection_is_left_to_its_own_forward():
+    unet = tiny_sd15_unet()
+    add_random_lora(unet, "style", seed=7, targets=["ff.net.0.proj"])
+    with export_rewrites(unet, "bf16") as counts:
+        assert counts == {GEGLU_SPLIT: 0}  # splitting the base weight alone would drop the adapter
+    from comfyui_backdrop.export.onnx_export import fused_active_loras
+
+    feeds = (torch.randn(1, 9, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([10]),
+             torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        ref = unet(*feeds).sample
+        with fused_active_loras(unet), export_rewrites(unet, "bf16") as counts:
+            ours = unet(*feeds).sample  # merged: the base weight carries the adapter, so the split is exact
+    assert counts == {GEGLU_SPLIT: geglus(unet)} and rel(ours, ref) <= 1e-5
+
+
+def test_openvino_engines_carry_the_rewrites(tmp_path):
+    pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    import openvino as ov
+
+    from comfyui_backdrop.export.openvino_export import export_unet_openvino
+
+    unet = tiny_sd15_unet()
+    exported = export_unet_openvino(unet, tmp_path / "unet.xml", precision="fp32", shallow_path=tmp_path / "s.xml")
+    assert exported.rewrites == {GEGLU_SPLIT: geglus(unet), UPSAMPLE_CONV_TRANSPOSE: 1}
+    for path in (exported.path, exported.shallow.path):
+        types = {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()}
+        assert "VariadicSplit" not in types and "Split" not in types
+    types = {op.get_type_name() for op in ov.Core().read_model(str(exported.path)).get_ops()}
+    assert "ConvolutionBackpropData" in types and "Interpolate" not in types
