@@ -137,11 +137,12 @@ class InpaintPlan:
 
 @dataclass(frozen=True)
 class WatermarkPlan:
-    """``--watermark``: who the records name and whether files carry a C2PA manifest."""
+    """``--watermark``: who the records name, whether files carry a C2PA manifest, and the codec version."""
 
     account: str
     c2pa: bool
     ledger: str | None = None  # --ledger: a postgresql:// URL or an SQLite file; None: the home's ledger
+    version: int = 1  # --watermark-codec
 
 
 @dataclass(frozen=True)
@@ -214,14 +215,19 @@ def _watermark_plan(args: argparse.Namespace) -> WatermarkPlan | None:
     """--watermark and its options; --ledger is checked before any photo (a bad URL fails here, naming host and
     database, never a password)."""
     from ..runtime.provenance.ledger_backends import check_location
+    from ..runtime.watermark.codec import DEFAULT_VERSION
 
     location = getattr(args, "ledger", None)
+    codec = getattr(args, "watermark_codec", None)
     if not args.watermark:
         if location is not None:
             raise InvalidInputError("--ledger needs --watermark: only watermarked outputs are recorded")
+        if codec is not None:
+            raise InvalidInputError("--watermark-codec needs --watermark: it picks the codec of the mark")
         return None
     return WatermarkPlan(account=args.account or getpass.getuser(), c2pa=not args.no_c2pa,
-                         ledger=None if location is None else check_location(location))
+                         ledger=None if location is None else check_location(location),
+                         version=DEFAULT_VERSION if codec is None else int(codec))
 
 
 def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:

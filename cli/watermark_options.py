@@ -20,6 +20,10 @@ def add_watermark_arguments(run: argparse.ArgumentParser) -> None:
                             "ledger and add a C2PA manifest (outputs become 8-bit; product pixels stay exact)")
     group.add_argument("--account", default=None, help="account recorded with each output (default: your user name)")
     group.add_argument("--no-c2pa", action="store_true", help="with --watermark: no C2PA manifest in the files")
+    group.add_argument("--watermark-codec", type=int, choices=(1, 2), default=None, metavar="{1,2}",
+                       help="with --watermark: the codec version of the mark: 1 (the default) or 2 (also survives "
+                            "mirrors, 90-degree turns, JPEG 20 and thumbnails of >= 1 MP pictures; "
+                            "docs/watermark.md); the record and the C2PA soft binding name it")
     group.add_argument("--ledger", default=None, metavar="LOCATION",
                        help="with --watermark: record into this ledger, a postgresql://USER@HOST/DB URL (many "
                             "writers on many machines) or an SQLite file (default: ledger.sqlite3 in the home)")
@@ -51,7 +55,7 @@ def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPl
     written. ``service``: a ProvenanceService to use (a worker's, holding its keys in memory) instead of the home's.
     """
     from ..runtime.imaging import to_integer
-    from ..runtime.provenance.records import RecordContent
+    from ..runtime.provenance.records import RecordContent, WatermarkId
     from ..runtime.saving import SaveOptions, save_image
     from ..runtime.watermark.service import marked_for_delivery
 
@@ -62,9 +66,11 @@ def write_marked(path: Path, image: np.ndarray, product: np.ndarray, plan: RunPl
     try:
         extra = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
         with marked_for_delivery(to_integer(image, 8), content, protect=product, ledger=plan.watermark.ledger,
-                                 service=service, **extra) as (marked, record, used):
+                                 service=service, watermark_version=plan.watermark.version,
+                                 **extra) as (marked, record, used):
+            wid = WatermarkId(record.id, record.watermark_version)  # the C2PA soft binding names the codec
             saved = save_image(marked, path, options, keys=used.keys,
-                               binding=lambda _pixels: (record.id, record.record_hash), rename=rename)
+                               binding=lambda _pixels: (wid, record.record_hash), rename=rename)
     except BaseException:
         if saved is not None:  # saved, but the record did not commit: take back the file we just wrote
             for written in (saved.path, saved.sidecar):

@@ -353,7 +353,8 @@ def get_service(home: str | os.PathLike | None = None, ledger: str | os.PathLike
 @contextlib.contextmanager
 def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect: np.ndarray | None = None,
                         home: str | os.PathLike | None = None, ledger: str | os.PathLike | None = None,
-                        idempotency_key: str | None = None, service: ProvenanceService | None = None
+                        idempotency_key: str | None = None, service: ProvenanceService | None = None,
+                        watermark_version: int = DEFAULT_VERSION
                         ) -> Iterator[tuple[np.ndarray, Record, ProvenanceService]]:
     """For ``backdrop run``: yields (marked image, its record, the service); save the image inside the block.
 
@@ -363,7 +364,7 @@ def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect
     (one per input x settings x variation) goes into the record's signed metadata; when it is already recorded,
     ``ledger_chain.DuplicateRecordError`` (with the ``existing`` record) is raised before the block runs.
     ``service``: use this one (e.g. built with keys held in memory in a worker) instead of
-    ``get_service(home, ledger)``.
+    ``get_service(home, ledger)``. ``watermark_version``: the codec version to mark with (1 or 2).
     """
     service = service if service is not None else get_service(home, ledger)
     if idempotency_key is not None:
@@ -372,7 +373,8 @@ def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect
             raise DuplicateRecordError(f"idempotency key {idempotency_key!r} is already recorded (ID "
                                        f"{existing.id_hex}, seq {existing.seq}); nothing was marked", existing)
         content = dataclasses.replace(content, metadata={**content.metadata, IDEMPOTENCY_KEY: idempotency_key})
-    pending = service.prepare_mark(image_uint8, content, remark="refuse", protect=protect, policy_input=None)
+    pending = service.prepare_mark(image_uint8, content, remark="refuse", protect=protect, policy_input=None,
+                                   watermark_version=watermark_version)
     with service.recording([pending]) as (result,):
         yield result.image, result.record, service
 

@@ -143,3 +143,33 @@ def test_verify_never_changes_the_ledger(files, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "0 record(s) (file empty (0 bytes))" in out and "wiped or replaced" in out
     assert ledger.stat().st_size == 0
+
+
+@pytest.mark.parametrize("codec", [1, 2])
+def test_run_marks_with_the_codec_asked_for_and_every_record_says_which(codec, tmp_path, monkeypatch, capsys):
+    """``backdrop run --watermark --watermark-codec N``: the pixels carry codec N, the record states N and the
+    C2PA soft binding names N; without --watermark the option is refused before any photo."""
+    from comfyui_backdrop.cli.main import main
+    from comfyui_backdrop.runtime.imaging import write_image
+    from comfyui_backdrop.runtime.provenance.c2pa_manifest import read_manifest
+    from comfyui_backdrop.runtime.watermark import detect
+    from comfyui_backdrop.runtime.watermark.service import get_service
+    from tests.fixtures.images import to_float
+
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    write_image(tmp_path / "bottle.png", to_float(studio_product_photo(384, 448, seed=6)[0]))
+    assert main(["run", str(tmp_path / "bottle.png"), "--out", str(tmp_path / "o"), "--watermark-codec", "2"]) == 2
+    assert "--watermark-codec needs --watermark" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["run", str(tmp_path / "bottle.png"), "--out", str(tmp_path / "out"), "--watermark",
+                 "--watermark-codec", str(codec), "--quiet"]) == 0
+    [saved] = (tmp_path / "out").glob("*.png")
+    service = get_service()
+    found = detect(cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB), service.keys.watermark_key)
+    [record] = list(service.ledger.records())
+    assert found.found and found.version == codec and found.payload == record.id
+    assert record.watermark_version == codec
+    manifest = read_manifest(saved, keys=service.keys)
+    assert manifest.watermark_versions == [codec]
+    capsys.readouterr()
+    assert verify([str(saved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"][0]["found"]
