@@ -9,9 +9,11 @@ import torch
 from comfyui_backdrop.export.graph_rewrites import (
     GEGLU_SPLIT,
     UPSAMPLE_CONV_TRANSPOSE,
+    WINOGRAD,
     export_rewrites,
     rewrites_for,
     transposed_upsample_kernel,
+    winograd_forward,
 )
 from tests.fixtures.tiny_unets import add_random_lora, tiny_sd15_unet
 
@@ -55,7 +57,9 @@ def test_rewrites_match_in_fp32_and_put_the_modules_back():
             patched = [m for m in unet.modules() if "forward" in vars(m)]
             ours = unet(*feeds).sample
         after = unet(*feeds).sample
-    assert counts == {GEGLU_SPLIT: geglus(unet), UPSAMPLE_CONV_TRANSPOSE: 1} and len(patched) == geglus(unet) + 1
+    # this UNet's native size (16 latent px) has no 32 px level: no Winograd
+    assert counts == {GEGLU_SPLIT: geglus(unet), UPSAMPLE_CONV_TRANSPOSE: 1, WINOGRAD: 0}
+    assert len(patched) == geglus(unet) + 1
     assert rel(ours, ref) <= 1e-5
     assert torch.equal(after, ref) and not [m for m in unet.modules() if "forward" in vars(m)]
 
@@ -64,6 +68,7 @@ def test_bf16_engines_keep_the_upsampling_convolution():
     """OpenVINO has no bf16 transposed convolution: bf16 engines would run it in fp32 and lose."""
     assert rewrites_for("bf16") == rewrites_for("fp16") == (GEGLU_SPLIT,)
     assert UPSAMPLE_CONV_TRANSPOSE in rewrites_for("fp32") and UPSAMPLE_CONV_TRANSPOSE in rewrites_for("int8")
+    assert WINOGRAD in rewrites_for("fp32") and WINOGRAD not in rewrites_for("int8")  # int8 would quantize U
     unet = tiny_sd15_unet()
     with export_rewrites(unet, "bf16") as counts:
         assert counts == {GEGLU_SPLIT: geglus(unet)} and geglus(unet) > 0
@@ -105,9 +110,53 @@ def test_openvino_engines_carry_the_rewrites(tmp_path):
 
     unet = tiny_sd15_unet()
     exported = export_unet_openvino(unet, tmp_path / "unet.xml", precision="fp32", shallow_path=tmp_path / "s.xml")
-    assert exported.rewrites == {GEGLU_SPLIT: geglus(unet), UPSAMPLE_CONV_TRANSPOSE: 1}
+    assert exported.rewrites == {GEGLU_SPLIT: geglus(unet), UPSAMPLE_CONV_TRANSPOSE: 1, WINOGRAD: 0}
     for path in (exported.path, exported.shallow.path):
         types = {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()}
         assert "VariadicSplit" not in types and "Split" not in types
     types = {op.get_type_name() for op in ov.Core().read_model(str(exported.path)).get_ops()}
     assert "ConvolutionBackpropData" in types and "Interpolate" not in types
+
+
+@pytest.mark.parametrize("size", [(4, 4), (9, 13), (1, 2)])
+def test_winograd_computes_the_convolution_at_any_size(size):
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1).eval()
+    x = torch.randn(2, 5, *size)
+    with torch.no_grad():
+        ref, ours = conv(x), winograd_forward(conv)(x)
+    assert ours.shape == ref.shape and rel(ours, ref) <= 1e-5
+
+
+def test_winograd_takes_the_32px_level_of_the_unet_and_engines_carry_it(tmp_path):
+    """A UNet whose native latent is 32 px: its first level's resnet convolutions run as Winograd, in torch and
+    in the OpenVINO fp32 engine, at sizes that are and are not multiples of the 4 px tile."""
+    pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    import openvino as ov
+
+    from comfyui_backdrop.export.onnx_export import example_inputs
+    from comfyui_backdrop.export.openvino_export import export_unet_openvino
+    from comfyui_backdrop.runtime.engines.openvino_backend import OpenVinoUNetBackend
+    from comfyui_backdrop.runtime.engines.spec import UNetSpec
+    from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
+
+    unet = tiny_sd15_unet(sample_size=32)
+    feeds = (torch.randn(2, 9, 18, 22, generator=torch.Generator().manual_seed(2)), torch.tensor([999, 1]),
+             torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        ref = unet(*feeds).sample
+        with export_rewrites(unet, "fp32") as counts:
+            ours = unet(*feeds).sample
+    assert counts[WINOGRAD] == 6  # level 0: one down resnet and two up resnets, two convolutions each
+    assert rel(ours, ref) <= 1e-5
+    exported = export_unet_openvino(unet, tmp_path / "unet.xml", precision="fp32")
+    assert exported.rewrites[WINOGRAD] == 6
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(exported.path)).get_ops()]
+    assert ops.count("Convolution") < sum(isinstance(m, torch.nn.Conv2d) for m in unet.modules())
+    spec = UNetSpec.from_unet(unet)
+    backend = OpenVinoUNetBackend(exported.path, spec)
+    for latent in ((16, 16), (18, 22), (8, 12)):
+        call = example_inputs(spec, batch=2, latent=latent, seed=7)
+        args = [call.get(n) for n in ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")]
+        out, expected = backend.run(*args), TorchUNetBackend(unet).run(*args)
+        assert rel(out, expected) <= 1e-4, latent
