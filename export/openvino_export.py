@@ -44,7 +44,7 @@ from ..runtime.engines.time_embedding import (
     HostTimeEmbeddings,
     embeds_on_host,
 )
-from ..runtime.errors import InvalidInputError, InvalidModelError
+from ..runtime.errors import InvalidInputError, InvalidModelError, OutputWriteError
 from .graph_rewrites import export_rewrites
 from .onnx_export import UNetExportWrapper, _eval_mode, example_inputs, fused_active_loras
 from .onnx_files import publish, staging_dir
@@ -136,6 +136,19 @@ def apply_precision(model: Any, precision: str) -> tuple[Any, bool, str]:
     return model, False, ""
 
 
+def write_failure(final: Path, exc: Exception) -> str:
+    """Why writing the engine ``final`` failed, with the free space where it was going."""
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(final.parent).free / 2**30:.1f} GiB free there"
+    except OSError:
+        free = "its free space unknown"
+    return (f"the OpenVINO engine {final.name} could not be written to {final.parent} ({free}; an fp32 SD1.5 UNet "
+            f"engine takes about 4 GB, an SDXL one 10 GB): {exc}. Free some space or choose another models folder; "
+            "nothing was left behind")
+
+
 def save_ir(model: Any, requested: str | os.PathLike, precision: str) -> OpenVinoExport:
     """Apply ``precision`` and write ``model`` as ``requested`` (``.xml`` + ``.bin``), atomically, never
     overwriting (a taken name becomes ``stem-N.xml``)."""
@@ -149,7 +162,10 @@ def save_ir(model: Any, requested: str | os.PathLike, precision: str) -> OpenVin
     final = free_ir_name(requested)
     with staging_dir(final.parent) as stage:
         staged = stage / final.name
-        ov.save_model(model, str(staged), compress_to_fp16=compress)
+        try:
+            ov.save_model(model, str(staged), compress_to_fp16=compress)
+        except RuntimeError as exc:  # OpenVINO reports a failed write as a bare stream error
+            raise OutputWriteError(write_failure(final, exc)) from exc
         files = publish([staged, staged.with_suffix(".bin")], final.parent)
     return OpenVinoExport(path=files[0], files=files, precision=precision, weight_compression=compression,
                           inputs=inputs, outputs=outputs)

@@ -41,5 +41,9 @@ class InvalidInputError(BackdropError, ValueError):
     """An image, mask or option cannot be processed as given."""
 
 
+class OutputWriteError(BackdropError, OSError):
+    """An output (an image, an engine) could not be written where it was asked for: disk full, no permission."""
+
+
 class Interrupted(BackdropError):
     """Raised from a progress callback to stop a long loop cleanly."""

@@ -160,3 +160,4 @@ def test_winograd_takes_the_32px_level_of_the_unet_and_engines_carry_it(tmp_path
         args = [call.get(n) for n in ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")]
         out, expected = backend.run(*args), TorchUNetBackend(unet).run(*args)
         assert rel(out, expected) <= 1e-4, latent
+

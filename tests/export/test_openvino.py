@@ -212,3 +212,29 @@ def test_realistic_sizes_run_a_static_copy_within_the_error_class(unets, engine_
     assert compiled[0][1] == (OUTPUT,)  # no feature cache: the deep features are not computed
     run_both(unet, backend, latent=(side // 2, side // 2))  # below the floor: the dynamic IR (shapes ())
     assert ((), (OUTPUT,)) in backend.model._compiled and len(backend.model._compiled) == 2
+
+
+def test_an_engine_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path):
+    """A write that fails (here: the file-size limit, as a full disk would) is an OutputWriteError naming the folder
+    and its free space, and neither a staged nor a published file remains."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource, signal
+        from comfyui_backdrop.export.openvino_export import export_unet_openvino
+        from comfyui_backdrop.runtime.errors import OutputWriteError
+        from tests.fixtures.tiny_unets import tiny_sd15_unet
+        unet = tiny_sd15_unet()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+        try:
+            export_unet_openvino(unet, {str(tmp_path / "engines" / "unet.xml")!r})
+        except OutputWriteError as exc:
+            print("ERROR:", exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert "ERROR: the OpenVINO engine unet.xml could not be written to" in done.stdout, done.stderr[-2000:]
+    assert "GiB free there" in done.stdout
+    assert not [p for p in (tmp_path / "engines").rglob("*") if p.is_file()]
