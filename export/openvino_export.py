@@ -247,18 +247,17 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
         example = HostTimeEmbeddings(spec)(example)
     with fused_active_loras(unet) as fused:
         module = unet if param.dtype == torch.float32 else _fp32_copy(unet)
-        with export_rewrites(module, precision) as rewrites:
+        with export_rewrites(module, precision) as rewrites:  # both graphs traced with the same rewrites
             model = convert_module(DeepFeatureUNet(module, spec.is_sdxl, embedded), example, UNET_DYNAMIC,
                                    [OUTPUT, DEEP_FEATURES])
-        exported = save_ir(model, path, precision)
-        del model
-        if shallow_path is not None:
-            with torch.no_grad():
-                deep = DeepFeatureUNet(module, spec.is_sdxl, embedded).eval()(*example.values())[1]
-            with export_rewrites(module, precision):
+            exported = save_ir(model, path, precision)
+            del model
+            if shallow_path is not None:
+                with torch.no_grad():
+                    deep = DeepFeatureUNet(module, spec.is_sdxl, embedded).eval()(*example.values())[1]
                 shallow = convert_module(ShallowUNet(module, spec.is_sdxl, embedded),
                                          {**example, DEEP_FEATURES: deep}, UNET_DYNAMIC, [OUTPUT])
-            exported.shallow = save_ir(shallow, shallow_path, precision)
+                exported.shallow = save_ir(shallow, shallow_path, precision)
     exported.fused_adapters = fused
     exported.rewrites = rewrites
     return exported

@@ -157,7 +157,8 @@ class OpenVinoModel:
         self.input_names = [i.get_any_name() for i in self.ir.inputs]
         self.output_names = [o.get_any_name() for o in self.ir.outputs]
         self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.ir.inputs}
-        self._compiled: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()  # shapes (() = dynamic) -> compiled
+        # (shapes (() = dynamic), outputs computed) -> (compiled model, infer request), least recently used first
+        self._compiled: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
         self._latest: Any = None
         self._kernels: dict[str, Any] | None = None
 
@@ -165,20 +166,17 @@ class OpenVinoModel:
                      ) -> tuple[Any, Any]:
         """(compiled model, infer request) for these input shapes (None: the dynamic IR), computing only
         ``outputs`` (None: all of them)."""
+        ov = import_openvino()
         kept = tuple(outputs) if outputs is not None else tuple(self.output_names)
         key = (tuple(sorted(shapes.items())) if shapes is not None else (), kept)
         if key in self._compiled:
             self._compiled.move_to_end(key)
             return self._compiled[key]
-        model = self.ir
-        if shapes is not None or kept != tuple(self.output_names):
-            model = self.ir.clone()
-        if kept != tuple(self.output_names):
-            ov = import_openvino()
+        model = self.ir if shapes is None and kept == tuple(self.output_names) else self.ir.clone()
+        if kept != tuple(self.output_names):  # a model over the copied graph with only these results
             results = {r.input_value(0).get_any_name(): r for r in model.get_results()}
             model = ov.Model([results[name] for name in kept], model.get_parameters(), model.get_friendly_name())
         if shapes is not None:
-            ov = import_openvino()
             try:
                 model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
             except RuntimeError as exc:
@@ -253,9 +251,9 @@ class OpenVinoUNetBackend(ProfiledBackend):
         if missing:
             raise InvalidModelError(f"{self.model_path.name} lacks the UNet inputs {sorted(missing)}; it has "
                                     f"{self.model.input_names}")
-        self._output = self.model.output_names.index(OUTPUT) if OUTPUT in self.model.output_names else 0
         names = self.model.output_names
-        self._deep_output = names.index(DEEP_FEATURES) if DEEP_FEATURES in names else None
+        self._output = OUTPUT if OUTPUT in names else names[0]
+        self._deep_output = DEEP_FEATURES if DEEP_FEATURES in names else None
 
     @property
     def supports_feature_cache(self) -> bool:
@@ -285,8 +283,7 @@ class OpenVinoUNetBackend(ProfiledBackend):
         static = min(shape[2:]) >= STATIC_MIN_LEVELS * self.spec.latent_multiple
         if full:
             caching = self.cache_interval > 1
-            names = self.model.output_names
-            wanted = [names[self._output], names[self._deep_output]] if caching else [names[self._output]]
+            wanted = [self._output, self._deep_output] if caching else [self._output]
             outputs = self.model.run(arrays, static=static, outputs=wanted)  # no deep features unless cached
             if caching:
                 self._deep = (shape, outputs[1])
