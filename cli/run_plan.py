@@ -142,7 +142,7 @@ class WatermarkPlan:
     account: str
     c2pa: bool
     ledger: str | None = None  # --ledger: a postgresql:// URL or an SQLite file; None: the home's ledger
-    version: int = 1  # --watermark-codec
+    version: int = 2  # --watermark-codec (runtime.watermark.codec.DEFAULT_VERSION)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ def add_watermark_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--account", default=None, help="account recorded with each output (default: your user name)")
     group.add_argument("--no-c2pa", action="store_true", help="with --watermark: no C2PA manifest in the files")
     group.add_argument("--watermark-codec", type=int, choices=(1, 2), default=None, metavar="{1,2}",
-                       help="with --watermark: the codec version of the mark: 1 (the default) or 2 (also survives "
-                            "mirrors, 90-degree turns, JPEG 20 and thumbnails of >= 1 MP pictures; "
-                            "docs/watermark.md); the record and the C2PA soft binding name it")
+                       help="with --watermark: the codec version of the mark: 2 (the default: survives mirrors, "
+                            "90-degree turns, JPEG 20 and thumbnails of >= 1 MP pictures, resists averaging) or 1 "
+                            "(the earlier codec; docs/watermark.md); the record and the C2PA soft binding name it")
     group.add_argument("--ledger", default=None, metavar="LOCATION",
                        help="with --watermark: record into this ledger, a postgresql://USER@HOST/DB URL (many "
                             "writers on many machines) or an SQLite file (default: ledger.sqlite3 in the home)")

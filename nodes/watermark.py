@@ -14,7 +14,7 @@ from .tensors import mask_tooltip, with_rules
 CATEGORY = "Backdrop/provenance"
 NO_FILE = "none"
 TOO_SMALL_CHOICES = ("leave unmarked", "error")
-CODEC_CHOICES = ("v1", "v2")  # watermark codec versions BackdropWatermark can write (the first is the default)
+CODEC_CHOICES = ("v2", "v1")  # watermark codec versions BackdropWatermark can write (the first is the default)
 logger = logging.getLogger(__name__)
 
 
@@ -57,10 +57,10 @@ class BackdropWatermark(HostedNode):
                 "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = keep these pixels bit-exact (the product); "
                                                                   "the mark goes around them")}),
                 "codec": (list(CODEC_CHOICES), {"default": CODEC_CHOICES[0],
-                                                "tooltip": "watermark codec version (rarely changed): v2 also "
+                                                "tooltip": "watermark codec version (rarely changed): v2 "
                                                            "survives mirrors, quarter turns, thumbnails and heavy "
-                                                           "JPEG/WebP, and resists averaging across a catalog; "
-                                                           "Backdrop Verify reads both"}),
+                                                           "JPEG/WebP, and resists averaging across a catalog; v1 "
+                                                           "is the earlier codec; Backdrop Verify reads both"}),
             },
             "hidden": {"workflow_prompt": "PROMPT"},
         }

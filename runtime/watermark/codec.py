@@ -48,7 +48,7 @@ DEFAULT_FPR: float = 1e-6
 EXISTING_WINDOW: int = 8 * PERIOD   # px (per side) that embed's re-marking check looks at
 STRIPE: int = 2 * PERIOD            # rows embedded at a time (a multiple of every tile period)
 VERSIONS: tuple[int, ...] = (2, 1)  # codec versions detect() tries, in this order
-DEFAULT_VERSION: int = 1            # what embed() writes unless told otherwise
+DEFAULT_VERSION: int = 2            # what embed() writes unless told otherwise (v1 marks still verify)
 HYPOTHESES_V1: int = LATTICES_KEPT + 1  # v1's lattice hypotheses at most (the search's best + the grid)
 MIN_PSNR: float = 40.05             # dB: v2 at strength <= 1 scales its mark down to stay above this
 

@@ -68,10 +68,9 @@ def test_soft_binding_algorithm_names_the_codec_version(service):
         soft_binding_alg(5)
 
 
-def test_service_marks_with_v2_records_it_and_keeps_the_product_exact(service):
+def test_service_marks_with_v2_by_default_records_it_and_keeps_the_product_exact(service):
     photo, product = studio_product_photo(480, 640, seed=4)
-    result = service.mark(photo, RecordContent(account="acme", metadata={"style": "Minimal"}), protect=product,
-                          watermark_version=2)
+    result = service.mark(photo, RecordContent(account="acme", metadata={"style": "Minimal"}), protect=product)
     assert np.array_equal(result.image[product], photo[product])
     assert result.record.watermark_version == 2
     assert result.record.metadata == {"style": "Minimal", WATERMARK_VERSION_KEY: 2}
@@ -82,7 +81,7 @@ def test_service_marks_with_v2_records_it_and_keeps_the_product_exact(service):
 
 def test_v1_marks_still_verify_through_the_service(service):
     photo = studio_product_photo(320, 384, seed=9)[0]
-    result = service.mark(photo, RecordContent(account="acme"))  # the default codec
+    result = service.mark(photo, RecordContent(account="acme"), watermark_version=1)  # the earlier codec
     assert result.record.watermark_version == 1 and WATERMARK_VERSION_KEY not in result.record.metadata
     check = service.verify_image(result.image)
     assert check.found and check.watermark_version == 1 and check.signature == "valid"
