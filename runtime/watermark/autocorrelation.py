@@ -9,6 +9,8 @@ comparable between images.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -36,11 +38,9 @@ def autocorrelation(r: np.ndarray, max_lag: int) -> np.ndarray:
     rows = np.r_[ph - max_lag:ph, 0:max_lag + 1]
     cols = np.r_[pw - max_lag:pw, 0:max_lag + 1]
     acf = corr[np.ix_(rows, cols)]
-    lags = np.arange(-max_lag, max_lag + 1)
-    overlap = np.outer(h - np.abs(lags), w - np.abs(lags)).astype(np.float32)
-    acf = acf / np.sqrt(overlap)
+    acf = acf * _inverse_overlap(h, w, max_lag)
     acf = _radial_highpass(acf)
-    ring = acf[::3, ::3][np.hypot(lags[::3, None], lags[None, ::3]) > 12]  # a subsample is plenty
+    ring = acf[::3, ::3][_far_from_origin(max_lag)]  # a subsample is plenty
     centre = float(np.median(ring))
     spread = 1.4826 * float(np.median(np.abs(ring - centre))) + 1e-12
     return ((acf - centre) / spread).astype(np.float32)
@@ -52,14 +52,44 @@ def _radial_highpass(acf: np.ndarray) -> np.ndarray:
     Straight edges and borders make ridges through the origin, constant along the radius; lattice peaks
     are compact, so this removes the first and keeps the second.
     """
-    c = (acf.shape[0] - 1) / 2.0
-    lags = np.arange(acf.shape[0], dtype=np.float32) - c
+    (inner_x, inner_y), (outer_x, outer_y) = _radial_maps(acf.shape[0])
+    inner = cv2.remap(acf, inner_x, inner_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    outer = cv2.remap(acf, outer_x, outer_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return acf - 0.5 * (inner + outer)
+
+
+@lru_cache(maxsize=8)
+def _radial_maps(size: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The remap coordinates RADIAL_STEP px in and out along the radius of a ``size`` x ``size`` lag map
+    (one per size: every image of a size shares them; read-only)."""
+    c = (size - 1) / 2.0
+    lags = np.arange(size, dtype=np.float32) - c
     ly, lx = np.meshgrid(lags, lags, indexing="ij")
     radius = np.maximum(np.hypot(lx, ly), 1.0)
     ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
-    inner = cv2.remap(acf, lx - ux + c, ly - uy + c, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    outer = cv2.remap(acf, lx + ux + c, ly + uy + c, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return acf - 0.5 * (inner + outer)
+    maps = ((lx - ux + c, ly - uy + c), (lx + ux + c, ly + uy + c))
+    for pair in maps:
+        for grid in pair:
+            grid.setflags(write=False)
+    return maps
+
+
+@lru_cache(maxsize=32)
+def _inverse_overlap(h: int, w: int, max_lag: int) -> np.ndarray:
+    """1 / sqrt(pixels overlapping at each lag) of an h x w residual (read-only, cached per size)."""
+    lags = np.abs(np.arange(-max_lag, max_lag + 1))
+    out = (1.0 / np.sqrt(np.outer(h - lags, w - lags))).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _far_from_origin(max_lag: int) -> np.ndarray:
+    """Which lags of every third row and column lie more than 12 px from the origin (the z-map's ring)."""
+    lags = np.arange(-max_lag, max_lag + 1)[::3]
+    out = np.hypot(lags[:, None], lags[None, :]) > 12
+    out.setflags(write=False)
+    return out
 
 
 def sample(acf: np.ndarray, points: np.ndarray) -> np.ndarray:
