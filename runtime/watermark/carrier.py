@@ -15,8 +15,9 @@ pays for the variant search in the false-positive bound). The result: folded on 
 over a catalog, the marks of different images add up incoherently, so the average holds no usable tile.
 
 Which periods carry the mark depends on the image (``layers_for``): small, busy pictures get one PERIOD px
-layer (a crop keeps more periods); mostly flat images (studio shots) from SMALL_SIDE up get one 2 x PERIOD
-layer, whose lower band is what survives JPEG and WebP on a flat sweep; large, busy images get both,
+layer (a crop keeps more periods); mostly flat images (studio shots) from SMALL_SIDE up get a 2 x PERIOD
+layer, whose lower band is what survives JPEG and WebP on a flat sweep (under LARGE_SIDE with a PERIOD
+layer beside it, for crops); large, busy images get both,
 sharing the energy: the 2 x PERIOD layer keeps a 0.25x thumbnail readable (a 32 px tile, band <= 0.375
 cycles/px), the PERIOD layer a crop to a tenth of the area. The detector folds every period onto the
 canonical PERIOD x PERIOD grid whatever its size in pixels, and reads whichever layer is there.
@@ -48,6 +49,7 @@ FLAT_SHARE = 0.6             # ... when this share of it is flat
 FLAT_LEVEL = 1.0             # 8-bit levels of band-pass detail under which a cell counts as flat
 PERIODS = (PERIOD, 2 * PERIOD)
 FINE_SHARE = 0.2             # share of the mark's energy a large busy image gives its PERIOD px layer
+FLAT_FINE_SHARE = 0.3        # ... and a mostly flat image under LARGE_SIDE (crops of it keep enough periods)
 PAYLOAD_GENERATORS = (1, 2, 3, 4, 5)  # code outputs carried: rate 1/5, free distance 31 (all six: 37)
 SHAPING = Shaping(floor=0.9, max_gain=2.0, ceiling=10.0, target_rms=2.4)  # texture masks more of v2's mark
 
@@ -86,8 +88,10 @@ def layers_for(y: np.ndarray) -> tuple[tuple[int, float], ...]:
     """The tile layers of luma ``y`` (8-bit scale): (period px, share of the mark's energy) each.
 
     * a small, busy picture: one PERIOD layer (more periods in a crop, less interference from the picture);
-    * a mostly flat image from SMALL_SIDE up: one 2 x PERIOD layer (its mark sits at the low frequencies
-      that JPEG and WebP keep on a flat sweep);
+    * a mostly flat image from SMALL_SIDE up: a 2 x PERIOD layer (its mark sits at the low frequencies
+      that JPEG and WebP keep on a flat sweep); under LARGE_SIDE it gives FLAT_FINE_SHARE of the energy to a
+      PERIOD layer, because a crop to a quarter of a 640x480 studio shot, enlarged 1.5x, holds under two
+      periods of the large tile (it read at sync z 4.4-5.7, threshold ~5.9; with the PERIOD layer 10-12.6);
     * a large, busy image: a 2 x PERIOD layer (a 0.25x thumbnail still holds a readable 32 px tile) with
       1 - FINE_SHARE of the energy, plus a PERIOD layer with FINE_SHARE (a crop to a tenth of the area of a
       busy picture reads far better at the higher band and four times as many periods).
@@ -98,7 +102,8 @@ def layers_for(y: np.ndarray) -> tuple[tuple[int, float], ...]:
         return ((PERIOD, 1.0),)
     flat = flat_fraction(y) >= FLAT_SHARE
     if flat:
-        return ((2 * PERIOD, 1.0),)
+        return ((2 * PERIOD, 1.0),) if side >= LARGE_SIDE else (
+            (2 * PERIOD, 1.0 - FLAT_FINE_SHARE), (PERIOD, FLAT_FINE_SHARE))
     if side < LARGE_SIDE:
         return ((PERIOD, 1.0),)
     return ((2 * PERIOD, 1.0 - FINE_SHARE), (PERIOD, FINE_SHARE)) if FINE_SHARE > 0 else ((2 * PERIOD, 1.0),)

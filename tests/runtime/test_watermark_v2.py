@@ -254,6 +254,8 @@ def test_a_large_busy_picture_carries_two_layers_and_a_small_one_one():
     assert carrier.layers_for(busy) == ((128, 1.0 - carrier.FINE_SHARE), (64, carrier.FINE_SHARE))
     assert carrier.layers_for(luma(skimage_photo("astronaut"))) == ((64, 1.0),)
     assert carrier.layers_for(luma(studio_shot(1024, 1280, seed=2))) == ((128, 1.0),)  # flat: JPEG/WebP layer only
+    small_flat = ((128, 1.0 - carrier.FLAT_FINE_SHARE), (64, carrier.FLAT_FINE_SHARE))
+    assert carrier.layers_for(luma(studio_shot(480, 640))) == small_flat  # ... and a crop layer under 768 px
     tile = carrier.image_tile(KEY, np.zeros(528, np.uint8), carrier.nonce(KEY, 5), busy)
     assert tile.shape == (128, 128) and np.sqrt(np.mean(tile.astype(np.float64) ** 2)) == pytest.approx(1.0, abs=1e-3)
 
