@@ -24,8 +24,12 @@ from . import carrier
 from .folding import Alignment, _whiten, align
 from .lattice import IDENTITY, Lattice, estimate_lattices
 from .pattern import PERIOD
+from .perceptual import V1_SHAPING
 from .residual import whitened_residual
 
+WEIGHTS = V1_SHAPING          # the residual's per-pixel weights (residual.py), shared by v1 and v2 searches: v1's
+                              # shaping served both better than v2's (rocket, crop + 0.8x + JPEG 60: v1 z 7.5
+                              # unweighted, 8.2 with it, 7.3 and no payload with v2's)
 HALF_LEVEL_PERIOD = 96.0     # px: lattices with a longer period are folded at the half-resolution level
 LEVEL1_LO, LEVEL1_HI = 80.0, 160.0  # periods searched on the half-resolution level (its px)
 LEVEL1_LATTICES = 3          # lattices kept from that search
@@ -68,11 +72,11 @@ class Pyramid:
     def residual(self, level: int) -> np.ndarray:
         if level not in self._r:
             if level == 0:
-                self._r[0] = whitened_residual(self.y)
+                self._r[0] = whitened_residual(self.y, WEIGHTS)
             else:
                 h, w = self.y.shape
                 half = cv2.resize(self.y, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
-                self._r[1] = whitened_residual(half)
+                self._r[1] = whitened_residual(half, WEIGHTS)
         return self._r[level]
 
     def has_half_level(self) -> bool:

@@ -47,7 +47,9 @@ def texture_rms(y: np.ndarray) -> np.ndarray:
     detail = y - cv2.blur(y, (3, 3), borderType=cv2.BORDER_REFLECT)
     small = cv2.resize(detail * detail, (-(-w // BLOCK), -(-h // BLOCK)), interpolation=cv2.INTER_AREA)
     small = cv2.erode(small, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
-    return np.sqrt(cv2.blur(small, (3, 3), borderType=cv2.BORDER_REFLECT))
+    energy = cv2.blur(small, (3, 3), borderType=cv2.BORDER_REFLECT)
+    # a box filter's running sums can leave -1e-9 where the detail is exactly 0 (a black border): no NaN
+    return np.sqrt(np.maximum(energy, 0.0, out=energy))
 
 
 @dataclass(frozen=True)

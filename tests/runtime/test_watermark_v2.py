@@ -305,3 +305,17 @@ def test_jpeg_20_on_a_flat_studio_shot():
     image = embed(studio_shot(480, 640, seed=3), 31337, KEY, version=2)
     reads(jpeg(image, 20), 31337)
     reads(webp(image, 40), 31337)
+
+
+def test_a_black_border_never_makes_the_texture_map_nan():
+    """Before: the box filter's running sums left -1e-9 in the texture energy of retina's black surround
+    (downscaled, JPEG'd), its square root was NaN, the weighted residual NaN, and detect failed an assertion."""
+    from comfyui_backdrop.runtime.watermark.perceptual import texture_rms
+
+    retina = skimage_photo("retina")
+    image = resize(retina, 1411 / max(retina.shape[:2]))
+    marked = embed(image, 5, KEY)
+    attacked = jpeg(marked, 50)
+    half = cv2.resize(luma(attacked), (attacked.shape[1] // 2, attacked.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    assert np.isfinite(texture_rms(half)).all()
+    reads(attacked, 5)
