@@ -78,6 +78,11 @@ def amplitude_map(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING)
     RMS at or under the target (found by bisection on the block map), then times ``strength``.
     """
     h, w = y.shape
+    return cv2.resize(amplitude_cells(y, strength, shaping), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def amplitude_cells(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING) -> np.ndarray:
+    """``amplitude_map`` per BLOCK cell, before it is interpolated to pixels: [ceil(H/4), ceil(W/4)]."""
     texture = texture_rms(y)
     gain = shaping.max_gain
     if _rms(texture, gain, shaping) > shaping.target_rms:
@@ -87,7 +92,7 @@ def amplitude_map(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING)
             lo, hi = (mid, hi) if _rms(texture, mid, shaping) <= shaping.target_rms else (lo, mid)
         gain = lo
     small = np.clip(shaping.floor + gain * texture, shaping.floor, shaping.ceiling)
-    return cv2.resize(small * np.float32(strength), (w, h), interpolation=cv2.INTER_LINEAR)
+    return small * np.float32(strength)
 
 
 def headroom_shift(high: np.ndarray, low: np.ndarray, delta: np.ndarray) -> np.ndarray:
