@@ -67,29 +67,27 @@ def _radial_maps(size: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nda
     ly, lx = np.meshgrid(lags, lags, indexing="ij")
     radius = np.maximum(np.hypot(lx, ly), 1.0)
     ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
-    maps = ((lx - ux + c, ly - uy + c), (lx + ux + c, ly + uy + c))
-    for pair in maps:
-        for grid in pair:
-            grid.setflags(write=False)
-    return maps
+    return ((_read_only(lx - ux + c), _read_only(ly - uy + c)), (_read_only(lx + ux + c), _read_only(ly + uy + c)))
 
 
 @lru_cache(maxsize=32)
 def _inverse_overlap(h: int, w: int, max_lag: int) -> np.ndarray:
     """1 / sqrt(pixels overlapping at each lag) of an h x w residual (read-only, cached per size)."""
     lags = np.abs(np.arange(-max_lag, max_lag + 1))
-    out = (1.0 / np.sqrt(np.outer(h - lags, w - lags))).astype(np.float32)
-    out.setflags(write=False)
-    return out
+    return _read_only((1.0 / np.sqrt(np.outer(h - lags, w - lags))).astype(np.float32))
 
 
 @lru_cache(maxsize=8)
 def _far_from_origin(max_lag: int) -> np.ndarray:
     """Which lags of every third row and column lie more than 12 px from the origin (the z-map's ring)."""
     lags = np.arange(-max_lag, max_lag + 1)[::3]
-    out = np.hypot(lags[:, None], lags[None, :]) > 12
-    out.setflags(write=False)
-    return out
+    return _read_only(np.hypot(lags[:, None], lags[None, :]) > 12)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """``array``, marked read-only (the cached geometry is shared by every call)."""
+    array.setflags(write=False)
+    return array
 
 
 def sample(acf: np.ndarray, points: np.ndarray) -> np.ndarray:
