@@ -18,6 +18,7 @@ from ..runtime.image_gate import ReadLimits
 from ..runtime.inpainting.generate import InpaintSettings
 from ..runtime.inpainting.memory import DEFAULT_MEMORY, MemoryOptions
 from ..runtime.masking.types import Prompt, RefineOptions
+from ..runtime.watermark.codec import DEFAULT_VERSION
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class WatermarkPlan:
     account: str
     c2pa: bool
     ledger: str | None = None  # --ledger: a postgresql:// URL or an SQLite file; None: the home's ledger
-    version: int = 2  # --watermark-codec (runtime.watermark.codec.DEFAULT_VERSION)
+    version: int = DEFAULT_VERSION  # --watermark-codec
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,6 @@ def _watermark_plan(args: argparse.Namespace) -> WatermarkPlan | None:
     """--watermark and its options; --ledger is checked before any photo (a bad URL fails here, naming host and
     database, never a password)."""
     from ..runtime.provenance.ledger_backends import check_location
-    from ..runtime.watermark.codec import DEFAULT_VERSION
 
     location = getattr(args, "ledger", None)
     codec = getattr(args, "watermark_codec", None)

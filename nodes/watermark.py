@@ -14,8 +14,15 @@ from .tensors import mask_tooltip, with_rules
 CATEGORY = "Backdrop/provenance"
 NO_FILE = "none"
 TOO_SMALL_CHOICES = ("leave unmarked", "error")
-CODEC_CHOICES = ("v2", "v1")  # watermark codec versions BackdropWatermark can write (the first is the default)
+CODEC_CHOICES = ("v2", "v1")  # watermark codec versions BackdropWatermark can write
 logger = logging.getLogger(__name__)
+
+
+def _default_codec() -> str:
+    """The codec choice of ``runtime.watermark.codec.DEFAULT_VERSION``."""
+    from ..runtime.watermark.codec import DEFAULT_VERSION
+
+    return f"v{DEFAULT_VERSION}"
 
 
 def _remark_choices() -> list[str]:
@@ -56,7 +63,7 @@ class BackdropWatermark(HostedNode):
             "optional": {
                 "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = keep these pixels bit-exact (the product); "
                                                                   "the mark goes around them")}),
-                "codec": (list(CODEC_CHOICES), {"default": CODEC_CHOICES[0],
+                "codec": (list(CODEC_CHOICES), {"default": _default_codec(),
                                                 "tooltip": "watermark codec version (rarely changed): v2 "
                                                            "survives mirrors, quarter turns, thumbnails and heavy "
                                                            "JPEG/WebP, and resists averaging across a catalog; v1 "
@@ -80,7 +87,7 @@ class BackdropWatermark(HostedNode):
 
     def mark(self, image, account: str, prompt: str, negative_prompt: str, generation_seed: int, metadata: str,
              if_already_marked: str, if_too_small: str, strength: float, product_mask=None, workflow_prompt=None,
-             codec: str = CODEC_CHOICES[0]):
+             codec: str | None = None):
         """All or nothing: every image is checked and marked first; the records of the whole batch are then
         written in one ledger transaction. A refused or failing image anywhere leaves no record at all."""
         from ..runtime.watermark import MIN_SIDE, ImageTooSmallError
@@ -88,6 +95,7 @@ class BackdropWatermark(HostedNode):
         from .tensors import images_to_list, masks_for_batch, stack_images
 
         node = "BackdropWatermark"
+        codec = _default_codec() if codec is None else codec
         if codec not in CODEC_CHOICES:
             raise InvalidInputError(f"{node}: codec must be one of {', '.join(CODEC_CHOICES)}, got {codec!r}")
         version = int(codec[1:])
