@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from comfyui_backdrop.cli.bench import add_bench_parser, run_bench
+from comfyui_backdrop.cli.bench import TORCH_BACKENDS, add_bench_parser, run_bench
 
 OUT = Path("bench-out") / "export"
 ERROR = {"fp32": 1e-4, "bf16": 2e-2}
@@ -27,7 +27,7 @@ ERROR = {"fp32": 1e-4, "bf16": 2e-2}
 def best_within(rows: dict[str, dict], budget: float, exported_only: bool = True) -> dict | None:
     """The fastest row within ``budget`` (exported engines only, unless asked otherwise)."""
     ok = [r for r in rows.values() if r["max_rel_error"] is not None and r["max_rel_error"] <= budget
-          and (not exported_only or r["backend"] not in ("eager", "compile"))]
+          and (not exported_only or r["backend"] not in TORCH_BACKENDS)]
     return min(ok, key=lambda r: r["p50_s"]) if ok else None
 
 

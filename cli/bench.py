@@ -38,11 +38,13 @@ from typing import Any
 
 from ..runtime.errors import InvalidInputError
 
-BACKENDS = ("eager", "compile", "ort-plain", "ort", "ort-int8", "openvino", "trt")
-DEFAULT_CPU = ("eager", "compile", "ort", "openvino")
+BACKENDS = ("eager", "compile", "compile-frozen", "ort-plain", "ort", "ort-int8", "openvino", "trt")
+DEFAULT_CPU = ("eager", "compile", "compile-frozen", "ort", "openvino")
+TORCH_BACKENDS = ("eager", "compile", "compile-frozen")
 DEFAULT_GPU = ("eager", "compile", "ort", "trt")
 AUTO_CPU = ("eager", "ort", "openvino")  # what `backdrop run --engine auto` can build
-LABELS = {"eager": "torch eager", "compile": "torch.compile", "ort-plain": "onnxruntime (plain export)",
+LABELS = {"eager": "torch eager", "compile": "torch.compile", "compile-frozen": "torch.compile (frozen)",
+          "ort-plain": "onnxruntime (plain export)",
           "ort": "onnxruntime (optimized)", "ort-int8": "onnxruntime int8 (dynamic)", "openvino": "OpenVINO",
           "trt": "TensorRT"}
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -284,7 +286,7 @@ def support(backend: str, precision: str, plan: BenchPlan) -> tuple[bool, str]:
 
     cuda = plan.device.type == "cuda"
     native, why = native_support(precision) if not cuda else (True, "")
-    if backend in ("eager", "compile"):
+    if backend in TORCH_BACKENDS:
         if precision == "int8":
             return False, "torch has no int8 UNet path here (OpenVINO or onnxruntime int8 rows cover int8)"
         if precision == "fp16" and not cuda:
@@ -365,7 +367,7 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
     call = [feeds.get(n) for n in ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")]
     probe = MemoryProbe()
     candidates, skipped, outputs = {}, [], {}
-    rows = sorted(plan.rows, key=lambda r: r[0] == "compile")  # compile last: exports fail fast, not after it
+    rows = sorted(plan.rows, key=lambda r: r[0].startswith("compile"))  # compiles last: exports fail fast
     reference = None
     for backend, precision in rows:
         name = row_name(backend, precision)
@@ -429,6 +431,11 @@ def _make_backend(name: str, precision: str, unet: Any, spec: Any, plan: BenchPl
         return TorchUNetBackend(_torch_unet(unet, precision, exports)), ""
     if name == "compile":
         return TorchUNetBackend(_torch_unet(unet, precision, exports), compile=True), "compile time in setup"
+    if name == "compile-frozen":
+        # its own copy: dynamo's guards would otherwise let it reuse the torch.compile row's unfrozen graph
+        frozen = copy.deepcopy(_torch_unet(unet, precision, exports)).eval()
+        return (TorchUNetBackend(frozen, freeze=True),
+                "Inductor freezing: weights constant-folded and prepacked; compile time in setup")
     if name == "openvino":
         return _openvino_backend(unet, spec, precision, plan, exports)
     provider, threads = ("cuda" if plan.device.type == "cuda" else "cpu"), plan.threads

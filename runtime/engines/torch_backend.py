@@ -1,4 +1,10 @@
-"""The reference backend: a diffusers ``UNet2DConditionModel`` run by torch (eager or torch.compile)."""
+"""The reference backend: a diffusers ``UNet2DConditionModel`` run by torch (eager or torch.compile).
+
+``freeze=True`` compiles with Inductor's *freezing*: the weights become constants of the graph, folded and
+prepacked for oneDNN (AMX/AVX-512 layouts on the CPU) at compile time, the way Inductor is meant to serve
+inference. The UNet's weights must not change afterwards (a LoRA fused or scaled later is not seen), so it is
+a benchmark row and a baseline, not the backend live adapters run on.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,31 @@ if TYPE_CHECKING:
 
 
 class TorchUNetBackend(ProfiledBackend):
-    """Runs the torch UNet itself; ``compile=True`` wraps it in ``torch.compile`` (compiled on first run)."""
+    """Runs the torch UNet itself; ``compile=True`` wraps it in ``torch.compile`` (compiled on first run),
+    ``freeze=True`` with Inductor's freezing (weights constant-folded and prepacked; see the module docstring)."""
 
-    def __init__(self, unet: Any, compile: bool = False, compile_mode: str | None = None) -> None:
+    def __init__(self, unet: Any, compile: bool = False, compile_mode: str | None = None, freeze: bool = False
+                 ) -> None:
         import torch
 
         super().__init__(UNetSpec.from_unet(unet), profile=None)
         self.unet = unet
+        self.freeze = freeze
+        compile = compile or freeze
         self.module = torch.compile(unet, mode=compile_mode, dynamic=False) if compile else unet
-        self.name = "torch.compile" if compile else "torch"
+        self.name = "torch.compile (frozen)" if freeze else "torch.compile" if compile else "torch"
+
+    def _compile_context(self) -> Any:
+        """Inductor's freezing for this backend's (re)compilations, which happen inside the call.
+        (``torch.compile(options={"freezing": True})`` is not honoured by torch 2.14: the generated code
+        has no prepacked weights; the config patch is.)"""
+        import contextlib
+
+        if not self.freeze:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(freezing=True)
 
     def _run_chunk(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         import torch
@@ -30,7 +52,7 @@ class TorchUNetBackend(ProfiledBackend):
         added = None
         if self.spec.is_sdxl:
             added = {"text_embeds": feeds[TEXT_EMBEDS].to(dtype), "time_ids": feeds[TIME_IDS].to(dtype)}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._compile_context():
             out = self.module(sample.to(dtype), feeds[TIMESTEP], feeds[CONTEXT].to(dtype), added_cond_kwargs=added,
                               return_dict=False)[0]
         return out.to(sample.dtype)
