@@ -432,9 +432,7 @@ def _make_backend(name: str, precision: str, unet: Any, spec: Any, plan: BenchPl
     if name == "compile":
         return TorchUNetBackend(_torch_unet(unet, precision, exports), compile=True), "compile time in setup"
     if name == "compile-frozen":
-        # its own copy: dynamo's guards would otherwise let it reuse the torch.compile row's unfrozen graph
-        frozen = copy.deepcopy(_torch_unet(unet, precision, exports)).eval()
-        return (TorchUNetBackend(frozen, freeze=True),
+        return (TorchUNetBackend(_torch_unet(unet, precision, exports), freeze=True),
                 "Inductor freezing: weights constant-folded and prepacked; compile time in setup")
     if name == "openvino":
         return _openvino_backend(unet, spec, precision, plan, exports)

@@ -29,13 +29,16 @@ class TorchUNetBackend(ProfiledBackend):
         self.unet = unet
         self.freeze = freeze
         compile = compile or freeze
-        self.module = torch.compile(unet, mode=compile_mode, dynamic=False) if compile else unet
+        target = _FrozenCall(unet) if freeze else unet
+        self.module = torch.compile(target, mode=compile_mode, dynamic=False) if compile else unet
         self.name = "torch.compile (frozen)" if freeze else "torch.compile" if compile else "torch"
 
     def _compile_context(self) -> Any:
-        """Inductor's freezing for this backend's (re)compilations, which happen inside the call.
-        (``torch.compile(options={"freezing": True})`` is not honoured by torch 2.14: the generated code
-        has no prepacked weights; the config patch is.)"""
+        """The settings this backend's (re)compilations need; they happen inside the call.
+
+        Frozen: Inductor's freezing (``torch.compile(options={"freezing": True})`` is not honoured by torch
+        2.14: no prepacked weights in the generated code; the config patch is).
+        """
         import contextlib
 
         if not self.freeze:
@@ -56,3 +59,19 @@ class TorchUNetBackend(ProfiledBackend):
             out = self.module(sample.to(dtype), feeds[TIMESTEP], feeds[CONTEXT].to(dtype), added_cond_kwargs=added,
                               return_dict=False)[0]
         return out.to(sample.dtype)
+
+
+def _FrozenCall(unet: Any) -> Any:
+    """``unet`` behind a forward of its own: dynamo caches compiled graphs per code object, and the frozen graph
+    must not be found by (or find) a plain ``torch.compile`` of the same UNet class."""
+    import torch
+
+    class FrozenCall(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.inner(*args, **kwargs)
+
+    return FrozenCall(unet)

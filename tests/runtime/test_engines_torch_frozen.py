@@ -29,3 +29,24 @@ def test_frozen_compile_matches_eager_and_leaves_the_unet_alone(tmp_path):
         unet.conv_out.weight.mul_(2.0)
     assert torch.equal(frozen.run(sample, timestep, context), out)
     assert (eager.run(sample, timestep, context) - reference).abs().max() > 1e-3
+
+
+def test_each_frozen_unet_keeps_its_own_weights(tmp_path):
+    """A frozen graph has its weights baked in: after a plain compile of the same UNet (the bench's rows), and for
+    a second UNet of the same shapes, each frozen backend still freezes, and computes its own UNet."""
+    tokenizer = write_tiny_tokenizer(tmp_path)
+    unets = [build_tiny_pipeline("sd15", tokenizer, seed=s).unet for s in (4, 5)]
+    sample, context, timestep = torch.randn(1, 9, 8, 8), torch.randn(1, 77, 32), torch.tensor([50])
+    TorchUNetBackend(unets[0], compile=True).run(sample, timestep, context)  # an unfrozen graph of the same UNet
+    outputs = []
+    for unet in unets:
+        reference = TorchUNetBackend(unet).run(sample, timestep, context)
+        frozen = TorchUNetBackend(unet, freeze=True)
+        outputs.append((frozen, frozen.run(sample, timestep, context)))
+        assert (outputs[-1][1] - reference).abs().max() <= 1e-4 * reference.abs().max()
+    assert (outputs[0][1] - outputs[1][1]).abs().max() > 1e-3
+    with torch.no_grad():
+        for unet in unets:
+            unet.conv_out.weight.mul_(2.0)
+    for frozen, out in outputs:  # frozen (the weights were folded in), not the plain compile's graph
+        assert torch.equal(frozen.run(sample, timestep, context), out)
