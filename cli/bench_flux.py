@@ -12,7 +12,7 @@ and ``--tokens`` text tokens. Rows:
 - ``openvino``: the OpenVINO IR in every precision this CPU runs (fp32; bf16/fp16 with the unit; int8
   weights by NNCF).
 
-``compile``, ``ort-int8`` and ``trt`` rows are listed as skipped, with why.
+``compile``, ``compile-frozen``, ``ort-int8`` and ``trt`` rows are listed as skipped, with why.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 SKIP_REASONS = {"compile": "torch.compile is benchmarked for SD UNets only",
+                "compile-frozen": "torch.compile is benchmarked for SD UNets only",
                 "trt": "TensorRT is built for SD UNets only"}
 
 
