@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from comfyui_backdrop.runtime.watermark import detect, embed, pattern, scoring
-from comfyui_backdrop.runtime.watermark.folding import align
+from comfyui_backdrop.runtime.watermark.folding import UPSAMPLE, _upsampled_correlation, align
 from comfyui_backdrop.runtime.watermark.lattice import estimate_lattices
 from comfyui_backdrop.runtime.watermark.payload import CODED_BITS, encode
 from comfyui_backdrop.runtime.watermark.perceptual import luma
@@ -111,3 +111,17 @@ def test_unmarked_crops_and_noise_give_no_detection():
         result = detect(image, KEY)
         assert not result.found and result.payload is None, i
         assert result.score < -math.log10(1e-6)
+
+
+def test_upsampled_correlation_is_the_real_part_of_the_zero_padded_inverse_fft():
+    """The real inverse FFT of the Hermitian part gives what the complex transform's real part gave."""
+    rng = np.random.default_rng(11)
+    n, p = pattern.PERIOD, UPSAMPLE * pattern.PERIOD
+    product = np.fft.fft2(rng.standard_normal((n, n))) * np.conj(np.fft.fft2(rng.standard_normal((n, n))))
+    padded = np.zeros((p, p), complex)
+    index_small, index_fine = np.r_[0:n // 2, n // 2:n], np.r_[0:n // 2, p - n // 2:p]
+    padded[np.ix_(index_fine, index_fine)] = product[np.ix_(index_small, index_small)]
+    reference = np.fft.ifft2(padded).real * UPSAMPLE**2
+    out = _upsampled_correlation(product)
+    assert out.shape == (p, p) and np.abs(out - reference).max() <= 1e-9 * np.abs(reference).max()
+
