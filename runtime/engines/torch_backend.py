@@ -29,7 +29,7 @@ class TorchUNetBackend(ProfiledBackend):
         self.unet = unet
         self.freeze = freeze
         compile = compile or freeze
-        target = _FrozenCall(unet) if freeze else unet
+        target = _frozen_call(unet) if freeze else unet
         self.module = torch.compile(target, mode=compile_mode, dynamic=False) if compile else unet
         self.name = "torch.compile (frozen)" if freeze else "torch.compile" if compile else "torch"
 
@@ -61,7 +61,7 @@ class TorchUNetBackend(ProfiledBackend):
         return out.to(sample.dtype)
 
 
-def _FrozenCall(unet: Any) -> Any:
+def _frozen_call(unet: Any) -> Any:
     """``unet`` behind a forward of its own: dynamo caches compiled graphs per code object, and the frozen graph
     must not be found by (or find) a plain ``torch.compile`` of the same UNet class."""
     import torch
