@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from comfyui_backdrop.cli.bench import TORCH_BACKENDS, add_bench_parser, run_bench
+from comfyui_backdrop.cli.bench import TORCH_BACKENDS, add_bench_parser, row_name, run_bench
 
 OUT = Path("bench-out") / "export"
 ERROR = {"fp32": 1e-4, "bf16": 2e-2}
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
                   f"{verdict(fp32['speedup'] >= 1.3)}, error {fp32['max_rel_error']:.1e} (<= 1e-4)")
         bf16 = best_within(rows, ERROR["bf16"])
         eager_bf16 = rows.get("torch eager bf16")
-        compiled = [r for r in (rows.get("torch.compile bf16"), rows.get("torch.compile (frozen) bf16")) if r]
+        compiled = [rows[n] for n in (row_name(b, "bf16") for b in ("compile", "compile-frozen")) if n in rows]
         compile_bf16 = min(compiled, key=lambda r: r["p50_s"]) if compiled else None  # the faster compile
         if bf16 and eager_bf16:
             ratio = eager_bf16["p50_s"] / bf16["p50_s"]

@@ -22,8 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-SKIP_REASONS = {"compile": "torch.compile is benchmarked for SD UNets only",
-                "compile-frozen": "torch.compile is benchmarked for SD UNets only",
+SKIP_REASONS = {**dict.fromkeys(("compile", "compile-frozen"), "torch.compile is benchmarked for SD UNets only"),
                 "trt": "TensorRT is built for SD UNets only"}
 
 

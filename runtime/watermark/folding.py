@@ -64,8 +64,7 @@ SHIFTS = (UPSAMPLE * PERIOD) ** 2  # positions searched per lattice (the Bonferr
 
 
 _FINE = UPSAMPLE * PERIOD
-_SMALL_INDEX = np.r_[0:PERIOD // 2, PERIOD - PERIOD // 2:PERIOD]
-_FINE_INDEX = np.r_[0:PERIOD // 2, _FINE - PERIOD // 2:_FINE]
+_FINE_INDEX = np.r_[0:PERIOD // 2, _FINE - PERIOD // 2:_FINE]  # where each bin of the PERIOD grid goes
 _FINE_NEGATED = (-np.arange(_FINE)) % _FINE
 
 
@@ -74,7 +73,7 @@ def _upsampled_correlation(product: np.ndarray) -> np.ndarray:
     (zero-padding), computed as the real inverse FFT of the padded spectrum's Hermitian part (the same values,
     2.3x faster than the complex transform)."""
     padded = np.zeros((_FINE, _FINE), dtype=np.complex128)
-    padded[np.ix_(_FINE_INDEX, _FINE_INDEX)] = product[np.ix_(_SMALL_INDEX, _SMALL_INDEX)]
+    padded[np.ix_(_FINE_INDEX, _FINE_INDEX)] = product
     cols = _FINE // 2 + 1
     hermitian = 0.5 * (padded[:, :cols] + np.conj(padded[np.ix_(_FINE_NEGATED, _FINE_NEGATED[:cols])]))
     return np.fft.irfft2(hermitian, s=(_FINE, _FINE)) * UPSAMPLE**2
