@@ -93,13 +93,13 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 def sample(acf: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Bilinear samples of ``acf`` at lag points [..., 2] (x, y); zero outside. Shape points.shape[:-1]."""
     c = np.float32((acf.shape[0] - 1) / 2.0)
-    flat = points.reshape(-1, 2).astype(np.float32) + c
-    n = flat.shape[0]
+    n = points.size // 2
     cols = 1024
     rows = -(-n // cols)
-    maps = np.full((rows * cols, 2), -10.0, dtype=np.float32)
-    maps[:n] = flat
-    maps = maps.reshape(rows, cols, 2)
-    out = cv2.remap(acf, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR,
+    maps = np.empty((rows * cols, 2), dtype=np.float32)  # one two-channel map (CV_32FC2): no split copies
+    maps[:n] = points.reshape(-1, 2)
+    maps[:n] += c
+    maps[n:] = -10.0
+    out = cv2.remap(acf, maps.reshape(rows, cols, 2), None, cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     return out.reshape(-1)[:n].reshape(points.shape[:-1])

@@ -37,6 +37,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from .folding import band
 from .pattern import PERIOD, KeyedLayout, domain_layout
 from .perceptual import Shaping
 
@@ -79,9 +80,12 @@ def layout(key: bytes, variant: int) -> KeyedLayout:
 
 
 @lru_cache(maxsize=16)
-def sync_spectra(key: bytes) -> np.ndarray:
-    """conj(FFT) of every variant's sync pattern, [VARIANTS, PERIOD, PERIOD] complex64 (the coarse search)."""
-    return np.stack([layout(key, v).sync_spectrum_conj for v in range(VARIANTS)]).astype(np.complex64)
+def sync_bands(key: bytes) -> np.ndarray:
+    """The band (folding.band) of conj(FFT) of every variant's sync pattern, [VARIANTS, rows, columns] complex64
+    (the coarse search; read-only)."""
+    out = band(np.stack([layout(key, v).sync_spectrum_conj for v in range(VARIANTS)])).astype(np.complex64)
+    out.setflags(write=False)
+    return out
 
 
 def layers_for(y: np.ndarray) -> tuple[tuple[int, float], ...]:

@@ -16,12 +16,13 @@ autocorrelation lattice search and fold; what v2 adds for each lattice hypothesi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
 from . import carrier
-from .folding import Alignment, _whiten, align
+from .folding import Alignment, align, band, band_correlation, whitened_spectrum
 from .lattice import IDENTITY, Lattice, estimate_lattices
 from .pattern import PERIOD
 from .perceptual import V1_SHAPING
@@ -114,23 +115,40 @@ def hypothesis_count(pyramid: Pyramid, level0: int = LEVEL0_LATTICES + 1) -> int
 def search(tile: np.ndarray, key: bytes, periods: float, refine: int = REFINED) -> Match:
     """Best (dihedral, variant, cyclic shift) of a folded tile against every variant's sync pattern; the
     ``refine`` best of the integer-shift search are refined on the half-pixel grid."""
-    spectrum = _whiten(np.fft.fft2(tile)).astype(np.complex64)  # single precision: ranking only, 4x faster
-    half = PERIOD // 2 + 1  # the correlations are real: half spectra and real inverse FFTs
-    turned = np.stack([carrier.dihedral(spectrum, k)[:, :half] for k in range(carrier.DIHEDRAL)])
-    product = turned[:, None] * carrier.sync_spectra(bytes(key))[None, :, :, :half]
-    corr = np.fft.irfft2(product, s=(PERIOD, PERIOD))  # [8, VARIANTS, 64, 64]
-    flat = corr.reshape(carrier.DIHEDRAL * carrier.VARIANTS, -1)
-    coarse = flat.max(axis=1) / (flat.std(axis=1) + 1e-12)
+    spectrum = whitened_spectrum(tile)
+    turned = spectrum.astype(np.complex64).ravel()[_band_of_each_dihedral()]  # single precision: ranking only
+    product = turned[:, None] * carrier.sync_bands(bytes(key))[None]  # [8, VARIANTS, band rows, band columns]
+    peaks = band_correlation(product).max(axis=-2).max(axis=-1).reshape(-1)  # [8 * VARIANTS]
+    coarse = peaks / (_spread(product).reshape(-1) + 1e-12)
     best: Match | None = None
     order = np.argsort(-coarse)[:refine]
     order = [i for i in order if coarse[i] >= CLOSE * coarse[order[0]]]  # a clear winner is refined alone
     for index in order:
         k, v = divmod(int(index), carrier.VARIANTS)
-        alignment = align(carrier.dihedral(tile, k), carrier.layout(key, v), periods)
+        alignment = align(carrier.dihedral(tile, k), carrier.layout(key, v), periods,
+                          spectrum=carrier.dihedral(spectrum, k))
         if best is None or alignment.z > best.alignment.z:
             best = Match(alignment, k, v)
     assert best is not None
     return best
+
+
+@lru_cache(maxsize=1)
+def _band_of_each_dihedral() -> np.ndarray:
+    """Flat indices into a PERIOD x PERIOD spectrum of ``band(dihedral(spectrum, k))`` for every k, [8, rows, cols]."""
+    index = np.arange(PERIOD * PERIOD).reshape(PERIOD, PERIOD)
+    out = np.stack([band(carrier.dihedral(index, k)) for k in range(carrier.DIHEDRAL)])
+    out.setflags(write=False)
+    return out
+
+
+def _spread(product: np.ndarray) -> np.ndarray:
+    """Standard deviation over all shifts of each correlation from its band alone (Parseval: the band holds no
+    DC, so the mean is 0; every column but the first stands for its conjugate too)."""
+    weights = np.full(product.shape[-1], 2.0, np.float32)
+    weights[0] = 1.0
+    energy = (np.square(product.real) + np.square(product.imag)).sum(axis=-2) @ weights
+    return np.sqrt(energy) / PERIOD**2
 
 
 def nonce_matches(key: bytes, payload: int, variant: int) -> bool:

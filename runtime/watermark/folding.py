@@ -9,12 +9,13 @@ FFT cross-correlation with the keyed sync pattern; its height over the correlati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
 from .lattice import Lattice
-from .pattern import PERIOD, KeyedLayout, spectrum_to_chips
+from .pattern import GRID, PERIOD, KeyedLayout, spectrum_to_chips
 
 
 @dataclass(frozen=True)
@@ -61,22 +62,53 @@ def _subpixel(c_minus: float, c0: float, c_plus: float) -> float:
 
 UPSAMPLE = 2  # the cyclic correlation is searched on a grid UPSAMPLE times finer than the tile's pixels
 SHIFTS = (UPSAMPLE * PERIOD) ** 2  # positions searched per lattice (the Bonferroni count)
+BAND_HALF = GRID // 2  # the pattern's band: |f| < BAND_HALF cycles per tile on both axes (pattern.band_mask)
+BAND_ROWS = np.r_[0:BAND_HALF, PERIOD - BAND_HALF + 1:PERIOD]  # f = 0..BAND_HALF-1, then -(BAND_HALF-1)..-1
 
 
-_FINE = UPSAMPLE * PERIOD
-_FINE_INDEX = np.r_[0:PERIOD // 2, _FINE - PERIOD // 2:_FINE]  # where each bin of the PERIOD grid goes
-_FINE_NEGATED = (-np.arange(_FINE)) % _FINE
+def band(spectrum: np.ndarray) -> np.ndarray:
+    """The band of a tile spectrum [..., PERIOD, PERIOD] that a real correlation with the pattern needs: rows
+    f = 0..BAND_HALF-1 and their negatives, non-negative x frequencies only (the others are their conjugates)."""
+    return spectrum[..., BAND_ROWS, :BAND_HALF]
 
 
-def _upsampled_correlation(product: np.ndarray) -> np.ndarray:
-    """Real part of the inverse FFT of a band-limited cross-spectrum on an UPSAMPLE-times finer grid
-    (zero-padding), computed as the real inverse FFT of the padded spectrum's Hermitian part (the same values,
-    2.3x faster than the complex transform)."""
-    padded = np.zeros((_FINE, _FINE), dtype=np.complex128)
-    padded[np.ix_(_FINE_INDEX, _FINE_INDEX)] = product
-    cols = _FINE // 2 + 1
-    hermitian = 0.5 * (padded[:, :cols] + np.conj(padded[np.ix_(_FINE_NEGATED, _FINE_NEGATED[:cols])]))
-    return np.fft.irfft2(hermitian, s=(_FINE, _FINE)) * UPSAMPLE**2
+def band_correlation(product: np.ndarray, size: int = PERIOD) -> np.ndarray:
+    """The real cyclic correlation on a ``size`` x ``size`` grid of shifts from the band (``band``) of its
+    Hermitian cross-spectrum, [..., size, size]; a ``size`` over PERIOD interpolates it (zero padding).
+
+    The same values as ``np.fft.irfft2`` of the zero-padded half spectrum (up to rounding), as two matrix
+    products with the band's few synthesis vectors instead of transforms over the zeros: the FFTs of such small
+    tiles cost more per call than per value, and there are 64 of them per search.
+    """
+    rows, columns = _synthesis(size, np.dtype(product.dtype).name)
+    lead = product.shape[:-2]
+    stacked = np.moveaxis(product, -2, 0).reshape(product.shape[-2], -1)  # [band rows, everything else]
+    along_y = (rows @ stacked).reshape((size, *lead, BAND_HALF))  # [y, ..., band columns]
+    interleaved = along_y.view(columns.dtype)  # [y, ..., 2 * BAND_HALF]: re, im, re, im, ...
+    return np.moveaxis(interleaved @ columns, 0, -2)
+
+
+@lru_cache(maxsize=8)
+def _synthesis(size: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse transform of the band onto a ``size`` grid: complex [size, band rows] along y, then real
+    [2 * BAND_HALF, size] along x for interleaved (re, im) columns, with the half spectrum's weights (the first
+    column counts once, the others for their conjugates too) and the inverse FFT's 1 / PERIOD^2 (read-only)."""
+    complex_type = np.dtype(dtype) if np.dtype(dtype).kind == "c" else np.dtype(np.complex128)
+    grid = np.arange(size)
+    frequencies = np.r_[0:BAND_HALF, 1 - BAND_HALF:0]
+    rows = np.exp(2j * np.pi * np.outer(grid, frequencies) / size).astype(complex_type)
+    angle = 2 * np.pi * np.outer(np.arange(BAND_HALF), grid) / size
+    weight = np.where(np.arange(BAND_HALF) == 0, 1.0, 2.0)[:, None] / PERIOD**2
+    columns = np.stack([weight * np.cos(angle), -weight * np.sin(angle)], axis=1).reshape(2 * BAND_HALF, size)
+    columns = columns.astype(rows.real.dtype)
+    rows.setflags(write=False)
+    columns.setflags(write=False)
+    return rows, columns
+
+
+def whitened_spectrum(tile: np.ndarray) -> np.ndarray:
+    """The FFT of a folded tile, whitened (``_whiten``): what the sync correlations and the chips are read from."""
+    return _whiten(np.fft.fft2(tile))
 
 
 def _whiten(spectrum: np.ndarray) -> np.ndarray:
@@ -88,14 +120,16 @@ def _whiten(spectrum: np.ndarray) -> np.ndarray:
     return spectrum / np.sqrt(local + 1e-9 * float(local.mean()) + 1e-30)
 
 
-def align(tile: np.ndarray, layout: KeyedLayout, periods: float) -> Alignment:
+def align(tile: np.ndarray, layout: KeyedLayout, periods: float, spectrum: np.ndarray | None = None) -> Alignment:
     """Cyclic shift of the folded ``tile`` that best matches the sync pattern, and the chips read there.
 
     The correlation is searched on a half-pixel grid (a peak between pixels would otherwise lose up to a
     third of its height), refined by a parabola, and the chips are read at that sub-pixel shift.
+    ``spectrum``: the tile's whitened spectrum (``whitened_spectrum``), where the caller has it already.
     """
-    spectrum = _whiten(np.fft.fft2(tile))
-    corr = _upsampled_correlation(spectrum * layout.sync_spectrum_conj)
+    if spectrum is None:
+        spectrum = whitened_spectrum(tile)
+    corr = band_correlation(band(spectrum * layout.sync_spectrum_conj), UPSAMPLE * PERIOD)
     n = corr.shape[0]
     dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
     away = np.ones_like(corr, dtype=bool)
@@ -105,6 +139,6 @@ def align(tile: np.ndarray, layout: KeyedLayout, periods: float) -> Alignment:
     fy = (dy + _subpixel(corr[dy - 1, dx], corr[dy, dx], corr[(dy + 1) % n, dx])) / UPSAMPLE
     fx = (dx + _subpixel(corr[dy, dx - 1], corr[dy, dx], corr[dy, (dx + 1) % n])) / UPSAMPLE
     freq = np.fft.fftfreq(PERIOD)
-    ramp = np.exp(2j * np.pi * (freq[:, None] * fy + freq[None, :] * fx))
+    ramp = np.exp(2j * np.pi * freq * fy)[:, None] * np.exp(2j * np.pi * freq * fx)[None, :]  # separable
     chips = spectrum_to_chips(spectrum * ramp)
     return Alignment(z=float(corr[dy, dx]) / spread, shift=(float(fx), float(fy)), chips=chips, periods=periods)

@@ -106,9 +106,9 @@ def _axis_candidates(acf: np.ndarray, axis: int, lo: float, hi: float) -> list[n
     px = vx[None] * multiples[:, None, None]
     py = vy[None] * multiples[:, None, None]
     valid = (np.abs(px) <= max_lag - 1) & (np.abs(py) <= max_lag - 1)
-    samples = sample(acf, np.stack([px, py], axis=-1))
-    counts = valid.sum(axis=0)
-    comb = np.where(inside & (counts > 0), (samples * valid).sum(axis=0) / np.sqrt(np.maximum(counts, 1)), -np.inf)
+    sums = (sample(acf, np.stack([px, py], axis=-1)) * valid).sum(axis=0)
+    counts = np.count_nonzero(valid, axis=0)
+    comb = np.where(inside & (counts > 0), sums / np.sqrt(np.maximum(counts, 1)), -np.inf)
     comb = comb.astype(np.float32)
     finite = np.where(np.isfinite(comb), comb, -1e9).astype(np.float32)
     local_max = (finite >= cv2.dilate(finite, np.ones((5, 5), np.uint8))) & np.isfinite(comb)
@@ -143,13 +143,12 @@ def _refine(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray
 
 def _batch_scores(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray, reach: int = 2) -> np.ndarray:
     """Comb scores over the lattice points with |k| <= ``reach`` for many bases at once: v1, v2 [N, 2]."""
-    max_lag = (acf.shape[0] - 1) / 2.0
-    coeff = _coefficients(reach)
-    points = coeff[None, :, 0, None] * v1[:, None, :] + coeff[None, :, 1, None] * v2[:, None, :]  # [N, C, 2]
-    valid = (np.abs(points) <= max_lag - 1).all(axis=2)
-    samples = sample(acf, points)
-    counts = valid.sum(axis=1)
-    return np.where(counts > 0, (samples * valid).sum(axis=1) / np.sqrt(np.maximum(counts, 1)), -np.inf)
+    limit = (acf.shape[0] - 1) / 2.0 - 1
+    points = _coefficients(reach) @ np.stack([v1, v2], axis=1)  # [N, C, 2]: k1 * v1 + k2 * v2
+    valid = np.maximum(np.abs(points[..., 0]), np.abs(points[..., 1])) <= limit
+    counts = np.count_nonzero(valid, axis=1)
+    sums = (sample(acf, points) * valid).sum(axis=1)
+    return np.where(counts > 0, sums / np.sqrt(np.maximum(counts, 1)), -np.inf)
 
 
 def _similarity_candidates(acf: np.ndarray, lo: float, hi: float) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from comfyui_backdrop.runtime.watermark import detect, embed, pattern, scoring
-from comfyui_backdrop.runtime.watermark.folding import UPSAMPLE, _upsampled_correlation, align
+from comfyui_backdrop.runtime.watermark.folding import UPSAMPLE, align, band, band_correlation
 from comfyui_backdrop.runtime.watermark.lattice import estimate_lattices
 from comfyui_backdrop.runtime.watermark.payload import CODED_BITS, encode
 from comfyui_backdrop.runtime.watermark.perceptual import luma
@@ -113,15 +113,20 @@ def test_unmarked_crops_and_noise_give_no_detection():
         assert result.score < -math.log10(1e-6)
 
 
-def test_upsampled_correlation_is_the_real_part_of_the_zero_padded_inverse_fft():
-    """The real inverse FFT of the Hermitian part gives what the complex transform's real part gave."""
+def test_band_correlation_is_the_inverse_fft_of_the_zero_padded_band():
+    """The band's matrix synthesis gives the real inverse FFT of the whole zero-padded spectrum (batched, at the
+    tile's grid and at the half-pixel grid), in double and single precision."""
     rng = np.random.default_rng(11)
-    n, p = pattern.PERIOD, UPSAMPLE * pattern.PERIOD
-    product = np.fft.fft2(rng.standard_normal((n, n))) * np.conj(np.fft.fft2(rng.standard_normal((n, n))))
-    padded = np.zeros((p, p), complex)
-    index_small, index_fine = np.r_[0:n // 2, n // 2:n], np.r_[0:n // 2, p - n // 2:p]
-    padded[np.ix_(index_fine, index_fine)] = product[np.ix_(index_small, index_small)]
-    reference = np.fft.ifft2(padded).real * UPSAMPLE**2
-    out = _upsampled_correlation(product)
-    assert out.shape == (p, p) and np.abs(out - reference).max() <= 1e-9 * np.abs(reference).max()
-
+    n = pattern.PERIOD
+    tiles = rng.standard_normal((2, 3, n, n))
+    product = np.fft.fft2(tiles) * np.conj(np.fft.fft2(rng.standard_normal((n, n)))) * pattern.BAND
+    for size in (n, UPSAMPLE * n):
+        padded = np.zeros((2, 3, size, size), complex)
+        small, fine = np.r_[0:n // 2, n // 2:n], np.r_[0:n // 2, size - n // 2:size]
+        padded[..., fine[:, None], fine[None, :]] = product[..., small[:, None], small[None, :]]
+        reference = np.fft.ifft2(padded).real * (size / n) ** 2
+        scale = np.abs(reference).max()
+        out = band_correlation(band(product), size)
+        assert out.shape == (2, 3, size, size) and np.abs(out - reference).max() <= 1e-9 * scale
+        single = band_correlation(band(product).astype(np.complex64), size)
+        assert single.dtype == np.float32 and np.abs(single - reference).max() <= 1e-5 * scale
