@@ -1,7 +1,8 @@
 """The residual's autocorrelation, as a z-map in which the mark's tile lattice shows as compact peaks.
 
 Computed through the power spectrum (Wiener-Khinchin) with zero padding (no wrap-around), the spectrum
-flattened by its local average so every frequency counts equally, each lag normalised by its overlap, and
+flattened by its local average so every frequency counts equally (the average taken over the periodic
+spectrum, half of which is stored: real single-precision transforms), each lag normalised by its overlap, and
 a radial high-pass that removes the ridges straight edges and image borders draw through the origin. The
 result is scaled to a robust z-map (median 0, MAD-based unit spread) so comb sums over lattice points are
 comparable between images.
@@ -13,9 +14,11 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import scipy.fft as sp_fft
 
 WINDOW = 1024        # px: the autocorrelation uses at most the central WINDOW x WINDOW px
 RADIAL_STEP = 3.0    # px: the radial high-pass compares each lag with lags this much further in and out
+FLATTEN_SIGMA = 4.0  # frequency bins: the power spectrum is divided by its Gaussian local mean of this width
 
 
 def central_window(r: np.ndarray) -> np.ndarray:
@@ -29,21 +32,51 @@ def autocorrelation(r: np.ndarray, max_lag: int) -> np.ndarray:
     """Normalised autocorrelation z-map, shape [2*max_lag+1, 2*max_lag+1], centre = lag (0, 0)."""
     h, w = r.shape
     ph, pw = cv2.getOptimalDFTSize(h + max_lag), cv2.getOptimalDFTSize(w + max_lag)
-    padded = np.zeros((ph, pw), np.float32)
-    padded[:h, :w] = r - r.mean()
-    spec = cv2.dft(padded, flags=cv2.DFT_COMPLEX_OUTPUT)
-    power = spec[:, :, 0] ** 2 + spec[:, :, 1] ** 2
-    power /= cv2.GaussianBlur(power, (0, 0), 4.0) + 1e-12 * float(power.mean() + 1e-30)
-    corr = cv2.dft(power, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :, 0]
-    rows = np.r_[ph - max_lag:ph, 0:max_lag + 1]
-    cols = np.r_[pw - max_lag:pw, 0:max_lag + 1]
-    acf = corr[np.ix_(rows, cols)]
-    acf = acf * _inverse_overlap(h, w, max_lag)
+    workers = max(1, cv2.getNumThreads())  # one setting for the whole detector (cv2.setNumThreads)
+    centred = (r - r.mean()).astype(np.float32, copy=False)
+    # real single-precision transforms on half spectra; rows past h are zero padding, and only lags up to
+    # max_lag are transformed back
+    spectrum = sp_fft.fft(sp_fft.rfft(centred, n=pw, axis=1, workers=workers), n=ph, axis=0, workers=workers)
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    columns = sp_fft.ifft(_flattened(power, pw), axis=0, workers=workers)
+    columns = np.concatenate([columns[ph - max_lag:], columns[:max_lag + 1]])
+    lags = sp_fft.irfft(columns, n=pw, axis=1, workers=workers)
+    acf = np.concatenate([lags[:, pw - max_lag:], lags[:, :max_lag + 1]], axis=1).astype(np.float32, copy=False)
+    acf *= _inverse_overlap(h, w, max_lag)
     acf = _radial_highpass(acf)
     ring = acf[::3, ::3][_far_from_origin(max_lag)]  # a subsample is plenty
     centre = float(np.median(ring))
     spread = 1.4826 * float(np.median(np.abs(ring - centre))) + 1e-12
-    return ((acf - centre) / spread).astype(np.float32)
+    acf -= np.float32(centre)
+    acf /= np.float32(spread)
+    return acf
+
+
+def _flattened(power: np.ndarray, width: int) -> np.ndarray:
+    """A real power spectrum's half [rows, width // 2 + 1] divided by its Gaussian local mean (FLATTEN_SIGMA bins),
+    the mean taken over the whole spectrum (the half and its mirror image, P(-ky, -kx) = P(ky, kx)), then made
+    symmetric again: what the inverse transform of the whole flattened spectrum reads."""
+    half = power.shape[1]
+    whole = np.empty((power.shape[0], width), np.float32)
+    whole[:, :half] = power
+    _mirror(power[:, width - half:0:-1], out=whole[:, half:])  # kx = half .. width - 1 is -(width - kx)
+    whole /= cv2.GaussianBlur(whole, (0, 0), FLATTEN_SIGMA) + 1e-12 * float(whole.mean() + 1e-30)
+    mirrored = np.empty_like(power)
+    mirrored[:, :1] = _mirror(whole[:, :1])
+    _mirror(whole[:, width - 1:width - half:-1], out=mirrored[:, 1:])
+    mirrored += whole[:, :half]
+    mirrored *= np.float32(0.5)
+    return mirrored
+
+
+def _mirror(columns: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``columns`` at the negated row frequency (row -ky mod rows), into ``out`` (a new array when None)."""
+    if out is None:
+        out = np.empty_like(columns)
+    out[:1] = columns[:1]
+    out[1:] = columns[:0:-1]
+    return out
 
 
 def _radial_highpass(acf: np.ndarray) -> np.ndarray:

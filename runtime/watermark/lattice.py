@@ -75,18 +75,6 @@ def _coefficients(n: int) -> np.ndarray:
     return coeff[(coeff[:, 0] > 0) | ((coeff[:, 0] == 0) & (coeff[:, 1] > 0))]
 
 
-def comb_score(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray, coeff: np.ndarray | None = None) -> float:
-    """Sum of the autocorrelation z-map over the lattice's points, / sqrt(count): ~N(0,1) without a mark."""
-    max_lag = (acf.shape[0] - 1) / 2.0
-    if coeff is None:
-        coeff = _coefficients(int(max_lag / max(1.0, min(np.hypot(*v1), np.hypot(*v2)))) + 1)
-    points = coeff @ np.stack([v1, v2])
-    points = points[(np.abs(points) <= max_lag - 1).all(axis=1)]
-    if len(points) == 0:
-        return -np.inf
-    return float(sample(acf, points).sum() / np.sqrt(len(points)))
-
-
 def _axis_candidates(acf: np.ndarray, axis: int, lo: float, hi: float) -> list[np.ndarray]:
     """Best basis vectors near the x (axis 0) or y (axis 1) direction, by a 1-D comb over their multiples.
 
@@ -117,28 +105,53 @@ def _axis_candidates(acf: np.ndarray, axis: int, lo: float, hi: float) -> list[n
     return [np.array([vx[ia[i], ic[i]], vy[ia[i], ic[i]]], dtype=np.float64) for i in order]
 
 
-def _refine(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Pattern search of the comb score over the four basis coordinates, steps 0.5 px down to 1/32 px.
+def _refine_all(acf: np.ndarray,
+                bases: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Pattern search of the comb score over the four basis coordinates of each basis, steps 0.5 px down to 1/32 px.
 
     Each round scores the eight +/- step moves at once and takes the best; the comb uses every lattice
-    point inside the autocorrelation, so far points (long lever arms) pin the basis down precisely.
+    point inside the autocorrelation, so far points (long lever arms) pin the basis down precisely. Bases that
+    use the same lattice points run in lockstep, one batch of comb scores per round (each basis's search is
+    the same as alone).
     """
-    params = np.concatenate([v1, v2])
     max_lag = (acf.shape[0] - 1) / 2.0
-    reach = int(max_lag / max(1.0, min(np.hypot(*v1), np.hypot(*v2)) - 2.0)) + 1
-    moves = np.concatenate([np.eye(4), -np.eye(4)])
-    best = float(_batch_scores(acf, params[None, :2], params[None, 2:], reach)[0])
-    step = 0.5
-    while step >= 1 / 32:
-        for _ in range(64):
-            trials = params[None, :] + step * moves
-            scores = _batch_scores(acf, trials[:, :2], trials[:, 2:], reach)
-            k = int(np.argmax(scores))
-            if scores[k] <= best:
-                break
-            params, best = trials[k], float(scores[k])
-        step /= 2
-    return params[:2], params[2:], best
+    reaches = [int(max_lag / max(1.0, min(np.hypot(*v1), np.hypot(*v2)) - 2.0)) + 1 for v1, v2 in bases]
+    out: list = [None] * len(bases)
+    for reach in dict.fromkeys(reaches):
+        members = [i for i, r in enumerate(reaches) if r == reach]
+        params = np.array([np.concatenate(bases[i]) for i in members], dtype=np.float64)
+        refined, scores = _pattern_search(acf, params, reach)
+        for row, i in enumerate(members):
+            out[i] = (refined[row, :2], refined[row, 2:], float(scores[row]))
+    return out
+
+
+_MOVES = np.concatenate([np.eye(4), -np.eye(4)])
+_FIRST_STEP, _LAST_STEP, _ROUNDS = 0.5, 1 / 32, 64  # px; rounds at most per step size
+
+
+def _pattern_search(acf: np.ndarray, params: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_refine_all``'s search for bases [M, 4] (v1, v2) sharing ``reach``: (refined bases, their scores)."""
+    params = params.copy()
+    best = _batch_scores(acf, params[:, :2], params[:, 2:], reach)
+    step = np.full(len(params), _FIRST_STEP)
+    rounds = np.zeros(len(params), dtype=int)
+    active = np.arange(len(params))
+    while active.size:
+        trials = params[active, None, :] + step[active, None, None] * _MOVES[None]  # [A, 8, 4]
+        flat = trials.reshape(-1, 4)
+        scores = _batch_scores(acf, flat[:, :2], flat[:, 2:], reach).reshape(len(active), len(_MOVES))
+        k = np.argmax(scores, axis=1)
+        top = scores[np.arange(len(active)), k]
+        improved = top > best[active]
+        moved = active[improved]
+        params[moved], best[moved] = trials[improved, k[improved]], top[improved]
+        rounds[active] += 1
+        finished = active[~improved | (rounds[active] == _ROUNDS)]  # this step size is done
+        step[finished] /= 2
+        rounds[finished] = 0
+        active = active[step[active] >= _LAST_STEP]
+    return params, best
 
 
 def _batch_scores(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray, reach: int = 2) -> np.ndarray:
@@ -171,16 +184,30 @@ def _similarity_candidates(acf: np.ndarray, lo: float, hi: float) -> list[tuple[
 
 def _completions(acf: np.ndarray, axis_vectors: list[np.ndarray], axis: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """For basis vectors found on one axis, the best partner on the other axis (perpendicular, any aspect)."""
-    out = []
+    if not axis_vectors:
+        return []
     ratios = np.exp(np.linspace(-np.log(MAX_ASPECT), np.log(MAX_ASPECT), 161))
-    for v in axis_vectors:
-        turned = np.array([-v[1], v[0]]) if axis == 0 else np.array([v[1], -v[0]])
-        partners = turned[None, :] * ratios[:, None]
-        base = np.repeat(v[None, :], len(ratios), axis=0)
-        v1, v2 = (base, partners) if axis == 0 else (partners, base)
-        best = int(np.argmax(_batch_scores(acf, v1, v2)))
-        out.append((v1[best], v2[best]))
-    return out
+    base = np.repeat(np.array(axis_vectors, dtype=np.float64), len(ratios), axis=0)  # [V * ratios, 2]
+    turned = np.stack([-base[:, 1], base[:, 0]], axis=1) if axis == 0 else np.stack([base[:, 1], -base[:, 0]], axis=1)
+    partners = turned * np.tile(ratios, len(axis_vectors))[:, None]
+    v1, v2 = (base, partners) if axis == 0 else (partners, base)
+    best = np.argmax(_batch_scores(acf, v1, v2).reshape(len(axis_vectors), len(ratios)), axis=1)
+    rows = np.arange(len(axis_vectors)) * len(ratios) + best
+    return [(v1[i], v2[i]) for i in rows]
+
+
+def comb_scores(acf: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The comb of each lattice (v1, v2): the autocorrelation z-map summed over all its points inside the map,
+    / sqrt(count), ~N(0,1) without a mark (batched by the lattice points each uses)."""
+    max_lag = (acf.shape[0] - 1) / 2.0
+    v1 = np.array([p[0] for p in pairs], dtype=np.float64).reshape(-1, 2)
+    v2 = np.array([p[1] for p in pairs], dtype=np.float64).reshape(-1, 2)
+    reach = (max_lag / np.maximum(1.0, np.minimum(np.hypot(*v1.T), np.hypot(*v2.T)))).astype(int) + 1
+    scores = np.empty(len(pairs))
+    for r in np.unique(reach):
+        rows = np.nonzero(reach == r)[0]
+        scores[rows] = _batch_scores(acf, v1[rows], v2[rows], int(r))
+    return scores
 
 
 def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float = MAX_SCALE * PERIOD,
@@ -206,9 +233,8 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
                  if 1 / MAX_ASPECT <= np.hypot(*v1) / np.hypot(*v2) <= MAX_ASPECT]
         pairs += _similarity_candidates(acf_smooth, lo, hi)
         pairs += _completions(acf_smooth, axis1[:4], 0) + _completions(acf_smooth, axis2[:4], 1)
-        scored = sorted(((comb_score(acf_smooth, v1, v2), v1, v2) for v1, v2 in pairs), key=lambda p: -p[0])
-        for _, v1, v2 in scored[:REFINED]:
-            r1, r2, score = _refine(acf_smooth, v1, v2)
+        order = np.argsort(-comb_scores(acf_smooth, pairs), kind="stable")[:REFINED]
+        for r1, r2, score in _refine_all(acf_smooth, [pairs[i] for i in order]):
             if all(np.hypot(*(r1 - np.array(h.v1))) > 1 or np.hypot(*(r2 - np.array(h.v2))) > 1 for h in hypotheses):
                 hypotheses.append(Lattice(tuple(r1), tuple(r2), score))
         hypotheses.sort(key=lambda h: -h.score)
