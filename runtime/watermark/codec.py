@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import cv2
@@ -31,12 +32,12 @@ from . import carrier
 from . import codec_v2 as v2
 from . import payload as coding
 from .arrays import ImageTooSmallError, add_to_colour, check_size, extremes, split, to_levels
-from .folding import Alignment, align, fold
+from .folding import Alignment, align, fold, whitened_spectrum
 from .lattice import HYPOTHESES as LATTICES_KEPT
 from .lattice import IDENTITY, Lattice, estimate_lattices
 from .localisation import PresenceMap, presence_map
 from .pattern import PERIOD, keyed_layout
-from .perceptual import V1_SHAPING, amplitude_map, headroom_shift, luma
+from .perceptual import BLOCK, V1_SHAPING, amplitude_map, headroom_shift, luma, texture_rms
 from .scoring import log10_false_positive
 
 PAYLOAD_BITS: int = coding.PAYLOAD_BITS
@@ -189,8 +190,8 @@ def _reads_v1(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, 
     layout = keyed_layout(key)
     reads = []
     for hypothesis in hypotheses:
-        tile, periods = _fold_cached(pyramid, hypothesis, folds)
-        alignment = align(tile, layout, periods)
+        folded = _fold_cached(pyramid, hypothesis, folds)
+        alignment = align(folded.tile, layout, folded.periods, spectrum=folded.spectrum)
         reads.append(_Read(1, hypothesis, alignment, layout.soft_bits(alignment.chips)))
     return reads
 
@@ -199,17 +200,29 @@ def _reads_v2(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, 
               refine: int = v2.REFINED) -> list[_Read]:
     reads = []
     for hypothesis in hypotheses:
-        tile, periods = _fold_cached(pyramid, hypothesis, folds)
-        match = v2.search(tile, key, periods, refine)
+        folded = _fold_cached(pyramid, hypothesis, folds)
+        match = v2.search(folded.tile, key, folded.periods, refine, spectrum=folded.spectrum)
         soft = carrier.layout(key, match.variant).soft_bits(match.alignment.chips)
         reads.append(_Read(2, hypothesis, match.alignment, soft, dihedral=match.dihedral, variant=match.variant))
     return reads
 
 
-def _fold_cached(pyramid: v2.Pyramid, hypothesis: v2.Hypothesis, folds: dict) -> tuple[np.ndarray, float]:
+class _Folded:
+    """One hypothesis's folded tile, how many periods it summed, and its whitened spectrum (computed once: both
+    codec versions read it)."""
+
+    def __init__(self, tile: np.ndarray, periods: float):
+        self.tile, self.periods = tile, periods
+
+    @cached_property
+    def spectrum(self) -> np.ndarray:
+        return whitened_spectrum(self.tile)
+
+
+def _fold_cached(pyramid: v2.Pyramid, hypothesis: v2.Hypothesis, folds: dict) -> _Folded:
     ident = (hypothesis.level, hypothesis.lattice.v1, hypothesis.lattice.v2)
     if ident not in folds:
-        folds[ident] = fold(pyramid.residual(hypothesis.level), hypothesis.lattice)
+        folds[ident] = _Folded(*fold(pyramid.residual(hypothesis.level), hypothesis.lattice))
     return folds[ident]
 
 
@@ -330,16 +343,17 @@ def is_marked(image: np.ndarray, key: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------------- embed
 
 
-def _existing_payload(y: np.ndarray, key: bytes) -> int | None:
+def _existing_payload(y: np.ndarray, key: bytes, texture: np.ndarray) -> int | None:
     """Payload of a same-key mark on the embedding grid (a previous output of ``embed``), if any.
 
     Looks at a central, period-aligned window of EXISTING_WINDOW px only: plenty of periods, constant cost.
-    v1, and v2 at either tile period, are looked for on the unscaled grid.
+    v1, and v2 at either tile period, are looked for on the unscaled grid. ``texture``: texture_rms(y).
     """
     h, w = y.shape
     top = max(0, (h - EXISTING_WINDOW) // 2) // (2 * PERIOD) * (2 * PERIOD)
     left = max(0, (w - EXISTING_WINDOW) // 2) // (2 * PERIOD) * (2 * PERIOD)
-    pyramid = v2.Pyramid(y[top:top + EXISTING_WINDOW, left:left + EXISTING_WINDOW])
+    window = texture[top // BLOCK:(top + EXISTING_WINDOW) // BLOCK, left // BLOCK:(left + EXISTING_WINDOW) // BLOCK]
+    pyramid = v2.Pyramid(y[top:top + EXISTING_WINDOW, left:left + EXISTING_WINDOW], texture=window)
     grids = [v2.Hypothesis(IDENTITY, 0)] + ([v2.Hypothesis(IDENTITY, 1)] if pyramid.has_half_level() else [])
     folds: dict = {}
     for version in (1, 2):
@@ -373,7 +387,8 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
     arr, colour = split(image, "embed")
     check_size(colour, MIN_SIDE, "embed")
     y = luma(colour)
-    existing = _existing_payload(y, key)
+    texture = texture_rms(y)  # shared by the re-marking check and the amplitude
+    existing = _existing_payload(y, key, texture)
     if existing == payload:
         return arr.copy()
     if existing is not None:
@@ -390,7 +405,7 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
         tile, shaping = carrier.image_tile(key, coded, carrier.nonce(key, payload), y), carrier.SHAPING
         period = tile.shape[0]
     pattern = np.tile(tile, (max(1, STRIPE // period), -(-w // period)))[:, :w]  # one stripe's rows
-    amplitude = amplitude_map(y, float(strength), shaping)
+    amplitude = amplitude_map(y, float(strength), shaping, texture)
     out = _add_mark(arr, colour, pattern, amplitude)
     if version != 1 and strength <= 1.0:  # v2 promises the PSNR on every image: headroom shifts and rounding count
         excess = MIN_PSNR - _psnr(arr, out)

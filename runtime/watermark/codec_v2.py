@@ -64,16 +64,18 @@ class Match:
 
 
 class Pyramid:
-    """Luma and residuals at full and half resolution, computed when first needed."""
+    """Luma and residuals at full and half resolution, computed when first needed (``texture``: the texture of
+    ``y``, perceptual.texture_rms, where the caller has it already)."""
 
-    def __init__(self, y: np.ndarray, r0: np.ndarray | None = None):
+    def __init__(self, y: np.ndarray, r0: np.ndarray | None = None, texture: np.ndarray | None = None):
         self.y = y
         self._r = {0: r0} if r0 is not None else {}
+        self._texture = texture
 
     def residual(self, level: int) -> np.ndarray:
         if level not in self._r:
             if level == 0:
-                self._r[0] = whitened_residual(self.y, WEIGHTS)
+                self._r[0] = whitened_residual(self.y, WEIGHTS, self._texture)
             else:
                 h, w = self.y.shape
                 half = cv2.resize(self.y, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
@@ -112,10 +114,13 @@ def hypothesis_count(pyramid: Pyramid, level0: int = LEVEL0_LATTICES + 1) -> int
     return count
 
 
-def search(tile: np.ndarray, key: bytes, periods: float, refine: int = REFINED) -> Match:
+def search(tile: np.ndarray, key: bytes, periods: float, refine: int = REFINED,
+           spectrum: np.ndarray | None = None) -> Match:
     """Best (dihedral, variant, cyclic shift) of a folded tile against every variant's sync pattern; the
-    ``refine`` best of the integer-shift search are refined on the half-pixel grid."""
-    spectrum = whitened_spectrum(tile)
+    ``refine`` best of the integer-shift search are refined on the half-pixel grid. ``spectrum``: the tile's
+    ``whitened_spectrum``, where the caller has it already."""
+    if spectrum is None:
+        spectrum = whitened_spectrum(tile)
     turned = spectrum.astype(np.complex64).ravel()[_band_of_each_dihedral()]  # single precision: ranking only
     product = turned[:, None] * carrier.sync_bands(bytes(key))[None]  # [8, VARIANTS, band rows, band columns]
     peaks = band_correlation(product).max(axis=-2).max(axis=-1).reshape(-1)  # [8 * VARIANTS]

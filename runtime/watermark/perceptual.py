@@ -71,19 +71,23 @@ def _rms(texture: np.ndarray, gain: float, shaping: Shaping = V1_SHAPING) -> flo
     return float(np.sqrt(np.mean(amp * amp)))
 
 
-def amplitude_map(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING) -> np.ndarray:
+def amplitude_map(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING,
+                  texture: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel amplitude (8-bit levels) of the unit-RMS pattern, float32 [H,W].
 
     ``floor + gain * texture`` clipped to the ceiling, with the largest ``gain <= max_gain`` that keeps the
     RMS at or under the target (found by bisection on the block map), then times ``strength``.
+    ``texture``: ``texture_rms(y)``, where the caller has it already.
     """
     h, w = y.shape
-    return cv2.resize(amplitude_cells(y, strength, shaping), (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(amplitude_cells(y, strength, shaping, texture), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def amplitude_cells(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING) -> np.ndarray:
+def amplitude_cells(y: np.ndarray, strength: float, shaping: Shaping = V1_SHAPING,
+                    texture: np.ndarray | None = None) -> np.ndarray:
     """``amplitude_map`` per BLOCK cell, before it is interpolated to pixels: [ceil(H/4), ceil(W/4)]."""
-    texture = texture_rms(y)
+    if texture is None:
+        texture = texture_rms(y)
     gain = shaping.max_gain
     if _rms(texture, gain, shaping) > shaping.target_rms:
         lo, hi = 0.0, shaping.max_gain

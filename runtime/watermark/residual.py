@@ -31,9 +31,10 @@ WEIGHT_RMS_FLOOR = 2.0  # levels: quieter areas get no more weight (their detail
                         # noise, and JPEG may have flattened the mark away with it)
 
 
-def whitened_residual(y: np.ndarray, shaping: Shaping | None = None) -> np.ndarray:
+def whitened_residual(y: np.ndarray, shaping: Shaping | None = None, texture: np.ndarray | None = None) -> np.ndarray:
     """Local-RMS-normalised high-pass of luma ``y`` (8-bit scale), float32, clipped to +/-CLIP; with
-    ``shaping``, weighted by the expected mark-to-host ratio (unit RMS weights; see the module docstring)."""
+    ``shaping``, weighted by the expected mark-to-host ratio (unit RMS weights; see the module docstring).
+    ``texture``: ``perceptual.texture_rms(y)`` for the weights, where the caller has it already."""
     h, w = y.shape
     detail = y - cv2.GaussianBlur(y, (0, 0), DETAIL_SIGMA, borderType=cv2.BORDER_REFLECT)
     cells = (max(1, w // ENERGY_CELL), max(1, h // ENERGY_CELL))
@@ -44,7 +45,7 @@ def whitened_residual(y: np.ndarray, shaping: Shaping | None = None) -> np.ndarr
     out = detail / np.sqrt(energy, out=energy)
     np.clip(out, -CLIP, CLIP, out=out)
     if shaping is not None:  # computed per cell (both maps are smooth there), then interpolated once
-        amplitude = cv2.resize(amplitude_cells(y, 1.0, shaping), cells, interpolation=cv2.INTER_AREA)
+        amplitude = cv2.resize(amplitude_cells(y, 1.0, shaping, texture), cells, interpolation=cv2.INTER_AREA)
         weights = amplitude / np.maximum(np.sqrt(cell_energy), WEIGHT_RMS_FLOOR)
         weights *= np.float32(1.0 / (np.sqrt(np.mean(np.square(weights, dtype=np.float64))) + 1e-12))
         out *= cv2.resize(weights, (w, h), interpolation=cv2.INTER_LINEAR)
