@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,13 +55,27 @@ def import_openvino() -> Any:
     return openvino
 
 
+@lru_cache(maxsize=1)
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, kept for the life of the process.
+
+    Each ``Core`` loads its own CPU plugin, and the plugin points the thread's alternate signal stack at memory
+    of its own; when two plugins exist and the older is destroyed first, the alternate stack is left pointing at
+    freed memory, and the next signal whose handler runs on it (Python's SIGINT and SIGTERM handlers do)
+    crashes the process with a segmentation fault instead of a Ctrl-C stop (OpenVINO 2026.4; two Cores, the
+    first deleted first, then SIGINT, reproduces it). One Core for every model avoids it, and is how OpenVINO
+    is meant to be used.
+    """
+    return import_openvino().Core()
+
+
 def openvino_capabilities() -> tuple[str, ...]:
     """OpenVINO's own list for the CPU (``FP32``, ``BF16``, ``INT8``...), or () without openvino."""
     try:
-        ov = import_openvino()
+        core = shared_core()
     except InvalidInputError:
         return ()
-    return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return tuple(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def check_native(precision: str, cpu: CpuInfo | None = None) -> None:
@@ -144,12 +159,11 @@ class OpenVinoModel:
 
     def __init__(self, model_path: str | os.PathLike, precision: str = "fp32", threads: int | None = None,
                  max_compiled: int = 2) -> None:
-        ov = import_openvino()
         self.model_path = Path(model_path)
         self.precision = check_precision(precision)
         self.config = compile_config(precision, threads)
         self.max_compiled = max(1, int(max_compiled))
-        self.core = ov.Core()
+        self.core = shared_core()  # raises naming the extra without openvino
         try:
             self.ir = self.core.read_model(str(self.model_path))
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable or unsupported IR

@@ -238,3 +238,37 @@ def test_an_engine_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path):
     assert "ERROR: the OpenVINO engine unet.xml could not be written to" in done.stdout, done.stderr[-2000:]
     assert "GiB free there" in done.stdout
     assert not [p for p in (tmp_path / "engines").rglob("*") if p.is_file()]
+
+
+SIGNAL_AFTER_TWO_MODELS = """
+import gc, os, signal, sys
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from comfyui_backdrop.runtime.engines.openvino_backend import OpenVinoModel
+
+p = ops.parameter([1, 8], np.float32, name="x")
+ov.save_model(ov.Model([ops.relu(p)], [p]), sys.argv[1])
+first, second = OpenVinoModel(sys.argv[1], threads=1), OpenVinoModel(sys.argv[1], threads=1)
+assert first.run({"x": np.ones((1, 8), np.float32)})[0].shape == (1, 8)
+assert second.run({"x": np.ones((1, 8), np.float32)})[0].shape == (1, 8)
+del first  # the older model (and whatever it holds) goes first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGINT, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGINT)
+print("alive", flush=True)
+"""
+
+
+def test_a_signal_after_models_are_released_does_not_crash(tmp_path):
+    """Every model shares one Core: with a Core each, releasing the older first left the CPU plugin's alternate
+    signal stack dangling, and the next Ctrl-C crashed the process (segmentation fault) instead of stopping it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_MODELS, str(tmp_path / "relu.xml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["handled", "alive"]
