@@ -42,7 +42,7 @@ BACKENDS = ("eager", "compile", "compile-frozen", "ort-plain", "ort", "ort-int8"
 DEFAULT_CPU = ("eager", "compile", "compile-frozen", "ort", "openvino")
 TORCH_BACKENDS = ("eager", "compile", "compile-frozen")
 DEFAULT_GPU = ("eager", "compile", "ort", "trt")
-AUTO_CPU = ("eager", "ort", "openvino")  # what `backdrop run --engine auto` can build
+AUTO_CPU = ("eager", "compile-frozen", "ort", "openvino")  # what `backdrop run --engine auto` can build
 LABELS = {"eager": "torch eager", "compile": "torch.compile", "compile-frozen": "torch.compile (frozen)",
           "ort-plain": "onnxruntime (plain export)",
           "ort": "onnxruntime (optimized)", "ort-int8": "onnxruntime int8 (dynamic)", "openvino": "OpenVINO",
@@ -517,11 +517,18 @@ def _has_ort_cuda() -> bool:
 
 def _choose(rows: list, plan: BenchPlan, settings: dict[str, Any], models_dir: Path | None) -> str:
     """Pick the fastest runnable row within the budget, write the choice file, return a sentence about it."""
-    from ..export.engine_choice import RUNNABLE, EngineChoice, choose, default_choice_path, write_choice
+    from ..export.engine_choice import (
+        RUNNABLE,
+        TORCH_RUNNABLE,
+        EngineChoice,
+        choose,
+        default_choice_path,
+        write_choice,
+    )
 
     runnable = [{"backend": m.backend, "precision": m.precision, "label": m.name, "p50_s": m.p50_s,
                  "max_rel_error": m.max_rel_error, "speedup": m.speedup} for m in rows
-                if m.backend in RUNNABLE or m.backend == "eager"]
+                if m.backend in RUNNABLE or m.backend in TORCH_RUNNABLE]
     best, rejected = choose(runnable, plan.error_budget)
     if best is None:
         return f"auto: no row within the error budget {plan.error_budget:g}; nothing written"

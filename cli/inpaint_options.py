@@ -68,7 +68,8 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
                             "onnx/<file>.onnx or "
                             "tensorrt/<file>.engine from the models folders; or 'auto': the engine kind "
                             "`backdrop bench --backends auto` chose on this CPU, exported for this checkpoint and "
-                            "LoRA stack (or reused from the engine cache)")
+                            "LoRA stack (or reused from the engine cache), or the UNet compiled with frozen weights "
+                            "when that won (compiled on the first step)")
     group.add_argument("--engine-components", action="store_true",
                        help="with an OpenVINO --engine: run the text encoder(s) and the VAE on engines too "
                             "(exported beside the UNet engine; with 'auto' they are exported when missing)")

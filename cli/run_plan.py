@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..runtime.backdrop.studio import StudioOptions
 from ..runtime.backdrop.styles import StylePreset
@@ -91,6 +92,8 @@ class InpaintPlan:
 
         locator = get_locator()
         threads = self.engine_threads or None
+        if choice is not None and choice.frozen_compile and not handle.is_flux:  # measured on SD UNets only
+            return _frozen_compile(handle)
         if choice is None:
             kind, _, name = self.engine.partition("/")
             return attach_engine(handle, locator.resolve(kind, name), threads=threads,
@@ -131,8 +134,6 @@ class InpaintPlan:
 
     def settings_for(self, positive: str, negative: str) -> InpaintSettings:
         """The sampling settings with this photo's prompts (explicit --prompt/--negative win)."""
-        from dataclasses import replace
-
         return replace(self.settings, prompt=self.prompt or positive, negative_prompt=self.negative or negative)
 
 
@@ -336,3 +337,17 @@ def _read_limits(max_megapixels: float | None) -> ReadLimits:
     pixels = int(max_megapixels * 1e6)  # sides stay within what the runtime accepts (max_side)
     return ReadLimits(max_pixels=pixels, max_bytes=max(DEFAULT_READ_LIMITS.max_bytes, 8 * pixels + (1 << 20)),
                       how_to_raise=hint)
+
+
+def _frozen_compile(handle: Any) -> Any:
+    """--engine auto where the bench chose torch.compile (frozen): the pipeline's UNet, its LoRA stack applied,
+    behind Inductor with frozen weights (compiled on the first step; the weights are a snapshot from then on)."""
+    from ..runtime.engines.adapter import BackendUNet
+    from ..runtime.engines.torch_backend import TorchUNetBackend
+    from ..runtime.inpainting.loras import activated
+
+    with activated(handle) as pipe:
+        unet = pipe.unet
+    attached = handle.with_unet(BackendUNet(TorchUNetBackend(unet, freeze=True), dtype=handle.dtype,
+                                            device=handle.device))
+    return replace(attached, loras=())

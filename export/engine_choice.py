@@ -29,6 +29,9 @@ from .engine_export import EngineRequest
 CHOICE_FILE = "engine_choice.json"
 # bench backend name -> how `backdrop run` builds it (format, optimize_for); torch needs no engine
 RUNNABLE = {"openvino": ("openvino", ""), "ort": ("onnx", "cpu"), "ort-plain": ("onnx", "")}
+# torch rows `backdrop run` reproduces in process: eager, and Inductor with frozen weights (compiled on the
+# first step, so it pays off over a catalog rather than one image)
+TORCH_RUNNABLE = ("eager", "compile-frozen")
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,19 @@ class EngineChoice:
     def is_engine(self) -> bool:
         return self.backend in RUNNABLE
 
+    @property
+    def frozen_compile(self) -> bool:
+        """Whether the choice is the torch UNet compiled by Inductor with frozen weights (no engine file)."""
+        return self.backend == "compile-frozen"
+
     def request(self, profile: ShapeProfile | None) -> EngineRequest | None:
-        """The export request for this choice (None: plain torch in ``precision`` was the fastest)."""
-        if self.backend in ("eager", "compile"):
+        """The export request for this choice (None: torch in ``precision`` was the fastest, eager or with its
+        frozen compile: ``frozen_compile``)."""
+        if self.backend in ("eager", "compile", "compile-frozen"):
             return None
         if self.backend not in RUNNABLE:
             raise InvalidInputError(f"the bench chose {self.label}, which `backdrop run` cannot build; run the bench "
-                                    f"with --backends auto over {', '.join(RUNNABLE)} and eager")
+                                    f"with --backends auto over {', '.join((*TORCH_RUNNABLE, *RUNNABLE))}")
         fmt, target = RUNNABLE[self.backend]
         return EngineRequest(format=fmt, precision=self.precision, profile=None if fmt == "openvino" else profile,
                              optimize_for=target)
