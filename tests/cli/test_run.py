@@ -23,6 +23,13 @@ def _read(path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
 
 
+def _quick_run(photo, models, checkpoint: str) -> list[str]:
+    """`backdrop run` arguments for one photo on a tiny checkpoint: 2 steps at 128 px, seed 7, mask saved, quiet
+    (add --out and the options under test)."""
+    return ["run", str(photo), "--models-dir", str(models), "--checkpoint", checkpoint, "--steps", "2",
+            "--resolution", "128", "--seed", "7", "--save-mask", "--quiet"]
+
+
 def test_run_keeps_product_pixels_exact(tmp_path, product_photo):
     photo, truth = product_photo
     _write(tmp_path / "bottle.png", photo)

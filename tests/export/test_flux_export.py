@@ -223,6 +223,7 @@ def test_backdrop_run_with_a_flux_engine_named_or_auto(tmp_path, flux_models_roo
     from comfyui_backdrop.cli.main import main
     from comfyui_backdrop.export.engine_choice import EngineChoice, default_choice_path, write_choice
     from comfyui_backdrop.runtime.engines.precision import cpu_info
+    from tests.cli.test_run import _quick_run
 
     models = tmp_path / "models"
     models.mkdir()
@@ -230,9 +231,7 @@ def test_backdrop_run_with_a_flux_engine_named_or_auto(tmp_path, flux_models_roo
         (models / kind).symlink_to(flux_models_root["root"] / kind)
     photo, _ = studio_product_photo(77, 101, seed=5)
     cv2.imwrite(str(tmp_path / "bottle.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
-    common = ["run", str(tmp_path / "bottle.png"), "--models-dir", str(models), "--checkpoint",
-              "diffusers/tiny-flux-fill", "--steps", "2", "--resolution", "128", "--seed", "7", "--save-mask",
-              "--quiet"]
+    common = _quick_run(tmp_path / "bottle.png", models, "diffusers/tiny-flux-fill")
     assert main([*common, "--out", str(tmp_path / "torch")]) == 0
     # auto: the bench chose onnxruntime (its CPU-optimised graph is UNet-only, so FLUX gets the portable export)
     choice = EngineChoice(backend="ort", precision="fp32", label="onnxruntime (optimized) fp32", p50_s=1.0,

@@ -118,15 +118,13 @@ def test_missing_component_engines_and_other_formats_are_named(inpaint_models):
 
 def test_backdrop_run_with_a_named_engine_and_with_auto(tmp_path, product_photo, inpaint_models):
     from comfyui_backdrop.cli.main import main
-    from tests.cli.test_run import _read, _write
+    from tests.cli.test_run import _quick_run, _read, _write
 
     handle = load_pipeline(SD15)
     engine = export_node(handle)
     photo, _ = product_photo
     _write(tmp_path / "bottle.png", photo)
-    common = ["run", str(tmp_path / "bottle.png"), "--models-dir", str(inpaint_models), "--checkpoint",
-              "tiny-sd15-inpaint.safetensors", "--steps", "2", "--resolution", "128", "--seed", "7", "--save-mask",
-              "--quiet"]
+    common = _quick_run(tmp_path / "bottle.png", inpaint_models, "tiny-sd15-inpaint.safetensors")
     assert main([*common, "--out", str(tmp_path / "torch")]) == 0
     assert main([*common, "--out", str(tmp_path / "ov"), "--engine", engine, "--engine-components"]) == 0
     choice = EngineChoice(backend="openvino", precision="fp32", label="OpenVINO fp32", p50_s=1.0, speedup=1.2,

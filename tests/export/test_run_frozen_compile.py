@@ -15,13 +15,11 @@ def test_backdrop_run_auto_runs_the_frozen_compile_it_chose(tmp_path, product_ph
     from torch._dynamo.utils import counters
 
     from comfyui_backdrop.cli.main import main
-    from tests.cli.test_run import _read, _write
+    from tests.cli.test_run import _quick_run, _read, _write
 
     photo, _ = product_photo
     _write(tmp_path / "bottle.png", photo)
-    common = ["run", str(tmp_path / "bottle.png"), "--models-dir", str(inpaint_models), "--checkpoint",
-              "tiny-sd15-inpaint.safetensors", "--steps", "2", "--resolution", "128", "--seed", "7", "--save-mask",
-              "--quiet"]
+    common = _quick_run(tmp_path / "bottle.png", inpaint_models, "tiny-sd15-inpaint.safetensors")
     assert main([*common, "--out", str(tmp_path / "torch")]) == 0
     choice = EngineChoice(backend="compile-frozen", precision="fp32", label="torch.compile (frozen) fp32", p50_s=1.0,
                           speedup=1.1, max_rel_error=3e-6, error_budget=2e-2, cpu=cpu_info().to_dict())
