@@ -21,7 +21,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from comfyui_backdrop.runtime.engines.openvino_backend import compile_config
+from comfyui_backdrop.runtime.engines.openvino_backend import compile_config, shared_core
 from comfyui_backdrop.runtime.engines.precision import cpu_info, native_support
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     print(f"CPU: {cpu_info().describe()}, {args.threads} threads, attention {shape}")
     params = [ops.parameter(shape, ov.Type.f32, name=n) for n in ("q", "k", "v")]
     model = ov.Model([ops.scaled_dot_product_attention(*params, causal=False)], params, "attention")
-    core = ov.Core()
+    core = shared_core()
     for precision in ("fp32", "bf16"):
         native, why = native_support(precision)
         if not native:

@@ -28,7 +28,7 @@ import torch
 from comfyui_backdrop.cli.bench import build_unet
 from comfyui_backdrop.export.onnx_export import example_inputs
 from comfyui_backdrop.export.openvino_export import export_unet_openvino
-from comfyui_backdrop.runtime.engines.openvino_backend import compile_config, kernels
+from comfyui_backdrop.runtime.engines.openvino_backend import compile_config, kernels, shared_core
 from comfyui_backdrop.runtime.engines.precision import cpu_info
 from comfyui_backdrop.runtime.engines.spec import UNetSpec
 from comfyui_backdrop.runtime.engines.time_embedding import HostTimeEmbeddings
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         reference = unet(raw["sample"], raw["timestep"], encoder_hidden_states=raw["encoder_hidden_states"]).sample
     reference = reference.numpy().astype(np.float64)
-    core = ov.Core()
+    core = shared_core()
     with tempfile.TemporaryDirectory() as tmp:
         xml = export_unet_openvino(unet, Path(tmp) / "unet.xml", precision="bf16").path
         del unet

@@ -10,7 +10,6 @@ import argparse
 import getpass
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from ..runtime.backdrop.studio import StudioOptions
 from ..runtime.backdrop.styles import StylePreset
@@ -93,7 +92,9 @@ class InpaintPlan:
         locator = get_locator()
         threads = self.engine_threads or None
         if choice is not None and choice.frozen_compile and not handle.is_flux:  # measured on SD UNets only
-            return _frozen_compile(handle)
+            from ..export.attach import attach_frozen_compile
+
+            return attach_frozen_compile(handle)
         if choice is None:
             kind, _, name = self.engine.partition("/")
             return attach_engine(handle, locator.resolve(kind, name), threads=threads,
@@ -338,16 +339,3 @@ def _read_limits(max_megapixels: float | None) -> ReadLimits:
     return ReadLimits(max_pixels=pixels, max_bytes=max(DEFAULT_READ_LIMITS.max_bytes, 8 * pixels + (1 << 20)),
                       how_to_raise=hint)
 
-
-def _frozen_compile(handle: Any) -> Any:
-    """--engine auto where the bench chose torch.compile (frozen): the pipeline's UNet, its LoRA stack applied,
-    behind Inductor with frozen weights (compiled on the first step; the weights are a snapshot from then on)."""
-    from ..runtime.engines.adapter import BackendUNet
-    from ..runtime.engines.torch_backend import TorchUNetBackend
-    from ..runtime.inpainting.loras import activated
-
-    with activated(handle) as pipe:
-        unet = pipe.unet
-    attached = handle.with_unet(BackendUNet(TorchUNetBackend(unet, freeze=True), dtype=handle.dtype,
-                                            device=handle.device))
-    return replace(attached, loras=())

@@ -97,6 +97,20 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
     return dataclasses.replace(attached, loras=())
 
 
+def attach_frozen_compile(handle: Any) -> Any:
+    """A ``LoadedPipeline`` like ``handle`` whose UNet, its LoRA stack applied, runs behind Inductor with frozen
+    weights (``TorchUNetBackend(freeze=True)``: compiled on the first step, the weights a snapshot from then on;
+    what ``backdrop run --engine auto`` uses when the bench chose the frozen compile)."""
+    from ..runtime.engines.torch_backend import TorchUNetBackend
+    from ..runtime.inpainting.loras import activated
+
+    with activated(handle) as pipe:
+        unet = pipe.unet
+    attached = handle.with_unet(BackendUNet(TorchUNetBackend(unet, freeze=True), dtype=handle.dtype,
+                                            device=handle.device))
+    return dataclasses.replace(attached, loras=())
+
+
 def _with_transformer(handle: Any, transformer: Any) -> Any:
     """A shallow copy of a FLUX ``handle`` whose pipeline uses ``transformer`` (an engine), LoRAs baked in."""
     from ..runtime.inpainting.loader import BaseState

@@ -62,7 +62,7 @@ class EngineChoice:
     def request(self, profile: ShapeProfile | None) -> EngineRequest | None:
         """The export request for this choice (None: torch in ``precision`` was the fastest, eager or with its
         frozen compile: ``frozen_compile``)."""
-        if self.backend in ("eager", "compile", "compile-frozen"):
+        if self.backend in (*TORCH_RUNNABLE, "compile"):  # plain compile: run as eager
             return None
         if self.backend not in RUNNABLE:
             raise InvalidInputError(f"the bench chose {self.label}, which `backdrop run` cannot build; run the bench "

@@ -32,7 +32,7 @@ from . import carrier
 from . import codec_v2 as v2
 from . import payload as coding
 from .arrays import ImageTooSmallError, add_to_colour, check_size, extremes, split, to_levels
-from .folding import Alignment, align, fold, whitened_spectrum
+from .folding import Alignment, align_spectrum, fold, whitened_spectrum
 from .lattice import HYPOTHESES as LATTICES_KEPT
 from .lattice import IDENTITY, Lattice, estimate_lattices
 from .localisation import PresenceMap, presence_map
@@ -191,7 +191,7 @@ def _reads_v1(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, 
     reads = []
     for hypothesis in hypotheses:
         folded = _fold_cached(pyramid, hypothesis, folds)
-        alignment = align(folded.tile, layout, folded.periods, spectrum=folded.spectrum)
+        alignment = align_spectrum(folded.spectrum, layout, folded.periods)
         reads.append(_Read(1, hypothesis, alignment, layout.soft_bits(alignment.chips)))
     return reads
 
@@ -201,7 +201,7 @@ def _reads_v2(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, 
     reads = []
     for hypothesis in hypotheses:
         folded = _fold_cached(pyramid, hypothesis, folds)
-        match = v2.search(folded.tile, key, folded.periods, refine, spectrum=folded.spectrum)
+        match = v2.search(folded.spectrum, key, folded.periods, refine)
         soft = carrier.layout(key, match.variant).soft_bits(match.alignment.chips)
         reads.append(_Read(2, hypothesis, match.alignment, soft, dihedral=match.dihedral, variant=match.variant))
     return reads

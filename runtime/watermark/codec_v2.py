@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from . import carrier
-from .folding import Alignment, align, band, band_correlation, whitened_spectrum
+from .folding import Alignment, align_spectrum, band, band_correlation
 from .lattice import IDENTITY, Lattice, estimate_lattices
 from .pattern import PERIOD
 from .perceptual import V1_SHAPING
@@ -114,13 +114,9 @@ def hypothesis_count(pyramid: Pyramid, level0: int = LEVEL0_LATTICES + 1) -> int
     return count
 
 
-def search(tile: np.ndarray, key: bytes, periods: float, refine: int = REFINED,
-           spectrum: np.ndarray | None = None) -> Match:
-    """Best (dihedral, variant, cyclic shift) of a folded tile against every variant's sync pattern; the
-    ``refine`` best of the integer-shift search are refined on the half-pixel grid. ``spectrum``: the tile's
-    ``whitened_spectrum``, where the caller has it already."""
-    if spectrum is None:
-        spectrum = whitened_spectrum(tile)
+def search(spectrum: np.ndarray, key: bytes, periods: float, refine: int = REFINED) -> Match:
+    """Best (dihedral, variant, cyclic shift) of a folded tile, given as its ``whitened_spectrum``, against every
+    variant's sync pattern; the ``refine`` best of the integer-shift search are refined on the half-pixel grid."""
     turned = spectrum.astype(np.complex64).ravel()[_band_of_each_dihedral()]  # single precision: ranking only
     product = turned[:, None] * carrier.sync_bands(bytes(key))[None]  # [8, VARIANTS, band rows, band columns]
     peaks = band_correlation(product).max(axis=-2).max(axis=-1).reshape(-1)  # [8 * VARIANTS]
@@ -130,8 +126,7 @@ def search(tile: np.ndarray, key: bytes, periods: float, refine: int = REFINED,
     order = [i for i in order if coarse[i] >= CLOSE * coarse[order[0]]]  # a clear winner is refined alone
     for index in order:
         k, v = divmod(int(index), carrier.VARIANTS)
-        alignment = align(carrier.dihedral(tile, k), carrier.layout(key, v), periods,
-                          spectrum=carrier.dihedral(spectrum, k))
+        alignment = align_spectrum(carrier.dihedral(spectrum, k), carrier.layout(key, v), periods)
         if best is None or alignment.z > best.alignment.z:
             best = Match(alignment, k, v)
     assert best is not None

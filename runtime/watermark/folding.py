@@ -120,15 +120,13 @@ def _whiten(spectrum: np.ndarray) -> np.ndarray:
     return spectrum / np.sqrt(local + 1e-9 * float(local.mean()) + 1e-30)
 
 
-def align(tile: np.ndarray, layout: KeyedLayout, periods: float, spectrum: np.ndarray | None = None) -> Alignment:
-    """Cyclic shift of the folded ``tile`` that best matches the sync pattern, and the chips read there.
+def align_spectrum(spectrum: np.ndarray, layout: KeyedLayout, periods: float) -> Alignment:
+    """Cyclic shift of a folded tile, given as its ``whitened_spectrum``, that best matches the sync pattern, and
+    the chips read there.
 
     The correlation is searched on a half-pixel grid (a peak between pixels would otherwise lose up to a
     third of its height), refined by a parabola, and the chips are read at that sub-pixel shift.
-    ``spectrum``: the tile's whitened spectrum (``whitened_spectrum``), where the caller has it already.
     """
-    if spectrum is None:
-        spectrum = whitened_spectrum(tile)
     corr = band_correlation(band(spectrum * layout.sync_spectrum_conj), UPSAMPLE * PERIOD)
     n = corr.shape[0]
     dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)

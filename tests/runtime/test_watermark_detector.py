@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from comfyui_backdrop.runtime.watermark import detect, embed, pattern, scoring
-from comfyui_backdrop.runtime.watermark.folding import UPSAMPLE, align, band, band_correlation
+from comfyui_backdrop.runtime.watermark.folding import (
+    UPSAMPLE,
+    align_spectrum,
+    band,
+    band_correlation,
+    whitened_spectrum,
+)
 from comfyui_backdrop.runtime.watermark.lattice import estimate_lattices
 from comfyui_backdrop.runtime.watermark.payload import CODED_BITS, encode
 from comfyui_backdrop.runtime.watermark.perceptual import luma
@@ -90,8 +96,8 @@ def test_sync_score_is_calibrated_on_noise():
     """Folded tiles of pure noise: the Bonferroni p-value of the best shift is (conservatively) uniform."""
     rng = np.random.default_rng(1)
     layout = pattern.keyed_layout(KEY)
-    p_values = np.array([10 ** scoring.log10_false_positive(align(rng.normal(size=(64, 64)), layout, 1.0).z, 1,
-                                                             False) for _ in range(300)])
+    z = [align_spectrum(whitened_spectrum(rng.normal(size=(64, 64))), layout, 1.0).z for _ in range(300)]
+    p_values = np.array([10 ** scoring.log10_false_positive(score, 1, False) for score in z])
     for level in (0.05, 0.2, 0.5):
         assert np.mean(p_values <= level) <= level + 0.04
 
