@@ -4,13 +4,14 @@ bf16 error class? Not shipped; this reproduces the figures that decided it.
     .venv/bin/python benchmarks/probe_int8_static.py --keep-float conv_io,time          # everything else int8
     .venv/bin/python benchmarks/probe_int8_static.py --keep-float conv_io,time,conv     # linears + attention int8
     .venv/bin/python benchmarks/probe_int8_static.py --baseline                         # the bf16 engine alone
+    .venv/bin/python benchmarks/probe_int8_static.py --keep-float conv_io,time --preset mixed  # asymmetric ranges
 
 The SD1.5-inpaint UNet with random weights (seed 0) is exported as the bf16 engine is (export_unet_openvino),
-fixed to 512 px, batch 2; NNCF ``quantize`` (transformer model type, no bias correction) calibrates on six
-input sets that the measurement does not use (seeds 11-16, timesteps 100-900); the engine then runs with
-OpenVINO's bf16 hint (what is not quantized runs in bf16 on AMX). Error: max |out - torch fp32| / max |torch
-fp32| on the bench's own input (seed 0, timestep 500). Each run takes about 4 minutes and 12 GB. Not
-collected by pytest.
+fixed to 512 px, batch 2; NNCF ``quantize`` (transformer model type, symmetric activations unless ``--preset
+mixed``, no bias correction unless ``--bias-correction``) calibrates on six input sets that the measurement does
+not use (seeds 11-16, timesteps 100-900); the engine then runs with OpenVINO's bf16 hint (what is not quantized
+runs in bf16 on AMX). Error: max |out - torch fp32| / max |torch fp32| on the bench's own input (seed 0,
+timestep 500). Each run takes about 4 minutes and up to 16 GB (peak RSS). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-float", default="conv_io,time",
                         help=f"comma-separated layer groups left out of int8: {', '.join(GROUPS)}")
     parser.add_argument("--baseline", action="store_true", help="no quantization: the bf16 engine alone")
+    parser.add_argument("--preset", choices=("performance", "mixed"), default="performance",
+                        help="NNCF preset: symmetric activations (performance) or asymmetric (mixed)")
+    parser.add_argument("--bias-correction", action="store_true", help="let NNCF correct each layer's output bias")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     import nncf
@@ -89,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             model = nncf.quantize(
                 model, nncf.Dataset([feeds(spec, host, s, t)[0] for s, t in CALIBRATION]),
                 model_type=nncf.ModelType.TRANSFORMER, subset_size=len(CALIBRATION),
-                advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True),
+                preset=nncf.QuantizationPreset(args.preset),
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    disable_bias_correction=not args.bias_correction),
                 ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None)
-            label = f"static int8, float: {','.join(groups) or 'nothing'} ({time.perf_counter() - started:.0f} s)"
+            label = (f"static int8 ({args.preset}{', bias corrected' if args.bias_correction else ''}), float: "
+                     f"{','.join(groups) or 'nothing'} ({time.perf_counter() - started:.0f} s)")
         compiled = core.compile_model(model, "CPU", compile_config("bf16", 2))
         request = compiled.create_infer_request()
         request.infer(test)
