@@ -162,18 +162,11 @@ def held_out_images(quick: bool = False) -> list[tuple[str, np.ndarray]]:
     """24 images no codec parameter was chosen on, for checking that a change found on ``bench_images`` carries
     over: scikit-image's textures and other photos, the benchmark photos at other sizes and crops, and studio
     shots with other products (seeds 6-10)."""
-    from skimage import data
-
-    def gray(name: str) -> np.ndarray:
-        return np.ascontiguousarray(np.dstack([getattr(data, name)()] * 3).astype(np.uint8))
-
-    images = [(f"{name}@{side}", _fit(gray(name), side)) for name, side in
+    images = [(f"{name}@{side}", _fit(skimage_photo(name), side)) for name, side in
               (("brick", 512), ("grass", 700), ("gravel", 512), ("moon", 900), ("clock", 600), ("coins", 700),
-               ("cell", 660), ("text", 896))]
-    images.append(("colorwheel@600", _fit(np.ascontiguousarray(data.colorwheel()[:, :, :3]), 600)))
-    images += [(f"{name}@{side}", _fit(skimage_photo(name), side)) for name, side in
-               (("astronaut", 768), ("coffee", 1024), ("chelsea", 640), ("rocket", 900), ("immunohistochemistry", 768),
-                ("motorcycle", 1000), ("hubble_deep_field", 1400), ("camera", 768))]
+               ("cell", 660), ("text", 896), ("colorwheel", 600), ("astronaut", 768), ("coffee", 1024),
+               ("chelsea", 640), ("rocket", 900), ("immunohistochemistry", 768), ("motorcycle", 1000),
+               ("hubble_deep_field", 1400), ("camera", 768))]
     images.append(("retina crop@800", np.ascontiguousarray(skimage_photo("retina")[600:1400, 500:1300])))
     images.append(("astronaut crop@400x300", np.ascontiguousarray(skimage_photo("astronaut")[50:350, 80:480])))
     studio = [(480, 640, 6, "sweep"), (900, 1200, 7, "plain"), (700, 700, 8, "sweep"), (1080, 1440, 9, "sweep"),

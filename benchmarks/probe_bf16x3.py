@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from comfyui_backdrop.runtime.engines.openvino_backend import shared_core
+from comfyui_backdrop.runtime.engines.openvino_backend import compile_config, shared_core
 from comfyui_backdrop.runtime.engines.precision import cpu_info
 
 
@@ -73,8 +73,7 @@ def _openvino_rows(x: torch.Tensor, w: torch.Tensor, threads: int, repeats: int)
             result = ops.convert(conv, ov.Type.f32)
         else:
             result = ops.convolution(source, weights, [1, 1], [1, 1], [1, 1], [1, 1])
-        compiled = core.compile_model(ov.Model([result], [source]), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+        compiled = core.compile_model(ov.Model([result], [source]), "CPU", compile_config("fp32", threads))
         request = compiled.create_infer_request()
         feed = {"x": x.numpy()}
 

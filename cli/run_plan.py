@@ -338,4 +338,3 @@ def _read_limits(max_megapixels: float | None) -> ReadLimits:
     pixels = int(max_megapixels * 1e6)  # sides stay within what the runtime accepts (max_side)
     return ReadLimits(max_pixels=pixels, max_bytes=max(DEFAULT_READ_LIMITS.max_bytes, 8 * pixels + (1 << 20)),
                       how_to_raise=hint)
-
