@@ -1,26 +1,28 @@
 """Benchmark of the watermark codec (issues 6 and 19): speed on one core, PSNR, robustness, averaging
-attack, false positives; codec v1 and v2 side by side.
+attack, false positives; codec v1, v2 and v3 side by side.
 
     .venv/bin/python benchmarks/bench_watermark.py [--quick] [--out results.json] [--fp-samples N] [--workers K]
-        [--versions 1 2] [--attacks NAME...] [--average-images N] [--skip speed robustness averaging fp]
+        [--versions 1 2 3] [--attacks NAME...] [--average-images N] [--skip speed robustness averaging fp]
         [--image-set bench|held-out]
 
 * Speed: embed and detect, ms and ms per megapixel at 0.26, 1 and 4 MP, one thread everywhere
   (OpenCV, OpenMP/MKL/OpenBLAS pinned before numpy is imported); median of repeats. ``detect`` tries
-  both codec versions (v2 first), so an unmarked or v1-marked image pays for both.
+  every codec version (v3 and v2 share one search, then v1), so an unmarked or v1-marked image pays for both
+  searches.
 * Quality: PSNR of the marked images (min and mean), ours and, when installed, imwatermark's
   (invisible-watermark, as used by SDXL).
 * Robustness: bit accuracy and exact-ID rate per attack on 25 images: 20 real photos (scikit-image's,
   at their own size and resized to 451-2048 px) and 5 flat studio product shots; the rate is also given
   for the studio shots alone and for the images of at least 1 MP (the thumbnail attacks' target).
   ``--image-set held-out`` runs it on 24 other images that no codec parameter was chosen on.
-  "Bit accuracy" is over the 64 payload bits; for our codec those come from the best hypothesis even
-  when the CRC rejects them (found=False, no ID reported). ``--workers`` spreads the images over processes.
+  "Bit accuracy" is over the payload bits (64; v3: 40, so its figures are not comparable bit for bit); for
+  our codec those come from the best hypothesis even when the CRC rejects them (found=False, no ID reported),
+  decoded with the mark's own code. ``--workers`` spreads the images over processes.
 * Averaging attack (arXiv 2406.09026, issue 19): ``--average-images`` catalog images (512 px, one key) are
   marked, their luma residuals averaged and folded on the tile period; the estimate, scaled by local
   texture, is subtracted from 40 other marked images at two attack strengths (PSNR of the attack).
 * False positives: ``--fp-samples`` unmarked images (crops/resizes/JPEGs of real photos, noise, flat and
-  gradient images, and photos marked under another key with v1 and v2), spread over ``--workers``
+  gradient images, and photos marked under another key with v1, v2 and v3), spread over ``--workers``
   processes of one thread each. Reports false decodes (must be 0) and the empirical rate of sync scores
   against the calibrated p-value.
 
@@ -178,8 +180,13 @@ def held_out_images(quick: bool = False) -> list[tuple[str, np.ndarray]]:
 IMAGE_SETS = {"bench": bench_images, "held-out": held_out_images}
 
 
-def payload_for(index: int) -> int:
-    return int(np.random.default_rng(1000 + index).integers(0, 2**63)) * 2 + index % 2
+def payload_for(index: int, bits: int = 64) -> int:
+    """The payload image ``index`` carries: random, ``bits`` wide (v3 carries 40)."""
+    return (int(np.random.default_rng(1000 + index).integers(0, 2**63)) * 2 + index % 2) >> (64 - bits)
+
+
+def _bits_of(method: str) -> int:
+    return codec.payload_bits(int(method[1:])) if method.startswith("v") else 64
 
 
 # ------------------------------------------------------------------------------------------------- speed
@@ -258,14 +265,16 @@ def _mark(image: np.ndarray, value: int, method: str) -> np.ndarray | None:
 
 
 def _read(image: np.ndarray, value: int, method: str) -> tuple[np.ndarray | None, bool]:
-    """(64 decoded bits or None, exact ID found) for one attacked image."""
-    bits = int_to_bits(value, 64)
+    """(the decoded payload bits or None, exact ID found) for one attacked image."""
+    bits = int_to_bits(value, _bits_of(method))
     if method.startswith("v"):
         try:
             analysis = codec.analyse(image, KEY)
+            found = analysis.payload is not None and analysis.log10_fpp <= -6.0  # = detect().found
+            if analysis.version != int(method[1:]):  # the bits of a miss, read with the mark's own code
+                analysis = codec.analyse(image, KEY, versions=(int(method[1:]),))
         except codec.ImageTooSmallError:
             return None, False
-        found = analysis.payload is not None and analysis.log10_fpp <= -6.0  # = detect().found
         return analysis.bits, found and analysis.payload == value
     got = _imwatermark_bits(image, method)
     return got, got is not None and bool(np.array_equal(got, bits))
@@ -276,9 +285,9 @@ def _robustness_worker(index: int) -> dict:
     cv2.setNumThreads(1)
     images, attacks, methods = _JOB["images"], _JOB["attacks"], _JOB["methods"]
     label, image = images[index]
-    value = payload_for(index)
     out: dict = {"psnr": {}, "reads": {}}
     for method in methods:
+        value = payload_for(index, _bits_of(method))
         marked = _mark(image, value, method)
         if marked is not None:
             out["psnr"][method] = psnr(marked, image)
@@ -287,7 +296,7 @@ def _robustness_worker(index: int) -> dict:
                 out["reads"][(name, method)] = (0.5, False)
                 continue
             got, hit = _read(attack(marked), value, method)
-            bits = int_to_bits(value, 64)
+            bits = int_to_bits(value, _bits_of(method))
             out["reads"][(name, method)] = (0.5 if got is None else float(np.mean(got == bits)), hit)
     print(f"  {label}: " + ", ".join(f"{m} {np.mean([out['reads'][(a, m)][1] for a in attacks]):.2f}"
                                      for m in methods), file=sys.stderr, flush=True)
@@ -341,13 +350,14 @@ def averaging(train: int, test: int, versions: tuple[int, ...], attack_psnrs=(49
     out: dict = {"train": train, "test": test, "side": side, "versions": {}}
     for version in versions:
         start = time.perf_counter()
-        marked = [embed(image, payload_for(5000 + i), KEY, version=version) for i, image in enumerate(images)]
+        bits = codec.payload_bits(version)
+        marked = [embed(image, payload_for(5000 + i, bits), KEY, version=version) for i, image in enumerate(images)]
         periods = [64 if version == 1 else carrier.period_for(luma(m)) for m in images]  # the true grouping
         tiles = {p: averaged_residual_tile([m for m, q in zip(marked[:train], periods, strict=False) if q == p], p)
                  for p in sorted(set(periods[:train]))}
         rows = {"clean": [], **{f"{p:g} dB": [] for p in attack_psnrs}}
         for i in range(train, train + test):
-            value = payload_for(5000 + i)
+            value = payload_for(5000 + i, bits)
             rows["clean"].append(detect(marked[i], KEY).payload == value)
             for p in attack_psnrs:
                 attacked = subtract_estimate(marked[i], tiles[periods[i]], p)
@@ -366,11 +376,12 @@ def _estimate_quality(tile: np.ndarray, period: int, version: int) -> float:
     from comfyui_backdrop.runtime.watermark.pattern import keyed_layout
     from comfyui_backdrop.runtime.watermark.payload import encode
 
-    value = payload_for(5000)
+    value = payload_for(5000, codec.payload_bits(version))
     if version == 1:
         truth = keyed_layout(KEY).tile(encode(value)).astype(np.float64)
     else:
-        truth = carrier.tile(KEY, encode(value), carrier.nonce(KEY, value), period).astype(np.float64)
+        coded = carrier.CODES[version].encode(value)
+        truth = carrier.tile(KEY, coded, carrier.nonce(KEY, value, version), period, version).astype(np.float64)
         if truth.shape != tile.shape:
             return float("nan")
     a = (tile - tile.mean()) / (tile.std() + 1e-12)
@@ -416,11 +427,13 @@ def fp_sample(index: int) -> np.ndarray:
         level = rng.uniform(0, 255) + rng.uniform(-60, 60) * (xs / w) + rng.uniform(-60, 60) * (ys / h)
         image = np.dstack([level] * 3) + rng.normal(0, rng.uniform(0, 3), (h, w, 3))
         image = np.clip(image, 0, 255).astype(np.uint8)
-    else:  # real photos marked under another installation's key (kind 8: v1, kind 9: v2)
+    else:  # real photos marked under another installation's key (kind 8: v1, kind 9: v2 or v3)
         source = _fp_sources()[int(rng.integers(len(_fp_sources())))]
         image = crop_area(source, float(rng.uniform(0.3, 1.0)), float(rng.random()), float(rng.random()))
         if min(image.shape[:2]) >= codec.MIN_SIDE:
-            image = embed(image, int(rng.integers(0, 2**62)), OTHER_KEY, version=1 if kind == 8 else 2)
+            version = 1 if kind == 8 else int(rng.choice([2, 3]))
+            value = int(rng.integers(0, 2**62)) % (1 << codec.payload_bits(version))
+            image = embed(image, value, OTHER_KEY, version=version)
     if min(image.shape[:2]) < codec.MIN_DETECT_SIDE:
         image = cv2.resize(image, (max(image.shape[1], 64), max(image.shape[0], 64)))
     return image
@@ -535,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--average-images", type=int, default=None,
                         help="marked images the averaging attack averages (default 1000)")
     parser.add_argument("--workers", type=int, default=1, help="processes for robustness and false positives")
-    parser.add_argument("--versions", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="codec versions")
+    parser.add_argument("--versions", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
+                        help="codec versions")
     parser.add_argument("--attacks", nargs="*", default=None, help="only these attacks (names as printed)")
     parser.add_argument("--images", nargs="*", default=None, help="only these images (names as printed)")
     parser.add_argument("--image-set", choices=sorted(IMAGE_SETS), default="bench",

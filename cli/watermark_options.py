@@ -20,10 +20,11 @@ def add_watermark_arguments(run: argparse.ArgumentParser) -> None:
                             "ledger and add a C2PA manifest (outputs become 8-bit; product pixels stay exact)")
     group.add_argument("--account", default=None, help="account recorded with each output (default: your user name)")
     group.add_argument("--no-c2pa", action="store_true", help="with --watermark: no C2PA manifest in the files")
-    group.add_argument("--watermark-codec", type=int, choices=(1, 2), default=None, metavar="{1,2}",
-                       help="with --watermark: the codec version of the mark: 2 (the default: survives mirrors, "
-                            "90-degree turns, JPEG 20 and thumbnails of >= 1 MP pictures, resists averaging) or 1 "
-                            "(the earlier codec; docs/watermark.md); the record and the C2PA soft binding name it")
+    group.add_argument("--watermark-codec", type=int, choices=(1, 2, 3), default=None, metavar="{1,2,3}",
+                       help="with --watermark: the codec version of the mark: 3 (the default: survives mirrors, "
+                            "90-degree turns, JPEG 20, small crops and thumbnails of >= 1 MP pictures, resists "
+                            "averaging; 40-bit IDs), 2 (the same carrier with 64-bit IDs) or 1 (the first codec; "
+                            "docs/watermark.md); the record and the C2PA soft binding name it")
     group.add_argument("--ledger", default=None, metavar="LOCATION",
                        help="with --watermark: record into this ledger, a postgresql://USER@HOST/DB URL (many "
                             "writers on many machines) or an SQLite file (default: ledger.sqlite3 in the home)")

@@ -14,7 +14,7 @@ from .tensors import mask_tooltip, with_rules
 CATEGORY = "Backdrop/provenance"
 NO_FILE = "none"
 TOO_SMALL_CHOICES = ("leave unmarked", "error")
-CODEC_CHOICES = ("v2", "v1")  # watermark codec versions BackdropWatermark can write
+CODEC_CHOICES = ("v3", "v2", "v1")  # watermark codec versions BackdropWatermark can write
 logger = logging.getLogger(__name__)
 
 
@@ -64,10 +64,12 @@ class BackdropWatermark(HostedNode):
                 "product_mask": ("MASK", {"tooltip": mask_tooltip("1 = keep these pixels bit-exact (the product); "
                                                                   "the mark goes around them")}),
                 "codec": (list(CODEC_CHOICES), {"default": _default_codec(),
-                                                "tooltip": "watermark codec version (rarely changed): v2 "
-                                                           "survives mirrors, quarter turns, thumbnails and heavy "
-                                                           "JPEG/WebP, and resists averaging across a catalog; v1 "
-                                                           "is the earlier codec; Backdrop Verify reads both"}),
+                                                "tooltip": "watermark codec version (rarely changed): v3 "
+                                                           "survives mirrors, quarter turns, thumbnails, small "
+                                                           "crops and heavy JPEG/WebP, and resists averaging "
+                                                           "across a catalog (40-bit IDs); v2 is the same with "
+                                                           "64-bit IDs; v1 is the first codec; Backdrop Verify "
+                                                           "reads all three"}),
             },
             "hidden": {"workflow_prompt": "PROMPT"},
         }

@@ -5,7 +5,7 @@ The manifest carries:
 * ``c2pa.actions``: ``c2pa.created`` (digital source type: composite with trained algorithmic media by
   default, i.e. a real product photo on a generated background) and, when the image holds a
   watermark, ``c2pa.watermarked.bound``;
-* ``c2pa.soft-binding``: alg ``com.comfyui-backdrop.watermark.<codec version>`` (``.1`` or ``.2``), one
+* ``c2pa.soft-binding``: alg ``com.comfyui-backdrop.watermark.<codec version>`` (``.1``, ``.2`` or ``.3``), one
   block whose value is the watermark ID (16 hex digits), so the manifest can be recovered from the pixels
   through the ledger; readers accept every version;
 * ``com.comfyui-backdrop.provenance``: the watermark ID and the hash of its ledger record (no prompt:
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from .keys import KeyStore
-from .records import format_id
+from .records import WATERMARK_VERSIONS, format_id
 
 SOFT_BINDING_PREFIX = "com.comfyui-backdrop.watermark."
 SOFT_BINDING_ALG = SOFT_BINDING_PREFIX + "1"  # the v1 codec's name (what manifests said before v2)
@@ -74,7 +74,7 @@ def mime_type(fmt_or_path: str | Path) -> str:
 
 def soft_binding_alg(watermark_version: int = 1) -> str:
     """The soft-binding algorithm name of a codec version: ``com.comfyui-backdrop.watermark.<version>``."""
-    if isinstance(watermark_version, bool) or watermark_version not in (1, 2):
+    if isinstance(watermark_version, bool) or watermark_version not in WATERMARK_VERSIONS:
         raise InvalidInputError(f"unknown watermark codec version {watermark_version!r}")
     return f"{SOFT_BINDING_PREFIX}{watermark_version}"
 

@@ -34,7 +34,7 @@ GENESIS_HASH = "0" * 64
 SIGNATURE_DOMAIN = b"comfyui-backdrop/ledger-record/v1\n"
 MAX_METADATA_DEPTH = 32  # nesting levels of a record's metadata (a dict of lists of dicts... counts each level)
 WATERMARK_VERSION_KEY = "watermark_version"  # metadata key naming the codec version of the mark (absent: 1)
-WATERMARK_VERSIONS = (1, 2)
+WATERMARK_VERSIONS = (1, 2, 3)
 IDEMPOTENCY_KEY = "idempotency_key"  # metadata key: one record per input x settings x variation (see ledger_chain)
 
 
@@ -50,10 +50,12 @@ class WatermarkId(int):
         return obj
 
 
-def new_watermark_id() -> int:
-    """A random ID in 1 .. 2**63-1."""
+def new_watermark_id(bits: int = ID_BITS) -> int:
+    """A random ID in 1 .. 2**bits-1 (``bits`` <= ID_BITS; codec v3 carries 40)."""
+    if not 1 <= bits <= ID_BITS:
+        raise InvalidInputError(f"a watermark ID has 1..{ID_BITS} bits, not {bits}")
     while True:
-        value = secrets.randbits(ID_BITS)
+        value = secrets.randbits(bits)
         if value:
             return value
 

@@ -26,6 +26,10 @@ The sync pattern takes the chips of one of the code's six outputs (puncturing th
 1/5, PAYLOAD_GENERATORS): 236 sync chips instead of v1's 148, so a weak mark (a small crop, a recompressed
 thumbnail) clears the detection threshold, which the dihedral and variant search raise, while its payload
 still decodes.
+
+v3 is v2 with a 40-bit ID instead of a 64-bit one (``CODES``): the same carriers, sync chips and search, but
+the payload chips carry a 56-bit word (ID + CRC-16) instead of an 80-bit one, so a mark that keeps too few
+bits for the longer word (a crop to a tenth of a busy picture) still reads. Its nonce has its own domain.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import numpy as np
 
 from .folding import band
 from .pattern import PERIOD, KeyedLayout, domain_layout
+from .payload import ID40, ID64, PayloadCode
 from .perceptual import Shaping
 
 V2_DOMAIN = b"backdrop-watermark-v2"
@@ -52,6 +57,7 @@ PERIODS = (PERIOD, 2 * PERIOD)
 FINE_SHARE = 0.2             # share of the mark's energy a large busy image gives its PERIOD px layer
 FLAT_FINE_SHARE = 0.3        # ... and a mostly flat image under LARGE_SIDE (crops of it keep enough periods)
 PAYLOAD_GENERATORS = (1, 2, 3, 4, 5)  # code outputs carried: rate 1/5, free distance 31 (all six: 37)
+CODES: dict[int, PayloadCode] = {2: ID64, 3: ID40}  # the payload code of each carrier version
 # Texture masks more of v2's mark (gain up to 2.0), but no pixel gets more than 4 levels: the energy the busiest
 # areas would take goes to mid-texture areas, where the picture's own detail (the detector's noise) is weaker.
 # Measured against a ceiling of 10 (stop 27): no attack lost an image on the 25 benchmark images or on 24 held-out
@@ -72,16 +78,18 @@ class Nonce:
         return (self.shift[0] * period >> 16, self.shift[1] * period >> 16)
 
 
-def nonce(key: bytes, payload: int) -> Nonce:
-    """The per-image nonce of ``payload`` under ``key`` (deterministic: embedding stays reproducible)."""
-    digest = hashlib.shake_256(V2_DOMAIN + b"\x00nonce\x00" + bytes(key) + int(payload).to_bytes(8, "big")).digest(8)
+def nonce(key: bytes, payload: int, version: int = 2) -> Nonce:
+    """The per-image nonce of ``payload`` under ``key`` for a carrier ``version`` (deterministic: embedding stays
+    reproducible)."""
+    label = b"\x00nonce\x00" if version == 2 else b"\x00nonce-v%d\x00" % version
+    digest = hashlib.shake_256(V2_DOMAIN + label + bytes(key) + int(payload).to_bytes(8, "big")).digest(8)
     return Nonce(variant=digest[0] % VARIANTS, dihedral=digest[1] % DIHEDRAL,
                  shift=(int.from_bytes(digest[2:4], "big"), int.from_bytes(digest[4:6], "big")))
 
 
-def layout(key: bytes, variant: int) -> KeyedLayout:
-    """The keyed chip layout of one variant."""
-    return domain_layout(bytes(key), V2_DOMAIN + b"/variant-%d" % variant, PAYLOAD_GENERATORS)
+def layout(key: bytes, variant: int, version: int = 2) -> KeyedLayout:
+    """The keyed chip layout of one variant, carrying a carrier ``version``'s code (the sync is the same)."""
+    return domain_layout(bytes(key), V2_DOMAIN + b"/variant-%d" % variant, PAYLOAD_GENERATORS, CODES[version])
 
 
 @lru_cache(maxsize=16)
@@ -123,7 +131,7 @@ def period_for(y: np.ndarray) -> int:
     return max(period for period, _ in layers_for(y))
 
 
-def image_tile(key: bytes, payload_coded: np.ndarray, mark: Nonce, y: np.ndarray) -> np.ndarray:
+def image_tile(key: bytes, payload_coded: np.ndarray, mark: Nonce, y: np.ndarray, version: int = 2) -> np.ndarray:
     """The whole mark tile of one image (float32, unit RMS, ``period_for(y)`` px): the sum of its layers
     (``layers_for``), each the image's own tile at its period, weighted by the square root of its share.
     Every layer uses the image's one nonce (variant, dihedral transform, shift as a fraction of the period)."""
@@ -132,7 +140,7 @@ def image_tile(key: bytes, payload_coded: np.ndarray, mark: Nonce, y: np.ndarray
     out = np.zeros((size, size), np.float64)
     for period, share in layers:
         reps = size // period
-        out += np.sqrt(share) * np.tile(tile(key, payload_coded, mark, period), (reps, reps))
+        out += np.sqrt(share) * np.tile(tile(key, payload_coded, mark, period, version), (reps, reps))
     return (out / np.sqrt(np.mean(out**2))).astype(np.float32)
 
 
@@ -164,8 +172,8 @@ def dihedral(a: np.ndarray, k: int) -> np.ndarray:
     return a
 
 
-def tile(key: bytes, payload_coded: np.ndarray, mark: Nonce, period: int) -> np.ndarray:
-    """The image's own tile: its variant's chips, rendered at ``period`` px, transformed and shifted (float32,
-    unit RMS)."""
-    base = layout(key, mark.variant).tile(payload_coded, period)
+def tile(key: bytes, payload_coded: np.ndarray, mark: Nonce, period: int, version: int = 2) -> np.ndarray:
+    """The image's own tile: its variant's chips (carrying ``version``'s code), rendered at ``period`` px,
+    transformed and shifted (float32, unit RMS)."""
+    base = layout(key, mark.variant, version).tile(payload_coded, period)
     return np.roll(dihedral(base, mark.dihedral), mark.shift_px(period), axis=(0, 1))

@@ -1,12 +1,15 @@
-"""Public API of the watermark codec: ``embed``, ``detect``, ``is_marked`` (codec versions 1 and 2).
+"""Public API of the watermark codec: ``embed``, ``detect``, ``is_marked`` (codec versions 1, 2 and 3).
 
 A keyed, blind, periodic spread-spectrum mark (Kutter 1998). A tile carrying a sync pattern and the
-error-corrected 64-bit payload is repeated over the image's luminance, shaped by local texture. The
-detector recovers scale/aspect/rotation from the residual's autocorrelation lattice, folds all periods onto
-one tile, finds the crop offset with the sync pattern and decodes the payload with soft Viterbi + CRC.
+error-corrected payload (a 64-bit ID; v3: 40-bit) is repeated over the image's luminance, shaped by local
+texture. The detector recovers scale/aspect/rotation from the residual's autocorrelation lattice, folds all
+periods onto one tile, finds the crop offset with the sync pattern and decodes the payload with soft Viterbi
++ CRC.
 v1 repeats one keyed 64 px tile in every image; v2 (carrier.py, codec_v2.py) gives every image its own
 carrier (keyed variant, dihedral transform and shift), renders it at 128 px on large or flat images, and
-searches the dihedral transforms at detection. ``detect`` reads both versions (v2 first).
+searches the dihedral transforms at detection. v3 is v2 with a 40-bit ID: the same carrier and sync, a shorter
+word that still decodes where an attack leaves too few bits for v2's. ``detect`` reads every version (v3 and v2
+share one search; then v1).
 
 Re-marking policy (same key): ``embed`` first looks for a mark on the embedding grid, i.e. in a previous
 output of ``embed`` that may since have been cropped or recompressed but not resized. If that mark carries
@@ -48,8 +51,8 @@ MAX_STRENGTH: float = 4.0
 DEFAULT_FPR: float = 1e-6
 EXISTING_WINDOW: int = 8 * PERIOD   # px (per side) that embed's re-marking check looks at
 STRIPE: int = 2 * PERIOD            # rows embedded at a time (a multiple of every tile period)
-VERSIONS: tuple[int, ...] = (2, 1)  # codec versions detect() tries, in this order
-DEFAULT_VERSION: int = 2            # what embed() writes unless told otherwise (v1 marks still verify)
+VERSIONS: tuple[int, ...] = (3, 2, 1)  # codec versions detect() tries, in this order (v3 and v2 share one search)
+DEFAULT_VERSION: int = 3            # what embed() writes unless told otherwise (v1 and v2 marks still verify)
 HYPOTHESES_V1: int = LATTICES_KEPT + 1  # v1's lattice hypotheses at most (the search's best + the grid)
 MIN_PSNR: float = 40.05             # dB: v2 at strength <= 1 scales its mark down to stay above this
 
@@ -114,12 +117,14 @@ def _check_key(key: bytes) -> bytes:
     return key
 
 
-def _check_payload(value: int) -> int:
+def _check_payload(value: int, bits: int, version: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InvalidInputError(f"the payload must be an integer, got {type(value).__name__}")
     value = int(value)
-    if not 0 <= value < 1 << PAYLOAD_BITS:
-        raise InvalidInputError(f"the payload must be in 0 .. 2**{PAYLOAD_BITS} - 1, got {value}")
+    if not 0 <= value < 1 << bits:
+        where = f" of codec v{version}" if version is not None else ""
+        hint = "; codec v2 carries 64 bits" if bits < PAYLOAD_BITS else ""
+        raise InvalidInputError(f"the payload{where} must be in 0 .. 2**{bits} - 1, got {value}{hint}")
     return value
 
 
@@ -131,39 +136,97 @@ def _could_pass(log10_fpp_if_crc: float, fpr_threshold: float) -> bool:
     return log10_fpp_if_crc <= math.log10(fpr_threshold)
 
 
+def _family(version: int) -> int:
+    """The search that reads a codec version: 1 (v1's one keyed tile) or 2 (the per-image carrier of v2 and v3:
+    their sync is the same, so one search serves both and only the payload code read after it differs)."""
+    return 1 if version == 1 else 2
+
+
+def _families(versions: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """The searches ``versions`` need, in order, each with the versions whose payload code it decodes."""
+    out: dict[int, list[int]] = {}
+    for version in versions:
+        out.setdefault(_family(version), []).append(version)
+    return {family: tuple(codes) for family, codes in out.items()}
+
+
+def _code(version: int) -> coding.PayloadCode:
+    return coding.ID64 if version == 1 else carrier.CODES[version]
+
+
+def payload_bits(version: int) -> int:
+    """How many bits of payload (ID) a codec version carries: 64 (v1, v2) or 40 (v3)."""
+    if version not in VERSIONS:
+        raise InvalidInputError(f"unknown watermark codec version {version!r}; use one of {sorted(VERSIONS)}")
+    return _code(version).payload_bits
+
+
 @dataclass
 class _Read:
-    """One hypothesis read under one codec version."""
+    """One hypothesis read by one search (``family``); ``codes``: the versions whose payload code it is decoded
+    with, in order. ``version``: the one whose word passed (else the first), ``bits`` that word's payload bits."""
 
-    version: int
+    family: int
     hypothesis: v2.Hypothesis
     alignment: Alignment
-    soft: np.ndarray
+    codes: tuple[int, ...]
     value: int | None = None
     bits: np.ndarray | None = None
+    version: int = 0
     dihedral: int = 0
     variant: int = 0
     decoded: bool = False  # Viterbi-decoded already
     listed: bool = False   # list-decoded already
 
+    def soft(self, key: bytes, version: int) -> np.ndarray:
+        """Soft coded bits of ``version``'s code word from the aligned chips."""
+        layout = keyed_layout(key) if self.family == 1 else carrier.layout(key, self.variant, version)
+        return layout.soft_bits(self.alignment.chips)
+
 
 class _Scorer:
-    """The false-positive bound of one codec version's search (see scoring.py)."""
+    """The false-positive bound of one search (see scoring.py): ``searches`` searches ran, and a word is checked
+    under each of ``codes`` payload codes."""
 
-    def __init__(self, version: int, hypotheses: int, versions: int):
+    def __init__(self, family: int, hypotheses: int, searches: int, codes: int = 1):
         self.hypotheses = hypotheses
-        self.searched = versions * (v2.SEARCHED if version == 2 else 1)
-        self.checked = carrier.VARIANTS if version == 2 else 1
+        self.searched = searches * (v2.SEARCHED if family == 2 else 1)
+        self.checked = carrier.VARIANTS if family == 2 else 1
+        self.codes = codes
 
     def log10_fpp(self, z: float, crc_ok: bool) -> float:
-        return log10_false_positive(z, self.hypotheses, crc_ok, self.searched, self.checked)
+        return log10_false_positive(z, self.hypotheses, crc_ok, self.searched, self.checked, self.codes)
 
 
-def _accept(key: bytes, read: _Read, value: int | None) -> int | None:
-    """A CRC-valid word, if it also passes the version's own check (v2: its nonce names the variant)."""
-    if value is None or read.version == 1 or v2.nonce_matches(key, value, read.variant):
+def _accept(key: bytes, read: _Read, version: int, value: int | None) -> int | None:
+    """A CRC-valid word, if it also passes the version's own check (v2, v3: its nonce names the variant)."""
+    if value is None or version == 1 or v2.nonce_matches(key, value, read.variant, version):
         return value
     return None
+
+
+def _viterbi(key: bytes, read: _Read) -> None:
+    """Decode ``read`` under each of its codes (the best path) until a word passes."""
+    read.decoded = True
+    for version in read.codes:
+        value, bits = _code(version).decode(read.soft(key, version))
+        value = _accept(key, read, version, value)
+        if read.bits is None or value is not None:
+            read.bits, read.version, read.value = bits, version, value
+        if value is not None:
+            return
+
+
+def _list_viterbi(key: bytes, read: _Read) -> None:
+    """List-decode ``read`` under each of its codes until a word passes."""
+    read.listed = True
+    for version in read.codes:
+        code = _code(version)
+        for word in code.list_viterbi_decode(read.soft(key, version)):
+            value = _accept(key, read, version, code.check(word))
+            if value is not None:
+                read.value, read.version, read.bits = value, version, word[:code.payload_bits]
+                return
 
 
 def _decode_best(key: bytes, reads: list[_Read], scorer: _Scorer, fpr_threshold: float,
@@ -172,38 +235,33 @@ def _decode_best(key: bytes, reads: list[_Read], scorer: _Scorer, fpr_threshold:
     none passed (and ``list_decode``)."""
     for read in reads:
         if not read.decoded and _could_pass(scorer.log10_fpp(read.alignment.z, True), fpr_threshold):
-            value, read.bits = coding.decode(read.soft)
-            read.value, read.decoded = _accept(key, read, value), True
+            _viterbi(key, read)
     best = max(reads, key=lambda r: (r.value is not None, r.alignment.z))
     if list_decode and best.value is None and not best.listed and _could_pass(scorer.log10_fpp(best.alignment.z, True),
                                                                fpr_threshold):
-        best.listed = True
-        for word in coding.list_viterbi_decode(best.soft):
-            value = _accept(key, best, coding.check(word))
-            if value is not None:
-                best.value = value
-                break
+        _list_viterbi(key, best)
     return best
 
 
-def _reads_v1(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, folds: dict) -> list[_Read]:
+def _reads_v1(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, folds: dict,
+              codes: tuple[int, ...] = (1,)) -> list[_Read]:
     layout = keyed_layout(key)
     reads = []
     for hypothesis in hypotheses:
         folded = _fold_cached(pyramid, hypothesis, folds)
         alignment = align_spectrum(folded.spectrum, layout, folded.periods)
-        reads.append(_Read(1, hypothesis, alignment, layout.soft_bits(alignment.chips)))
+        reads.append(_Read(1, hypothesis, alignment, codes, version=codes[0]))
     return reads
 
 
 def _reads_v2(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, folds: dict,
-              refine: int = v2.REFINED) -> list[_Read]:
+              codes: tuple[int, ...] = (2,), refine: int = v2.REFINED) -> list[_Read]:
     reads = []
     for hypothesis in hypotheses:
         folded = _fold_cached(pyramid, hypothesis, folds)
         match = v2.search(folded.spectrum, key, folded.periods, refine)
-        soft = carrier.layout(key, match.variant).soft_bits(match.alignment.chips)
-        reads.append(_Read(2, hypothesis, match.alignment, soft, dihedral=match.dihedral, variant=match.variant))
+        reads.append(_Read(2, hypothesis, match.alignment, codes, version=codes[0], dihedral=match.dihedral,
+                           variant=match.variant))
     return reads
 
 
@@ -248,46 +306,49 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
     given = lattices is not None
     level0 = len(lattices) if given else HYPOTHESES_V1
     counts = {1: level0, 2: v2.hypothesis_count(pyramid, level0)}
-    scorers = {v: _Scorer(v, counts[v], len(versions)) for v in versions}
-    reads: dict[int, list[_Read]] = {v: [] for v in versions}
+    families = _families(versions)
+    scorers = {f: _Scorer(f, counts[f], len(families), len(codes)) for f, codes in families.items()}
+    reads: dict[int, list[_Read]] = {f: [] for f in families}
     folds: dict = {}
     for phase in ("grids", "lattices"):
         if phase == "lattices" and not given:
             lattices = estimate_lattices(pyramid.residual(0))
-        for version in versions:
-            new = _phase_hypotheses(version, phase, pyramid, lattices if given or phase == "lattices" else None)
-            new = [h for h in new if all(h != r.hypothesis for r in reads[version])]
+        for family, codes in families.items():
+            new = _phase_hypotheses(family, phase, pyramid, lattices if given or phase == "lattices" else None)
+            new = [h for h in new if all(h != r.hypothesis for r in reads[family])]
             if not new:
                 continue
-            reads[version] += (_reads_v1 if version == 1 else _reads_v2)(new, pyramid, key, folds)
-            best = _decode_best(key, reads[version], scorers[version], fpr_threshold)
-            if best.value is not None and scorers[version].log10_fpp(best.alignment.z, True) <= math.log10(
+            reads[family] += (_reads_v1 if family == 1 else _reads_v2)(new, pyramid, key, folds, codes)
+            best = _decode_best(key, reads[family], scorers[family], fpr_threshold)
+            if best.value is not None and scorers[family].log10_fpp(best.alignment.z, True) <= math.log10(
                     fpr_threshold):
-                return _analysis(best, scorers[version], counts[version])
+                return _analysis(key, best, scorers[family], counts[family])
         if given:
             break
-    finals = [(_decode_best(key, reads[v], scorers[v], fpr_threshold), v) for v in versions if reads[v]]
-    best, version = min(finals, key=lambda bv: scorers[bv[1]].log10_fpp(bv[0].alignment.z, bv[0].value is not None))
-    return _analysis(best, scorers[version], counts[version])
+    finals = [(_decode_best(key, reads[f], scorers[f], fpr_threshold), f) for f in families if reads[f]]
+    best, family = min(finals, key=lambda bf: scorers[bf[1]].log10_fpp(bf[0].alignment.z, bf[0].value is not None))
+    return _analysis(key, best, scorers[family], counts[family])
 
 
-def _phase_hypotheses(version: int, phase: str, pyramid: v2.Pyramid,
+def _phase_hypotheses(family: int, phase: str, pyramid: v2.Pyramid,
                       lattices: list[Lattice] | None) -> list[v2.Hypothesis]:
-    """The hypotheses of one phase: the unscaled grids ('grids'), or those of the lattice search."""
-    if lattices is None:  # the unscaled grids: v1's 64 px tile; v2's 64 px and (half level) 128 px tiles
+    """The hypotheses of one phase of a search (``_family``): the unscaled grids ('grids'), or those of the
+    lattice search."""
+    if lattices is None:  # the unscaled grids: v1's 64 px tile; the carrier's 64 px and (half level) 128 px tiles
         grids = [v2.Hypothesis(IDENTITY, 0)]
-        if version == 2 and pyramid.has_half_level():
+        if family == 2 and pyramid.has_half_level():
             grids.append(v2.Hypothesis(IDENTITY, 1))
         return grids
-    if version == 1:
+    if family == 1:
         return [v2.Hypothesis(lattice, 0) for lattice in lattices]
     return v2.hypotheses(pyramid, lattices)
 
 
-def _analysis(best: _Read, scorer: _Scorer, count: int) -> Analysis:
+def _analysis(key: bytes, best: _Read, scorer: _Scorer, count: int) -> Analysis:
     log_fpp = scorer.log10_fpp(best.alignment.z, best.value is not None)
-    bits = coding.int_to_bits(best.value, PAYLOAD_BITS) if best.value is not None else (
-        best.bits if best.bits is not None else coding.decode(best.soft)[1])
+    code = _code(best.version)
+    bits = coding.int_to_bits(best.value, code.payload_bits) if best.value is not None else (
+        best.bits if best.bits is not None else code.decode(best.soft(key, best.version))[1])
     return Analysis(best.hypothesis.native(), best.alignment, best.value, bits, count, log_fpp,
                     version=best.version, level=best.hypothesis.level, dihedral=best.dihedral,
                     variant=best.variant)
@@ -317,8 +378,8 @@ def detect(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR, *,
         **lattice.describe(),
         "period_px": (float(np.hypot(*lattice.v1)), float(np.hypot(*lattice.v2))),
         "offset_px": (float(offset[0]), float(offset[1])),
-        "mirrored": bool(found and analysis.version == 2 and _odd(analysis.dihedral)
-                         != _odd(carrier.nonce(_check_key(key), analysis.payload).dihedral)),
+        "mirrored": bool(found and analysis.version != 1 and _odd(analysis.dihedral)
+                         != _odd(carrier.nonce(_check_key(key), analysis.payload, analysis.version).dihedral)),
         "sync_z": float(alignment.z),
         "periods": float(alignment.periods),
         "hypotheses": analysis.hypotheses,
@@ -356,10 +417,12 @@ def _existing_payload(y: np.ndarray, key: bytes, texture: np.ndarray) -> int | N
     pyramid = v2.Pyramid(y[top:top + EXISTING_WINDOW, left:left + EXISTING_WINDOW], texture=window)
     grids = [v2.Hypothesis(IDENTITY, 0)] + ([v2.Hypothesis(IDENTITY, 1)] if pyramid.has_half_level() else [])
     folds: dict = {}
-    for version in (1, 2):
-        reads = (_reads_v1(grids[:1], pyramid, key, folds) if version == 1
-                 else _reads_v2(grids, pyramid, key, folds, refine=1))
-        scorer = _Scorer(version, len(reads), 2)
+    families = _families(VERSIONS)
+    for family in (1, 2):
+        codes = families[family]
+        reads = (_reads_v1(grids[:1], pyramid, key, folds) if family == 1
+                 else _reads_v2(grids, pyramid, key, folds, codes, refine=1))
+        scorer = _Scorer(family, len(reads), len(families), len(codes))
         best = _decode_best(key, reads, scorer, DEFAULT_FPR, list_decode=False)  # a quick look, as in v1
         if best.value is not None and scorer.log10_fpp(best.alignment.z, True) <= math.log10(DEFAULT_FPR):
             return best.value
@@ -367,23 +430,25 @@ def _existing_payload(y: np.ndarray, key: bytes, texture: np.ndarray) -> int | N
 
 
 def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
-          version: int = DEFAULT_VERSION) -> np.ndarray:
-    """Return a new array like ``image`` carrying ``payload`` (0 .. 2**64-1) under ``key``.
+          version: int | None = None) -> np.ndarray:
+    """Return a new array like ``image`` carrying ``payload`` (0 .. 2**64-1; v3: 0 .. 2**40-1) under ``key``.
 
     ``image``: HxW gray, HxWx3 RGB or HxWx4 RGBA (alpha copied untouched), uint8/uint16 or float32/64 in
     0..1 (floats outside 0..1 are clipped), width and height at least ``MIN_SIDE`` px (else
     ``ImageTooSmallError``). The input is never modified. ``strength`` scales the mark (1.0 keeps PSNR >= 40
     dB; up to ``MAX_STRENGTH``). ``key``: at least 16 secret bytes. ``version``: the codec version to write
-    (1: one keyed tile for every image; 2: a per-image carrier, see carrier.py). Re-marking policy: see the
-    module docstring (same payload: unchanged copy; different payload: ``AlreadyWatermarkedError``; marks of
-    either version count).
+    (1: one keyed tile for every image; 2: a per-image carrier, see carrier.py; 3: v2's carrier with a 40-bit
+    ID, which reads where v2's 64-bit one has too few bits left); None: ``DEFAULT_VERSION`` when the payload
+    fits it, else 2. Re-marking policy: see the module docstring (same payload: unchanged copy; different
+    payload: ``AlreadyWatermarkedError``; marks of every version count).
     """
-    payload = _check_payload(payload)
+    payload = _check_payload(payload, 64)
+    if version is None:
+        version = DEFAULT_VERSION if payload < 1 << payload_bits(DEFAULT_VERSION) else 2
+    payload = _check_payload(payload, payload_bits(version), version)
     key = _check_key(key)
     if not 0.0 < float(strength) <= MAX_STRENGTH:
         raise InvalidInputError(f"strength must be in (0, {MAX_STRENGTH}], got {strength}")
-    if version not in VERSIONS:
-        raise InvalidInputError(f"unknown watermark codec version {version!r}; use one of {sorted(VERSIONS)}")
     arr, colour = split(image, "embed")
     check_size(colour, MIN_SIDE, "embed")
     y = luma(colour)
@@ -398,16 +463,17 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
             existing_payload=existing,
         )
     w = y.shape[1]
-    coded = coding.encode(payload)
+    coded = _code(version).encode(payload)
     if version == 1:
         tile, period, shaping = keyed_layout(key).tile(coded), PERIOD, V1_SHAPING
     else:
-        tile, shaping = carrier.image_tile(key, coded, carrier.nonce(key, payload), y), carrier.SHAPING
+        mark = carrier.nonce(key, payload, version)
+        tile, shaping = carrier.image_tile(key, coded, mark, y, version), carrier.SHAPING
         period = tile.shape[0]
     pattern = np.tile(tile, (max(1, STRIPE // period), -(-w // period)))[:, :w]  # one stripe's rows
     amplitude = amplitude_map(y, float(strength), shaping, texture)
     out = _add_mark(arr, colour, pattern, amplitude)
-    if version != 1 and strength <= 1.0:  # v2 promises the PSNR on every image: headroom shifts and rounding count
+    if version != 1 and strength <= 1.0:  # the carrier promises the PSNR on every image: headroom shifts, rounding
         excess = MIN_PSNR - _psnr(arr, out)
         for _ in range(3):
             if excess <= 0:

@@ -151,6 +151,6 @@ def _spread(product: np.ndarray) -> np.ndarray:
     return np.sqrt(energy) / PERIOD**2
 
 
-def nonce_matches(key: bytes, payload: int, variant: int) -> bool:
-    """Whether a decoded payload's own nonce names the variant it was read with."""
-    return carrier.nonce(key, payload).variant == variant
+def nonce_matches(key: bytes, payload: int, variant: int, version: int = 2) -> bool:
+    """Whether a decoded payload's own nonce (under carrier ``version``) names the variant it was read with."""
+    return carrier.nonce(key, payload, version).variant == variant

@@ -73,11 +73,11 @@ class PresenceMap:
 
 def _expected_tile(key: bytes, analysis: Found) -> np.ndarray:
     """The whole tile the detector expects in its folded frame (canonical PERIOD x PERIOD grid)."""
-    coded = coding.encode(analysis.payload)
     if analysis.version == 1:
-        base = keyed_layout(key).tile(coded).astype(np.float64)
+        base = keyed_layout(key).tile(coding.encode(analysis.payload)).astype(np.float64)
     else:
-        base = carrier.layout(key, analysis.variant).tile(coded).astype(np.float64)
+        coded = carrier.CODES[analysis.version].encode(analysis.payload)
+        base = carrier.layout(key, analysis.variant, analysis.version).tile(coded).astype(np.float64)
     fx, fy = analysis.alignment.shift
     freq = np.fft.fftfreq(PERIOD)
     ramp = np.exp(-2j * np.pi * (freq[:, None] * fy + freq[None, :] * fx))

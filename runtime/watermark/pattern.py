@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .payload import CODED_BITS, RATE_INVERSE, STEPS
+from .payload import CODED_BITS, ID64, RATE_INVERSE, STEPS, PayloadCode
 
 PERIOD = 64          # tile side in pixels at embedding scale
 GRID = 26            # chips per tile side (one chip ~2.5 px)
@@ -82,6 +82,7 @@ class KeyedLayout:
     payload_bit: np.ndarray     # coded-bit index carried by each payload chip
     sync_tile: np.ndarray       # [PERIOD, PERIOD] the sync part of the tile (unit chips)
     sync_spectrum_conj: np.ndarray  # conj(FFT(sync_tile)) for correlation
+    coded_bits: int = CODED_BITS    # length of the code word the payload chips carry
 
     def chips(self, coded: np.ndarray) -> np.ndarray:
         """[GRID, GRID] chip values (+/-1) carrying the coded bits."""
@@ -98,7 +99,7 @@ class KeyedLayout:
     def soft_bits(self, chips: np.ndarray) -> np.ndarray:
         """Soft coded bits (positive = 0) from chip estimates, summing each bit's chips."""
         values = chips.reshape(-1)[self.payload_index] * self.payload_signs
-        return np.bincount(self.payload_bit, weights=values, minlength=CODED_BITS)
+        return np.bincount(self.payload_bit, weights=values, minlength=self.coded_bits)
 
     def sync_correlation(self, chips: np.ndarray) -> float:
         return float(np.dot(chips.reshape(-1)[self.sync_index], self.sync_signs))
@@ -119,12 +120,22 @@ def kept_bits(generators: tuple[int, ...] = ALL_GENERATORS) -> np.ndarray:
     return (np.arange(STEPS)[:, None] * RATE_INVERSE + np.asarray(generators)[None, :]).reshape(-1)
 
 
+def spread_bits(chips: int, coded_bits: int) -> np.ndarray:
+    """The coded bit each of ``chips`` payload chips carries when the word is shorter than the chips: every bit
+    once, then the rest again, evenly over the word (a second chip for one bit in every coded_bits / rest)."""
+    rest = chips - coded_bits
+    return np.concatenate([np.arange(coded_bits), (np.arange(rest) * coded_bits) // max(rest, 1)])
+
+
 @lru_cache(maxsize=256)
-def domain_layout(key: bytes, domain: bytes, generators: tuple[int, ...] = ALL_GENERATORS) -> KeyedLayout:
+def domain_layout(key: bytes, domain: bytes, generators: tuple[int, ...] = ALL_GENERATORS,
+                  code: PayloadCode = ID64) -> KeyedLayout:
     """The layout for ``key`` within ``domain`` (each codec version and carrier variant has its own).
 
-    ``generators``: the code outputs carried (all of them for v1); the chips the others would take are sync
-    chips instead (a punctured code: a stronger sync for a slightly weaker payload code).
+    ``generators``: the outputs of the 64-bit ID's code carried (all of them for v1); the chips the others
+    would take are sync chips instead (a punctured code: a stronger sync for a slightly weaker payload code).
+    ``code``: the payload code. A shorter one than ``ID64`` (v3's ``ID40``) keeps the same sync chips and
+    payload positions and sends its whole word over the payload chips, some bits twice (``spread_bits``).
     """
     n = GRID * GRID
     carried = kept_bits(generators)
@@ -135,12 +146,17 @@ def domain_layout(key: bytes, domain: bytes, generators: tuple[int, ...] = ALL_G
     sync_index, payload_index = order[:sync_chips], order[sync_chips:]
     spread = np.argsort(np.frombuffer(_keyed_bytes(key, "spread", 8 * carried.size, domain), dtype="<u8"),
                         kind="stable")
-    payload_bit = carried[spread]  # v1 (every output carried): spread itself, as before
+    if code == ID64:
+        payload_bit = carried[spread]  # v1 (every output carried): spread itself, as before
+    elif code.coded_bits <= carried.size:
+        payload_bit = spread_bits(carried.size, code.coded_bits)[spread]
+    else:
+        raise ValueError(f"a {code.coded_bits}-bit code word does not fit {carried.size} payload chips")
     chips = np.zeros(n)
     chips[sync_index] = signs[sync_index]
     sync_tile = chips_to_tile(chips.reshape(GRID, GRID))
     return KeyedLayout(
         sync_index=sync_index, sync_signs=signs[sync_index],
         payload_index=payload_index, payload_signs=signs[payload_index], payload_bit=payload_bit,
-        sync_tile=sync_tile, sync_spectrum_conj=np.conj(np.fft.fft2(sync_tile)),
+        sync_tile=sync_tile, sync_spectrum_conj=np.conj(np.fft.fft2(sync_tile)), coded_bits=code.coded_bits,
     )

@@ -30,14 +30,17 @@ def log10_gaussian_tail(z: float) -> float:
     return (-0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi)) + math.log(series)) / math.log(10.0)
 
 
-def log10_false_positive(z: float, hypotheses: int, crc_ok: bool, searched: int = 1, checked: int = 1) -> float:
+def log10_false_positive(z: float, hypotheses: int, crc_ok: bool, searched: int = 1, checked: int = 1,
+                         codes: int = 1) -> float:
     """log10 of the probability that an unmarked image scores at least ``z`` (and passes the CRC if it did).
 
     ``searched``: sync patterns compared per hypothesis and shift (v2: dihedral transforms x variants, times
-    the codec versions tried). ``checked``: how many of them a passing word's own check tells apart (v2: the
-    nonce names one variant, so a random word also has to hit it, with probability 1 / ``checked``).
+    the searches run: v1's, the carrier's). ``checked``: how many of them a passing word's own check tells
+    apart (v2: the nonce names one variant, so a random word also has to hit it, with probability
+    1 / ``checked``). ``codes``: payload codes each read is decoded with (v2 and v3 read the same chips with a
+    64-bit and a 40-bit ID's code: twice the words checked).
     """
     log_p = math.log10(hypotheses * searched * SHIFTS) + log10_gaussian_tail(z)
     if crc_ok:
-        log_p += LOG10_CRC - math.log10(checked)
+        log_p += LOG10_CRC + math.log10(codes) - math.log10(checked)
     return min(0.0, log_p)

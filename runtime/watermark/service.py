@@ -51,6 +51,7 @@ from ..provenance.ledger import (
 from ..provenance.ledger_backends import ledger_cache_key, open_ledger
 from ..provenance.ledger_postgres import PostgresLedger
 from ..provenance.records import (
+    ID_BITS,
     IDEMPOTENCY_KEY,
     Record,
     RecordContent,
@@ -60,7 +61,7 @@ from ..provenance.records import (
     pixel_sha256,
 )
 from .arrays import ImageTooSmallError
-from .codec import DEFAULT_VERSION, MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed
+from .codec import DEFAULT_VERSION, MIN_DETECT_SIDE, AlreadyWatermarkedError, Detection, detect, embed, payload_bits
 from .localisation import PresenceMap
 
 REMARK_POLICIES = ("refuse", "keep", "add-record")
@@ -205,7 +206,7 @@ class ProvenanceService:
         Raises (and so records nothing) for a refused re-mark, an image too small to carry a mark, or a
         protected area that leaves too little room. ``policy_input`` is the name of the re-marking setting
         as the user sees it, used in the refusal message (``None``: the caller offers no such setting).
-        ``watermark_version``: the codec version to mark with (1 or 2); the record states it (see records.py).
+        ``watermark_version``: the codec version to mark with (1, 2 or 3); the record states it (see records.py).
         """
         if remark not in REMARK_POLICIES:
             raise InvalidInputError(f"unknown re-marking policy {remark!r}; use one of {', '.join(REMARK_POLICIES)}")
@@ -214,7 +215,7 @@ class ProvenanceService:
         if existing.found:  # an added record states the version of the mark it describes
             content = dataclasses.replace(content, watermark_version=existing.version)
             return self._already_marked(image, existing.payload, content, remark, policy_input)
-        wid = self._unused_id()
+        wid = self._unused_id(min(ID_BITS, payload_bits(watermark_version)))
         try:
             marked = embed(image, wid, self.keys.watermark_key, strength=strength, version=watermark_version)
         except AlreadyWatermarkedError as exc:  # the codec's own check can see marks detect() missed
@@ -254,9 +255,11 @@ class ProvenanceService:
         raise AlreadyMarkedError(already_marked_message(format_id(existing_id), origin is not None, policy_input),
                                  existing_id)
 
-    def _unused_id(self) -> int:
+    def _unused_id(self, bits: int) -> int:
+        """A random ``bits``-bit ID the ledger does not hold yet (v3 marks carry 40-bit IDs: 10^12 of them, so
+        the check matters there; an ID taken between this check and the insert is refused by the ledger)."""
         while True:
-            wid = new_watermark_id()
+            wid = new_watermark_id(bits)
             if not self.ledger.contains(wid):
                 return wid
 

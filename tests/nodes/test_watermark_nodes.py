@@ -89,7 +89,7 @@ def test_watermark_a_batch_then_verify_it(env, photos, progress_log):
     assert all(s > 6 for s in scores) and signatures == ["valid"] * 2 and chains == ["intact"] * 2
     record = json.loads(records[0])
     assert record["account"] == "acme" and record["seed"] == 42 and record["prompt"] == "bottle on linen"
-    assert record["metadata"] == {"client": "ACME", "batch_index": 0, "batch_size": 2, "watermark_version": 2}
+    assert record["metadata"] == {"client": "ACME", "batch_index": 0, "batch_size": 2, "watermark_version": 3}
     assert "identical to the marked image" in reports[0]
 
 
@@ -213,4 +213,4 @@ def test_deeply_nested_metadata_is_a_clear_error(env, photos):
             BackdropWatermark().mark(photos[:1], **{**MARK_DEFAULTS, "metadata": '{"a": ' + deep + "}"})
     assert len(get_service().ledger) == count
     _, ids, _ = BackdropWatermark().mark(photos[:1], **{**MARK_DEFAULTS, "metadata": '{"a": [[["ok"]]]}'})
-    assert get_service().ledger.get(int(ids, 16)).metadata == {"a": [[["ok"]]], "watermark_version": 2}
+    assert get_service().ledger.get(int(ids, 16)).metadata == {"a": [[["ok"]]], "watermark_version": 3}

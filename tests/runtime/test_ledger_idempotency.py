@@ -45,7 +45,7 @@ def test_marked_for_delivery_records_one_image_per_key(tmp_path, product_photo):
                              idempotency_key="photo.png/glam/0") as (_, record, service):
         pass
     assert service is get_service(home, other) and service is not get_service(home)
-    assert record.metadata == {"style": "Glam", "idempotency_key": "photo.png/glam/0", "watermark_version": 2}
+    assert record.metadata == {"style": "Glam", "idempotency_key": "photo.png/glam/0", "watermark_version": 3}
     assert service.ledger.find_idempotent("photo.png/glam/0") == record and len(get_service(home).ledger) == 0
     delivered = []
     worker = ProvenanceService(home, keys=KeyStore.from_secrets(service.keys.secrets()), ledger=other)  # a Ray actor

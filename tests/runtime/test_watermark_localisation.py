@@ -29,7 +29,7 @@ from tests.fixtures.watermark_images import (
 KEY = b"localisation-test-key-0123456789"
 
 
-@pytest.mark.parametrize(("version", "left"), [(2, True), (2, False), (1, True)])
+@pytest.mark.parametrize(("version", "left"), [(3, True), (2, True), (2, False), (1, True)])
 def test_map_marks_the_marked_half_of_a_spliced_image(version, left):
     photo = skimage_photo("astronaut")
     other = resize(skimage_photo("coffee"), 512 / 600, 512 / 400)[:512, :512]

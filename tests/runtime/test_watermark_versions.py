@@ -1,5 +1,5 @@
 """Which codec made a mark: ledger records (old ones read as v1, hashes unchanged), C2PA soft-binding names,
-and the service marking with v2 (product pixels exact) while v1 images still verify."""
+and the service marking with v3 (product pixels exact, 40-bit IDs) while v1 and v2 images still verify."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_content_states_versions_after_1_in_the_signed_metadata():
     assert record.watermark_version == 2
     assert record.computed_hash() != Record(**OLD_RECORD).computed_hash()  # the statement is hashed and signed
     with pytest.raises(InvalidInputError, match="watermark_version"):
-        RecordContent(watermark_version=3)
+        RecordContent(watermark_version=4)
     assert Record(**{**OLD_RECORD, "metadata": {WATERMARK_VERSION_KEY: "junk"}}).watermark_version == 1
 
 
@@ -68,15 +68,24 @@ def test_soft_binding_algorithm_names_the_codec_version(service):
         soft_binding_alg(5)
 
 
-def test_service_marks_with_v2_by_default_records_it_and_keeps_the_product_exact(service):
+def test_service_marks_with_v3_by_default_records_it_and_keeps_the_product_exact(service):
     photo, product = studio_product_photo(480, 640, seed=4)
     result = service.mark(photo, RecordContent(account="acme", metadata={"style": "Minimal"}), protect=product)
     assert np.array_equal(result.image[product], photo[product])
-    assert result.record.watermark_version == 2
-    assert result.record.metadata == {"style": "Minimal", WATERMARK_VERSION_KEY: 2}
+    assert result.record.watermark_version == 3 and 0 < result.record.id < 2**40  # v3 carries 40-bit IDs
+    assert result.record.metadata == {"style": "Minimal", WATERMARK_VERSION_KEY: 3}
     check = service.verify_image(result.image)
-    assert check.found and check.watermark_version == 2 and check.signature == "valid" and check.chain == "intact"
-    assert check.record["watermark_version"] == 2 and "codec v2" in check.summary()
+    assert check.found and check.watermark_version == 3 and check.signature == "valid" and check.chain == "intact"
+    assert check.record["watermark_version"] == 3 and "codec v3" in check.summary()
+
+
+def test_v2_marks_still_verify_through_the_service(service):
+    photo = studio_product_photo(400, 480, seed=5)[0]
+    result = service.mark(photo, RecordContent(account="acme"), watermark_version=2)
+    assert (result.record.watermark_version == 2 and result.record.id >= 2**40) or result.record.id < 2**63
+    check = service.verify_image(result.image)
+    assert check.found and check.watermark_version == 2 and check.signature == "valid"
+    assert check.watermark_id == result.watermark_id
 
 
 def test_v1_marks_still_verify_through_the_service(service):

@@ -43,13 +43,13 @@ def test_a_job_runs_and_its_image_carries_watermark_record_and_c2pa(server, alic
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert len(fetched.content) == image["bytes"]
     manifest = read_manifest(fetched.content, "png", keys=load_keys(server.data))
-    assert manifest.present and manifest.watermark_ids and manifest.watermark_versions == [2], manifest.summary
+    assert manifest.present and manifest.watermark_ids and manifest.watermark_versions == [3], manifest.summary
     verified = alice.post("/v1/verify", files={"image": ("x.png", fetched.content, "image/png")}).json()
     assert verified["found"] and verified["owner"] == "you" and verified["signature"] == "valid"
     assert verified["watermark_id"] in manifest.watermark_ids
     assert verified["record"]["account"] == server.accounts["alice"]["id"]
-    assert verified["record"]["metadata"] == {"style": "Soft Spring", "watermark_version": 2}
-    assert verified["record"]["watermark_version"] == 2 and not verified["tampered"]
+    assert verified["record"]["metadata"] == {"style": "Soft Spring", "watermark_version": 3}
+    assert verified["record"]["watermark_version"] == 3 and not verified["tampered"]
 
 
 def test_images_match_backdrop_run_pixel_for_pixel(server, alice, tmp_path):
