@@ -68,10 +68,15 @@ def finite_length_bits(snr: float, uses: int, error: float = FAILURE_RATE) -> fl
     return min(uses * capacity, max(0.0, uses * capacity - penalty + 0.5 * math.log2(uses)))
 
 
-def signed_payload_chips(analysis: codec.Analysis, payload: int) -> np.ndarray:
-    """The payload chips at the detector's alignment times the sign the true ID gives them (> 0: read right)."""
-    layout = carrier.layout(KEY, analysis.variant) if analysis.version == 2 else keyed_layout(KEY)
-    coded = coding.encode(payload)
+def _code(version: int) -> coding.PayloadCode:
+    return coding.ID64 if version == 1 else carrier.CODES[version]
+
+
+def signed_payload_chips(analysis: codec.Analysis, payload: int, version: int) -> np.ndarray:
+    """The payload chips at the detector's alignment times the sign the true ID (marked with codec ``version``)
+    gives them (> 0: read right)."""
+    layout = keyed_layout(KEY) if version == 1 else carrier.layout(KEY, analysis.variant, version)
+    coded = _code(version).encode(payload)
     chips = analysis.alignment.chips.reshape(-1)[layout.payload_index]
     return chips * layout.payload_signs * (1.0 - 2.0 * coded[layout.payload_bit])
 
@@ -89,11 +94,11 @@ def channel(signed: np.ndarray) -> dict:
 def measure(attack: str, images: list[tuple[str, np.ndarray]], version: int) -> list[dict]:
     rows = []
     for index, (name, image) in enumerate(images):
-        value = payload_for(index)
+        value = payload_for(index, codec.payload_bits(version))
         marked = codec.embed(image, value, KEY, version=version)
         analysis = codec.analyse(ATTACKS[attack](marked), KEY)
         rows.append({"image": name, "read": analysis.payload == value, "sync_z": analysis.alignment.z,
-                     **channel(signed_payload_chips(analysis, value))})
+                     "word_bits": _code(version).info_bits, **channel(signed_payload_chips(analysis, value, version))})
     return rows
 
 
@@ -102,8 +107,8 @@ def _verdict(row: dict) -> str:
         return "read"
     if row["capacity_bits"] < NO_MARK_BITS:
         return "sync lost"
-    if row["capacity_bits"] < coding.INFO_BITS:
-        return f"beyond capacity (< {coding.INFO_BITS} bits)"
+    if row["capacity_bits"] < row["word_bits"]:
+        return f"beyond capacity (< {row['word_bits']} bits)"
     return "within capacity, not decoded"
 
 
@@ -116,7 +121,7 @@ def report(attack: str, rows: list[dict]) -> str:
     verdicts = [_verdict(row) for row in rows]
     summary = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
     fits = ", ".join(f"{sum(row['capacity_bits'] >= bits for row in rows)} for {bits} bits"
-                     for bits in (coding.INFO_BITS, *SHORTER_WORDS))
+                     for bits in dict.fromkeys((rows[0]["word_bits"], coding.INFO_BITS, *SHORTER_WORDS)))
     return "\n".join([*lines, "", f"{len(rows)} images: {summary}. Capacity covers a codeword on {fits}."])
 
 
@@ -128,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="bench_watermark's quick image set")
     args = parser.parse_args(argv)
     images = bench_images(args.quick)
+    code = _code(args.version)
     print(f"{cpu_info().describe()}\ncodec v{args.version}, {len(images)} images, a codeword carries "
-          f"{coding.INFO_BITS} bits ({coding.PAYLOAD_BITS}-bit ID + CRC-{coding.CRC_BITS})\n")
+          f"{code.info_bits} bits ({code.payload_bits}-bit ID + CRC-{coding.CRC_BITS})\n")
     for attack in args.attack or DEFAULT_ATTACKS:
         print(report(attack, measure(attack, images, args.version)) + "\n", flush=True)
     return 0

@@ -89,3 +89,13 @@ def test_remarking_sees_a_v3_mark(marked):
     with pytest.raises(codec.AlreadyWatermarkedError) as info:
         embed(marked[3], 77, KEY, version=2)
     assert info.value.existing_payload == ID
+
+
+def test_v3_ids_are_drawn_40_bits_wide_and_other_widths_are_refused():
+    from comfyui_backdrop.runtime.provenance.records import ID_BITS, new_watermark_id
+
+    assert all(0 < new_watermark_id(40) < 2**40 for _ in range(200))
+    assert max(new_watermark_id() for _ in range(200)) >= 2**40  # the default stays 63 bits (v1, v2)
+    for bits in (0, ID_BITS + 1):
+        with pytest.raises(InvalidInputError, match="bits"):
+            new_watermark_id(bits)
