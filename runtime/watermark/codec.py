@@ -36,8 +36,8 @@ from . import codec_v2 as v2
 from . import payload as coding
 from .arrays import ImageTooSmallError, add_to_colour, check_size, extremes, split, to_levels
 from .folding import Alignment, align_spectrum, fold, whitened_spectrum
+from .lattice import FINE_HYPOTHESES, IDENTITY, Lattice, estimate_lattices
 from .lattice import HYPOTHESES as LATTICES_KEPT
-from .lattice import IDENTITY, Lattice, estimate_lattices
 from .localisation import PresenceMap, presence_map
 from .pattern import PERIOD, keyed_layout
 from .perceptual import BLOCK, V1_SHAPING, amplitude_map, headroom_shift, luma, texture_rms
@@ -53,7 +53,8 @@ EXISTING_WINDOW: int = 8 * PERIOD   # px (per side) that embed's re-marking chec
 STRIPE: int = 2 * PERIOD            # rows embedded at a time (a multiple of every tile period)
 VERSIONS: tuple[int, ...] = (3, 2, 1)  # codec versions detect() tries, in this order (v3 and v2 share one search)
 DEFAULT_VERSION: int = 3            # what embed() writes unless told otherwise (v1 and v2 marks still verify)
-HYPOTHESES_V1: int = LATTICES_KEPT + 1  # v1's lattice hypotheses at most (the search's best + the grid)
+HYPOTHESES_V1: int = LATTICES_KEPT + FINE_HYPOTHESES + 1  # v1's lattice hypotheses at most (the searches' best + the
+                                                          # grid)
 MIN_PSNR: float = 40.05             # dB: v2 at strength <= 1 scales its mark down to stay above this
 
 __all__ = [

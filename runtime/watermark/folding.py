@@ -14,7 +14,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .lattice import Lattice
+from .lattice import MIN_SCALE, Lattice
 from .pattern import GRID, PERIOD, KeyedLayout, spectrum_to_chips
 
 
@@ -29,30 +29,48 @@ class Alignment:
 
 
 def fold(residual: np.ndarray, lattice: Lattice) -> tuple[np.ndarray, float]:
-    """Sum of all periods of ``residual`` resampled onto the embedding grid, and how many periods it held."""
+    """Sum of all periods of ``residual`` resampled onto the embedding grid, and how many periods it held.
+
+    A lattice shorter than HALF_GRID_BELOW px (a thumbnail of a 64 px tile) is folded on a grid of half the
+    tile's size and the tile interpolated back (exactly, in frequency: the pattern's band fits the half grid):
+    resampling a 16-25 px period onto 64 px would enlarge the whole image 6-16 times."""
     h, w = residual.shape
     forward = lattice.matrix()
     if np.allclose(forward, np.eye(2)):
         return _fold_grid(residual), h * w / PERIOD**2
-    inverse = np.linalg.inv(forward)
+    periods = h * w / abs(np.linalg.det(forward)) / PERIOD**2
+    grid = PERIOD // 2 if lattice.period < HALF_GRID_BELOW else PERIOD
+    to_image = forward * (PERIOD / grid)  # fold-grid px -> image px
+    inverse = np.linalg.inv(to_image)
     corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], dtype=np.float64) @ inverse.T
     u0, v0 = np.floor(corners.min(axis=0))
     u1, v1 = np.ceil(corners.max(axis=0))
     out_w, out_h = int(u1 - u0), int(v1 - v0)
-    affine = np.hstack([forward, (forward @ np.array([u0, v0]))[:, None]])
+    affine = np.hstack([to_image, (to_image @ np.array([u0, v0]))[:, None]])
     warped = cv2.warpAffine(residual, affine, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    tile = np.roll(_fold_grid(warped), (int(v0) % PERIOD, int(u0) % PERIOD), axis=(0, 1))
-    return tile, h * w / abs(np.linalg.det(forward)) / PERIOD**2
+    tile = np.roll(_fold_grid(warped, grid), (int(v0) % grid, int(u0) % grid), axis=(0, 1))
+    return (tile if grid == PERIOD else _enlarged(tile)), periods
 
 
-def _fold_grid(image: np.ndarray) -> np.ndarray:
-    """Sum of the PERIOD x PERIOD blocks of ``image`` (zero-padded at the bottom/right), float64."""
+def _enlarged(tile: np.ndarray) -> np.ndarray:
+    """A periodic tile interpolated to PERIOD x PERIOD px by zero-padding its spectrum (its Nyquist row and column,
+    outside the pattern's band, are dropped), scaled so that a pixel sums as many periods as before."""
+    n = tile.shape[0]
+    keep = np.r_[0:n // 2, PERIOD - n // 2 + 1:PERIOD]
+    small = np.fft.fft2(tile)[np.r_[0:n // 2, n // 2 + 1:n]][:, np.r_[0:n // 2, n // 2 + 1:n]]
+    spectrum = np.zeros((PERIOD, PERIOD), np.complex128)
+    spectrum[np.ix_(keep, keep)] = small
+    return np.fft.ifft2(spectrum).real * (PERIOD / n) ** 2
+
+
+def _fold_grid(image: np.ndarray, grid: int = PERIOD) -> np.ndarray:
+    """Sum of the ``grid`` x ``grid`` blocks of ``image`` (zero-padded at the bottom/right), float64."""
     h, w = image.shape
-    pad_h, pad_w = -(-h // PERIOD) * PERIOD, -(-w // PERIOD) * PERIOD
+    pad_h, pad_w = -(-h // grid) * grid, -(-w // grid) * grid
     if (pad_h, pad_w) != (h, w):
         image = cv2.copyMakeBorder(image, 0, pad_h - h, 0, pad_w - w, cv2.BORDER_CONSTANT, value=0.0)
-    return image.reshape(pad_h // PERIOD, PERIOD, pad_w // PERIOD, PERIOD).sum(axis=(0, 2), dtype=np.float64)
+    return image.reshape(pad_h // grid, grid, pad_w // grid, grid).sum(axis=(0, 2), dtype=np.float64)
 
 
 def _subpixel(c_minus: float, c0: float, c_plus: float) -> float:
@@ -60,6 +78,7 @@ def _subpixel(c_minus: float, c0: float, c_plus: float) -> float:
     return 0.0 if denom >= 0 else float(np.clip(0.5 * (c_minus - c_plus) / denom, -0.5, 0.5))
 
 
+HALF_GRID_BELOW = MIN_SCALE * PERIOD  # px: shorter lattices (the fine search's) fold on a half-size grid (``fold``)
 UPSAMPLE = 2  # the cyclic correlation is searched on a grid UPSAMPLE times finer than the tile's pixels
 SHIFTS = (UPSAMPLE * PERIOD) ** 2  # positions searched per lattice (the Bonferroni count)
 BAND_HALF = GRID // 2  # the pattern's band: |f| < BAND_HALF cycles per tile on both axes (pattern.band_mask)

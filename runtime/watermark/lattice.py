@@ -9,7 +9,9 @@ far stronger than any single peak and about N(0,1) where there is no mark. Candi
 searches: a dense grid of scale x rotation (plain resizes and turns), 1-D combs along each axis paired up
 (any aspect), and each axis vector completed with its best perpendicular partner. The best candidates are
 refined to 1/32 px by pattern search; the caller tries the few best (plus the untouched embedding grid)
-and keeps the one whose keyed sync pattern correlates best.
+and keeps the one whose keyed sync pattern correlates best. Periods of 0.25x-0.4x the tile (a 64 px tile in a
+third- or quarter-size thumbnail: 16-25.6 px) get a search of their own that adds one lattice: searched
+together with the longer periods, the sub-multiples of a long lattice crowd the long lattice out.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import numpy as np
 from .autocorrelation import autocorrelation, central_window, sample
 from .pattern import PERIOD
 
-MIN_SCALE = 0.4      # per-axis scale range searched (0.5x..2x with +/-20% aspect)
+MIN_SCALE = 0.4      # per-axis scale range of the main search (0.5x..2x with +/-20% aspect)
 MAX_SCALE = 2.5
 MAX_ANGLE = np.deg2rad(10.0)   # rotation (+ shear from anisotropic scaling) searched around each axis
 MAX_ASPECT = 1.6     # |v1| / |v2| range
 CANDIDATES = 8       # candidates kept per search
 REFINED = 5          # best-scoring candidate lattices refined to sub-pixel precision
-HYPOTHESES = 4       # refined lattices returned (besides the embedding grid)
+HYPOTHESES = 4       # refined lattices returned by the main search (besides the embedding grid)
+FINE_SCALE = 0.25    # a search of its own covers FINE_SCALE..MIN_SCALE (a 64 px tile's 0.25x-0.4x thumbnails)...
+FINE_HYPOTHESES = 1  # ... and adds this many lattices
+FINE_LAG_PERIODS = 6  # ... from lags up to this many of its longest periods (short periods have points enough)
 GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
 LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
 
@@ -211,32 +216,56 @@ def comb_scores(acf: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> 
 
 
 def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float = MAX_SCALE * PERIOD,
-                      count: int = HYPOTHESES, identity: bool = True) -> list[Lattice]:
+                      count: int = HYPOTHESES, identity: bool = True, fine: int | None = None) -> list[Lattice]:
     """The most likely tile lattices in residual ``r`` (best first), ending with the embedding grid.
 
     Candidate bases come from three searches (similarity transforms on a dense grid, 1-D combs along
     each axis paired up, and each axis vector completed with its best perpendicular partner); all are
     scored with the full comb, and the best are refined to sub-pixel precision. ``lo``..``hi``: the period
     range searched (px); at most ``count`` lattices are returned, then IDENTITY unless ``identity`` is False.
+    ``fine``: lattices added from a search of its own over the short periods FINE_SCALE * PERIOD .. ``lo``
+    (thumbnails of a 64 px tile; default FINE_HYPOTHESES with the default range, else none). A search of
+    its own, because in one search over both ranges the sub-multiples of a long lattice crowd out the
+    long lattice itself.
     """
+    if fine is None:
+        fine = FINE_HYPOTHESES if lo == MIN_SCALE * PERIOD else 0
     window = central_window(r)
     side = min(window.shape)
     max_lag = int(min(LAG_FRACTION * side, 6 * PERIOD))
-    hi = min(hi, 0.5 * side)
+    acf_smooth = None
     hypotheses: list[Lattice] = []
-    if hi > lo:
-        acf = autocorrelation(window, max_lag)
-        acf_smooth = cv2.GaussianBlur(acf, (0, 0), 0.7)
-        axis1 = _axis_candidates(acf_smooth, 0, lo, hi)
-        axis2 = _axis_candidates(acf_smooth, 1, lo, hi)
-        pairs = [(v1, v2) for v1 in axis1 for v2 in axis2
-                 if 1 / MAX_ASPECT <= np.hypot(*v1) / np.hypot(*v2) <= MAX_ASPECT]
-        pairs += _similarity_candidates(acf_smooth, lo, hi)
-        pairs += _completions(acf_smooth, axis1[:4], 0) + _completions(acf_smooth, axis2[:4], 1)
-        order = np.argsort(-comb_scores(acf_smooth, pairs), kind="stable")[:REFINED]
-        for r1, r2, score in _refine_all(acf_smooth, [pairs[i] for i in order]):
-            if all(np.hypot(*(r1 - np.array(h.v1))) > 1 or np.hypot(*(r2 - np.array(h.v2))) > 1 for h in hypotheses):
-                hypotheses.append(Lattice(tuple(r1), tuple(r2), score))
-        hypotheses.sort(key=lambda h: -h.score)
-        hypotheses = hypotheses[:count]
+    for low, high, kept in ((lo, hi, count), (FINE_SCALE * PERIOD, lo, fine)):
+        high = min(high, 0.5 * side)
+        if kept <= 0 or high <= low:
+            continue
+        if acf_smooth is None:
+            acf_smooth = cv2.GaussianBlur(autocorrelation(window, max_lag), (0, 0), 0.7)
+        hypotheses += _search(_central_lags(acf_smooth, FINE_LAG_PERIODS * high) if low < lo else acf_smooth,
+                              low, high, kept)
     return [*hypotheses, IDENTITY] if identity else hypotheses
+
+
+def _central_lags(acf: np.ndarray, max_lag: float) -> np.ndarray:
+    """The part of an autocorrelation map with lags up to ``max_lag`` px (all of it when it is smaller)."""
+    centre, keep = (acf.shape[0] - 1) // 2, int(min(max_lag, (acf.shape[0] - 1) // 2))
+    return acf[centre - keep:centre + keep + 1, centre - keep:centre + keep + 1]
+
+
+def _search(acf_smooth: np.ndarray, lo: float, hi: float, count: int) -> list[Lattice]:
+    """``estimate_lattices``'s search over periods ``lo``..``hi`` px: the ``count`` best lattices, best first."""
+    axis1 = _axis_candidates(acf_smooth, 0, lo, hi)
+    axis2 = _axis_candidates(acf_smooth, 1, lo, hi)
+    pairs = [(v1, v2) for v1 in axis1 for v2 in axis2
+             if 1 / MAX_ASPECT <= np.hypot(*v1) / np.hypot(*v2) <= MAX_ASPECT]
+    pairs += _similarity_candidates(acf_smooth, lo, hi)
+    pairs += _completions(acf_smooth, axis1[:4], 0) + _completions(acf_smooth, axis2[:4], 1)
+    if not pairs:
+        return []
+    order = np.argsort(-comb_scores(acf_smooth, pairs), kind="stable")[:REFINED]
+    hypotheses: list[Lattice] = []
+    for r1, r2, score in _refine_all(acf_smooth, [pairs[i] for i in order]):
+        if all(np.hypot(*(r1 - np.array(h.v1))) > 1 or np.hypot(*(r2 - np.array(h.v2))) > 1 for h in hypotheses):
+            hypotheses.append(Lattice(tuple(r1), tuple(r2), score))
+    hypotheses.sort(key=lambda h: -h.score)
+    return hypotheses[:count]

@@ -136,3 +136,30 @@ def test_band_correlation_is_the_inverse_fft_of_the_zero_padded_band():
         assert out.shape == (2, 3, size, size) and np.abs(out - reference).max() <= 1e-9 * scale
         single = band_correlation(band(product).astype(np.complex64), size)
         assert single.dtype == np.float32 and np.abs(single - reference).max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize(("version", "payload"), [(3, 0x12345), (1, 0xABCDEF)])
+def test_a_third_size_thumbnail_of_a_small_picture_reads_through_the_short_period_search(version, payload):
+    """A 0.33x thumbnail of a busy 640 x 427 px picture (one 64 px layer): its tile is 21 px, under the main lattice
+    search's 25.6 px; a search of its own finds it (no version read this case before stop 28; sync z ~9-11)."""
+    image = skimage_photo("rocket")  # 427 x 640 px
+    thumb = resize(embed(image, payload, KEY, version=version), 0.33)
+    result = detect(thumb, KEY)
+    assert result.found and result.payload == payload and result.version == version, result.details
+    assert result.details["period_px"][0] == pytest.approx(64 * 0.33, abs=0.4)
+
+
+def test_a_short_lattice_folds_on_a_half_grid_like_on_the_full_one(monkeypatch):
+    """Folding a 20.5 px lattice on a 32 px grid and interpolating the tile gives the 64 px grid's tile."""
+    from comfyui_backdrop.runtime.watermark import folding
+    from comfyui_backdrop.runtime.watermark.lattice import Lattice
+
+    tile = pattern.chips_to_tile(np.random.default_rng(3).choice([-1.0, 1.0], (pattern.GRID, pattern.GRID)))
+    image = resize(np.tile(tile, (12, 12)).astype(np.float32), 20.5 / 64)
+    lattice = Lattice((20.5, 0.0), (0.0, 20.5))
+    half, periods = folding.fold(image, lattice)
+    monkeypatch.setattr(folding, "HALF_GRID_BELOW", 0.0)
+    full, periods_full = folding.fold(image, lattice)
+    assert periods == pytest.approx(periods_full)
+    assert np.corrcoef(half.ravel(), full.ravel())[0, 1] > 0.99 and half.std() == pytest.approx(full.std(), rel=0.02)
+    assert np.corrcoef(half.ravel(), tile.ravel())[0, 1] > 0.5  # the mark is there (its top band aliased away)
