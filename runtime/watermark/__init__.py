@@ -1,9 +1,10 @@
 """Invisible, keyed, blind watermark codec (weight-free, numpy/opencv).
 
-``embed(image, payload, key, version=...)`` hides a 64-bit ID; ``detect(image, key)`` finds it again (either
-codec version) after crops, resizes, recompression, blur, tone changes and small rotations, and for v2 marks
-also mirrors, quarter turns, thumbnails and heavy JPEG/WebP, with a calibrated false-positive probability;
-``detect(..., localise=True)`` also maps where the mark is. See docs/watermark.md.
+``embed(image, payload, key, version=...)`` hides a 40-bit ID (v3, the default) or a 64-bit one (v2, v1;
+``payload_bits(version)``); ``detect(image, key)`` finds it again (any codec version) after crops, resizes,
+thumbnails, recompression, blur, tone changes and small rotations, and for v2 and v3 marks also mirrors, quarter
+turns and heavy JPEG/WebP, with a calibrated false-positive probability; ``detect(..., localise=True)`` also maps
+where the mark is. See docs/watermark.md.
 """
 
 from .codec import (
@@ -18,6 +19,7 @@ from .codec import (
     detect,
     embed,
     is_marked,
+    payload_bits,
 )
 from .localisation import PresenceMap
 
@@ -34,4 +36,5 @@ __all__ = [
     "detect",
     "embed",
     "is_marked",
+    "payload_bits",
 ]

@@ -59,7 +59,7 @@ MIN_PSNR: float = 40.05             # dB: v2 at strength <= 1 scales its mark do
 
 __all__ = [
     "DEFAULT_VERSION", "MIN_DETECT_SIDE", "MIN_SIDE", "PAYLOAD_BITS", "VERSIONS", "AlreadyWatermarkedError",
-    "Analysis", "Detection", "ImageTooSmallError", "analyse", "detect", "embed", "is_marked",
+    "Analysis", "Detection", "ImageTooSmallError", "analyse", "detect", "embed", "is_marked", "payload_bits",
 ]
 
 
