@@ -157,7 +157,7 @@ def _code(version: int) -> coding.PayloadCode:
 
 def payload_bits(version: int) -> int:
     """How many bits of payload (ID) a codec version carries: 64 (v1, v2) or 40 (v3)."""
-    if version not in VERSIONS:
+    if isinstance(version, bool) or version not in VERSIONS:
         raise InvalidInputError(f"unknown watermark codec version {version!r}; use one of {sorted(VERSIONS)}")
     return _code(version).payload_bits
 

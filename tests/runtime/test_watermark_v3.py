@@ -41,6 +41,9 @@ def test_v3_is_the_default_for_ids_that_fit_and_v2_takes_longer_ones(busy_small,
     assert detect(embed(busy_small, ID << 20, KEY), KEY).version == 2  # a 60-bit ID needs v2
     with pytest.raises(InvalidInputError, match=r"2\*\*40"):
         embed(busy_small, 1 << 40, KEY, version=3)
+    for bad in (True, "3", 4, 3.0 + 0.5):
+        with pytest.raises(InvalidInputError, match="version"):
+            embed(busy_small, ID, KEY, version=bad)
 
 
 def test_v3_round_trip_reports_its_version_and_spends_v2s_psnr(busy_small, marked):
