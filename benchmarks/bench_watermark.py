@@ -304,6 +304,7 @@ def _robustness_worker(index: int) -> dict:
     out: dict = {"psnr": {}, "reads": {}}
     for method in methods:
         value = payload_for(index, _bits_of(method))
+        bits = int_to_bits(value, _bits_of(method))
         marked = _mark(image, value, method)
         if marked is not None:
             out["psnr"][method] = psnr(marked, image)
@@ -312,7 +313,6 @@ def _robustness_worker(index: int) -> dict:
                 out["reads"][(name, method)] = (0.5, False)
                 continue
             got, hit = _read(attack(marked), value, method)
-            bits = int_to_bits(value, _bits_of(method))
             out["reads"][(name, method)] = (0.5 if got is None else float(np.mean(got == bits)), hit)
     print(f"  {label}: " + ", ".join(f"{m} {np.mean([out['reads'][(a, m)][1] for a in attacks]):.2f}"
                                      for m in methods), file=sys.stderr, flush=True)
@@ -396,13 +396,13 @@ def averaging(train: int, test: int, versions: tuple[int, ...], attack_psnrs=(49
 def _estimate_quality(tile: np.ndarray, period: int, version: int, index: int = 0) -> float:
     """Normalised correlation of the attacker's estimate with the true carrier of training image ``index``."""
     from comfyui_backdrop.runtime.watermark.pattern import keyed_layout
-    from comfyui_backdrop.runtime.watermark.payload import encode
+    from comfyui_backdrop.runtime.watermark.payload import CODES
 
     value = payload_for(5000 + index, codec.payload_bits(version))
+    coded = CODES[version].encode(value)
     if version == 1:
-        truth = keyed_layout(KEY).tile(encode(value)).astype(np.float64)
+        truth = keyed_layout(KEY).tile(coded).astype(np.float64)
     else:
-        coded = carrier.CODES[version].encode(value)
         truth = carrier.tile(KEY, coded, carrier.nonce(KEY, value, version), period, version).astype(np.float64)
         if truth.shape != tile.shape:
             return float("nan")
@@ -571,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--average-images", type=int, default=None,
                         help="marked images the averaging attack averages (default 1000)")
     parser.add_argument("--workers", type=int, default=1, help="processes for robustness and false positives")
-    parser.add_argument("--versions", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
-                        help="codec versions")
+    parser.add_argument("--versions", type=int, nargs="+", default=sorted(codec.VERSIONS),
+                        choices=sorted(codec.VERSIONS), help="codec versions")
     parser.add_argument("--attacks", nargs="*", default=None, help="only these attacks (names as printed)")
     parser.add_argument("--images", nargs="*", default=None, help="only these images (names as printed)")
     parser.add_argument("--image-set", choices=sorted(IMAGE_SETS), default="bench",

@@ -68,15 +68,11 @@ def finite_length_bits(snr: float, uses: int, error: float = FAILURE_RATE) -> fl
     return min(uses * capacity, max(0.0, uses * capacity - penalty + 0.5 * math.log2(uses)))
 
 
-def _code(version: int) -> coding.PayloadCode:
-    return coding.ID64 if version == 1 else carrier.CODES[version]
-
-
 def signed_payload_chips(analysis: codec.Analysis, payload: int, version: int) -> np.ndarray:
     """The payload chips at the detector's alignment times the sign the true ID (marked with codec ``version``)
     gives them (> 0: read right)."""
     layout = keyed_layout(KEY) if version == 1 else carrier.layout(KEY, analysis.variant, version)
-    coded = _code(version).encode(payload)
+    coded = coding.CODES[version].encode(payload)
     chips = analysis.alignment.chips.reshape(-1)[layout.payload_index]
     return chips * layout.payload_signs * (1.0 - 2.0 * coded[layout.payload_bit])
 
@@ -97,8 +93,9 @@ def measure(attack: str, images: list[tuple[str, np.ndarray]], version: int) -> 
         value = payload_for(index, codec.payload_bits(version))
         marked = codec.embed(image, value, KEY, version=version)
         analysis = codec.analyse(ATTACKS[attack](marked), KEY)
+        signed = signed_payload_chips(analysis, value, version)
         rows.append({"image": name, "read": analysis.payload == value, "sync_z": analysis.alignment.z,
-                     "word_bits": _code(version).info_bits, **channel(signed_payload_chips(analysis, value, version))})
+                     "word_bits": coding.CODES[version].info_bits, **channel(signed)})
     return rows
 
 
@@ -133,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="bench_watermark's quick image set")
     args = parser.parse_args(argv)
     images = bench_images(args.quick)
-    code = _code(args.version)
+    code = coding.CODES[args.version]
     print(f"{cpu_info().describe()}\ncodec v{args.version}, {len(images)} images, a codeword carries "
           f"{code.info_bits} bits ({code.payload_bits}-bit ID + CRC-{coding.CRC_BITS})\n")
     for attack in args.attack or DEFAULT_ATTACKS:

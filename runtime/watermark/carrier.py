@@ -27,7 +27,7 @@ The sync pattern takes the chips of one of the code's six outputs (puncturing th
 thumbnail) clears the detection threshold, which the dihedral and variant search raise, while its payload
 still decodes.
 
-v3 is v2 with a 40-bit ID instead of a 64-bit one (``CODES``): the same carriers, sync chips and search, but
+v3 is v2 with a 40-bit ID instead of a 64-bit one (``payload.CODES``): the same carriers, sync chips and search, but
 the payload chips carry a 56-bit word (ID + CRC-16) instead of an 80-bit one, so a mark that keeps too few
 bits for the longer word (a crop to a tenth of a busy picture) still reads. Its nonce has its own domain.
 """
@@ -43,7 +43,7 @@ import numpy as np
 
 from .folding import band
 from .pattern import PERIOD, KeyedLayout, domain_layout
-from .payload import ID40, ID64, PayloadCode
+from .payload import CODES
 from .perceptual import Shaping
 
 V2_DOMAIN = b"backdrop-watermark-v2"
@@ -57,7 +57,6 @@ PERIODS = (PERIOD, 2 * PERIOD)
 FINE_SHARE = 0.2             # share of the mark's energy a large busy image gives its PERIOD px layer
 FLAT_FINE_SHARE = 0.3        # ... and a mostly flat image under LARGE_SIDE (crops of it keep enough periods)
 PAYLOAD_GENERATORS = (1, 2, 3, 4, 5)  # code outputs carried: rate 1/5, free distance 31 (all six: 37)
-CODES: dict[int, PayloadCode] = {2: ID64, 3: ID40}  # the payload code of each carrier version
 # Texture masks more of v2's mark (gain up to 2.0), but no pixel gets more than 4 levels: the energy the busiest
 # areas would take goes to mid-texture areas, where the picture's own detail (the detector's noise) is weaker.
 # Measured against a ceiling of 10 (stop 27): no attack lost an image on the 25 benchmark images or on 24 held-out

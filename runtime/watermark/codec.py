@@ -36,8 +36,7 @@ from . import codec_v2 as v2
 from . import payload as coding
 from .arrays import ImageTooSmallError, add_to_colour, check_size, extremes, split, to_levels
 from .folding import Alignment, align_spectrum, fold, whitened_spectrum
-from .lattice import FINE_HYPOTHESES, IDENTITY, Lattice, estimate_lattices
-from .lattice import HYPOTHESES as LATTICES_KEPT
+from .lattice import IDENTITY, RETURNED, Lattice, estimate_lattices
 from .localisation import PresenceMap, presence_map
 from .pattern import PERIOD, keyed_layout
 from .perceptual import BLOCK, V1_SHAPING, amplitude_map, headroom_shift, luma, texture_rms
@@ -53,8 +52,7 @@ EXISTING_WINDOW: int = 8 * PERIOD   # px (per side) that embed's re-marking chec
 STRIPE: int = 2 * PERIOD            # rows embedded at a time (a multiple of every tile period)
 VERSIONS: tuple[int, ...] = (3, 2, 1)  # codec versions detect() tries, in this order (v3 and v2 share one search)
 DEFAULT_VERSION: int = 3            # what embed() writes unless told otherwise (v1 and v2 marks still verify)
-HYPOTHESES_V1: int = LATTICES_KEPT + FINE_HYPOTHESES + 1  # v1's lattice hypotheses at most (the searches' best + the
-                                                          # grid)
+HYPOTHESES_V1: int = RETURNED + 1  # v1's lattice hypotheses at most (the searches' best + the grid)
 MIN_PSNR: float = 40.05             # dB: v2 at strength <= 1 scales its mark down to stay above this
 
 __all__ = [
@@ -151,23 +149,19 @@ def _families(versions: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
     return {family: tuple(codes) for family, codes in out.items()}
 
 
-def _code(version: int) -> coding.PayloadCode:
-    return coding.ID64 if version == 1 else carrier.CODES[version]
-
-
 def payload_bits(version: int) -> int:
     """How many bits of payload (ID) a codec version carries: 64 (v1, v2) or 40 (v3)."""
     if isinstance(version, bool) or version not in VERSIONS:
         raise InvalidInputError(f"unknown watermark codec version {version!r}; use one of {sorted(VERSIONS)}")
-    return _code(version).payload_bits
+    return coding.CODES[version].payload_bits
 
 
 @dataclass
 class _Read:
-    """One hypothesis read by one search (``family``); ``codes``: the versions whose payload code it is decoded
-    with, in order. ``version``: the one whose word passed (else the first), ``bits`` that word's payload bits."""
+    """One hypothesis read by one search; ``codes``: the versions whose payload code it is decoded with, in order
+    (one search's, ``_families``). ``version``: the one whose word passed (else the first), ``bits`` that word's
+    payload bits."""
 
-    family: int
     hypothesis: v2.Hypothesis
     alignment: Alignment
     codes: tuple[int, ...]
@@ -178,6 +172,13 @@ class _Read:
     variant: int = 0
     decoded: bool = False  # Viterbi-decoded already
     listed: bool = False   # list-decoded already
+
+    def __post_init__(self) -> None:
+        self.version = self.version or self.codes[0]
+
+    @property
+    def family(self) -> int:
+        return _family(self.codes[0])
 
     def soft(self, key: bytes, version: int) -> np.ndarray:
         """Soft coded bits of ``version``'s code word from the aligned chips."""
@@ -210,7 +211,7 @@ def _viterbi(key: bytes, read: _Read) -> None:
     """Decode ``read`` under each of its codes (the best path) until a word passes."""
     read.decoded = True
     for version in read.codes:
-        value, bits = _code(version).decode(read.soft(key, version))
+        value, bits = coding.CODES[version].decode(read.soft(key, version))
         value = _accept(key, read, version, value)
         if read.bits is None or value is not None:
             read.bits, read.version, read.value = bits, version, value
@@ -222,7 +223,7 @@ def _list_viterbi(key: bytes, read: _Read) -> None:
     """List-decode ``read`` under each of its codes until a word passes."""
     read.listed = True
     for version in read.codes:
-        code = _code(version)
+        code = coding.CODES[version]
         for word in code.list_viterbi_decode(read.soft(key, version)):
             value = _accept(key, read, version, code.check(word))
             if value is not None:
@@ -251,7 +252,7 @@ def _reads_v1(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, 
     for hypothesis in hypotheses:
         folded = _fold_cached(pyramid, hypothesis, folds)
         alignment = align_spectrum(folded.spectrum, layout, folded.periods)
-        reads.append(_Read(1, hypothesis, alignment, codes, version=codes[0]))
+        reads.append(_Read(hypothesis, alignment, codes))
     return reads
 
 
@@ -261,8 +262,7 @@ def _reads_v2(hypotheses: list[v2.Hypothesis], pyramid: v2.Pyramid, key: bytes, 
     for hypothesis in hypotheses:
         folded = _fold_cached(pyramid, hypothesis, folds)
         match = v2.search(folded.spectrum, key, folded.periods, refine)
-        reads.append(_Read(2, hypothesis, match.alignment, codes, version=codes[0], dihedral=match.dihedral,
-                           variant=match.variant))
+        reads.append(_Read(hypothesis, match.alignment, codes, dihedral=match.dihedral, variant=match.variant))
     return reads
 
 
@@ -347,7 +347,7 @@ def _phase_hypotheses(family: int, phase: str, pyramid: v2.Pyramid,
 
 def _analysis(key: bytes, best: _Read, scorer: _Scorer, count: int) -> Analysis:
     log_fpp = scorer.log10_fpp(best.alignment.z, best.value is not None)
-    code = _code(best.version)
+    code = coding.CODES[best.version]
     bits = coding.int_to_bits(best.value, code.payload_bits) if best.value is not None else (
         best.bits if best.bits is not None else code.decode(best.soft(key, best.version))[1])
     return Analysis(best.hypothesis.native(), best.alignment, best.value, bits, count, log_fpp,
@@ -443,7 +443,7 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
     fits it, else 2. Re-marking policy: see the module docstring (same payload: unchanged copy; different
     payload: ``AlreadyWatermarkedError``; marks of every version count).
     """
-    payload = _check_payload(payload, 64)
+    payload = _check_payload(payload, PAYLOAD_BITS)
     if version is None:
         version = DEFAULT_VERSION if payload < 1 << payload_bits(DEFAULT_VERSION) else 2
     payload = _check_payload(payload, payload_bits(version), version)
@@ -464,7 +464,7 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
             existing_payload=existing,
         )
     w = y.shape[1]
-    coded = _code(version).encode(payload)
+    coded = coding.CODES[version].encode(payload)
     if version == 1:
         tile, period, shaping = keyed_layout(key).tile(coded), PERIOD, V1_SHAPING
     else:

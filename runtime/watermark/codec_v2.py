@@ -23,8 +23,7 @@ import numpy as np
 
 from . import carrier
 from .folding import Alignment, align_spectrum, band, band_correlation
-from .lattice import FINE_HYPOTHESES, IDENTITY, Lattice, estimate_lattices
-from .lattice import HYPOTHESES as LATTICES_KEPT
+from .lattice import IDENTITY, RETURNED, Lattice, estimate_lattices
 from .pattern import PERIOD
 from .perceptual import V1_SHAPING
 from .residual import whitened_residual
@@ -36,7 +35,7 @@ HALF_LEVEL_PERIOD = 96.0     # px: lattices with a longer period are folded at t
 LEVEL1_LO, LEVEL1_HI = 80.0, 160.0  # periods searched on the half-resolution level (its px)
 LEVEL1_LATTICES = 3          # lattices kept from that search
 LEVEL1_MIN_SIDE = 192        # its px: two periods of 96 (a 128 px tile enlarged 1.5x); smaller images skip it
-LEVEL0_LATTICES = LATTICES_KEPT + FINE_HYPOTHESES  # lattices kept from the full-size searches
+LEVEL0_LATTICES = RETURNED   # lattices kept from the full-size searches
 REFINED = 2                  # (dihedral, variant) pairs refined on the half-pixel grid per hypothesis...
 CLOSE = 0.9                  # ... the runner-up only when its integer-shift peak is this close to the best
 SEARCHED = carrier.DIHEDRAL * carrier.VARIANTS  # sync patterns compared per hypothesis
@@ -101,7 +100,7 @@ def hypotheses(pyramid: Pyramid, level0: list[Lattice]) -> list[Hypothesis]:
         out.append(Hypothesis(IDENTITY, 1))
         if pyramid.has_level1_search():
             r1 = pyramid.residual(1)
-            out += [Hypothesis(lat, 1) for lat in estimate_lattices(r1, LEVEL1_LO, LEVEL1_HI, LEVEL1_LATTICES,
+            out += [Hypothesis(lat, 1) for lat in estimate_lattices(r1, LEVEL1_LO, LEVEL1_HI, LEVEL1_LATTICES, fine=0,
                                                                      identity=False)]
     return out
 

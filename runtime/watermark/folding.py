@@ -57,10 +57,10 @@ def _enlarged(tile: np.ndarray) -> np.ndarray:
     """A periodic tile interpolated to PERIOD x PERIOD px by zero-padding its spectrum (its Nyquist row and column,
     outside the pattern's band, are dropped), scaled so that a pixel sums as many periods as before."""
     n = tile.shape[0]
-    keep = np.r_[0:n // 2, PERIOD - n // 2 + 1:PERIOD]
-    small = np.fft.fft2(tile)[np.r_[0:n // 2, n // 2 + 1:n]][:, np.r_[0:n // 2, n // 2 + 1:n]]
+    source = np.r_[0:n // 2, n // 2 + 1:n]                     # every frequency but Nyquist
+    target = np.r_[0:n // 2, PERIOD - n // 2 + 1:PERIOD]       # ... at its place in the larger spectrum
     spectrum = np.zeros((PERIOD, PERIOD), np.complex128)
-    spectrum[np.ix_(keep, keep)] = small
+    spectrum[np.ix_(target, target)] = np.fft.fft2(tile)[np.ix_(source, source)]
     return np.fft.ifft2(spectrum).real * (PERIOD / n) ** 2
 
 

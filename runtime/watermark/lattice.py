@@ -35,6 +35,7 @@ HYPOTHESES = 4       # refined lattices returned by the main search (besides the
 FINE_SCALE = 0.25    # a search of its own covers FINE_SCALE..MIN_SCALE (a 64 px tile's 0.25x-0.4x thumbnails)...
 FINE_HYPOTHESES = 1  # ... and adds this many lattices
 FINE_LAG_PERIODS = 6  # ... from lags up to this many of its longest periods (short periods have points enough)
+RETURNED = HYPOTHESES + FINE_HYPOTHESES  # lattices estimate_lattices returns at most by default (and the grid)
 GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
 LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
 
@@ -216,7 +217,7 @@ def comb_scores(acf: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> 
 
 
 def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float = MAX_SCALE * PERIOD,
-                      count: int = HYPOTHESES, identity: bool = True, fine: int | None = None) -> list[Lattice]:
+                      count: int = HYPOTHESES, identity: bool = True, fine: int = FINE_HYPOTHESES) -> list[Lattice]:
     """The most likely tile lattices in residual ``r`` (best first), ending with the embedding grid.
 
     Candidate bases come from three searches (similarity transforms on a dense grid, 1-D combs along
@@ -224,12 +225,9 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
     scored with the full comb, and the best are refined to sub-pixel precision. ``lo``..``hi``: the period
     range searched (px); at most ``count`` lattices are returned, then IDENTITY unless ``identity`` is False.
     ``fine``: lattices added from a search of its own over the short periods FINE_SCALE * PERIOD .. ``lo``
-    (thumbnails of a 64 px tile; default FINE_HYPOTHESES with the default range, else none). A search of
-    its own, because in one search over both ranges the sub-multiples of a long lattice crowd out the
-    long lattice itself.
+    (thumbnails of a 64 px tile; 0 for none). A search of its own, because in one search over both ranges the
+    sub-multiples of a long lattice crowd out the long lattice itself.
     """
-    if fine is None:
-        fine = FINE_HYPOTHESES if lo == MIN_SCALE * PERIOD else 0
     window = central_window(r)
     side = min(window.shape)
     max_lag = int(min(LAG_FRACTION * side, 6 * PERIOD))

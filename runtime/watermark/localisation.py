@@ -73,11 +73,9 @@ class PresenceMap:
 
 def _expected_tile(key: bytes, analysis: Found) -> np.ndarray:
     """The whole tile the detector expects in its folded frame (canonical PERIOD x PERIOD grid)."""
-    if analysis.version == 1:
-        base = keyed_layout(key).tile(coding.encode(analysis.payload)).astype(np.float64)
-    else:
-        coded = carrier.CODES[analysis.version].encode(analysis.payload)
-        base = carrier.layout(key, analysis.variant, analysis.version).tile(coded).astype(np.float64)
+    coded = coding.CODES[analysis.version].encode(analysis.payload)
+    layout = keyed_layout(key) if analysis.version == 1 else carrier.layout(key, analysis.variant, analysis.version)
+    base = layout.tile(coded).astype(np.float64)
     fx, fy = analysis.alignment.shift
     freq = np.fft.fftfreq(PERIOD)
     ramp = np.exp(-2j * np.pi * (freq[:, None] * fy + freq[None, :] * fx))

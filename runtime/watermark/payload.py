@@ -168,6 +168,7 @@ def _branches(soft: np.ndarray) -> np.ndarray:
 
 ID64 = PayloadCode(64)  # codec v1 and v2
 ID40 = PayloadCode(40)  # codec v3
+CODES: dict[int, PayloadCode] = {1: ID64, 2: ID64, 3: ID40}  # the payload code of each codec version
 
 # v1/v2's code under its historical module-level names
 PAYLOAD_BITS = ID64.payload_bits
