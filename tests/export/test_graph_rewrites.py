@@ -3,11 +3,15 @@ they were; OpenVINO engines carry them (fp32: transposed-convolution upsamplers;
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
 from comfyui_backdrop.export.graph_rewrites import (
     GEGLU_SPLIT,
+    HELD,
     UPSAMPLE_CONV_TRANSPOSE,
     WINOGRAD,
     export_rewrites,
@@ -161,3 +165,27 @@ def test_winograd_takes_the_32px_level_of_the_unet_and_engines_carry_it(tmp_path
         out, expected = backend.run(*args), TorchUNetBackend(unet).run(*args)
         assert rel(out, expected) <= 1e-4, latent
 
+
+
+def test_an_export_leaves_no_rewrite_tensors_behind(tmp_path, monkeypatch):
+    """TorchScript keeps every traced graph, constants included, for the life of the process; the rewrites'
+    tensors are module buffers while tracing (not graph constants), so they go when the export ends."""
+    pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    from comfyui_backdrop.export import graph_rewrites
+    from comfyui_backdrop.export.openvino_export import export_unet_openvino
+
+    held = []
+    init = graph_rewrites.RewrittenForward.__init__
+
+    def recording(self, function, **tensors):
+        init(self, function, **tensors)
+        held.extend(weakref.ref(t) for t in tensors.values() if t is not None)
+
+    monkeypatch.setattr(graph_rewrites.RewrittenForward, "__init__", recording)
+    unet = tiny_sd15_unet(sample_size=32)
+    exported = export_unet_openvino(unet, tmp_path / "unet.xml", precision="fp32")
+    assert exported.rewrites[WINOGRAD] == 6 and exported.rewrites[GEGLU_SPLIT] == geglus(unet)
+    gc.collect()
+    assert len(held) > 6 and [ref for ref in held if ref() is not None] == []
+    assert not any(name.endswith(HELD) for name, _ in unet.named_modules())
+    assert all("forward" not in vars(m) for m in unet.modules())
