@@ -8,8 +8,8 @@ cache when it was built before.
 
 One small JSON file, ``engine_choice.json`` in the models folder (``--models-dir`` / ``BACKDROP_MODELS_DIR``
 / ``./models``), written atomically. It records the CPU it was measured on: a choice made on another
-CPU (an AVX2 EPYC choice on an AMX Xeon, or the reverse) is refused with a message to bench again,
-because the fastest engine differs between them.
+CPU (an AVX2 EPYC choice on an AMX Xeon, or on an AVX-512 EPYC: same model name, other units) is refused
+with a message to bench again, because the fastest engine differs between them.
 """
 
 from __future__ import annotations
@@ -72,13 +72,17 @@ class EngineChoice:
                              optimize_for=target)
 
     def check_cpu(self, cpu: CpuInfo | None = None) -> None:
-        """Refuse a choice measured on another CPU model or ISA."""
+        """Refuse a choice measured on another CPU model, ISA or set of units (one model name can cover CPUs
+        with and without AVX512_BF16 or AMX: "AMD EPYC", or a cloud's "Intel(R) Xeon(R) Processor")."""
         cpu = cpu or cpu_info()
-        model, isa = self.cpu.get("model"), self.cpu.get("isa")
-        if (model, isa) != (cpu.model, cpu.isa):
-            raise InvalidInputError(f"the engine choice was measured on {model} ({isa}), and this is {cpu.model} "
-                                    f"({cpu.isa}); the fastest engine differs between them, so run `backdrop bench "
-                                    "--backends auto` on this machine first")
+        model, isa, units = self.cpu.get("model"), self.cpu.get("isa"), self.cpu.get("units")
+        other_units = units is not None and sorted(units) != sorted(cpu.units)
+        if (model, isa) != (cpu.model, cpu.isa) or other_units:
+            what = f"{model} ({', '.join(units) if other_units else isa})"
+            here = f"{cpu.model} ({', '.join(cpu.units) if other_units else cpu.isa})"
+            raise InvalidInputError(f"the engine choice was measured on {what}, and this is {here}; the fastest "
+                                    "engine differs between them, so run `backdrop bench --backends auto` on this "
+                                    "machine first")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

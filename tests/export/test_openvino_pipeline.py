@@ -166,3 +166,20 @@ def test_choose_takes_the_fastest_row_within_the_budget():
     best, rejected = choose(rows, 2e-2)
     assert best["label"] == "b" and rejected == ["a: error 5.00e-02 over the budget 2e-02"]
     assert choose(rows, 1e-3)[0]["label"] == "c" and choose(rows[:1], 1e-3)[0] is None
+
+
+def test_a_choice_is_refused_on_a_cpu_with_other_units():
+    """Two CPUs can share a model name and ISA class and still differ in a unit that decides the engine: the
+    AVX-512 EPYC with AVX512_BF16 runs OpenVINO bf16 natively, one without it would not."""
+    from comfyui_backdrop.runtime.engines.precision import CpuInfo
+
+    flags = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    with_bf16, without = CpuInfo("AMD EPYC", frozenset(flags | {"avx512_bf16"})), CpuInfo("AMD EPYC", frozenset(flags))
+    assert with_bf16.isa == without.isa == "AVX-512"
+    choice = EngineChoice(backend="openvino", precision="bf16", label="OpenVINO bf16", p50_s=2.2, speedup=3.0,
+                          max_rel_error=1.3e-2, error_budget=2e-2, cpu=with_bf16.to_dict())
+    choice.check_cpu(with_bf16)
+    with pytest.raises(InvalidInputError, match="AVX512_BF16.*on this machine first"):
+        choice.check_cpu(without)
+    legacy = EngineChoice(**{**choice.to_dict(), "cpu": {"model": "AMD EPYC", "isa": "AVX-512"}})
+    legacy.check_cpu(without)  # a choice file written before units were compared: model and ISA as before
