@@ -8,8 +8,8 @@ cache when it was built before.
 
 One small JSON file, ``engine_choice.json`` in the models folder (``--models-dir`` / ``BACKDROP_MODELS_DIR``
 / ``./models``), written atomically. It records the CPU it was measured on: a choice made on another
-CPU (an AVX2 EPYC choice on an AMX Xeon, or on an AVX-512 EPYC: same model name, other units) is refused
-with a message to bench again, because the fastest engine differs between them.
+CPU (an AVX2 EPYC choice on an AMX Xeon, or an AVX-512 choice on a CPU of the same model name without
+AVX512_BF16) is refused with a message to bench again, because the fastest engine differs between them.
 """
 
 from __future__ import annotations
