@@ -80,6 +80,7 @@ class BenchPlan:
     fast_steps: int = 4
     run_emulated: bool = True  # --emulated skip: list emulated precisions (torch bf16 on AVX2) as skipped rows
     pipeline_only: bool = False
+    memory_budget: int | None = None  # --memory GIB, in bytes: at most this much more than at the start
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -117,7 +118,16 @@ class BenchPlan:
                    error_budget=args.error_budget or DEFAULT_ERROR_BUDGET, choice_file=args.choice_file,
                    pipeline=bool(args.pipeline or args.model or args.pipeline_only), feature_cache=args.feature_cache,
                    fast_scheduler=args.fast_scheduler or "", fast_steps=args.fast_steps,
-                   run_emulated=args.emulated == "run", pipeline_only=args.pipeline_only)
+                   run_emulated=args.emulated == "run", pipeline_only=args.pipeline_only,
+                   memory_budget=_memory_budget(args.memory))
+
+
+def _memory_budget(gib: float | None) -> int | None:
+    if gib is None:
+        return None
+    if not gib > 0:
+        raise InvalidInputError(f"--memory must be a positive number of GiB, got {gib}")
+    return int(gib * 2**30)
 
 
 @dataclass
@@ -182,6 +192,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench.add_argument("--emulated", choices=("run", "skip"), default="run",
                        help="precisions this CPU only emulates (torch bf16 without AVX512_BF16/AMX): run them, or "
                             "list them as skipped rows (one emulated SD1.5 step can take many minutes)")
+    bench.add_argument("--memory", type=float, default=None, metavar="GIB",
+                       help="use at most this many GiB more than at the start (default: what the machine has "
+                            "available); a row whose setup would not fit is skipped and says so")
     bench.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     bench.add_argument("--work-dir", type=Path, default=None, help="where exported models go (default: temp)")
     bench.add_argument("--out", type=Path, default=Path("bench-out"), help="report folder (never overwritten)")
@@ -358,6 +371,7 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
     import torch
 
     from ..export.bench import Candidate, MemoryProbe, Skipped, measure, parity
+    from ..export.bench_memory import MemoryGuard
     from ..export.onnx_export import example_inputs
     from ..runtime.engines.spec import UNetSpec
 
@@ -366,12 +380,17 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
                            device=plan.device, seed=plan.seed)
     call = [feeds.get(n) for n in ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")]
     probe = MemoryProbe()
+    guard, weight_bytes = MemoryGuard(plan.memory_budget, probe.rss()), 4 * sum(p.numel() for p in unet.parameters())
     candidates, skipped, outputs = {}, [], {}
     rows = sorted(plan.rows, key=lambda r: r[0].startswith("compile"))  # compiles last: exports fail fast
     reference = None
     for backend, precision in rows:
         name = row_name(backend, precision)
         ok, note = support(backend, precision, plan)
+        if ok and (backend, precision) != ("eager", "fp32"):  # the reference is loaded already
+            gc.collect()
+            too_big = guard.skip_reason(backend, precision, weight_bytes, probe.rss())
+            ok, note = too_big is None, too_big or note
         if not ok:
             print(f"{name}: skipped ({note})", file=sys.stderr)
             skipped.append(Skipped(name, note))

@@ -152,3 +152,31 @@ def test_pipeline_rows_in_bf16_where_the_cpu_has_it(tmp_path, inpaint_models):
         assert 0 < rows[name]["max_abs_error"] <= 0.1, name  # bf16 rounding, not a different image
     assert "OpenVINO bf16 whole pipeline + feature cache every 2, 2 steps" in rows
     assert "bf16" in rows["OpenVINO bf16 whole pipeline, 2 steps"]["notes"]  # the kernels that ran
+
+
+def test_rows_that_would_not_fit_are_skipped_and_say_so(tmp_path):
+    """A row whose setup would not fit in what is left (here a --memory budget of 0.2 GiB) is a skipped row naming
+    what it needs, instead of a run the out-of-memory killer ends without a report; the reference still runs."""
+    from comfyui_backdrop.export.bench_memory import GIB, MemoryGuard, setup_need
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(tiny_sd15_unet().config), default=list))
+    common = ["bench", "--unet-config", str(config), "--size", "64", "--rounds", "1", "--threads", "1",
+              "--backends", "eager,ort-plain", "--precisions", "fp32"]
+    assert bench_main([*common, "--memory", "0.2", "--out", str(tmp_path / "tight")]) == 0
+    report = json.loads((tmp_path / "tight" / "bench.json").read_text())
+    assert [r["name"] for r in report["sections"]["UNet step"]] == ["torch eager fp32"]
+    (skip,) = report["skipped"]["UNet step"]
+    assert skip["name"] == "onnxruntime (plain export) fp32" and "GiB is left" in skip["reason"]
+    assert "--backends ort-plain --precisions fp32" in skip["reason"]
+    assert bench_main([*common, "--memory", "8", "--out", str(tmp_path / "roomy")]) == 0
+    rows = json.loads((tmp_path / "roomy" / "bench.json").read_text())["sections"]["UNet step"]
+    assert len(rows) == 2
+    from comfyui_backdrop.cli.main import main as backdrop
+
+    assert backdrop([*common, "--memory", "0", "--out", str(tmp_path / "bad")]) == 2  # the backdrop command
+    assert not (tmp_path / "bad").exists()
+    sd15 = int(3.44e9)  # the measured setup peaks the estimates come from (docs/performance.md)
+    assert 9 * GIB < setup_need("openvino", "fp32", sd15) < 10 * GIB
+    assert setup_need("openvino", "bf16", sd15) < setup_need("openvino", "fp32", sd15)
+    assert MemoryGuard(GIB, rss=GIB).left(rss=GIB + GIB // 2) <= GIB // 2
