@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.files import write_bytes_exclusive
+from .bench_memory import proc_bytes
 
 
 @dataclass
@@ -137,13 +138,7 @@ class MemoryProbe:
 
     @staticmethod
     def _status(field_name: str) -> int | None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
+        return proc_bytes("/proc/self/status", field_name)
 
     def rss(self) -> int | None:
         return self._status("VmRSS")

@@ -33,15 +33,21 @@ def setup_need(backend: str, precision: str, weight_bytes: int) -> int:
     return int(factor * weight_bytes) + MARGIN
 
 
-def available_bytes() -> int | None:
-    """The kernel's estimate of memory available without swapping (``MemAvailable``), or None off Linux."""
+def proc_bytes(path: str, name: str) -> int | None:
+    """A ``name: N kB`` field of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes, or None (off
+    Linux, or no such field)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(name + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def available_bytes() -> int | None:
+    """The kernel's estimate of memory available without swapping (``MemAvailable``), or None off Linux."""
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 class MemoryGuard:
