@@ -75,14 +75,12 @@ class EngineChoice:
         """Refuse a choice measured on another CPU model, ISA or set of units (one model name can cover CPUs
         with and without AVX512_BF16 or AMX: "AMD EPYC", or a cloud's "Intel(R) Xeon(R) Processor")."""
         cpu = cpu or cpu_info()
-        model, isa, units = self.cpu.get("model"), self.cpu.get("isa"), self.cpu.get("units")
-        other_units = units is not None and sorted(units) != sorted(cpu.units)
-        if (model, isa) != (cpu.model, cpu.isa) or other_units:
-            what = f"{model} ({', '.join(units) if other_units else isa})"
-            here = f"{cpu.model} ({', '.join(cpu.units) if other_units else cpu.isa})"
-            raise InvalidInputError(f"the engine choice was measured on {what}, and this is {here}; the fastest "
-                                    "engine differs between them, so run `backdrop bench --backends auto` on this "
-                                    "machine first")
+        model, isa, units = self.cpu.get("model"), self.cpu.get("isa"), self.cpu.get("units", cpu.units)
+        if (model, isa, sorted(units)) != (cpu.model, cpu.isa, sorted(cpu.units)):  # no units recorded: not compared
+            raise InvalidInputError(f"the engine choice was measured on {model} ({isa}: {', '.join(units)}), and "
+                                    f"this is {cpu.model} ({cpu.isa}: {', '.join(cpu.units)}); the fastest engine "
+                                    "differs between them, so run `backdrop bench --backends auto` on this machine "
+                                    "first")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

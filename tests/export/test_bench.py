@@ -157,6 +157,7 @@ def test_pipeline_rows_in_bf16_where_the_cpu_has_it(tmp_path, inpaint_models):
 def test_rows_that_would_not_fit_are_skipped_and_say_so(tmp_path):
     """A row whose setup would not fit in what is left (here a --memory budget of 0.2 GiB) is a skipped row naming
     what it needs, instead of a run the out-of-memory killer ends without a report; the reference still runs."""
+    from comfyui_backdrop.cli.main import main as backdrop
     from comfyui_backdrop.export.bench_memory import GIB, MemoryGuard, setup_need
 
     config = tmp_path / "config.json"
@@ -172,8 +173,6 @@ def test_rows_that_would_not_fit_are_skipped_and_say_so(tmp_path):
     assert bench_main([*common, "--memory", "8", "--out", str(tmp_path / "roomy")]) == 0
     rows = json.loads((tmp_path / "roomy" / "bench.json").read_text())["sections"]["UNet step"]
     assert len(rows) == 2
-    from comfyui_backdrop.cli.main import main as backdrop
-
     assert backdrop([*common, "--memory", "0", "--out", str(tmp_path / "bad")]) == 2  # the backdrop command
     assert not (tmp_path / "bad").exists()
     sd15 = int(3.44e9)  # the measured setup peaks the estimates come from (docs/performance.md)
