@@ -163,12 +163,12 @@ def winograd_forward(conv: torch.nn.Conv2d) -> RewrittenForward:
         y = y.permute(2, 5, 3, 0, 4, 1).reshape(n, k, TILE * th, TILE * tw)[:, :, :h, :w]
         return y if bias is None else y + bias.view(1, -1, 1, 1)
 
+    kernel = torch.from_numpy(transformed_kernel(conv.weight.detach().cpu().numpy(), g_m))  # [36, C, K]
     # the input and output transforms of every tile, as one matrix each over the 36 tile positions
-    return RewrittenForward(forward, kernel=torch.from_numpy(transformed_kernel(conv.weight.detach().cpu().numpy(),
-                                                                               g_m)),  # [36, C, K]
-                            transform_in=torch.from_numpy(np.kron(b_t, b_t).astype(np.float32)),  # [36, 36]
-                            transform_out=torch.from_numpy(np.kron(a_t, a_t).astype(np.float32)),  # [16, 36]
-                            bias=conv.bias.detach().clone() if conv.bias is not None else None)
+    transform_in = torch.from_numpy(np.kron(b_t, b_t).astype(np.float32))  # [36, 36]
+    transform_out = torch.from_numpy(np.kron(a_t, a_t).astype(np.float32))  # [16, 36]
+    bias = conv.bias.detach().clone() if conv.bias is not None else None
+    return RewrittenForward(forward, kernel=kernel, transform_in=transform_in, transform_out=transform_out, bias=bias)
 
 
 def winograd_targets(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Conv2d]]:
