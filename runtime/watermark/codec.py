@@ -35,8 +35,8 @@ from . import carrier
 from . import codec_v2 as v2
 from . import payload as coding
 from .arrays import ImageTooSmallError, add_to_colour, check_size, extremes, split, to_levels
-from .folding import Alignment, align_spectrum, fold, whitened_spectrum
-from .lattice import IDENTITY, RETURNED, Lattice, estimate_lattices
+from .folding import Alignment, align_spectra, align_spectrum, fold, fold_stretched, whiten, whitened_spectrum
+from .lattice import IDENTITY, NEIGHBOURS, RETURNED, Lattice, estimate_lattices, neighbour_stretches
 from .localisation import PresenceMap, presence_map
 from .pattern import PERIOD, keyed_layout
 from .perceptual import BLOCK, V1_SHAPING, amplitude_map, headroom_shift, luma, texture_rms
@@ -232,16 +232,21 @@ def _list_viterbi(key: bytes, read: _Read) -> None:
 
 
 def _decode_best(key: bytes, reads: list[_Read], scorer: _Scorer, fpr_threshold: float,
-                 list_decode: bool = True) -> _Read:
+                 list_decode: bool = True, list_all: bool = False) -> _Read:
     """Viterbi-decode the reads whose sync could make a detection (each once); list-decode the best one if
-    none passed (and ``list_decode``)."""
+    none passed (and ``list_decode``), or every such read, best first, until one passes (``list_all``: the
+    bound charges every read for a whole list anyway, scoring.WORDS_CHECKED)."""
     for read in reads:
         if not read.decoded and _could_pass(scorer.log10_fpp(read.alignment.z, True), fpr_threshold):
             _viterbi(key, read)
     best = max(reads, key=lambda r: (r.value is not None, r.alignment.z))
-    if list_decode and best.value is None and not best.listed and _could_pass(scorer.log10_fpp(best.alignment.z, True),
-                                                               fpr_threshold):
-        _list_viterbi(key, best)
+    if not list_decode or best.value is not None:
+        return best
+    for read in sorted(reads, key=lambda r: -r.alignment.z)[:None if list_all else 1]:
+        if not read.listed and _could_pass(scorer.log10_fpp(read.alignment.z, True), fpr_threshold):
+            _list_viterbi(key, read)
+            if read.value is not None:
+                return read
     return best
 
 
@@ -293,8 +298,10 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
     dihedral transform, see codec_v2); those whose sync is strong enough for a CRC pass to meet
     ``fpr_threshold`` are Viterbi-decoded. If none passes, the one with the best sync is list-decoded.
     The unscaled embedding grids are tried first (an uncropped or cropped, unresized image: most
-    verifications), then the lattices of the autocorrelation search; versions in the order given; the search
-    stops at the first detection. The false-positive bound counts every hypothesis that could have been tried.
+    verifications), then the lattices of the autocorrelation search, then (v2 and v3) the neighbours of the
+    lattice whose sync read best (a thumbnail's period is finer than the autocorrelation resolves); versions in
+    the order given; the search stops at the first detection. The false-positive bound counts every hypothesis
+    that could have been tried. Given ``lattices``, only those are tried.
     (``bits`` of a hypothesis too weak to decode come from its Viterbi path all the same, for diagnostics.)
     """
     key = _check_key(key)
@@ -308,19 +315,27 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
     level0 = len(lattices) if given else HYPOTHESES_V1
     counts = {1: level0, 2: v2.hypothesis_count(pyramid, level0)}
     families = _families(versions)
+    if not given:
+        counts[2] += NEIGHBOURS  # the second look (``_second_look``)
     scorers = {f: _Scorer(f, counts[f], len(families), len(codes)) for f, codes in families.items()}
     reads: dict[int, list[_Read]] = {f: [] for f in families}
     folds: dict = {}
-    for phase in ("grids", "lattices"):
+    for phase in ("grids", "lattices", "neighbours"):
         if phase == "lattices" and not given:
             lattices = estimate_lattices(pyramid.residual(0))
         for family, codes in families.items():
-            new = _phase_hypotheses(family, phase, pyramid, lattices if given or phase == "lattices" else None)
-            new = [h for h in new if all(h != r.hypothesis for r in reads[family])]
-            if not new:
-                continue
-            reads[family] += (_reads_v1 if family == 1 else _reads_v2)(new, pyramid, key, folds, codes)
-            best = _decode_best(key, reads[family], scorers[family], fpr_threshold)
+            if phase == "neighbours":
+                if family == 1 or given or not reads[family]:
+                    continue
+                reads[family] += _second_look(max(reads[family], key=lambda r: r.alignment.z), pyramid, key)
+                best = _decode_best(key, reads[family], scorers[family], fpr_threshold, list_all=True)
+            else:
+                new = _phase_hypotheses(family, phase, pyramid, lattices if given or phase == "lattices" else None)
+                new = [h for h in new if all(h != r.hypothesis for r in reads[family])]
+                if not new:
+                    continue
+                reads[family] += (_reads_v1 if family == 1 else _reads_v2)(new, pyramid, key, folds, codes)
+                best = _decode_best(key, reads[family], scorers[family], fpr_threshold)
             if best.value is not None and scorers[family].log10_fpp(best.alignment.z, True) <= math.log10(
                     fpr_threshold):
                 return _analysis(key, best, scorers[family], counts[family])
@@ -343,6 +358,25 @@ def _phase_hypotheses(family: int, phase: str, pyramid: v2.Pyramid,
     if family == 1:
         return [v2.Hypothesis(lattice, 0) for lattice in lattices]
     return v2.hypotheses(pyramid, lattices)
+
+
+def _second_look(best: _Read, pyramid: v2.Pyramid, key: bytes) -> list[_Read]:
+    """v2's last phase: the neighbours of the lattice whose sync read best (``lattice.neighbours``), folded from
+    one warp (``folding.fold_stretched``) and each read with that read's sync pattern only (its dihedral
+    transform and variant).
+
+    The bound counts each neighbour as a whole hypothesis (every pattern): the pattern was chosen on the data, on
+    a fold nearly the same as the neighbour's, so counting one pattern per neighbour would not be conservative
+    (it doubled the unmarked samples at sync p <= 0.001 in the false-positive benchmark)."""
+    lattice, level = best.hypothesis.lattice, best.hypothesis.level
+    stretches = neighbour_stretches()
+    if not stretches:
+        return []
+    spectra, periods = fold_stretched(pyramid.residual(level), lattice, stretches)
+    alignments = align_spectra(carrier.dihedral(whiten(spectra), best.dihedral), carrier.layout(key, best.variant),
+                               list(periods))
+    return [_Read(v2.Hypothesis(lattice.stretched(f1, f2), level), alignment, best.codes, dihedral=best.dihedral,
+                  variant=best.variant) for (f1, f2), alignment in zip(stretches, alignments, strict=True)]
 
 
 def _analysis(key: bytes, best: _Read, scorer: _Scorer, count: int) -> Analysis:

@@ -38,6 +38,8 @@ FINE_LAG_PERIODS = 6  # ... from lags up to this many of its longest periods (sh
 RETURNED = HYPOTHESES + FINE_HYPOTHESES  # lattices estimate_lattices returns at most by default (and the grid)
 GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
 LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
+NEIGHBOUR_STEP = 0.003  # relative stretch of each axis in a lattice's neighbours (the detector's second look)
+NEIGHBOURS = 8       # lattices ``neighbours`` returns
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class Lattice:
         return Lattice((self.v1[0] * factor, self.v1[1] * factor), (self.v2[0] * factor, self.v2[1] * factor),
                        self.score)
 
+    def stretched(self, f1: float, f2: float) -> Lattice:
+        """The lattice with its axes ``v1`` and ``v2`` stretched by ``f1`` and ``f2``."""
+        return Lattice((self.v1[0] * f1, self.v1[1] * f1), (self.v2[0] * f2, self.v2[1] * f2), self.score)
+
     @property
     def period(self) -> float:
         """Mean length of the two basis vectors (px)."""
@@ -70,6 +76,22 @@ class Lattice:
 
 
 IDENTITY = Lattice((float(PERIOD), 0.0), (0.0, float(PERIOD)))
+
+
+def neighbour_stretches(step: float = NEIGHBOUR_STEP) -> list[tuple[float, float]]:
+    """The stretches (f1, f2) of a lattice's axes that give its NEIGHBOURS neighbours: each axis by -``step``, 0 or
+    +``step``, not both 0.
+
+    The autocorrelation cannot pin a thumbnail's period down to the fraction of a pixel a fold of all its
+    periods needs: resizing to whole pixels alone changes each axis's scale by up to 0.5 px over the new side
+    (0.4% on a 120 px thumbnail), which the comb does not resolve; a read one step away often does.
+    """
+    return [(1.0 + a * step, 1.0 + b * step) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b]
+
+
+def neighbours(lattice: Lattice, step: float = NEIGHBOUR_STEP) -> list[Lattice]:
+    """The NEIGHBOURS lattices around ``lattice`` (``neighbour_stretches``)."""
+    return [lattice.stretched(f1, f2) for f1, f2 in neighbour_stretches(step)]
 
 
 @lru_cache(maxsize=64)

@@ -149,6 +149,72 @@ def test_a_third_size_thumbnail_of_a_small_picture_reads_through_the_short_perio
     assert result.details["period_px"][0] == pytest.approx(64 * 0.33, abs=0.4)
 
 
+@pytest.mark.parametrize(("name", "long_side", "payload"), [("chelsea", 451, 0x39B38BBA), ("coffee", 600, 0x600DF00D)])
+def test_a_quarter_size_thumbnail_reads_where_the_second_look_corrects_its_period(monkeypatch, name, long_side,
+                                                                                  payload):
+    """0.25x of a 451 or 600 px picture is a 113 x 75 or 150 x 100 px thumbnail: whole pixels change each axis's
+    scale by up to 0.5 px over the new side, more than the autocorrelation's lag range resolves; with the detected
+    lattice the sync is found and the word is lost, one neighbour (an axis stretched by 0.3%) reads it."""
+    from comfyui_backdrop.runtime.watermark import codec
+
+    image = skimage_photo(name)
+    image = resize(image, long_side / max(image.shape[:2])) if max(image.shape[:2]) != long_side else image
+    thumb = resize(embed(image, payload, KEY, version=3), 0.25)
+    result = detect(thumb, KEY)
+    assert result.found and result.payload == payload and result.false_positive_probability <= 1e-6, result.details
+    monkeypatch.setattr(codec, "neighbour_stretches", lambda: [])
+    without = detect(thumb, KEY)
+    assert not (without.found and without.payload == payload), without.details
+
+
+def test_the_second_look_reads_neighbours_with_one_pattern_each_and_the_bound_counts_them():
+    """Eight neighbours, each axis stretched by -step, 0 or +step (never the lattice itself); the bound counts each
+    as a whole hypothesis (its pattern is the best read's, chosen on the data)."""
+    from comfyui_backdrop.runtime.watermark import codec, codec_v2
+    from comfyui_backdrop.runtime.watermark.arrays import split
+    from comfyui_backdrop.runtime.watermark.lattice import NEIGHBOUR_STEP, NEIGHBOURS, Lattice, neighbours
+
+    lattice = Lattice((20.0, 1.0), (-1.0, 21.0))
+    around = neighbours(lattice)
+    assert len(around) == NEIGHBOURS == len({(n.v1, n.v2) for n in around}) and lattice not in around
+    for n in around:
+        f1, f2 = n.v1[0] / lattice.v1[0], n.v2[1] / lattice.v2[1]
+        assert {round(abs(f1 - 1) / NEIGHBOUR_STEP), round(abs(f2 - 1) / NEIGHBOUR_STEP)} <= {0, 1}
+        assert n.v1[1] / lattice.v1[1] == pytest.approx(f1) and n.v2[0] / lattice.v2[0] == pytest.approx(f2)
+    marked = embed(skimage_photo("camera"), 0xC0FFEE, KEY, version=3)
+    analysis = codec.analyse(marked, KEY, versions=(3,))
+    assert analysis.payload == 0xC0FFEE
+    hypotheses = codec_v2.hypothesis_count(codec_v2.Pyramid(luma(split(marked, "detect")[1])))
+    assert analysis.hypotheses == hypotheses + NEIGHBOURS
+    expected = scoring.log10_false_positive(analysis.alignment.z, hypotheses + NEIGHBOURS, True, codec_v2.SEARCHED,
+                                            codec_v2.carrier.VARIANTS)
+    assert analysis.log10_fpp == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("period", [20.5, 45.0])
+def test_stretched_folds_from_one_warp_match_folds_of_the_stretched_lattices(period):
+    """``fold_stretched``: no stretch gives ``fold``'s tile exactly; a 0.3% stretch of either axis gives the fold of
+    the stretched lattice up to the drift left inside each region (and not the opposite stretch's fold)."""
+    from comfyui_backdrop.runtime.watermark import folding
+    from comfyui_backdrop.runtime.watermark.lattice import Lattice
+
+    residual = whitened_residual(luma(skimage_photo("camera")))
+    lattice = Lattice((period, 0.4), (-0.4, period * 1.03))
+    stretches = [(1.0, 1.0), (1.003, 1.0), (1.0, 0.997), (1.003, 1.003)]
+    spectra, periods = folding.fold_stretched(residual, lattice, stretches)
+    for (f1, f2), spectrum, count in zip(stretches, spectra, periods, strict=True):
+        tile, expected_count = folding.fold(residual, lattice.stretched(f1, f2))
+        assert count == pytest.approx(expected_count)
+        expected = np.fft.fft2(tile)
+        similarity = abs(np.vdot(spectrum, expected)) / np.linalg.norm(spectrum) / np.linalg.norm(expected)
+        if (f1, f2) == (1.0, 1.0):
+            assert np.abs(spectrum - expected).max() <= 1e-9 * np.abs(expected).max()
+        else:
+            opposite = np.fft.fft2(folding.fold(residual, lattice.stretched(2 - f1, 2 - f2))[0])
+            assert similarity > 0.95
+            assert abs(np.vdot(spectrum, opposite)) / np.linalg.norm(spectrum) / np.linalg.norm(opposite) < 0.8
+
+
 def test_a_short_lattice_folds_on_a_half_grid_like_on_the_full_one(monkeypatch):
     """Folding a 20.5 px lattice on a 32 px grid and interpolating the tile gives the 64 px grid's tile."""
     from comfyui_backdrop.runtime.watermark import folding
