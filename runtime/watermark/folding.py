@@ -51,9 +51,9 @@ def fold_stretched(residual: np.ndarray, lattice: Lattice,
     Stretching the lattice's axis 1 by f1 moves what the fold grid has at u to u / f1: a drift that grows across
     the image. The warped residual is cut into STRETCH_REGIONS x STRETCH_REGIONS regions of whole periods, each
     folded alone, and a stretched fold is the sum of the regions' folds, each shifted (in frequency) by the drift
-    at its centre; inside a region the drift is left alone, at most (f1 - 1) x half its extent (0.2 px for a
-    0.3% stretch of a 512 px fold grid cut in four). Eight warps of a short lattice cost up to 20 ms on a
-    512 px image; this costs one.
+    at its centre; inside a region the drift is left alone, at most (f1 - 1) x half its extent (0.5 px of the fold
+    grid for a 0.3% stretch of a 512 px picture). Eight warps of a short lattice cost up to 16 ms on a 512 px
+    picture; this costs one.
     """
     warped, (u0, v0), grid = _warp(residual, lattice)
     blocks = _padded(warped, grid)
