@@ -8,8 +8,8 @@ FFT cross-correlation with the keyed sync pattern; its height over the correlati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from itertools import pairwise
 
 import cv2
@@ -21,12 +21,21 @@ from .pattern import GRID, PERIOD, KeyedLayout, spectrum_to_chips
 
 @dataclass(frozen=True)
 class Alignment:
-    """Where the tile sits: sync z-score, cyclic shift (px on the embedding grid) and the aligned chips."""
+    """Where the tile sits: sync z-score, cyclic shift (px on the embedding grid) and the aligned chips (read from
+    ``spectrum``, the whitened tile spectrum, when first asked for: most alignments are never decoded)."""
 
     z: float
     shift: tuple[float, float]
-    chips: np.ndarray
+    spectrum: np.ndarray = field(repr=False)
     periods: float
+
+    @cached_property
+    def chips(self) -> np.ndarray:
+        """The matched-filter chip estimates [GRID, GRID] at ``shift``."""
+        freq = np.fft.fftfreq(PERIOD)
+        fx, fy = self.shift
+        ramp = np.exp(2j * np.pi * freq * fy)[:, None] * np.exp(2j * np.pi * freq * fx)[None, :]  # separable
+        return spectrum_to_chips(self.spectrum * ramp)
 
 
 def fold(residual: np.ndarray, lattice: Lattice) -> tuple[np.ndarray, float]:
@@ -215,7 +224,6 @@ def align_spectra(spectra: np.ndarray, layout: KeyedLayout, periods: list[float]
     corrs = band_correlation(band(spectra * layout.sync_spectrum_conj), UPSAMPLE * PERIOD)
     n = corrs.shape[-1]
     near = np.arange(-2 * UPSAMPLE, 2 * UPSAMPLE + 1)
-    freq = np.fft.fftfreq(PERIOD)
     out = []
     for spectrum, corr, count in zip(spectra, corrs, periods, strict=True):
         dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
@@ -224,8 +232,6 @@ def align_spectra(spectra: np.ndarray, layout: KeyedLayout, periods: list[float]
         spread = float(corr[away].std()) + 1e-12
         fy = (dy + _subpixel(corr[dy - 1, dx], corr[dy, dx], corr[(dy + 1) % n, dx])) / UPSAMPLE
         fx = (dx + _subpixel(corr[dy, dx - 1], corr[dy, dx], corr[dy, (dx + 1) % n])) / UPSAMPLE
-        ramp = np.exp(2j * np.pi * freq * fy)[:, None] * np.exp(2j * np.pi * freq * fx)[None, :]  # separable
-        chips = spectrum_to_chips(spectrum * ramp)
-        out.append(Alignment(z=float(corr[dy, dx]) / spread, shift=(float(fx), float(fy)), chips=chips,
+        out.append(Alignment(z=float(corr[dy, dx]) / spread, shift=(float(fx), float(fy)), spectrum=spectrum,
                              periods=count))
     return out
