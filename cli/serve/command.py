@@ -12,6 +12,7 @@ from pathlib import Path
 from ...runtime.errors import InvalidInputError
 from .config import DATABASE_ENV, DataFolder, ServeConfig
 from .extras import require
+from .server_lock import exclusive_lock
 
 log = logging.getLogger("backdrop.serve")
 
@@ -122,21 +123,7 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-@contextlib.contextmanager
 def _exclusive(path: Path):
     """One server per data folder: an exclusive lock on ``server.lock`` for the server's lifetime."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.name == "posix":
-            import fcntl
-
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InvalidInputError(f"another backdrop serve is running on {path.parent}; one server per data "
-                                        "folder (give this one its own --data)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
+    return exclusive_lock(path, f"another backdrop serve is running on {path.parent}; one server per data folder "
+                                "(give this one its own --data)", write_pid=True)

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from ...runtime.errors import InvalidInputError
+from .server_lock import exclusive_lock
 from .store import Store
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -112,7 +113,8 @@ class SqliteStore(Store):
         return self._write_lock
 
     def server_lock(self):
-        return _file_lock(self.path.with_name(self.path.name + ".server-lock"), self.label)
+        return exclusive_lock(self.path.with_name(self.path.name + ".server-lock"),
+                              f"another backdrop serve is using the {self.label}; one server per database")
 
     def _begin(self, con) -> None:
         con.execute("BEGIN IMMEDIATE")
@@ -122,20 +124,3 @@ class SqliteStore(Store):
 
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, label: str):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.name == "posix":
-            import fcntl
-
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InvalidInputError(f"another backdrop serve is using the {label}; one server per "
-                                        "database") from None
-        yield
-    finally:
-        os.close(fd)
