@@ -39,7 +39,6 @@ RETURNED = HYPOTHESES + FINE_HYPOTHESES  # lattices estimate_lattices returns at
 GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
 LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
 NEIGHBOUR_STEP = 0.003  # relative stretch of each axis in a lattice's neighbours (the detector's second look)
-NEIGHBOURS = 8       # lattices ``neighbours`` returns
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,7 @@ class Lattice:
 
     def scaled(self, factor: float) -> Lattice:
         """The same lattice in an image resized by ``factor``."""
-        return Lattice((self.v1[0] * factor, self.v1[1] * factor), (self.v2[0] * factor, self.v2[1] * factor),
-                       self.score)
+        return self.stretched(factor, factor)
 
     def stretched(self, f1: float, f2: float) -> Lattice:
         """The lattice with its axes ``v1`` and ``v2`` stretched by ``f1`` and ``f2``."""
@@ -87,6 +85,9 @@ def neighbour_stretches(step: float = NEIGHBOUR_STEP) -> list[tuple[float, float
     (0.4% on a 120 px thumbnail), which the comb does not resolve; a read one step away often does.
     """
     return [(1.0 + a * step, 1.0 + b * step) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b]
+
+
+NEIGHBOURS = len(neighbour_stretches())  # lattices ``neighbours`` returns (8)
 
 
 def neighbours(lattice: Lattice, step: float = NEIGHBOUR_STEP) -> list[Lattice]:
