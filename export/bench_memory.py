@@ -4,9 +4,9 @@ kernel's out-of-memory killer ends the whole run without a report.
 Setting a row up (export, conversion, compilation and one run) needs memory on top of what the earlier rows
 hold, and the interleaved timing keeps every row loaded. The default CPU run of the SD1.5 UNet (every backend x
 fp32, bf16, int8) would need about 40 GiB; on a 24 GiB machine it used to die in its last setups. Each row's need
-is estimated from setup peaks measured at stop 29 (docs/performance.md: SD1.5 UNet at 512 px, batch 2, the
-backend's own peak over what was loaded, as a multiple of the UNet's fp32 weight bytes) plus a margin for
-activations, and compared with what is left: the machine's available memory, or less under ``--memory``.
+is estimated from setup peaks measured at stop 29 and, for w8a8, stop 31 (docs/performance.md: SD1.5 UNet at
+512 px, batch 2, the backend's own peak over what was loaded, as a multiple of the UNet's fp32 weight bytes) plus
+a margin for activations, and compared with what is left: the machine's available memory, or less under ``--memory``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SETUP_PER_WEIGHT = {
     ("compile-frozen", "fp32"): 1.8, ("compile-frozen", "*"): 0.8,
     ("ort-plain", "*"): 1.7,
     ("ort", "fp32"): 2.1, ("ort", "*"): 1.1,
-    ("openvino", "fp32"): 2.9, ("openvino", "int8"): 0.7, ("openvino", "*"): 1.3,
+    ("openvino", "fp32"): 2.9, ("openvino", "int8"): 0.7, ("openvino", "w8a8"): 2.4, ("openvino", "*"): 1.3,
     ("trt", "*"): 1.0,
 }
 MARGIN = GIB // 4  # activations and allocator slack beyond the weight-proportional part

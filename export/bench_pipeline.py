@@ -159,7 +159,7 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
     if "bf16" in plan.precisions and native_support("bf16")[0]:  # the one-flag alternative: torch itself in bf16
         rows.append((f"torch eager bf16, {plan.steps} steps", torch_copy(handle, "bf16"), base,
                      "the whole torch pipeline cast to bf16 (--dtype bf16)"))
-    engines = [p for p in plan.precisions if p in ("fp32", "bf16", "int8") and native_support(p)[0]]
+    engines = [p for p in plan.precisions if p in ("fp32", "bf16", "int8", "w8a8") and native_support(p)[0]]
     built: dict[str, Any] = {}
     for precision in engines:
         started = time.perf_counter()
@@ -168,7 +168,7 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         except Exception as exc:  # a missing package or an unsupported precision: report it, keep going
             print(f"OpenVINO {precision} whole pipeline: skipped ({exc})", file=sys.stderr)
             continue
-        notes = f"export+compile {time.perf_counter() - started:.0f}s"
+        notes = f"export+compile {time.perf_counter() - started:.0f}s{notes}"
         rows.append((f"OpenVINO {precision} whole pipeline, {plan.steps} steps", target, base, notes))
         built[precision] = target
     # the feature cache and few-step rows go on the bf16 engines where this CPU has them (the fast class), else fp32
@@ -260,7 +260,8 @@ def _engine_pipeline(handle: Any, precision: str, plan: Any, exports: Any) -> tu
                                         components=True)
         gc.collect()
         target = attach_engine(handle, result.path, threads=plan.threads, components=True, locator=locator)
-    return target, ""
+    extra = result.manifest.extra
+    return target, f"; calibrated on {extra['calibration']}" if "calibration" in extra else ""
 
 
 def _print_round(index: int, times: dict[str, float]) -> None:

@@ -2,7 +2,8 @@
 
 One call covers the four products: a portable ONNX (``optimize_for=""``; refittable by initializer
 name, the input for TensorRT), an onnxruntime-optimised ONNX (``"cpu"`` or ``"cuda"``), a TensorRT
-engine, and an OpenVINO IR for the CPU (fp32, bf16, fp16 or int8-compressed weights; see
+engine, and an OpenVINO IR for the CPU (fp32, bf16, fp16, int8-compressed weights, or w8a8: static int8
+weights and activations calibrated on captured pipeline inputs, export/calibration.py; see
 export/openvino_export.py). The active LoRA stack is fused in; the key (export/cache.py) names base weights, LoRA stack,
 profile, precision and, for TensorRT, version and GPU, so changing any of them builds a new engine and
 repeating a request finds the one already built.
@@ -29,6 +30,15 @@ from ..runtime.engines.profile import ShapeProfile
 from ..runtime.engines.spec import UNetSpec
 from ..runtime.errors import InvalidInputError
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
+from .calibration import (
+    RANDOM_LABEL,
+    RECIPE,
+    Calibration,
+    CapturePlan,
+    capture_unet_inputs,
+    random_unet_inputs,
+    resolve,
+)
 from .graph_rewrites import rewrites_for
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
@@ -37,7 +47,7 @@ from .refit import effective_lora_weights, refit_map_to_dict
 FORMATS = ("onnx", "tensorrt", "openvino")
 ONNX_TARGETS = ("", "cpu", "cuda")
 FORMAT_PRECISIONS = {"onnx": ("fp32", "fp16"), "tensorrt": ("fp16", "bf16", "fp32"),
-                     "openvino": ("fp32", "bf16", "fp16", "int8")}
+                     "openvino": ("fp32", "bf16", "fp16", "int8", "w8a8")}
 FOLDER_KINDS = {"onnx": "onnx", "tensorrt": "tensorrt", "openvino": "openvino"}
 SUFFIXES = {"onnx": ".onnx", "tensorrt": ".engine", "openvino": ".xml"}
 
@@ -47,7 +57,7 @@ class EngineRequest:
     """What to build."""
 
     format: str = "onnx"  # "onnx" | "tensorrt" | "openvino"
-    precision: str = "fp32"  # onnx: fp32 | fp16; tensorrt: fp16 | bf16 | fp32; openvino: fp32 | bf16 | fp16 | int8
+    precision: str = "fp32"  # onnx: fp32 | fp16; tensorrt: fp16 | bf16 | fp32; openvino: + int8 | w8a8
     profile: ShapeProfile | None = None  # required for TensorRT; recorded for ONNX
     optimize_for: str = ""  # onnx only: "" portable, "cpu", "cuda"
     refittable: bool = False  # tensorrt only
@@ -86,13 +96,16 @@ class EngineResult:
 
 
 def engine_key(spec: UNetSpec | FluxSpec, base: BaseIdentity, request: EngineRequest, trt_version: str = "",
-               compute_capability: str = "") -> EngineKey:
+               compute_capability: str = "", calibration: str = "") -> EngineKey:
+    """The cache key; ``calibration`` names where a ``w8a8`` engine's scales came from (part of the key)."""
     builder: tuple[tuple[str, Any], ...] = ()
     if request.format == "tensorrt":
         builder = (("optimization_level", request.optimization_level), ("refittable", request.refittable))
     elif request.format == "openvino" and not isinstance(spec, FluxSpec):
         # engines from before these changes are not reused: fp32 time embeddings, then export_rewrites
         builder = (("time_embedding", "fp32 inputs"), ("rewrites", rewrites_for(request.precision)))
+        if request.precision == "w8a8":
+            builder += (("calibration", calibration), ("recipe", RECIPE))
     return EngineKey(base_fingerprint=base.fingerprint, loras=tuple(base.loras), spec=spec, profile=request.profile,
                      precision=request.precision, format=request.format,
                      optimized_for=request.optimize_for if request.format == "onnx" else "",
@@ -110,6 +123,9 @@ def check_flux_request(request: EngineRequest) -> EngineRequest:
     if request.format not in ("onnx", "openvino"):
         raise InvalidInputError(f"FLUX transformer engines are exported as onnx or openvino, not {request.format} "
                                 "(TensorRT is checked for SD UNets only)")
+    if request.precision == "w8a8":
+        raise InvalidInputError("w8a8 (static int8) engines are calibrated for SD1.5/SDXL UNets; export a FLUX "
+                                "transformer as OpenVINO int8 (int8 weights) or bf16")
     if request.format == "onnx" and (request.optimize_for or request.precision != "fp32"):
         raise InvalidInputError("a FLUX transformer ONNX export is the portable fp32 graph (onnxruntime's UNet "
                                 "fusions and fp16 conversion are for SD UNets); use optimize_for '' and precision "
@@ -129,14 +145,19 @@ def default_precision(format: str) -> str:
 
 
 def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder: str | os.PathLike,
-                  search: Sequence[str | os.PathLike] = (), timing_cache_dir: str | os.PathLike | None = None
-                  ) -> EngineResult:
-    """Build (or find) the engine for ``unet`` as its LoRA stack is active now; write it into ``folder``."""
+                  search: Sequence[str | os.PathLike] = (), timing_cache_dir: str | os.PathLike | None = None,
+                  calibration: Calibration | None = None) -> EngineResult:
+    """Build (or find) the engine for ``unet`` as its LoRA stack is active now; write it into ``folder``.
+
+    A ``w8a8`` engine is calibrated on ``calibration``: (label, input sets or a callable that captures them,
+    called only when the engine is not cached); without one, on ``random_unet_inputs`` (labelled so)."""
     request.validate()
     folder = Path(folder)
     spec = denoiser_spec(unet)
     if isinstance(spec, FluxSpec):
         request = check_flux_request(request)
+    if request.precision == "w8a8" and calibration is None:
+        calibration = Calibration(RANDOM_LABEL, lambda: random_unet_inputs(spec))
     trt_version = compute_capability = ""
     if request.format == "tensorrt":
         from ..runtime.engines.tensorrt_backend import import_tensorrt
@@ -144,7 +165,8 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
 
         trt_version = import_tensorrt().__version__
         compute_capability, _ = gpu_identity()
-    key = engine_key(spec, base, request, trt_version, compute_capability).digest()
+    key = engine_key(spec, base, request, trt_version, compute_capability,
+                     calibration.label if calibration else "").digest()
     hit = EngineCache([folder, *search]).find(key)
     if hit is not None:
         return EngineResult(path=hit[0], manifest=hit[1], cached=True)
@@ -160,7 +182,7 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
     elif request.format == "onnx":
         path, manifest = _export_onnx(unet, target, request, manifest)
     elif request.format == "openvino":
-        path, manifest = _export_openvino(unet, target, request, manifest)
+        path, manifest = _export_openvino(unet, target, request, manifest, calibration)
     else:
         path, manifest = _export_tensorrt(unet, target, request, manifest, timing_cache_dir,
                                           trt_version, compute_capability)
@@ -205,23 +227,27 @@ def _export_flux(transformer: Any, target: Path, request: EngineRequest, manifes
                                            extra={"weight_compression": exported.weight_compression})
 
 
-def _export_openvino(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest
-                     ) -> tuple[Path, EngineManifest]:
+def _export_openvino(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest,
+                     calibration: Calibration | None = None) -> tuple[Path, EngineManifest]:
     from .openvino_export import CONVERTER, export_unet_openvino, openvino_exporter
 
     shallow_key = component_key(manifest, "unet_shallow")
     shallow_target = target.with_name(engine_file_name(manifest.spec, request.precision, shallow_key, ".xml",
                                                        component="unet_shallow"))
-    exported = export_unet_openvino(unet, target, precision=request.precision, shallow_path=shallow_target)
+    sets = resolve(calibration.inputs) if calibration else None
+    exported = export_unet_openvino(unet, target, precision=request.precision, shallow_path=shallow_target,
+                                    calibration=sets)
     shallow = exported.shallow
+    calibrated = {"calibration": calibration.label, "calibration_inputs": len(sets or ())} if calibration else {}
     write_manifest(manifest.replace(file=shallow.path.name, key=shallow_key, component="unet_shallow", profile=None,
                                     exporter=openvino_exporter(CONVERTER),
                                     extra={"weight_compression": shallow.weight_compression,
                                            "feature_cache_of": exported.path.name,
-                                           "rewrites": exported.rewrites}), shallow.path)
+                                           "rewrites": exported.rewrites, **calibrated}), shallow.path)
     return exported.path, manifest.replace(file=exported.path.name, exporter=openvino_exporter(CONVERTER),
                                            extra={"weight_compression": exported.weight_compression,
-                                                  "shallow": shallow.path.name, "rewrites": exported.rewrites})
+                                                  "shallow": shallow.path.name, "rewrites": exported.rewrites,
+                                                  **calibrated})
 
 
 def _export_tensorrt(unet: Any, target: Path, request: EngineRequest, manifest: EngineManifest,
@@ -271,9 +297,13 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
     if components and handle.is_flux:
         raise InvalidInputError("whole-pipeline engines (text encoders, VAE) are exported for SD1.5/SDXL pipelines; "
                                 "for FLUX only the transformer runs on an engine")
+    calibration = None
+    if request.precision == "w8a8" and not handle.is_transformer:
+        plan = CapturePlan()
+        calibration = Calibration(plan.label, lambda: capture_unet_inputs(handle, plan))
     with activated(handle) as pipe:
         result = export_engine(handle.denoiser, base, request, folders[0], search=folders[1:],
-                               timing_cache_dir=folders[0] if kind == "tensorrt" else None)
+                               timing_cache_dir=folders[0] if kind == "tensorrt" else None, calibration=calibration)
         if components:
             from .pipeline_export import export_components
 

@@ -11,6 +11,9 @@ Precision is applied here, once:
 - ``bf16`` / ``fp16``: weights stored in fp16 (half the file); the CPU plugin runs bf16/fp16 kernels;
 - ``int8``: NNCF ``compress_weights`` (INT8_ASYM, per output channel) on every MatMul/Conv weight;
   activations stay f32. NNCF is imported only for int8; without it the error names the extra.
+- ``w8a8`` (UNet only): NNCF ``quantize``, static int8 of weights and activations, its scales collected on
+  calibration inputs (export/calibration.py); ``conv_in``, ``conv_out`` and the time embedding stay float (the
+  UNet's narrowest layers, where int8 costs the most accuracy for the least time). Float weights stay fp32.
 
 Files are written to a private staging folder and hard-linked into place under a free name (an
 existing engine is never overwritten); ``<name>.xml`` always has ``<name>.bin`` beside it.
@@ -51,6 +54,9 @@ from .onnx_files import publish, staging_dir
 from .time_embedding_inputs import EmbeddingInputsWrapper
 
 CONVERTER = "openvino.convert_model(torch module, TorchScript tracing)"
+# Layers of a w8a8 UNet left float, by name in the converted graph (the converter names ops after the modules).
+FLOAT_SCOPES = (r".*conv_in/.*", r".*conv_out/.*", r".*time_embedding.*", r".*time_emb_proj.*",
+                r".*add_embedding.*")
 # The axes of each input that stay dynamic in the IR (everything else is fixed by the example).
 UNET_DYNAMIC = {SAMPLE: (0, 2, 3), TIMESTEP: (0,), CONTEXT: (0, 1), TEXT_EMBEDS: (0,), TIME_IDS: (0,),
                 TIMESTEP_EMBEDDING: (0,), TIME_IDS_EMBEDDING: (0,), DEEP_FEATURES: (0, 2, 3)}
@@ -115,22 +121,47 @@ def convert_module(module: torch.nn.Module, example: dict[str, torch.Tensor], dy
     return model
 
 
-def apply_precision(model: Any, precision: str) -> tuple[Any, bool, str]:
-    """(model, compress_to_fp16, weight compression label) for ``precision``."""
+def import_nncf(precision: str) -> Any:
+    """``nncf`` (its log quietened), or an error naming the extra that installs it."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise InvalidInputError(f"{precision} OpenVINO engines need NNCF: pip install 'comfyui-backdrop[{EXTRA}]' "
+                                "(or `pip install nncf`)") from exc
+    import logging
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    return nncf
+
+
+def quantize_static(model: Any, feeds: Sequence[dict[str, Any]]) -> Any:
+    """``model`` with int8 weights and activations, its activation scales from ``feeds`` (engine input name ->
+    array); the float layers are those ``FLOAT_SCOPES`` match."""
+    if not feeds:
+        raise InvalidInputError("a w8a8 engine needs calibration inputs (export/calibration.py); none were given")
+    nncf = import_nncf("w8a8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nncf.quantize(
+            model, nncf.Dataset(list(feeds)), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True),
+            ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_SCOPES), validate=False))
+
+
+def apply_precision(model: Any, precision: str, feeds: Sequence[dict[str, Any]] | None = None
+                    ) -> tuple[Any, bool, str]:
+    """(model, compress_to_fp16, weight compression label) for ``precision``; ``feeds`` calibrate ``w8a8``."""
     check_precision(precision)
     if precision == "int8":
-        try:
-            import nncf
-        except ImportError as exc:
-            raise InvalidInputError(f"int8 OpenVINO engines need NNCF: pip install 'comfyui-backdrop[{EXTRA}]' "
-                                    "(or `pip install nncf`)") from exc
-        import logging
-
-        logging.getLogger("nncf").setLevel(logging.ERROR)
+        nncf = import_nncf(precision)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
         return model, False, "int8_asym"
+    if precision == "w8a8":
+        label = f"int8 weights and activations ({len(feeds or ())} calibration inputs)"
+        return quantize_static(model, feeds or ()), False, label
     if precision in ("bf16", "fp16"):
         return model, True, "fp16"
     return model, False, ""
@@ -149,16 +180,17 @@ def write_failure(final: Path, exc: Exception) -> str:
             "nothing was left behind")
 
 
-def save_ir(model: Any, requested: str | os.PathLike, precision: str) -> OpenVinoExport:
-    """Apply ``precision`` and write ``model`` as ``requested`` (``.xml`` + ``.bin``), atomically, never
-    overwriting (a taken name becomes ``stem-N.xml``)."""
+def save_ir(model: Any, requested: str | os.PathLike, precision: str,
+            feeds: Sequence[dict[str, Any]] | None = None) -> OpenVinoExport:
+    """Apply ``precision`` (``feeds`` calibrate ``w8a8``) and write ``model`` as ``requested`` (``.xml`` +
+    ``.bin``), atomically, never overwriting (a taken name becomes ``stem-N.xml``)."""
     ov = import_openvino()
     requested = Path(requested)
     if requested.suffix.lower() != ".xml":
         raise InvalidInputError(f"{requested.name}: an OpenVINO IR must end in .xml")
     inputs = [p.get_any_name() for p in model.inputs]
     outputs = [p.get_any_name() for p in model.outputs]
-    model, compress, compression = apply_precision(model, precision)
+    model, compress, compression = apply_precision(model, precision, feeds)
     final = free_ir_name(requested)
     with staging_dir(final.parent) as stage:
         staged = stage / final.name
@@ -232,12 +264,13 @@ class ShallowUNet(torch.nn.Module):
 
 
 def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precision: str = "fp32",
-                         example_batch: int = 2, tokens: int = 77, shallow_path: str | os.PathLike | None = None
-                         ) -> OpenVinoExport:
+                         example_batch: int = 2, tokens: int = 77, shallow_path: str | os.PathLike | None = None,
+                         calibration: Sequence[dict[str, torch.Tensor]] | None = None) -> OpenVinoExport:
     """The UNet (active LoRAs fused in) as an IR with dynamic batch, latent size and token count, returning
     ``noise_pred`` and ``deep_features``; with ``shallow_path`` also the shallow UNet for the feature cache
     (``exported.shallow``). The sinusoidal time embeddings are inputs (``timestep_embedding``...), computed in
-    fp32 by the backend, so a bf16 engine never takes ``sin`` of a bf16 timestep."""
+    fp32 by the backend, so a bf16 engine never takes ``sin`` of a bf16 timestep. ``calibration`` (UNet input
+    sets by ``UNetSpec.input_names``, export/calibration.py) is required for ``w8a8`` and unused otherwise."""
     spec = UNetSpec.from_unet(unet)
     param = next(unet.parameters())
     feeds = example_inputs(spec, batch=example_batch, tokens=tokens, dtype=torch.float32, device=param.device)
@@ -245,22 +278,30 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
     embedded = embeds_on_host(spec)
     if embedded:
         example = HostTimeEmbeddings(spec)(example)
+    host = HostTimeEmbeddings(spec) if embedded else dict
+    sets = [host({n: s[n] for n in spec.input_names}) for s in calibration or ()] if precision == "w8a8" else []
     with fused_active_loras(unet) as fused:
         module = unet if param.dtype == torch.float32 else _fp32_copy(unet)
         with export_rewrites(module, precision) as rewrites:  # both graphs traced with the same rewrites
             model = convert_module(DeepFeatureUNet(module, spec.is_sdxl, embedded), example, UNET_DYNAMIC,
                                    [OUTPUT, DEEP_FEATURES])
-            exported = save_ir(model, path, precision)
+            exported = save_ir(model, path, precision, [_numpy(s) for s in sets])
             del model
             if shallow_path is not None:
+                deep_unet = DeepFeatureUNet(module, spec.is_sdxl, embedded).eval()
                 with torch.no_grad():
-                    deep = DeepFeatureUNet(module, spec.is_sdxl, embedded).eval()(*example.values())[1]
+                    deep = deep_unet(*example.values())[1]
+                    shallow_sets = [{**s, DEEP_FEATURES: deep_unet(*s.values())[1]} for s in sets]
                 shallow = convert_module(ShallowUNet(module, spec.is_sdxl, embedded),
                                          {**example, DEEP_FEATURES: deep}, UNET_DYNAMIC, [OUTPUT])
-                exported.shallow = save_ir(shallow, shallow_path, precision)
+                exported.shallow = save_ir(shallow, shallow_path, precision, [_numpy(s) for s in shallow_sets])
     exported.fused_adapters = fused
     exported.rewrites = rewrites
     return exported
+
+
+def _numpy(feeds: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {name: tensor.detach().float().numpy() for name, tensor in feeds.items()}
 
 
 def _fp32_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -11,7 +11,8 @@ outputs (runtime/engines/components.py names them):
 - VAE decoder: ``latents [B, C, h, w]`` -> ``image [B, 3, 8h, 8w]`` (``post_quant_conv`` included).
 
 Each part is an engine with its own manifest and cache key (the key adds the component name to the
-UNet's: same base weights, LoRA stack, precision and format), so ``attach_pipeline_engines`` finds
+UNet's: same base weights, LoRA stack, precision and format; a ``w8a8`` UNet's parts are exported in its float
+layers' precision, bf16 or fp32), so ``attach_pipeline_engines`` finds
 the parts of a UNet engine from that engine's manifest alone. Batch, size and token count are dynamic.
 """
 
@@ -33,6 +34,7 @@ from ..runtime.engines.components import (
     VAE_ENCODER_OUTPUT,
 )
 from ..runtime.engines.manifest import EngineManifest, write_manifest
+from ..runtime.engines.precision import float_part
 from ..runtime.engines.spec import UNetSpec
 from .cache import EngineCache, component_key, engine_file_name
 from .graph_rewrites import export_rewrites
@@ -121,9 +123,11 @@ def export_components(pipe: Any, spec: UNetSpec, unet_manifest: EngineManifest, 
             results[name] = (hit[0], hit[1], True)
             continue
         target = folder / engine_file_name(spec, unet_manifest.precision, key, ".xml", component=name)
+        precision = float_part(unet_manifest.precision)  # a w8a8 UNet's parts: its float layers' precision
         with fused_active_loras(module) as fused:
-            exported = export_component(name, module, target, unet_manifest.precision)
+            exported = export_component(name, module, target, precision)
         manifest = unet_manifest.replace(file=exported.path.name, key=key, component=name, profile=None,
+                                         precision=precision,
                                          exporter=openvino_exporter(CONVERTER), refit_map={},
                                          extra={"weight_compression": exported.weight_compression,
                                                 "inputs": exported.inputs, "outputs": exported.outputs,

@@ -40,10 +40,13 @@ class BackdropExportEngine(HostedNode):
                 "format": (["onnx", "tensorrt", "openvino"], {
                     "default": "onnx", "tooltip": "onnx runs on onnxruntime (CPU or GPU); tensorrt needs an NVIDIA "
                                                   "GPU; openvino runs on the CPU (AVX2, AVX-512, AMX)"}),
-                "precision": (["auto", "fp32", "fp16", "bf16", "int8"], {
+                "precision": (["auto", "fp32", "fp16", "bf16", "int8", "w8a8"], {
                     "default": "auto", "tooltip": "auto: fp16 for TensorRT, fp32 for ONNX, bf16 for OpenVINO where "
                                                   "the CPU has AMX/AVX512_BF16 (else fp32). int8: OpenVINO only "
-                                                  "(int8 weights). Precisions the CPU cannot run are refused"}),
+                                                  "(int8 weights). w8a8: OpenVINO only, SD UNets: int8 weights and "
+                                                  "activations on the int8 units (AMX-INT8/VNNI), calibrated on a "
+                                                  "few short runs of this pipeline at export; fastest, least "
+                                                  "exact. Precisions the CPU cannot run are refused"}),
                 "resolutions": ("STRING", {
                     "default": "512x512", "tooltip": "WxH sizes the engine must cover, comma separated; the first "
                                                      "is the one it is tuned for (multiples of 64)"}),

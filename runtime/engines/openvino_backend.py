@@ -9,6 +9,8 @@ compiled, from the precision the engine was exported for (its manifest):
 - ``bf16`` / ``fp16``: only where the CPU has the unit (runtime/engines/precision.py). OpenVINO falls back
   to f32 without a word when it is missing, so the request is refused instead, naming the CPU.
 - ``int8``: weights compressed to int8 by NNCF (export time); activations f32.
+- ``w8a8``: weights and activations int8 (NNCF static quantization at export); the float layers take the bf16
+  hint where the CPU has the unit, else f32 (``precision.float_part``).
 
 After compiling, ``kernels()`` reads the runtime graph: which oneDNN primitive ran each layer
 (``brgconv_avx512_amx_bf16``, ``jit_avx2_FP32``...) and in which precision, so a report can say which
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, InvalidModelError
 from .base import ProfiledBackend
-from .precision import CpuInfo, UnsupportedPrecisionError, check_precision, native_support
+from .precision import CpuInfo, UnsupportedPrecisionError, check_precision, float_part, native_support
 from .profile import ShapeProfile
 from .spec import OUTPUT, SAMPLE, UNetSpec
 from .time_embedding import TIMESTEP_EMBEDDING, HostTimeEmbeddings, engine_input_names
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 EXTRA = "cpu-engines"
 DEEP_FEATURES = "deep_features"  # the hidden state entering the UNet's last up block (feature cache)
-HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # w8a8: its float part's
 # The UNet runs a static-shape copy when its deepest level is at least this many latent cells a side (256 px for
 # SD1.5 and SDXL); smaller, the dynamic IR. At a 2x2 deepest level (a 64 px SDXL image) the static bf16 copy
 # fused more element-wise chains into bf16 and its error rose from 1.3e-2 to 6.0e-2; from 4x4 up both matched.
@@ -98,7 +100,7 @@ def check_native(precision: str, cpu: CpuInfo | None = None) -> None:
 def compile_config(precision: str, threads: int | None = None) -> dict[str, Any]:
     """The CPU plugin settings for a latency-bound engine in ``precision`` (checked against this CPU)."""
     check_native(precision)
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[float_part(precision)], "PERFORMANCE_HINT": "LATENCY",
                               "NUM_STREAMS": 1}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)

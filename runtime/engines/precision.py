@@ -12,9 +12,15 @@ its feature flags (``/proc/cpuinfo``) and, when the engine is installed, OpenVIN
   step in 8.1 s there, against 5.7 s in fp32 and 1.6 s in bf16 on AMX-BF16.
 - ``int8`` always runs (weights stored in int8, dequantized in the kernels); its dot products use
   AMX-INT8, AVX512_VNNI or AVX-VNNI where present and plain AVX2 multiply-adds otherwise.
+- ``w8a8`` (static int8: weights *and* activations, scales calibrated at export) always runs too; its
+  convolutions and linear layers are int8 x int8 dot products on those same units, and the layers left float
+  (first and last convolution, time embedding, norms) run in bf16 where the CPU has a bf16 unit, else fp32.
 
 Each precision has an error class: the relative error (max |out - fp32 eager| / max |fp32 eager|) its
-engines are held to in tests and that ``backdrop bench --backends auto`` uses as the default budget.
+engines are held to in tests and that ``backdrop bench --backends auto`` uses as the default budget. ``w8a8``'s
+is the loosest (1e-1): one int8 scale per activation tensor leaves a broad error of about 4% RMS on random-weight
+UNets (5e-2 max on SD1.5, up to 1e-1 on the tiny test UNets), so ``--backends auto`` picks it only when asked to
+with ``--error-budget``.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "w8a8")
 # Relative error (max abs error / max |reference|) each class is allowed against fp32 eager torch.
-ERROR_CLASS = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2, "int8": 5e-2}
+ERROR_CLASS = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2, "int8": 5e-2, "w8a8": 1e-1}
 
 # /proc/cpuinfo flag -> the name people know the unit by
 UNIT_FLAGS = (("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("avx_vnni", "AVX-VNNI"),
@@ -136,7 +142,17 @@ def native_support(precision: str, cpu: CpuInfo | None = None) -> tuple[bool, st
                            "than fp32 (an SD1.5 step took 8.1 s in OpenVINO f16, 5.7 s in fp32); use bf16 on AMX-BF16")
         return False, (f"{cpu.model} has no fp16 compute unit (no AMX-FP16; F16C only converts): "
                        "fp16 runs on GPUs, not on this CPU")
+    if precision == "w8a8":
+        return True, f"int8 weights and activations, dot products on {cpu.int8_dot}"
     return True, f"int8 weights, dot products on {cpu.int8_dot}"
+
+
+def float_part(precision: str, cpu: CpuInfo | None = None) -> str:
+    """The precision of an engine's float layers: a ``w8a8`` engine's run in bf16 where this CPU has the unit,
+    else fp32; every other precision is its own."""
+    if check_precision(precision) != "w8a8":
+        return precision
+    return "bf16" if native_support("bf16", cpu)[0] else "fp32"
 
 
 def torch_cpu_capability() -> str:
