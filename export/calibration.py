@@ -12,7 +12,9 @@ layers reach on representative inputs, so the inputs decide the engine's error. 
 - ``random_unet_inputs``: seeded random inputs of the export's own kind (``example_inputs``), for a bare UNet
   with no pipeline around it (the UNet-step benchmark, whose measured input is of that kind too).
 
-Each input set is a dict of the UNet's input names (``UNetSpec.input_names``) to fp32 tensors with a batch axis.
+Each input set is a dict of the UNet's input names (``UNetSpec.input_names``) to fp32 tensors with a batch axis;
+a captured set also holds the hidden state entering the last up block (``deep_features``), which calibrates the
+feature cache's shallow graph without running the UNet again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runtime.engines.openvino_backend import DEEP_FEATURES
 from ..runtime.engines.spec import CONTEXT, SAMPLE, TEXT_EMBEDS, TIME_IDS, TIMESTEP, UNetSpec
 from .onnx_export import example_inputs
 
@@ -87,7 +90,8 @@ def style_prompts(count: int) -> list[tuple[str, str]]:
 
 
 def capture_unet_inputs(handle: Any, plan: CapturePlan | None = None) -> CalibrationInputs:
-    """The UNet inputs of short inpainting runs of ``handle`` (its LoRA stack active), one dict per UNet call."""
+    """The UNet inputs of short inpainting runs of ``handle`` (its LoRA stack active), one dict per UNet call, each
+    with the call's ``deep_features`` too."""
     from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
     from ..runtime.inpainting.geometry import FAMILY_RESOLUTION
 
@@ -105,7 +109,11 @@ def capture_unet_inputs(handle: Any, plan: CapturePlan | None = None) -> Calibra
                  TIME_IDS: added.get("time_ids")}
         captured.append({name: found[name].detach().float().clone() for name in spec.input_names})
 
+    def record_deep(_module: Any, _args: tuple, output: torch.Tensor) -> None:
+        captured[-1][DEEP_FEATURES] = output.detach().float().clone()
+
     hook = handle.denoiser.register_forward_pre_hook(record, with_kwargs=True)
+    deep_hook = handle.denoiser.up_blocks[-2].register_forward_hook(record_deep)
     try:
         for index, (positive, negative) in enumerate(style_prompts(plan.styles)):
             image, mask = synthetic_product_photo(size, seed=index)
@@ -114,6 +122,7 @@ def capture_unet_inputs(handle: Any, plan: CapturePlan | None = None) -> Calibra
             inpaint_backgrounds(handle, [image], [mask], settings)
     finally:
         hook.remove()
+        deep_hook.remove()
     return captured
 
 

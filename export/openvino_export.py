@@ -270,7 +270,8 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
     ``noise_pred`` and ``deep_features``; with ``shallow_path`` also the shallow UNet for the feature cache
     (``exported.shallow``). The sinusoidal time embeddings are inputs (``timestep_embedding``...), computed in
     fp32 by the backend, so a bf16 engine never takes ``sin`` of a bf16 timestep. ``calibration`` (UNet input
-    sets by ``UNetSpec.input_names``, export/calibration.py) is required for ``w8a8`` and unused otherwise."""
+    sets by ``UNetSpec.input_names``, export/calibration.py) is required for ``w8a8`` and unused otherwise; a set's
+    ``deep_features``, if it has them, calibrate the shallow graph (else they are computed here)."""
     spec = UNetSpec.from_unet(unet)
     param = next(unet.parameters())
     feeds = example_inputs(spec, batch=example_batch, tokens=tokens, dtype=torch.float32, device=param.device)
@@ -279,7 +280,8 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
     if embedded:
         example = HostTimeEmbeddings(spec)(example)
     host = HostTimeEmbeddings(spec) if embedded else dict
-    sets = [host({n: s[n] for n in spec.input_names}) for s in calibration or ()] if precision == "w8a8" else []
+    calibration = list(calibration or ()) if precision == "w8a8" else []
+    sets = [host({n: s[n] for n in spec.input_names}) for s in calibration]
     with fused_active_loras(unet) as fused:
         module = unet if param.dtype == torch.float32 else _fp32_copy(unet)
         with export_rewrites(module, precision) as rewrites:  # both graphs traced with the same rewrites
@@ -291,7 +293,8 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
                 deep_unet = DeepFeatureUNet(module, spec.is_sdxl, embedded).eval()
                 with torch.no_grad():
                     deep = deep_unet(*example.values())[1]
-                    shallow_sets = [{**s, DEEP_FEATURES: deep_unet(*s.values())[1]} for s in sets]
+                    shallow_sets = [{**s, DEEP_FEATURES: c[DEEP_FEATURES] if DEEP_FEATURES in c else
+                                     deep_unet(*s.values())[1]} for s, c in zip(sets, calibration, strict=True)]
                 shallow = convert_module(ShallowUNet(module, spec.is_sdxl, embedded),
                                          {**example, DEEP_FEATURES: deep}, UNET_DYNAMIC, [OUTPUT])
                 exported.shallow = save_ir(shallow, shallow_path, precision, [_numpy(s) for s in shallow_sets])

@@ -22,7 +22,7 @@ from comfyui_backdrop.export.engine_export import BaseIdentity, EngineRequest, e
 from comfyui_backdrop.export.onnx_export import example_inputs
 from comfyui_backdrop.runtime.engines.load import open_backend
 from comfyui_backdrop.runtime.engines.manifest import read_manifest
-from comfyui_backdrop.runtime.engines.openvino_backend import OpenVinoUNetBackend
+from comfyui_backdrop.runtime.engines.openvino_backend import DEEP_FEATURES, OpenVinoUNetBackend
 from comfyui_backdrop.runtime.engines.precision import ERROR_CLASS, float_part
 from comfyui_backdrop.runtime.engines.spec import CONTEXT, SAMPLE, TIMESTEP, UNetSpec
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
@@ -98,12 +98,13 @@ def test_capture_records_the_unet_inputs_of_real_runs(inpaint_models):
     assert len(sets) == plan.styles * plan.steps
     spec = UNetSpec.from_unet(handle.denoiser)
     for inputs in sets:
-        assert list(inputs) == list(spec.input_names)
+        assert list(inputs) == [*spec.input_names, DEEP_FEATURES]
         assert inputs[SAMPLE].shape == (2, 9, 16, 16)  # CFG batch, latents + mask + masked image, 128 px
+        assert inputs[DEEP_FEATURES].shape[0] == 2  # the hidden state entering the last up block, same call
         assert inputs[TIMESTEP].shape == (2,) and inputs[CONTEXT].shape[:2] == (2, 77)
     assert len({float(s[TIMESTEP][0]) for s in sets}) == plan.steps  # spread over the schedule
     assert not torch.equal(sets[0][CONTEXT], sets[plan.steps][CONTEXT])  # each style its own prompt
-    assert not handle.denoiser._forward_pre_hooks  # the recording hook is gone
+    assert not handle.denoiser._forward_pre_hooks and not handle.denoiser.up_blocks[-2]._forward_hooks
 
 
 def test_a_flux_transformer_is_refused_w8a8_with_a_reason():
