@@ -28,6 +28,7 @@ import torch
 
 from ..runtime.engines.openvino_backend import DEEP_FEATURES
 from ..runtime.engines.spec import CONTEXT, SAMPLE, TEXT_EMBEDS, TIME_IDS, TIMESTEP, UNetSpec
+from ..runtime.progress import ProgressFn, report
 from .onnx_export import example_inputs
 
 CalibrationInputs = list[dict[str, torch.Tensor]]
@@ -89,9 +90,10 @@ def style_prompts(count: int) -> list[tuple[str, str]]:
     return prompts
 
 
-def capture_unet_inputs(handle: Any, plan: CapturePlan | None = None) -> CalibrationInputs:
+def capture_unet_inputs(handle: Any, plan: CapturePlan | None = None,
+                        progress: ProgressFn | None = None) -> CalibrationInputs:
     """The UNet inputs of short inpainting runs of ``handle`` (its LoRA stack active), one dict per UNet call, each
-    with the call's ``deep_features`` too."""
+    with the call's ``deep_features`` too; ``progress(done, total)`` counts the runs' steps."""
     from ..runtime.inpainting.generate import InpaintSettings, inpaint_backgrounds
     from ..runtime.inpainting.geometry import FAMILY_RESOLUTION
 
@@ -119,7 +121,9 @@ def capture_unet_inputs(handle: Any, plan: CapturePlan | None = None) -> Calibra
             image, mask = synthetic_product_photo(size, seed=index)
             settings = InpaintSettings(prompt=positive, negative_prompt=negative, steps=plan.steps, resolution=size,
                                        seed=index)
-            inpaint_backgrounds(handle, [image], [mask], settings)
+            total, base = plan.styles * plan.steps, index * plan.steps
+            inpaint_backgrounds(handle, [image], [mask], settings,
+                                progress=lambda done, _n, base=base, total=total: report(progress, base + done, total))
     finally:
         hook.remove()
         deep_hook.remove()

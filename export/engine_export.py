@@ -29,6 +29,7 @@ from ..runtime.engines.manifest import EngineManifest, write_manifest
 from ..runtime.engines.profile import ShapeProfile
 from ..runtime.engines.spec import UNetSpec
 from ..runtime.errors import InvalidInputError
+from ..runtime.progress import ProgressFn
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
 from .calibration import (
     RANDOM_LABEL,
@@ -276,11 +277,12 @@ def _torch_version() -> str:
 
 
 def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = None,
-                           components: bool = False) -> EngineResult:
+                           components: bool = False, progress: ProgressFn | None = None) -> EngineResult:
     """``export_engine`` for a ``LoadedPipeline``: its LoRA stack is applied (and fused into the export),
     and the engine goes to the first models/onnx, models/tensorrt or models/openvino folder. ``components``
     (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py). For a
-    FLUX pipeline the engine is its transformer's (no components)."""
+    FLUX pipeline the engine is its transformer's (no components). A ``w8a8`` engine is calibrated on short runs
+    of ``handle`` (export/calibration.py), whose steps ``progress(done, total)`` counts."""
     from ..runtime.inpainting.loras import activated
     from ..runtime.models import get_locator
 
@@ -300,7 +302,7 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
     calibration = None
     if request.precision == "w8a8" and not handle.is_transformer:
         plan = CapturePlan()
-        calibration = Calibration(plan.label, lambda: capture_unet_inputs(handle, plan))
+        calibration = Calibration(plan.label, lambda: capture_unet_inputs(handle, plan, progress))
     with activated(handle) as pipe:
         result = export_engine(handle.denoiser, base, request, folders[0], search=folders[1:],
                                timing_cache_dir=folders[0] if kind == "tensorrt" else None, calibration=calibration)

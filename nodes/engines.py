@@ -101,7 +101,8 @@ class BackdropExportEngine(HostedNode):
         request = EngineRequest(format=format, precision=precision, profile=profile,
                                 optimize_for=ONNX_TARGETS[onnx_target] if format == "onnx" else "",
                                 refittable=refittable, optimization_level=optimization_level)
-        result = export_pipeline_engine(pipeline, request, comfy_bridge.locator(), components=whole)
+        result = export_pipeline_engine(pipeline, request, comfy_bridge.locator(), components=whole,
+                                        progress=self.host.progress(1) if precision == "w8a8" else None)
         return (f"{format}/{result.path.name}",)
 
 

@@ -27,7 +27,7 @@ from comfyui_backdrop.runtime.engines.precision import ERROR_CLASS, float_part
 from comfyui_backdrop.runtime.engines.spec import CONTEXT, SAMPLE, TIMESTEP, UNetSpec
 from comfyui_backdrop.runtime.engines.torch_backend import TorchUNetBackend
 from comfyui_backdrop.runtime.errors import InvalidInputError
-from tests.fixtures.tiny_unets import tiny_sd15_unet
+from tests.fixtures.tiny_unets import tiny_sd15_unet, tiny_sdxl_unet
 
 pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
 pytest.importorskip("nncf", reason="w8a8 engines need NNCF (the cpu-engines extra)")
@@ -51,7 +51,10 @@ def unet():
     return tiny_sd15_unet()
 
 
-def test_w8a8_unet_runs_int8_kernels_within_its_class(unet, tmp_path):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_w8a8_unet_runs_int8_kernels_within_its_class(unet, tmp_path, family):
+    if family == "sdxl":  # text_time embeddings: text_embeds and time ids are inputs too
+        unet = tiny_sdxl_unet()
     result = export_engine(unet, BASE, EngineRequest(format="openvino", precision="w8a8"), tmp_path)
     backend = open_backend(result.path)
     assert isinstance(backend, OpenVinoUNetBackend) and backend.name == "openvino-w8a8"
@@ -60,6 +63,7 @@ def test_w8a8_unet_runs_int8_kernels_within_its_class(unet, tmp_path):
     original = {n: t.clone() for n, t in feeds.items()}
     out, ref = backend.run(*call), TorchUNetBackend(unet).run(*call)
     err = rel_error(out, ref)
+    print(f"w8a8 {family}: max rel err {err:.2e}")
     assert 1e-3 < err <= ERROR_CLASS["w8a8"], err  # really quantized, and inside its class
     assert all(torch.equal(feeds[n], original[n]) for n in feeds)  # inputs untouched
     report = backend.kernels()
@@ -94,8 +98,10 @@ def test_capture_records_the_unet_inputs_of_real_runs(inpaint_models):
 
     handle = load_pipeline(SD15)
     plan = CapturePlan(styles=2, steps=3, max_resolution=128)
-    sets = capture_unet_inputs(handle, plan)
+    seen = []
+    sets = capture_unet_inputs(handle, plan, progress=lambda done, total: seen.append((done, total)))
     assert len(sets) == plan.styles * plan.steps
+    assert seen[-1] == (6, 6) and [d for d, _ in seen] == sorted(d for d, _ in seen)  # one bar over both runs
     spec = UNetSpec.from_unet(handle.denoiser)
     for inputs in sets:
         assert list(inputs) == [*spec.input_names, DEEP_FEATURES]
