@@ -230,11 +230,16 @@ def _completions(acf: np.ndarray, axis_vectors: list[np.ndarray], axis: int) -> 
 def comb_scores(acf: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """The comb of each lattice (v1, v2): the autocorrelation z-map summed over all its points inside the map,
     / sqrt(count), ~N(0,1) without a mark (batched by the lattice points each uses)."""
-    max_lag = (acf.shape[0] - 1) / 2.0
     v1 = np.array([p[0] for p in pairs], dtype=np.float64).reshape(-1, 2)
     v2 = np.array([p[1] for p in pairs], dtype=np.float64).reshape(-1, 2)
+    return basis_comb_scores(acf, v1, v2)
+
+
+def basis_comb_scores(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
+    """``comb_scores`` for bases given as arrays: v1, v2 [N, 2]."""
+    max_lag = (acf.shape[0] - 1) / 2.0
     reach = (max_lag / np.maximum(1.0, np.minimum(np.hypot(*v1.T), np.hypot(*v2.T)))).astype(int) + 1
-    scores = np.empty(len(pairs))
+    scores = np.empty(len(v1))
     for r in np.unique(reach):
         rows = np.nonzero(reach == r)[0]
         scores[rows] = _batch_scores(acf, v1[rows], v2[rows], int(r))
@@ -281,7 +286,8 @@ def square_lattice(acf: np.ndarray, lo: float, hi: float, step: float = SQUARE_S
     """The unrotated square lattice ``(s, 0), (0, s)`` with the best comb score for ``lo <= s <= hi``: scanned
     every ``step`` px, then every ``step / 10`` around the best."""
     def best(sides: np.ndarray) -> tuple[float, float]:
-        scores = comb_scores(acf, [(np.array([d, 0.0]), np.array([0.0, d])) for d in sides])
+        zero = np.zeros_like(sides)
+        scores = basis_comb_scores(acf, np.stack([sides, zero], axis=1), np.stack([zero, sides], axis=1))
         i = int(np.argmax(scores))
         return float(sides[i]), float(scores[i])
 
