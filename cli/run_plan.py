@@ -10,6 +10,7 @@ import argparse
 import getpass
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..runtime.backdrop.studio import StudioOptions
 from ..runtime.backdrop.styles import StylePreset
@@ -19,6 +20,9 @@ from ..runtime.inpainting.generate import InpaintSettings
 from ..runtime.inpainting.memory import DEFAULT_MEMORY, MemoryOptions
 from ..runtime.masking.types import Prompt, RefineOptions
 from ..runtime.watermark.codec import DEFAULT_VERSION
+
+if TYPE_CHECKING:
+    from ..export.engine_export import EngineRequest
 
 
 @dataclass(frozen=True)
@@ -120,17 +124,13 @@ class InpaintPlan:
     def _attach_flux_auto(self, handle, choice, locator, threads):
         """--engine auto for a FLUX pipeline: the chosen kind of engine for its transformer (an onnxruntime
         choice becomes the portable fp32 export: the optimised graphs are UNet-only), exported unless cached."""
-        import dataclasses
-
         from ..export.attach import attach_engine
         from ..export.engine_export import export_pipeline_engine
 
         request = choice.request(None)
         if request is None:
             return handle  # plain torch was the fastest within the budget
-        if request.format == "onnx":
-            request = dataclasses.replace(request, optimize_for="", precision="fp32")
-        result = export_pipeline_engine(handle, request, locator)
+        result = export_pipeline_engine(handle, flux_engine_request(request), locator)
         return attach_engine(handle, result.path, threads=threads, locator=locator)
 
     def settings_for(self, positive: str, negative: str) -> InpaintSettings:
@@ -212,6 +212,16 @@ class RunPlan:
             save_mask=args.save_mask, prompt_json=prompt_json, inpaint=_inpaint_plan(args),
             watermark=_watermark_plan(args),
             quiet=args.quiet, read_limits=_read_limits(args.max_megapixels))
+
+
+def flux_engine_request(request: EngineRequest) -> EngineRequest:
+    """A bench choice's export request as a FLUX transformer takes it: onnxruntime's CPU-optimised graphs are
+    UNet-only (the portable fp32 export instead), and w8a8 is calibrated for UNets (int8 weights instead)."""
+    if request.format == "onnx":
+        return replace(request, optimize_for="", precision="fp32")
+    if request.precision == "w8a8":
+        return replace(request, precision="int8")
+    return request
 
 
 def _watermark_plan(args: argparse.Namespace) -> WatermarkPlan | None:

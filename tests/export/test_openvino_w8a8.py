@@ -113,11 +113,15 @@ def test_capture_records_the_unet_inputs_of_real_runs(inpaint_models):
     assert not handle.denoiser._forward_pre_hooks and not handle.denoiser.up_blocks[-2]._forward_hooks
 
 
-def test_a_flux_transformer_is_refused_w8a8_with_a_reason():
+def test_a_flux_transformer_is_refused_w8a8_with_a_reason_and_auto_gives_it_int8_weights():
+    from comfyui_backdrop.cli.run_plan import flux_engine_request
     from comfyui_backdrop.export.engine_export import check_flux_request
 
     with pytest.raises(InvalidInputError, match="SD1.5/SDXL UNets"):
         check_flux_request(EngineRequest(format="openvino", precision="w8a8"))
+    # `backdrop run --engine auto` with a bench choice of w8a8 (measured on the SD UNet) and a FLUX checkpoint
+    assert flux_engine_request(EngineRequest(format="openvino", precision="w8a8")).precision == "int8"
+    check_flux_request(flux_engine_request(EngineRequest(format="openvino", precision="w8a8")))
 
 
 def test_whole_pipeline_on_w8a8_engines_keeps_the_product_exact(inpaint_models, product_photo):
