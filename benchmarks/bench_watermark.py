@@ -208,6 +208,26 @@ def _bits_of(method: str) -> int:
 # ------------------------------------------------------------------------------------------------- speed
 
 
+def unmarked_pictures(side: int) -> list[np.ndarray]:
+    """Every other benchmark and held-out image (25 pictures), resized to ``side`` x ``side`` px: the speed
+    probes' unmarked set."""
+    pictures = bench_images(False)[::2] + held_out_images(False)[::2]
+    return [cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < min(image.shape[:2])
+                       else cv2.INTER_CUBIC) for _, image in pictures]
+
+
+def accumulating(fn: Callable, spent: list[float]) -> Callable:
+    """``fn``, adding the seconds each call takes to ``spent[0]``."""
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    return timed
+
+
 def _timed_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(median, best) wall time in ms; on a shared machine the best is the closer to the code's own cost."""
     fn()

@@ -43,20 +43,10 @@ def _no_neighbours() -> list[tuple[float, float]]:
 def speed(side: int, rounds: int) -> None:
     """Interleaved timing of ``detect`` on unmarked pictures, with and without the second look."""
     cv2.setNumThreads(1)
-    pictures = bench_watermark.bench_images(False)[::2] + bench_watermark.held_out_images(False)[::2]
-    images = [cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < min(image.shape[:2])
-                         else cv2.INTER_CUBIC) for _, image in pictures]
+    images = bench_watermark.unmarked_pictures(side)
     spent = [0.0]
     second_look = codec._second_look
-
-    def timed_second_look(*args):
-        start = time.perf_counter()
-        try:
-            return second_look(*args)
-        finally:
-            spent[0] += time.perf_counter() - start
-
-    codec._second_look = timed_second_look
+    codec._second_look = bench_watermark.accumulating(second_look, spent)
     variants = {"without": _no_neighbours, "with": neighbour_stretches}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for image in images:  # warm-up

@@ -37,22 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
-    pictures = bench_watermark.bench_images(False)[::2] + bench_watermark.held_out_images(False)[::2]
-    images = [cv2.resize(image, (args.side, args.side), interpolation=cv2.INTER_AREA) for _, image in pictures]
-    estimate, square = lattice.estimate_lattices, lattice.square_lattice
-    scan = [0.0]
-
-    def timed_square(*a):
-        start = time.perf_counter()
-        try:
-            return square(*a)
-        finally:
-            scan[0] += time.perf_counter() - start
+    images = bench_watermark.unmarked_pictures(args.side)
+    estimate, scan = lattice.estimate_lattices, [0.0]
 
     def without_square(*a, **k):
         return [h for h in estimate(*a, **k) if not (h.v1[1] == 0.0 and h.v2[0] == 0.0 and h != lattice.IDENTITY)]
 
-    lattice.square_lattice = timed_square
+    lattice.square_lattice = bench_watermark.accumulating(lattice.square_lattice, scan)
     variants = {"with": estimate, "without": without_square}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for index in range(args.rounds):

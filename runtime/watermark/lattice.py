@@ -37,6 +37,8 @@ FINE_HYPOTHESES = 1  # ... and adds this many lattices
 FINE_LAG_PERIODS = 6  # ... from lags up to this many of its longest periods (short periods have points enough)
 SQUARE_HYPOTHESES = 1  # ... and the best unrotated square lattice of that range (a plain thumbnail's)
 SQUARE_STEP = 0.04   # px: spacing of that square lattice's scan, then refined to a tenth of it
+SQUARE_MIN_SCORE = 1.2  # ... kept only from this comb score up: unmarked 512 px pictures' best squares score
+#                         0.6-1.5 (median 1.0), the thumbnails it reads 1.4-17; a fold of a short lattice is costly
 RETURNED = HYPOTHESES + FINE_HYPOTHESES + SQUARE_HYPOTHESES  # estimate_lattices returns at most (and the grid)
 GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
 LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
@@ -258,7 +260,8 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
     (thumbnails of a 64 px tile; 0 for none). A search of its own, because in one search over both ranges the
     sub-multiples of a long lattice crowd out the long lattice itself. With it comes the best unrotated square
     lattice of that range (``square_lattice``): a thumbnail is a plain downscale, and on a picture of near-periodic
-    texture (cells, weave) the texture's own lattice can outscore the mark's in the general search.
+    texture (cells, weave) the texture's own lattice can outscore the mark's in the general search. It is kept
+    when its comb score reaches SQUARE_MIN_SCORE (most unmarked pictures' do not, and their detection skips its fold).
     """
     window = central_window(r)
     side = min(window.shape)
@@ -275,8 +278,9 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
         found = _search(acf, low, high, kept)
         if low < lo:
             square = square_lattice(acf, low, high)
-            if all(np.hypot(*np.subtract(square.v1, h.v1)) > 1 or np.hypot(*np.subtract(square.v2, h.v2)) > 1
-                   for h in found):
+            new = all(np.hypot(*np.subtract(square.v1, h.v1)) > 1 or np.hypot(*np.subtract(square.v2, h.v2)) > 1
+                      for h in found)
+            if new and square.score >= SQUARE_MIN_SCORE:
                 found.append(square)
         hypotheses += found
     return [*hypotheses, IDENTITY] if identity else hypotheses
