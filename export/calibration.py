@@ -33,8 +33,6 @@ from .onnx_export import example_inputs
 
 CalibrationInputs = list[dict[str, torch.Tensor]]
 CalibrationSource = Callable[[], CalibrationInputs]
-# How static scales are collected; the engine cache key carries it, so changing it exports a new engine.
-RECIPE = "nncf.quantize transformer preset performance, no bias correction; conv_in/conv_out/time embedding float"
 
 
 RANDOM_LABEL = "random inputs (seeded example_inputs, timesteps 100-900)"
@@ -47,6 +45,10 @@ class Calibration:
 
     label: str
     inputs: CalibrationSource | Sequence[dict[str, torch.Tensor]]
+
+    def input_sets(self) -> CalibrationInputs:
+        """The input sets, captured now if ``inputs`` is a callable."""
+        return list(self.inputs() if callable(self.inputs) else self.inputs)
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,3 @@ def random_unet_inputs(spec: UNetSpec, count: int = 6, batch: int = 2, latent: t
         sets.append({name: feeds[name] for name in spec.input_names})
     return sets
 
-
-def resolve(source: CalibrationSource | Sequence[dict[str, torch.Tensor]] | None) -> CalibrationInputs | None:
-    """The input sets of a source that may be a list, a callable that captures them, or nothing."""
-    if source is None:
-        return None
-    return list(source() if callable(source) else source)

@@ -31,15 +31,7 @@ from ..runtime.engines.spec import UNetSpec
 from ..runtime.errors import InvalidInputError
 from ..runtime.progress import ProgressFn
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
-from .calibration import (
-    RANDOM_LABEL,
-    RECIPE,
-    Calibration,
-    CapturePlan,
-    capture_unet_inputs,
-    random_unet_inputs,
-    resolve,
-)
+from .calibration import RANDOM_LABEL, Calibration, CapturePlan, capture_unet_inputs, random_unet_inputs
 from .graph_rewrites import rewrites_for
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
@@ -106,7 +98,9 @@ def engine_key(spec: UNetSpec | FluxSpec, base: BaseIdentity, request: EngineReq
         # engines from before these changes are not reused: fp32 time embeddings, then export_rewrites
         builder = (("time_embedding", "fp32 inputs"), ("rewrites", rewrites_for(request.precision)))
         if request.precision == "w8a8":
-            builder += (("calibration", calibration), ("recipe", RECIPE))
+            from .openvino_export import W8A8_RECIPE
+
+            builder += (("calibration", calibration), ("recipe", W8A8_RECIPE))
     return EngineKey(base_fingerprint=base.fingerprint, loras=tuple(base.loras), spec=spec, profile=request.profile,
                      precision=request.precision, format=request.format,
                      optimized_for=request.optimize_for if request.format == "onnx" else "",
@@ -235,7 +229,7 @@ def _export_openvino(unet: Any, target: Path, request: EngineRequest, manifest: 
     shallow_key = component_key(manifest, "unet_shallow")
     shallow_target = target.with_name(engine_file_name(manifest.spec, request.precision, shallow_key, ".xml",
                                                        component="unet_shallow"))
-    sets = resolve(calibration.inputs) if calibration else None
+    sets = calibration.input_sets() if calibration else None
     exported = export_unet_openvino(unet, target, precision=request.precision, shallow_path=shallow_target,
                                     calibration=sets)
     shallow = exported.shallow

@@ -57,6 +57,8 @@ CONVERTER = "openvino.convert_model(torch module, TorchScript tracing)"
 # Layers of a w8a8 UNet left float, by name in the converted graph (the converter names ops after the modules).
 FLOAT_SCOPES = (r".*conv_in/.*", r".*conv_out/.*", r".*time_embedding.*", r".*time_emb_proj.*",
                 r".*add_embedding.*")
+# How quantize_static collects a w8a8 engine's scales; the engine cache key carries it (a change exports anew).
+W8A8_RECIPE = "nncf.quantize transformer preset performance, no bias correction; conv_in/conv_out/time embedding float"
 # The axes of each input that stay dynamic in the IR (everything else is fixed by the example).
 UNET_DYNAMIC = {SAMPLE: (0, 2, 3), TIMESTEP: (0,), CONTEXT: (0, 1), TEXT_EMBEDS: (0,), TIME_IDS: (0,),
                 TIMESTEP_EMBEDDING: (0,), TIME_IDS_EMBEDDING: (0,), DEEP_FEATURES: (0, 2, 3)}

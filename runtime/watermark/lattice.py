@@ -278,9 +278,7 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
         found = _search(acf, low, high, kept)
         if low < lo:
             square = square_lattice(acf, low, high)
-            new = all(np.hypot(*np.subtract(square.v1, h.v1)) > 1 or np.hypot(*np.subtract(square.v2, h.v2)) > 1
-                      for h in found)
-            if new and square.score >= SQUARE_MIN_SCORE:
+            if square.score >= SQUARE_MIN_SCORE and _distinct((square.v1, square.v2), found):
                 found.append(square)
         hypotheses += found
     return [*hypotheses, IDENTITY] if identity else hypotheses
@@ -298,6 +296,12 @@ def square_lattice(acf: np.ndarray, lo: float, hi: float, step: float = SQUARE_S
     side, _ = best(np.arange(lo, hi + step / 2, step))
     side, score = best(np.linspace(side - step, side + step, 21))
     return Lattice((side, 0.0), (0.0, side), score)
+
+
+def _distinct(basis: tuple, lattices: list[Lattice]) -> bool:
+    """Whether ``basis`` (v1, v2) differs from each of ``lattices`` by more than 1 px in v1 or in v2."""
+    v1, v2 = basis
+    return all(np.hypot(*np.subtract(v1, h.v1)) > 1 or np.hypot(*np.subtract(v2, h.v2)) > 1 for h in lattices)
 
 
 def _central_lags(acf: np.ndarray, max_lag: float) -> np.ndarray:
@@ -319,7 +323,7 @@ def _search(acf_smooth: np.ndarray, lo: float, hi: float, count: int) -> list[La
     order = np.argsort(-comb_scores(acf_smooth, pairs), kind="stable")[:REFINED]
     hypotheses: list[Lattice] = []
     for r1, r2, score in _refine_all(acf_smooth, [pairs[i] for i in order]):
-        if all(np.hypot(*(r1 - np.array(h.v1))) > 1 or np.hypot(*(r2 - np.array(h.v2))) > 1 for h in hypotheses):
+        if _distinct((r1, r2), hypotheses):
             hypotheses.append(Lattice(tuple(r1), tuple(r2), score))
     hypotheses.sort(key=lambda h: -h.score)
     return hypotheses[:count]
