@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The dev/CI venv pins a torch that works beside torchvision (segment_anything needs it).
+# The dev/CI venv pins a torch that works beside torchvision (segment_anything needs it). It takes about 7 GB
+# (the registry's torch is the CUDA build); --no-cache-dir keeps pip from holding a second copy of each download.
 # Users inside ComfyUI keep ComfyUI's own torch: pyproject.toml does not pin it.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
@@ -10,9 +11,9 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir $(TORCH_PIN)
+	$(PY) -m pip install -q --no-cache-dir -e ".[test]"
 	touch $@
 
 demo: $(VENV)/.installed
