@@ -74,6 +74,10 @@ def add_inpaint_arguments(run: argparse.ArgumentParser) -> None:
                        help="with an OpenVINO --engine: run the text encoder(s) and the VAE on engines too "
                             "(exported beside the UNet engine; with 'auto' they are exported when missing)")
     group.add_argument("--engine-threads", type=int, default=0, help="engine CPU threads (0 = all cores)")
+    group.add_argument("--engine-memory", type=float, default=None, metavar="GIB",
+                       help="with --engine: memory the engine's export (auto) and loading may use, GiB (default: "
+                            "what the machine has available); what would need more is not started (auto: the run "
+                            "stays on torch; a named engine: an error with the need)")
     group.add_argument("--candidates", type=int, default=0, metavar="K",
                        help="generate K backgrounds (seeds seed..seed+K-1), rank them by measured defects (seam, "
                             "leaked product colour, colour cast against the style's palette, clutter) and keep the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ class InpaintPlan:
     engine: str | None = None  # --engine: "<kind>/<file>" or "auto"
     engine_components: bool = False
     engine_threads: int = 0
+    engine_memory: float | None = None  # --engine-memory in bytes (None: what the machine has available)
     models_dir: Path | None = None  # where --engine auto finds engine_choice.json
     candidates: int = 0  # --candidates K: generate K, rank, keep ``keep_best`` (0: no ranking)
     keep_best: int = 1
@@ -102,8 +104,7 @@ class InpaintPlan:
         if choice is None:
             kind, _, name = self.engine.partition("/")
             return attach_engine(handle, locator.resolve(kind, name), threads=threads,
-                                 components=self.engine_components, locator=locator)
-        from ..export.engine_export import export_pipeline_engine
+                                 components=self.engine_components, locator=locator, memory_limit=self.engine_memory)
         if handle.is_flux:
             return self._attach_flux_auto(handle, choice, locator, threads)
         from ..runtime.engines.profile import ShapeProfile
@@ -117,21 +118,32 @@ class InpaintPlan:
                                                                latent_multiple=multiple))
         if request is None:
             return handle  # plain torch was the fastest within the budget
-        components = self.engine_components and request.format == "openvino"
-        result = export_pipeline_engine(handle, request, locator, components=components)
-        return attach_engine(handle, result.path, threads=threads, components=components, locator=locator)
+        return self._auto_engine(handle, request, locator, threads,
+                                 self.engine_components and request.format == "openvino")
 
     def _attach_flux_auto(self, handle, choice, locator, threads):
         """--engine auto for a FLUX pipeline: the chosen kind of engine for its transformer (an onnxruntime
         choice becomes the portable fp32 export: the optimised graphs are UNet-only), exported unless cached."""
-        from ..export.attach import attach_engine
-        from ..export.engine_export import export_pipeline_engine
-
         request = choice.request(None)
         if request is None:
             return handle  # plain torch was the fastest within the budget
-        result = export_pipeline_engine(handle, flux_engine_request(request), locator)
-        return attach_engine(handle, result.path, threads=threads, locator=locator)
+        return self._auto_engine(handle, flux_engine_request(request), locator, threads)
+
+    def _auto_engine(self, handle, request, locator, threads, components: bool = False):
+        """``handle`` on --engine auto's engine (exported unless cached), or on torch, with a note, where the export
+        or the engine would not fit in memory: the run goes on rather than being ended by the out-of-memory killer."""
+        from ..export.attach import attach_engine
+        from ..export.engine_export import export_pipeline_engine
+        from ..runtime.errors import InsufficientMemoryError
+
+        try:
+            result = export_pipeline_engine(handle, request, locator, components=components,
+                                            memory_limit=self.engine_memory)
+            return attach_engine(handle, result.path, threads=threads, components=components, locator=locator,
+                                 memory_limit=self.engine_memory)
+        except InsufficientMemoryError as exc:
+            print(f"backdrop run: note: --engine auto runs on torch: {exc}", file=sys.stderr)
+            return handle
 
     def settings_for(self, positive: str, negative: str) -> InpaintSettings:
         """The sampling settings with this photo's prompts (explicit --prompt/--negative win)."""
@@ -265,7 +277,9 @@ def _inpaint_plan(args: argparse.Namespace) -> InpaintPlan | None:
                        prompt=args.prompt, negative=args.negative, settings=settings,
                        engine=_engine_name(args.engine, args.engine_components),
                        engine_components=args.engine_components,
-                       engine_threads=args.engine_threads, models_dir=args.models_dir, candidates=candidates,
+                       engine_threads=args.engine_threads,
+                       engine_memory=_engine_memory(getattr(args, "engine_memory", None), args.engine),
+                       models_dir=args.models_dir, candidates=candidates,
                        keep_best=keep_best, upscale=upscale, upscale_to=getattr(args, "upscale_to", "original"),
                        text_encoders=tuple(n.strip() for n in (getattr(args, "text_encoders", None) or "").split(",")
                                            if n.strip()),
@@ -333,6 +347,17 @@ def _engine_name(engine: str | None, components: bool) -> str | None:
         raise InvalidInputError("--engine-components runs the text encoders and VAE on OpenVINO engines: give an "
                                 "openvino/<file>.xml engine or auto")
     return engine
+
+
+def _engine_memory(gib: float | None, engine: str | None) -> float | None:
+    """--engine-memory checked before any photo, in bytes."""
+    if gib is None:
+        return None
+    if engine is None:
+        raise InvalidInputError("--engine-memory limits what --engine exports and loads: give --engine")
+    if not gib > 0:
+        raise InvalidInputError(f"--engine-memory must be a positive number of GiB, got {gib}")
+    return gib * 2**30
 
 
 def _read_limits(max_megapixels: float | None) -> ReadLimits:

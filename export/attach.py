@@ -26,6 +26,7 @@ from ..runtime.engines.denoiser import denoiser_spec
 from ..runtime.engines.load import open_backend
 from ..runtime.engines.manifest import EngineManifest, read_manifest
 from ..runtime.errors import InvalidInputError
+from .memory_need import check_load_fits, fp32_weight_bytes, memory_backend
 from .refit import base_parameters, effective_lora_weights, refit_map_from_dict, refit_weights
 
 
@@ -45,9 +46,12 @@ def lora_stack(handle: Any) -> tuple[tuple[str, str, float], ...]:
 
 
 def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "auto",
-                  threads: int | None = None, components: bool = False, locator: Any = None) -> Any:
+                  threads: int | None = None, components: bool = False, locator: Any = None,
+                  memory_limit: float | None = None) -> Any:
     """A ``LoadedPipeline`` like ``handle`` whose UNet is the engine at ``engine_path`` (and, with
-    ``components``, whose text encoders and VAE are that engine's sibling engines)."""
+    ``components``, whose text encoders and VAE are that engine's sibling engines). A CPU engine is opened only
+    where its measured need fits in ``memory_limit`` bytes (None: what the machine has available; ``math.inf``:
+    not checked), else ``InsufficientMemoryError`` (export/memory_need.py)."""
     from ..runtime.inpainting.loras import activated
 
     engine_path = Path(engine_path)
@@ -70,6 +74,9 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
             weights = refit_weights(refit_map_from_dict(manifest.refit_map), *_refit_set(handle.denoiser, manifest))
         if manifest.format == "onnx":
             overrides = weights
+    if manifest.format != "tensorrt":  # a TensorRT engine's weights go to the GPU
+        check_load_fits(engine_path.name, memory_backend(manifest.format, manifest.optimized_for),
+                        manifest.precision, fp32_weight_bytes(handle.denoiser), memory_limit)
     backend = open_backend(engine_path, device=device, provider=provider, threads=threads,
                            initializer_overrides=overrides, manifest=manifest)
     if needs_refit and manifest.format == "tensorrt":
@@ -90,7 +97,7 @@ def attach_engine(handle: Any, engine_path: str | os.PathLike, provider: str = "
             raise InvalidInputError(f"{engine_path.name}'s text encoder and VAE engines have the LoRA stack "
                                     f"{_describe(manifest.loras)} baked in, but the pipeline uses "
                                     f"{_describe(lora_stack(handle))}; export the whole pipeline for this stack")
-        parts = pipeline_parts(handle, manifest, engine_path, threads, locator)
+        parts = pipeline_parts(handle, manifest, engine_path, threads, locator, memory_limit)
         pipe = type(attached.pipe)(**{**attached.pipe.components, **parts})
         pipe.set_progress_bar_config(disable=True)
         attached = dataclasses.replace(attached, pipe=pipe)
@@ -121,8 +128,9 @@ def _with_transformer(handle: Any, transformer: Any) -> Any:
 
 
 def pipeline_parts(handle: Any, manifest: EngineManifest, engine_path: Path, threads: int | None = None,
-                   locator: Any = None) -> dict[str, Any]:
-    """{"text_encoder": ..., "vae": ...}: engine-backed modules for every part exported beside the UNet engine."""
+                   locator: Any = None, memory_limit: float | None = None) -> dict[str, Any]:
+    """{"text_encoder": ..., "vae": ...}: engine-backed modules for every part exported beside the UNet engine
+    (each opened where it fits in ``memory_limit``, as in ``attach_engine``)."""
     from ..runtime.engines.components import EngineTextEncoder, EngineVAE
     from ..runtime.engines.openvino_backend import OpenVinoModel
     from .cache import EngineCache, component_key
@@ -142,6 +150,7 @@ def pipeline_parts(handle: Any, manifest: EngineManifest, engine_path: Path, thr
         if hit is None:
             missing.append(name)
         else:
+            check_load_fits(hit[0].name, "openvino", hit[1].precision, fp32_weight_bytes(wanted[name]), memory_limit)
             engines[name] = OpenVinoModel(hit[0], hit[1].precision, threads)
     if missing:
         raise InvalidInputError(f"{engine_path.name} has no {', '.join(missing)} engine(s) beside it; export it again "

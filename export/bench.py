@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.files import write_bytes_exclusive
-from .bench_memory import proc_bytes
+from .memory_need import proc_bytes
 
 
 @dataclass

@@ -6,48 +6,13 @@ hold, and the interleaved timing keeps every row loaded. The default CPU run of 
 fp32, bf16, int8) would need about 40 GiB; on a 24 GiB machine it used to die in its last setups. Each row's need
 is estimated from setup peaks measured at stop 29 and, for w8a8, stop 31 (docs/performance.md: SD1.5 UNet at
 512 px, batch 2, the backend's own peak over what was loaded, as a multiple of the UNet's fp32 weight bytes) plus
-a margin for activations, and compared with what is left: the machine's available memory, or less under ``--memory``.
+a margin for activations (export/memory_need.py, which ``export_engine``'s own check shares), and compared with what
+is left: the machine's available memory, or less under ``--memory``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-GIB = 2**30
-# own setup peak / fp32 weight bytes (SD1.5: 3.44 GB), rounded up; "*": every other precision of the backend
-SETUP_PER_WEIGHT = {
-    ("eager", "fp32"): 0.15, ("eager", "*"): 1.0,
-    ("compile", "*"): 0.3,
-    ("compile-frozen", "fp32"): 1.8, ("compile-frozen", "*"): 0.8,
-    ("ort-plain", "*"): 1.7,
-    ("ort", "fp32"): 2.1, ("ort", "*"): 1.1,
-    ("openvino", "fp32"): 2.9, ("openvino", "int8"): 0.7, ("openvino", "w8a8"): 2.4, ("openvino", "*"): 1.3,
-    ("trt", "*"): 1.0,
-}
-MARGIN = GIB // 4  # activations and allocator slack beyond the weight-proportional part
-
-
-def setup_need(backend: str, precision: str, weight_bytes: int) -> int:
-    """Bytes a row is expected to add while it is set up, for a UNet of ``weight_bytes`` fp32 weights."""
-    factor = SETUP_PER_WEIGHT.get((backend, precision), SETUP_PER_WEIGHT.get((backend, "*"), 3.0))
-    return int(factor * weight_bytes) + MARGIN
-
-
-def proc_bytes(path: str, name: str) -> int | None:
-    """A ``name: N kB`` field of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes, or None (off
-    Linux, or no such field)."""
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def available_bytes() -> int | None:
-    """The kernel's estimate of memory available without swapping (``MemAvailable``), or None off Linux."""
-    return proc_bytes("/proc/meminfo", "MemAvailable")
+from .memory_need import GIB, available_bytes, setup_need
 
 
 class MemoryGuard:

@@ -33,6 +33,7 @@ from ..runtime.progress import ProgressFn
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
 from .calibration import RANDOM_LABEL, Calibration, CapturePlan, capture_unet_inputs, random_unet_inputs
 from .graph_rewrites import rewrites_for
+from .memory_need import check_export_fits, fp32_weight_bytes, memory_backend
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
 from .refit import effective_lora_weights, refit_map_to_dict
@@ -141,11 +142,13 @@ def default_precision(format: str) -> str:
 
 def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder: str | os.PathLike,
                   search: Sequence[str | os.PathLike] = (), timing_cache_dir: str | os.PathLike | None = None,
-                  calibration: Calibration | None = None) -> EngineResult:
+                  calibration: Calibration | None = None, memory_limit: float | None = None) -> EngineResult:
     """Build (or find) the engine for ``unet`` as its LoRA stack is active now; write it into ``folder``.
 
     A ``w8a8`` engine is calibrated on ``calibration``: (label, input sets or a callable that captures them,
-    called only when the engine is not cached); without one, on ``random_unet_inputs`` (labelled so)."""
+    called only when the engine is not cached); without one, on ``random_unet_inputs`` (labelled so).
+    Before building, the export's memory need is checked against ``memory_limit`` bytes (None: what the machine
+    has available; ``math.inf``: not checked): ``InsufficientMemoryError`` says what it needs (memory_need.py)."""
     request.validate()
     folder = Path(folder)
     spec = denoiser_spec(unet)
@@ -166,6 +169,8 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
     if hit is not None:
         return EngineResult(path=hit[0], manifest=hit[1], cached=True)
     component = denoiser_component(spec)
+    check_export_fits(f"the {component}", memory_backend(request.format, request.optimize_for), request.precision,
+                      fp32_weight_bytes(unet), memory_limit, FORMAT_PRECISIONS[request.format])
     target = folder / engine_file_name(spec, request.precision, key, SUFFIXES[request.format], component=component)
     manifest = EngineManifest(format=request.format, file="", spec=spec, precision=request.precision, key=key,
                               profile=request.profile, base_model=base.name, base_fingerprint=base.fingerprint,
@@ -271,12 +276,14 @@ def _torch_version() -> str:
 
 
 def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = None,
-                           components: bool = False, progress: ProgressFn | None = None) -> EngineResult:
+                           components: bool = False, progress: ProgressFn | None = None,
+                           memory_limit: float | None = None) -> EngineResult:
     """``export_engine`` for a ``LoadedPipeline``: its LoRA stack is applied (and fused into the export),
     and the engine goes to the first models/onnx, models/tensorrt or models/openvino folder. ``components``
     (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py). For a
     FLUX pipeline the engine is its transformer's (no components). A ``w8a8`` engine is calibrated on short runs
-    of ``handle`` (export/calibration.py), whose steps ``progress(done, total)`` counts."""
+    of ``handle`` (export/calibration.py), whose steps ``progress(done, total)`` counts. ``memory_limit``: as for
+    ``export_engine``, for each part."""
     from ..runtime.inpainting.loras import activated
     from ..runtime.models import get_locator
 
@@ -299,9 +306,11 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
         calibration = Calibration(plan.label, lambda: capture_unet_inputs(handle, plan, progress))
     with activated(handle) as pipe:
         result = export_engine(handle.denoiser, base, request, folders[0], search=folders[1:],
-                               timing_cache_dir=folders[0] if kind == "tensorrt" else None, calibration=calibration)
+                               timing_cache_dir=folders[0] if kind == "tensorrt" else None, calibration=calibration,
+                               memory_limit=memory_limit)
         if components:
             from .pipeline_export import export_components
 
-            export_components(pipe, result.manifest.spec, result.manifest, folders[0], search=folders[1:])
+            export_components(pipe, result.manifest.spec, result.manifest, folders[0], search=folders[1:],
+                              memory_limit=memory_limit)
     return result

@@ -38,6 +38,7 @@ from ..runtime.engines.precision import float_part
 from ..runtime.engines.spec import UNetSpec
 from .cache import EngineCache, component_key, engine_file_name
 from .graph_rewrites import export_rewrites
+from .memory_need import check_export_fits, fp32_weight_bytes
 from .openvino_export import CONVERTER, convert_module, openvino_exporter, save_ir
 
 PIPELINE_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
@@ -106,10 +107,11 @@ def export_component(name: str, module: torch.nn.Module, path: str | os.PathLike
 
 
 def export_components(pipe: Any, spec: UNetSpec, unet_manifest: EngineManifest, folder: str | os.PathLike,
-                      search: Sequence[str | os.PathLike] = (), names: Sequence[str] | None = None
-                      ) -> dict[str, tuple[Path, EngineManifest, bool]]:
+                      search: Sequence[str | os.PathLike] = (), names: Sequence[str] | None = None,
+                      memory_limit: float | None = None) -> dict[str, tuple[Path, EngineManifest, bool]]:
     """Export (or find in the cache) every part of ``pipe`` beside its UNet engine: {name: (path, manifest,
-    cached)}. The LoRA stack must already be active on ``pipe`` (text-encoder LoRAs are baked in)."""
+    cached)}. The LoRA stack must already be active on ``pipe`` (text-encoder LoRAs are baked in). Each export is
+    checked against ``memory_limit`` first, as in ``export_engine``."""
     from .onnx_export import fused_active_loras
 
     folder = Path(folder)
@@ -124,6 +126,8 @@ def export_components(pipe: Any, spec: UNetSpec, unet_manifest: EngineManifest, 
             continue
         target = folder / engine_file_name(spec, unet_manifest.precision, key, ".xml", component=name)
         precision = float_part(unet_manifest.precision)  # a w8a8 UNet's parts: its float layers' precision
+        check_export_fits(f"the {name.replace('_', ' ')}", "openvino", precision, fp32_weight_bytes(module),
+                          memory_limit)
         with fused_active_loras(module) as fused:
             exported = export_component(name, module, target, precision)
         manifest = unet_manifest.replace(file=exported.path.name, key=key, component=name, profile=None,

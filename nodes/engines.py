@@ -25,6 +25,23 @@ def engine_choices() -> list[str]:
             if not name.rpartition("/")[2].startswith(COMPONENT_PREFIXES)] + [LINKED_ENGINE]
 
 
+
+def memory_input(what: str, refusal: str) -> tuple:
+    """The engine nodes' optional ``memory_gib`` input: how much ``what`` may use."""
+    return ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 0.5,
+                      "tooltip": f"memory {what} may use, GiB; 0 = what the machine has available. What would need "
+                                 f"more is refused before it starts ({refusal}), instead of the out-of-memory killer "
+                                 "ending ComfyUI"})
+
+
+def memory_limit(memory_gib: float) -> float | None:
+    """``memory_gib`` in bytes (0: None, what the machine has available)."""
+    from ..runtime.errors import InvalidInputError
+
+    if not memory_gib >= 0:
+        raise InvalidInputError(f"memory_gib must be 0 (what the machine has available) or more, got {memory_gib}")
+    return memory_gib * 2**30 if memory_gib > 0 else None
+
 class BackdropExportEngine(HostedNode):
     """Export the pipeline's UNet (with its LoRA stack fused) to ONNX, TensorRT or OpenVINO, or reuse a cached one."""
 
@@ -65,6 +82,7 @@ class BackdropExportEngine(HostedNode):
                     "default": next(iter(COMPONENT_CHOICES)),
                     "tooltip": "openvino only: also export the text encoder(s), VAE encoder and VAE decoder, so "
                                "Backdrop Load Engine can run the whole pipeline on engines"}),
+                "memory_gib": memory_input("the export", "the error names the need and a lighter precision"),
             },
         }
 
@@ -80,7 +98,7 @@ class BackdropExportEngine(HostedNode):
 
     def export(self, pipeline, format: str, precision: str, resolutions: str, images_per_batch: int,
                onnx_target: str, refittable: bool, optimization_level: int,
-               components: str = next(iter(COMPONENT_CHOICES))):
+               components: str = next(iter(COMPONENT_CHOICES)), memory_gib: float = 0.0):
         from ..export.engine_export import EngineRequest, default_precision, export_pipeline_engine
         from ..runtime.engines.profile import ShapeProfile, parse_resolutions
         from ..runtime.engines.spec import UNetSpec
@@ -102,7 +120,8 @@ class BackdropExportEngine(HostedNode):
                                 optimize_for=ONNX_TARGETS[onnx_target] if format == "onnx" else "",
                                 refittable=refittable, optimization_level=optimization_level)
         result = export_pipeline_engine(pipeline, request, comfy_bridge.locator(), components=whole,
-                                        progress=self.host.progress(1) if precision == "w8a8" else None)
+                                        progress=self.host.progress(1) if precision == "w8a8" else None,
+                                        memory_limit=memory_limit(memory_gib))
         return (f"{format}/{result.path.name}",)
 
 
@@ -132,6 +151,7 @@ class BackdropLoadEngine(HostedNode):
                 "engine_name": ("STRING", {"forceInput": True, "tooltip": "an engine name from Backdrop Export "
                                                                           "Engine; used when engine is "
                                                                           f"'{LINKED_ENGINE}'"}),
+                "memory_gib": memory_input("loading a CPU engine (and its first step)", "the error names the need"),
             },
         }
 
@@ -150,7 +170,7 @@ class BackdropLoadEngine(HostedNode):
         return True if engine == LINKED_ENGINE else comfy_bridge.check_prefixed_model_name(engine, ENGINE_KINDS)
 
     def load(self, pipeline, engine: str, provider: str, threads: int, components: str = next(iter(COMPONENT_CHOICES)),
-             engine_name: str | None = None):
+             engine_name: str | None = None, memory_gib: float = 0.0):
         from ..export.attach import attach_engine
         from ..runtime.errors import InvalidInputError
 
@@ -164,7 +184,8 @@ class BackdropLoadEngine(HostedNode):
             raise InvalidInputError(f"engine {engine!r} must be onnx/<file>, tensorrt/<file> or openvino/<file>")
         path = comfy_bridge.locator().resolve(kind, name)
         return (attach_engine(pipeline, path, provider=provider, threads=threads or None,
-                              components=COMPONENT_CHOICES[components], locator=comfy_bridge.locator()),)
+                              components=COMPONENT_CHOICES[components], locator=comfy_bridge.locator(),
+                              memory_limit=memory_limit(memory_gib)),)
 
 
 NODE_CLASS_MAPPINGS = {"BackdropExportEngine": BackdropExportEngine, "BackdropLoadEngine": BackdropLoadEngine}

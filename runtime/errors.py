@@ -47,3 +47,12 @@ class OutputWriteError(BackdropError, OSError):
 
 class Interrupted(BackdropError):
     """Raised from a progress callback to stop a long loop cleanly."""
+
+
+class InsufficientMemoryError(BackdropError, MemoryError):
+    """A step would need more memory than the machine (or the limit given) has left; refused before it starts, so
+    that the out-of-memory killer does not end the whole process. ``need`` and ``available`` are in bytes."""
+
+    def __init__(self, message: str, need: int = 0, available: int = 0) -> None:
+        super().__init__(message)
+        self.need, self.available = need, available

@@ -158,7 +158,8 @@ def test_rows_that_would_not_fit_are_skipped_and_say_so(tmp_path):
     """A row whose setup would not fit in what is left (here a --memory budget of 0.2 GiB) is a skipped row naming
     what it needs, instead of a run the out-of-memory killer ends without a report; the reference still runs."""
     from comfyui_backdrop.cli.main import main as backdrop
-    from comfyui_backdrop.export.bench_memory import GIB, MemoryGuard, setup_need
+    from comfyui_backdrop.export.bench_memory import MemoryGuard
+    from comfyui_backdrop.export.memory_need import GIB, setup_need
 
     config = tmp_path / "config.json"
     config.write_text(json.dumps(dict(tiny_sd15_unet().config), default=list))

@@ -1,0 +1,89 @@
+"""Peak memory of an engine export alone, then of loading it and one call, as multiples of the UNet's fp32 weights.
+
+``export_engine``'s memory check (export/memory_need.py) compares these multiples with what the machine has left.
+Each case runs in a process of its own, so that one export's freed pages or caches do not flatter the next: it
+builds the random-weight UNet of the family's real architecture, resets the resident-set high-water mark
+(``/proc/self/clear_refs``), exports into a temporary folder and reports the high-water mark over the resident
+set before the export; then the same around opening the engine and one UNet call (512 px, batch 2).
+
+    .venv/bin/python benchmarks/probe_export_memory.py --family sd15 --cases openvino:fp32 openvino:int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CASES = ("openvino:fp32", "openvino:bf16", "openvino:int8", "openvino:w8a8", "onnx:fp32", "onnx-cpu:fp32")
+
+
+def _child(family: str, case: str) -> dict:
+    import gc
+
+    import torch
+
+    from comfyui_backdrop.cli.bench import build_unet
+    from comfyui_backdrop.export.bench import MemoryProbe
+    from comfyui_backdrop.export.engine_export import BaseIdentity, EngineRequest, export_engine
+    from comfyui_backdrop.export.onnx_export import example_inputs
+    from comfyui_backdrop.runtime.engines.load import open_backend
+    from comfyui_backdrop.runtime.engines.spec import UNetSpec
+
+    fmt, _, precision = case.partition(":")
+    request = EngineRequest(format="onnx" if fmt.startswith("onnx") else fmt, precision=precision,
+                            optimize_for="cpu" if fmt == "onnx-cpu" else "")
+    unet = build_unet(family, None, 0, torch.float32, torch.device("cpu"))
+    weight_bytes = 4 * sum(p.numel() for p in unet.parameters())
+    gc.collect()
+    probe = MemoryProbe()
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        built, peak, extra, _ = probe.measure(lambda: export_engine(unet, BaseIdentity("probe", "probe"), request,
+                                                                    folder, memory_limit=math.inf))
+        seconds = time.perf_counter() - start
+        gc.collect()
+        feeds = example_inputs(UNetSpec.from_unet(unet), batch=2, latent=(64, 64), dtype=torch.float32)
+
+        def load_and_run():
+            backend = open_backend(built.path, threads=2)
+            backend.run(**feeds)
+            return backend
+
+        _, _, load_extra, _ = probe.measure(load_and_run)
+    return {"case": case, "weight_bytes": weight_bytes, "peak_bytes": peak, "extra_bytes": extra,
+            "factor": extra / weight_bytes if extra else None, "seconds": round(seconds, 1),
+            "load_extra_bytes": load_extra, "load_factor": load_extra / weight_bytes if load_extra else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", default="sd15")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.family, args.child)))
+        return 0
+    rows = []
+    for case in args.cases:
+        done = subprocess.run([sys.executable, __file__, "--family", args.family, "--child", case],
+                              capture_output=True, text=True)
+        if done.returncode:
+            rows.append({"case": case, "error": done.stderr.strip().splitlines()[-1:]})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
