@@ -2,9 +2,9 @@
 
 ``export_engine``'s memory check (export/memory_need.py) compares these multiples with what the machine has left.
 Each case runs in a process of its own, so that one export's freed pages or caches do not flatter the next: it
-builds the random-weight UNet of the family's real architecture, resets the resident-set high-water mark
-(``/proc/self/clear_refs``), exports into a temporary folder and reports the high-water mark over the resident
-set before the export; then the same around opening the engine and one UNet call (512 px, batch 2).
+builds the random-weight UNet of the family's real architecture, exports it into a temporary folder, then opens the
+engine and makes one UNet call (512 px, batch 2), and reports the peak of its anonymous memory over its value before
+each of the two (``AnonymousPeak``).
 
     .venv/bin/python benchmarks/probe_export_memory.py --family sd15 --cases openvino:fp32 openvino:int8
 """
@@ -17,10 +17,42 @@ import math
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 CASES = ("openvino:fp32", "openvino:bf16", "openvino:int8", "openvino:w8a8", "onnx:fp32", "onnx-cpu:fp32")
+
+
+class AnonymousPeak:
+    """The peak of the process's anonymous resident memory (``RssAnon``) while the block runs, over its value before,
+    sampled every 10 ms. File-backed pages (an engine file OpenVINO maps, libraries) are left out: the kernel can
+    drop them under pressure, so they are not what runs a machine out of memory."""
+
+    def __init__(self) -> None:
+        self.extra = 0
+
+    def __enter__(self) -> AnonymousPeak:
+        self._before = self._peak = _anonymous()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.01):
+            self._peak = max(self._peak, _anonymous())
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.extra = max(self._peak, _anonymous()) - self._before
+
+
+def _anonymous() -> int:
+    from comfyui_backdrop.export.memory_need import proc_bytes
+
+    return proc_bytes("/proc/self/status", "RssAnon") or 0
 
 
 def _child(family: str, case: str) -> dict:
@@ -29,7 +61,6 @@ def _child(family: str, case: str) -> dict:
     import torch
 
     from comfyui_backdrop.cli.bench import build_unet
-    from comfyui_backdrop.export.bench import MemoryProbe
     from comfyui_backdrop.export.engine_export import BaseIdentity, EngineRequest, export_engine
     from comfyui_backdrop.export.onnx_export import example_inputs
     from comfyui_backdrop.runtime.engines.load import open_backend
@@ -40,25 +71,19 @@ def _child(family: str, case: str) -> dict:
                             optimize_for="cpu" if fmt == "onnx-cpu" else "")
     unet = build_unet(family, None, 0, torch.float32, torch.device("cpu"))
     weight_bytes = 4 * sum(p.numel() for p in unet.parameters())
+    feeds = example_inputs(UNetSpec.from_unet(unet), batch=2, latent=(64, 64), dtype=torch.float32)
     gc.collect()
-    probe = MemoryProbe()
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        built, peak, extra, _ = probe.measure(lambda: export_engine(unet, BaseIdentity("probe", "probe"), request,
-                                                                    folder, memory_limit=math.inf))
+        with AnonymousPeak() as export:
+            built = export_engine(unet, BaseIdentity("probe", "probe"), request, folder, memory_limit=math.inf)
         seconds = time.perf_counter() - start
         gc.collect()
-        feeds = example_inputs(UNetSpec.from_unet(unet), batch=2, latent=(64, 64), dtype=torch.float32)
-
-        def load_and_run():
-            backend = open_backend(built.path, threads=2)
-            backend.run(**feeds)
-            return backend
-
-        _, _, load_extra, _ = probe.measure(load_and_run)
-    return {"case": case, "weight_bytes": weight_bytes, "peak_bytes": peak, "extra_bytes": extra,
-            "factor": extra / weight_bytes if extra else None, "seconds": round(seconds, 1),
-            "load_extra_bytes": load_extra, "load_factor": load_extra / weight_bytes if load_extra else None}
+        with AnonymousPeak() as load:
+            open_backend(built.path, threads=2).run(**feeds)
+    return {"case": case, "weight_bytes": weight_bytes, "export_bytes": export.extra,
+            "export_factor": export.extra / weight_bytes, "export_s": round(seconds, 1), "load_bytes": load.extra,
+            "load_factor": load.extra / weight_bytes}
 
 
 def main(argv: list[str] | None = None) -> int:

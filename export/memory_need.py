@@ -1,8 +1,8 @@
 """Will an engine export fit in memory? Estimates from measured peaks, and what the machine has left.
 
 An export holds the torch model, a traced graph and the engine's own copy of the weights at once, and opening an
-engine compiles a second copy: on top of the loaded pipeline, the SD1.5 UNet (3.4 GB of fp32 weights) needs 2.1 GiB
-more to export to OpenVINO fp32 and 8.4 GiB more to open that engine and run its first step. Where that is not
+engine compiles a second copy: on top of the loaded pipeline, the SD1.5 UNet (3.4 GB of fp32 weights) needs 2.0 GiB
+more to export to OpenVINO fp32 and 4.6 GiB more to open that engine and run its first step. Where that is not
 there, the kernel's out-of-memory killer ends the process, and inside ComfyUI that is the whole server with its
 queue and unsaved workflow. ``export_engine`` and ``attach_engine`` therefore check first and refuse with the
 numbers and the way out (a lighter precision, or a limit given by the user).
@@ -11,7 +11,8 @@ Needs are multiples of the model's fp32 weight bytes, measured on the SD1.5 UNet
 for the export alone (``EXPORT_PER_WEIGHT``) and for opening the engine plus one call at 512 px
 (``LOAD_PER_WEIGHT``; ``benchmarks/probe_export_memory.py``), and at stops 29 and 31 for ``backdrop bench``'s rows,
 which do both and keep every row loaded (``SETUP_PER_WEIGHT``, docs/performance.md). What is left is the kernel's
-``MemAvailable``, or less where the process's cgroup (a container) has a lower limit.
+``MemAvailable`` (which counts page cache it can drop), or less where the process's cgroup (a container) has a lower
+limit.
 """
 
 from __future__ import annotations
@@ -35,18 +36,20 @@ SETUP_PER_WEIGHT = {
     ("openvino", "fp32"): 2.9, ("openvino", "int8"): 0.7, ("openvino", "w8a8"): 2.4, ("openvino", "*"): 1.3,
     ("trt", "*"): 1.0,
 }
-# the export alone (what export_engine does): peak over the resident set before it / fp32 weight bytes, measured
-# 0.65 / 0.28 / 0.62 / 1.65 (OpenVINO fp32 / bf16 / int8 / w8a8), 0.18 (ONNX), 1.77 (optimized ONNX), rounded up;
-# fp16 and TensorRT's build were not measured (fp32's figure, and bench's setup figure)
+# anonymous memory (file-backed pages, such as an engine file the runtime maps, can be dropped by the kernel) over
+# what was in use before / fp32 weight bytes, measured on SD1.5 and rounded up; fp16 was not measured (fp32's
+# figures), nor TensorRT's build (bench's setup figure; a TensorRT engine's weights go to the GPU)
+# - the export alone (export_engine): OpenVINO fp32 / bf16 / int8 / w8a8 0.63 / 0.26 / 0.60 / 1.62, ONNX 0.15,
+#   optimized ONNX 1.88
 EXPORT_PER_WEIGHT = {
-    ("openvino", "fp32"): 0.7, ("openvino", "bf16"): 0.3, ("openvino", "int8"): 0.7, ("openvino", "w8a8"): 1.8,
-    ("openvino", "*"): 0.7, ("ort-plain", "*"): 0.2, ("ort", "*"): 1.9, ("trt", "*"): 1.0,
+    ("openvino", "fp32"): 0.7, ("openvino", "bf16"): 0.3, ("openvino", "int8"): 0.65, ("openvino", "w8a8"): 1.75,
+    ("openvino", "*"): 0.7, ("ort-plain", "*"): 0.2, ("ort", "*"): 2.0, ("trt", "*"): 1.0,
 }
-# opening the engine and one UNet call at 512 px, batch 2 (what attach_engine and the first step do), the same way:
-# measured 2.63 / 1.05 / 1.63 / 0.60 (OpenVINO fp32 / bf16 / int8 / w8a8), 1.70 (ONNX), 1.80 (optimized ONNX)
+# - opening the engine and one UNet call at 512 px, batch 2 (attach_engine and the first step): 1.43 / 0.54 / 1.52 /
+#   0.33, ONNX 1.69, optimized ONNX 0.32
 LOAD_PER_WEIGHT = {
-    ("openvino", "fp32"): 2.8, ("openvino", "bf16"): 1.1, ("openvino", "int8"): 1.7, ("openvino", "w8a8"): 0.7,
-    ("openvino", "*"): 2.8, ("ort-plain", "*"): 1.8, ("ort", "*"): 1.9,
+    ("openvino", "fp32"): 1.5, ("openvino", "bf16"): 0.6, ("openvino", "int8"): 1.6, ("openvino", "w8a8"): 0.4,
+    ("openvino", "*"): 1.5, ("ort-plain", "*"): 1.8, ("ort", "*"): 0.4,
 }
 BACKEND_LABELS = {"openvino": "OpenVINO", "ort-plain": "ONNX", "ort": "optimized ONNX", "trt": "TensorRT"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -69,10 +69,10 @@ def test_the_check_names_the_need_and_a_lighter_precision_that_fits():
     check_export_fits("the unet", "openvino", "fp32", SD15_WEIGHTS, limit=math.inf)  # the check turned off
     with pytest.raises(InsufficientMemoryError, match="0.5 GiB is the limit given. Free memory .*, or give"):
         check_export_fits("the unet", "openvino", "int8", SD15_WEIGHTS, limit=GIB / 2, others=precisions)
-    # opening an OpenVINO fp32 engine compiles a second copy: more than its export
-    assert load_need("openvino", "fp32", SD15_WEIGHTS) > 3 * need["fp32"]
+    # opening an OpenVINO fp32 engine compiles a copy of its own: more than its export
+    assert load_need("openvino", "fp32", SD15_WEIGHTS) > 1.5 * need["fp32"]
     with pytest.raises(InsufficientMemoryError, match="^loading unet.xml .* as OpenVINO fp32"):
-        check_load_fits("unet.xml", "openvino", "fp32", SD15_WEIGHTS, limit=8 * GIB)
+        check_load_fits("unet.xml", "openvino", "fp32", SD15_WEIGHTS, limit=4 * GIB)
 
 
 @pytest.mark.parametrize("request_", [EngineRequest(format="openvino", precision="bf16"),
