@@ -169,6 +169,12 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
     if hit is not None:
         return EngineResult(path=hit[0], manifest=hit[1], cached=True)
     component = denoiser_component(spec)
+    if request.format == "openvino":  # a missing package is said before the memory it would need
+        from .openvino_export import import_nncf, import_openvino
+
+        import_openvino()
+        if request.precision in ("int8", "w8a8"):
+            import_nncf(request.precision)
     check_export_fits(f"the {component}", memory_backend(request.format, request.optimize_for), request.precision,
                       fp32_weight_bytes(unet), memory_limit, FORMAT_PRECISIONS[request.format])
     target = folder / engine_file_name(spec, request.precision, key, SUFFIXES[request.format], component=component)
