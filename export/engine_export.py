@@ -33,7 +33,7 @@ from ..runtime.progress import ProgressFn
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
 from .calibration import RANDOM_LABEL, Calibration, CapturePlan, capture_unet_inputs, random_unet_inputs
 from .graph_rewrites import rewrites_for
-from .memory_need import check_export_fits, fp32_weight_bytes, memory_backend
+from .memory_need import check_export_fits, fp32_copy_bytes, fp32_weight_bytes, memory_backend
 from .onnx_export import EXPORTER, OPSET, export_unet_onnx
 from .onnx_files import staging_dir
 from .refit import effective_lora_weights, refit_map_to_dict
@@ -176,7 +176,8 @@ def export_engine(unet: Any, base: BaseIdentity, request: EngineRequest, folder:
         if request.precision in ("int8", "w8a8"):
             import_nncf(request.precision)
     check_export_fits(f"the {component}", memory_backend(request.format, request.optimize_for), request.precision,
-                      fp32_weight_bytes(unet), memory_limit, FORMAT_PRECISIONS[request.format])
+                      fp32_weight_bytes(unet), memory_limit, FORMAT_PRECISIONS[request.format],
+                      fp32_copy_bytes(unet) if request.format == "openvino" else 0)
     target = folder / engine_file_name(spec, request.precision, key, SUFFIXES[request.format], component=component)
     manifest = EngineManifest(format=request.format, file="", spec=spec, precision=request.precision, key=key,
                               profile=request.profile, base_model=base.name, base_fingerprint=base.fingerprint,

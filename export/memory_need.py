@@ -89,6 +89,12 @@ def load_need(backend: str, precision: str, weight_bytes: int) -> int:
     return _need(LOAD_PER_WEIGHT, backend, precision, weight_bytes)
 
 
+def fp32_copy_bytes(module: Any) -> int:
+    """What the fp32 copy an OpenVINO export traces adds for a module loaded in another dtype (0 for fp32)."""
+    first = next(iter(module.parameters()), None)
+    return 0 if first is None or first.element_size() == 4 else fp32_weight_bytes(module)
+
+
 def proc_bytes(path: str, name: str) -> int | None:
     """A ``name: N kB`` field of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes, or None (off
     Linux, or no such field)."""
@@ -148,12 +154,13 @@ def _size(n: float) -> str:
 
 
 def check_export_fits(what: str, backend: str, precision: str, weight_bytes: int, limit: float | None = None,
-                      others: tuple[str, ...] = ()) -> None:
+                      others: tuple[str, ...] = (), copy_bytes: int = 0) -> None:
     """Raise ``InsufficientMemoryError`` when exporting ``what`` (``weight_bytes`` of fp32 weights) to ``backend``
     in ``precision`` would need more than is available: ``limit`` bytes where given (``math.inf``: no check),
     else ``available_bytes()`` (no check where that is unknown). ``others``: the backend's other precisions,
-    named in the error where they would fit."""
-    _check("exporting", export_need, what, backend, precision, weight_bytes, limit, others)
+    named in the error where they would fit. ``copy_bytes``: an fp32 copy the export makes first
+    (``fp32_copy_bytes``), on top of the measured need."""
+    _check("exporting", export_need, what, backend, precision, weight_bytes, limit, others, copy_bytes)
 
 
 def check_load_fits(what: str, backend: str, precision: str, weight_bytes: int, limit: float | None = None) -> None:
@@ -163,17 +170,18 @@ def check_load_fits(what: str, backend: str, precision: str, weight_bytes: int, 
 
 
 def _check(verb: str, need_of, what: str, backend: str, precision: str, weight_bytes: int, limit: float | None,
-           others: tuple[str, ...]) -> None:
+           others: tuple[str, ...], copy_bytes: int = 0) -> None:
     left = available_bytes() if limit is None else limit
-    need = need_of(backend, precision, weight_bytes)
+    need = need_of(backend, precision, weight_bytes) + copy_bytes
     if left is None or math.isinf(left) or need <= left:
         return
-    lighter = [f"{p} (about {_size(need_of(backend, p, weight_bytes))})" for p in others
-               if p != precision and need_of(backend, p, weight_bytes) <= left]
+    lighter = [f"{p} (about {_size(need_of(backend, p, weight_bytes) + copy_bytes)})" for p in others
+               if p != precision and need_of(backend, p, weight_bytes) + copy_bytes <= left]
     source = "the limit given" if limit is not None else "available"
     raise InsufficientMemoryError(
         f"{verb} {what} ({_size(weight_bytes)} of fp32 weights) as {BACKEND_LABELS.get(backend, backend)} "
-        f"{precision} needs about {_size(need)} on top of what is in use (peaks measured on SD1.5, "
+        f"{precision} needs about {_size(need)} on top of what is in use ("
+        f"{'an fp32 copy of its weights included; ' if copy_bytes else ''}peaks measured on SD1.5, "
         f"docs/performance.md), and {_size(max(left, 0))} is {source}. Free memory (close other programs, "
         f"unload models){', export ' + ' or '.join(lighter) if lighter else ''}, or give a memory limit if more "
         f"can be used (the engine nodes' memory_gib, backdrop run --engine-memory)",

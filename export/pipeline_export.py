@@ -38,7 +38,7 @@ from ..runtime.engines.precision import float_part
 from ..runtime.engines.spec import UNetSpec
 from .cache import EngineCache, component_key, engine_file_name
 from .graph_rewrites import export_rewrites
-from .memory_need import check_export_fits, fp32_weight_bytes
+from .memory_need import check_export_fits, fp32_copy_bytes, fp32_weight_bytes
 from .openvino_export import CONVERTER, convert_module, openvino_exporter, save_ir
 
 PIPELINE_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder", "vae_decoder")
@@ -127,7 +127,7 @@ def export_components(pipe: Any, spec: UNetSpec, unet_manifest: EngineManifest, 
         target = folder / engine_file_name(spec, unet_manifest.precision, key, ".xml", component=name)
         precision = float_part(unet_manifest.precision)  # a w8a8 UNet's parts: its float layers' precision
         check_export_fits(f"the {name.replace('_', ' ')}", "openvino", precision, fp32_weight_bytes(module),
-                          memory_limit)
+                          memory_limit, copy_bytes=fp32_copy_bytes(module))
         with fused_active_loras(module) as fused:
             exported = export_component(name, module, target, precision)
         manifest = unet_manifest.replace(file=exported.path.name, key=key, component=name, profile=None,

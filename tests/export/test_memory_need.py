@@ -153,3 +153,19 @@ def test_attach_refuses_an_engine_that_would_not_fit_and_leaves_the_pipeline_as_
         attach_engine(handle, built.path, memory_limit=1024)
     assert handle.pipe.unet is unet
     assert attach_engine(handle, built.path, memory_limit=math.inf).pipe.unet is not unet
+
+
+def test_an_openvino_export_of_a_half_precision_unet_counts_its_fp32_copy(tmp_path):
+    import torch
+
+    from comfyui_backdrop.export.memory_need import fp32_copy_bytes, fp32_weight_bytes
+
+    unet = tiny_sd15_unet()
+    weights = fp32_weight_bytes(unet)
+    half = tiny_sd15_unet().to(torch.bfloat16)
+    assert fp32_copy_bytes(unet) == 0 and fp32_copy_bytes(half) == weights == fp32_weight_bytes(half)
+    limit = export_need("openvino", "fp32", weights) + weights // 2  # the need, but not the need and a copy
+    with pytest.raises(InsufficientMemoryError, match="an fp32 copy of its weights included"):
+        export_engine(half, BASE, EngineRequest(format="openvino"), tmp_path, memory_limit=limit)
+    assert list(tmp_path.iterdir()) == []
+    assert not export_engine(unet, BASE, EngineRequest(format="openvino"), tmp_path, memory_limit=limit).cached
