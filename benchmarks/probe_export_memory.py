@@ -55,7 +55,7 @@ def _anonymous() -> int:
     return proc_bytes("/proc/self/status", "RssAnon") or 0
 
 
-def _child(family: str, case: str) -> dict:
+def _child(family: str, case: str, load: bool = True) -> dict:
     import gc
 
     import torch
@@ -78,28 +78,32 @@ def _child(family: str, case: str) -> dict:
         with AnonymousPeak() as export:
             built = export_engine(unet, BaseIdentity("probe", "probe"), request, folder, memory_limit=math.inf)
         seconds = time.perf_counter() - start
-        gc.collect()
-        with AnonymousPeak() as load:
-            open_backend(built.path, threads=2).run(**feeds)
-    return {"case": case, "weight_bytes": weight_bytes, "export_bytes": export.extra,
-            "export_factor": export.extra / weight_bytes, "export_s": round(seconds, 1), "load_bytes": load.extra,
-            "load_factor": load.extra / weight_bytes}
+        row = {"case": case, "weight_bytes": weight_bytes, "export_bytes": export.extra,
+               "export_factor": export.extra / weight_bytes, "export_s": round(seconds, 1)}
+        if load:
+            gc.collect()
+            with AnonymousPeak() as opened:
+                open_backend(built.path, threads=2).run(**feeds)
+            row.update(load_bytes=opened.extra, load_factor=opened.extra / weight_bytes)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default="sd15")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--export-only", action="store_true",
+                        help="do not open the engine (where the torch model and the engine would not fit together)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.family, args.child)))
+        print(json.dumps(_child(args.family, args.child, load=not args.export_only)))
         return 0
     rows = []
     for case in args.cases:
-        done = subprocess.run([sys.executable, __file__, "--family", args.family, "--child", case],
-                              capture_output=True, text=True)
+        done = subprocess.run([sys.executable, __file__, "--family", args.family, "--child", case,
+                               *(["--export-only"] if args.export_only else [])], capture_output=True, text=True)
         if done.returncode:
             rows.append({"case": case, "error": done.stderr.strip().splitlines()[-1:]})
         else:

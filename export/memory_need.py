@@ -7,8 +7,8 @@ there, the kernel's out-of-memory killer ends the process, and inside ComfyUI th
 queue and unsaved workflow. ``export_engine`` and ``attach_engine`` therefore check first and refuse with the
 numbers and the way out (a lighter precision, or a limit given by the user).
 
-Needs are multiples of the model's fp32 weight bytes, measured on the SD1.5 UNet (random weights, 3.4 GB) at stop 32
-for the export alone (``EXPORT_PER_WEIGHT``) and for opening the engine plus one call at 512 px
+Needs are multiples of the model's fp32 weight bytes, measured on the SD1.5 and SDXL UNets (random weights, 3.4 and
+10.3 GB) at stop 32 for the export alone (``EXPORT_PER_WEIGHT``) and for opening the engine plus one call at 512 px
 (``LOAD_PER_WEIGHT``; ``benchmarks/probe_export_memory.py``), and at stops 29 and 31 for ``backdrop bench``'s rows,
 which do both and keep every row loaded (``SETUP_PER_WEIGHT``, docs/performance.md). What is left is the kernel's
 ``MemAvailable`` (which counts page cache it can drop), or less where the process's cgroup (a container) has a lower
@@ -37,16 +37,16 @@ SETUP_PER_WEIGHT = {
     ("trt", "*"): 1.0,
 }
 # anonymous memory (file-backed pages, such as an engine file the runtime maps, can be dropped by the kernel) over
-# what was in use before / fp32 weight bytes, measured on SD1.5 and rounded up; fp16 was not measured (fp32's
-# figures), nor TensorRT's build (bench's setup figure; a TensorRT engine's weights go to the GPU)
-# - the export alone (export_engine): OpenVINO fp32 / bf16 / int8 / w8a8 0.63 / 0.26 / 0.60 / 1.62, ONNX 0.15,
-#   optimized ONNX 1.88
+# what was in use before / fp32 weight bytes, measured on the SD1.5 and SDXL UNets and rounded up over both; fp16
+# was not measured (fp32's figures), nor TensorRT's build (bench's setup figure; its weights go to the GPU)
+# - the export alone (export_engine), SD1.5 / SDXL: OpenVINO fp32 0.63 / 0.42, bf16 0.26 / 0.41, int8 0.60 / 0.67,
+#   w8a8 1.62 / -, ONNX 0.15 / 0.17, optimized ONNX 1.88 / -
 EXPORT_PER_WEIGHT = {
-    ("openvino", "fp32"): 0.7, ("openvino", "bf16"): 0.3, ("openvino", "int8"): 0.65, ("openvino", "w8a8"): 1.75,
+    ("openvino", "fp32"): 0.7, ("openvino", "bf16"): 0.45, ("openvino", "int8"): 0.75, ("openvino", "w8a8"): 1.75,
     ("openvino", "*"): 0.7, ("ort-plain", "*"): 0.2, ("ort", "*"): 2.0, ("trt", "*"): 1.0,
 }
-# - opening the engine and one UNet call at 512 px, batch 2 (attach_engine and the first step): 1.43 / 0.54 / 1.52 /
-#   0.33, ONNX 1.69, optimized ONNX 0.32
+# - opening the engine and one UNet call at 512 px, batch 2 (attach_engine and the first step), SD1.5 / SDXL:
+#   OpenVINO fp32 1.43 / -, bf16 0.54 / 0.52, int8 1.52 / -, w8a8 0.33 / -, ONNX 1.69 / -, optimized ONNX 0.32 / -
 LOAD_PER_WEIGHT = {
     ("openvino", "fp32"): 1.5, ("openvino", "bf16"): 0.6, ("openvino", "int8"): 1.6, ("openvino", "w8a8"): 0.4,
     ("openvino", "*"): 1.5, ("ort-plain", "*"): 1.8, ("ort", "*"): 0.4,
@@ -181,7 +181,7 @@ def _check(verb: str, need_of, what: str, backend: str, precision: str, weight_b
     raise InsufficientMemoryError(
         f"{verb} {what} ({_size(weight_bytes)} of fp32 weights) as {BACKEND_LABELS.get(backend, backend)} "
         f"{precision} needs about {_size(need)} on top of what is in use ("
-        f"{'an fp32 copy of its weights included; ' if copy_bytes else ''}peaks measured on SD1.5, "
+        f"{'an fp32 copy of its weights included; ' if copy_bytes else ''}peaks measured on SD1.5 and SDXL, "
         f"docs/performance.md), and {_size(max(left, 0))} is {source}. Free memory (close other programs, "
         f"unload models){', export ' + ' or '.join(lighter) if lighter else ''}, or give a memory limit if more "
         f"can be used (the engine nodes' memory_gib, backdrop run --engine-memory)",
