@@ -4,7 +4,7 @@
 Each case runs in a process of its own, so that one export's freed pages or caches do not flatter the next: it
 builds the random-weight UNet of the family's real architecture, exports it into a temporary folder, then opens the
 engine and makes one UNet call (512 px, batch 2), and reports the peak of its anonymous memory over its value before
-each of the two (``AnonymousPeak``).
+each of the two (``export.bench.AnonymousPeak``).
 
     .venv/bin/python benchmarks/probe_export_memory.py --family sd15 --cases openvino:fp32 openvino:int8
 """
@@ -17,42 +17,10 @@ import math
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 CASES = ("openvino:fp32", "openvino:bf16", "openvino:int8", "openvino:w8a8", "onnx:fp32", "onnx-cpu:fp32")
-
-
-class AnonymousPeak:
-    """The peak of the process's anonymous resident memory (``RssAnon``) while the block runs, over its value before,
-    sampled every 10 ms. File-backed pages (an engine file OpenVINO maps, libraries) are left out: the kernel can
-    drop them under pressure, so they are not what runs a machine out of memory."""
-
-    def __init__(self) -> None:
-        self.extra = 0
-
-    def __enter__(self) -> AnonymousPeak:
-        self._before = self._peak = _anonymous()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.01):
-            self._peak = max(self._peak, _anonymous())
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-        self.extra = max(self._peak, _anonymous()) - self._before
-
-
-def _anonymous() -> int:
-    from comfyui_backdrop.export.memory_need import proc_bytes
-
-    return proc_bytes("/proc/self/status", "RssAnon") or 0
 
 
 def _child(family: str, case: str, load: bool = True) -> dict:
@@ -61,6 +29,7 @@ def _child(family: str, case: str, load: bool = True) -> dict:
     import torch
 
     from comfyui_backdrop.cli.bench import build_unet
+    from comfyui_backdrop.export.bench import AnonymousPeak
     from comfyui_backdrop.export.engine_export import BaseIdentity, EngineRequest, export_engine
     from comfyui_backdrop.export.onnx_export import example_inputs
     from comfyui_backdrop.runtime.engines.load import open_backend

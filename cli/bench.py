@@ -356,17 +356,19 @@ def set_up_row(name: str, note: str, make: Callable[[], tuple[Any, str]], first_
         return made, "; ".join(n for n in (notes, kernel_note(made)) if n), first
 
     try:
-        (made, notes, first), peak, _, _ = probe.measure(setup)
+        probed = probe.measure(setup)
     except InvalidInputError as exc:
         skipped.append(Skipped(name, str(exc)))
         print(f"{name}: skipped ({exc})", file=sys.stderr)
         return None
+    (made, notes, first), peak = probed.result, probed.peak
     if made is None:
         skipped.append(Skipped(name, notes))
         return None
     return made, first, {"setup_s": time.perf_counter() - started, "notes": "; ".join(n for n in (note, notes) if n),
                          "setup_peak_bytes": peak,
-                         "setup_extra_bytes": (peak - before) if peak is not None and before else None}
+                         "setup_extra_bytes": (peak - before) if peak is not None and before else None,
+                         "setup_anon_bytes": probed.anonymous}
 
 
 def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list]:

@@ -205,7 +205,8 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
             started = time.perf_counter()
             return run(), warm, time.perf_counter() - started
 
-        (out, warm_s, first_times[name]), peak, _, _ = probe.measure(first)
+        probed = probe.measure(first)
+        (out, warm_s, first_times[name]), peak = probed.result, probed.peak
         backend = getattr(target.pipe.unet, "backend", None)
         if backend is not None:  # engines: what the CPU plugin compiled for the shapes that ran
             notes = "; ".join(n for n in (kernel_note(backend, top=2), notes) if n)
@@ -213,7 +214,8 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
         outputs[name] = out
         candidates.append(Candidate(name, run, setup_s=warm_s + first_times[name], notes=notes,
                                     setup_peak_bytes=peak,
-                                    setup_extra_bytes=(peak - before) if peak is not None and before else None))
+                                    setup_extra_bytes=(peak - before) if peak is not None and before else None,
+                                    setup_anon_bytes=probed.anonymous))
         gc.collect()
     reference = outputs[candidates[0].name]
     errors = {name: parity(reference, out) for name, out in outputs.items()}
