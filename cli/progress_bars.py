@@ -7,11 +7,12 @@ from collections.abc import Callable
 from ..runtime.progress import ProgressFn
 
 
-def tqdm_progress(desc: str, total: int, disable: bool = False) -> tuple[ProgressFn, Callable[[], None]]:
+def tqdm_progress(desc: str, total: int, disable: bool = False, unit: str = "img"
+                  ) -> tuple[ProgressFn, Callable[[], None]]:
     """A tqdm-backed progress callback plus a close function, for the CLI."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="img", disable=disable)
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=disable)
 
     def update(done: int, total_: int) -> None:
         bar.total = total_

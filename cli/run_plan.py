@@ -135,15 +135,19 @@ class InpaintPlan:
         from ..export.attach import attach_engine
         from ..export.engine_export import export_pipeline_engine
         from ..runtime.errors import InsufficientMemoryError
+        from .progress_bars import tqdm_progress
 
+        progress, close = tqdm_progress("engine export", 1, disable=not sys.stderr.isatty(), unit="step")
         try:
             result = export_pipeline_engine(handle, request, locator, components=components,
-                                            memory_limit=self.engine_memory)
+                                            memory_limit=self.engine_memory, progress=progress)
             return attach_engine(handle, result.path, threads=threads, components=components, locator=locator,
                                  memory_limit=self.engine_memory)
         except InsufficientMemoryError as exc:
             print(f"backdrop run: note: --engine auto runs on torch: {exc}", file=sys.stderr)
             return handle
+        finally:
+            close()
 
     def settings_for(self, positive: str, negative: str) -> InpaintSettings:
         """The sampling settings with this photo's prompts (explicit --prompt/--negative win)."""

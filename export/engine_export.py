@@ -29,7 +29,7 @@ from ..runtime.engines.manifest import EngineManifest, write_manifest
 from ..runtime.engines.profile import ShapeProfile
 from ..runtime.engines.spec import UNetSpec
 from ..runtime.errors import InvalidInputError
-from ..runtime.progress import ProgressFn
+from ..runtime.progress import ProgressFn, report, within
 from .cache import EngineCache, EngineKey, component_key, engine_file_name
 from .calibration import RANDOM_LABEL, Calibration, CapturePlan, capture_unet_inputs, random_unet_inputs
 from .graph_rewrites import rewrites_for
@@ -289,8 +289,9 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
     and the engine goes to the first models/onnx, models/tensorrt or models/openvino folder. ``components``
     (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py). For a
     FLUX pipeline the engine is its transformer's (no components). A ``w8a8`` engine is calibrated on short runs
-    of ``handle`` (export/calibration.py), whose steps ``progress(done, total)`` counts. ``memory_limit``: as for
-    ``export_engine``, for each part."""
+    of ``handle`` (export/calibration.py). ``progress(done, total)`` counts the calibration's steps (when it runs)
+    and each part exported or found (its callback may raise to stop between parts; what was written stays, whole,
+    in the cache). ``memory_limit``: as for ``export_engine``, for each part."""
     from ..runtime.inpainting.loras import activated
     from ..runtime.models import get_locator
 
@@ -307,17 +308,21 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
     if components and handle.is_flux:
         raise InvalidInputError("whole-pipeline engines (text encoders, VAE) are exported for SD1.5/SDXL pipelines; "
                                 "for FLUX only the transformer runs on an engine")
-    calibration = None
+    from .pipeline_export import component_modules, export_components
+
+    calibration, steps = None, 0
+    parts = 1 + (len(component_modules(handle.pipe)) if components else 0)
     if request.precision == "w8a8" and not handle.is_transformer:
         plan = CapturePlan()
-        calibration = Calibration(plan.label, lambda: capture_unet_inputs(handle, plan, progress))
+        steps = plan.styles * plan.steps
+        capture_progress = within(progress, 0, steps + parts)
+        calibration = Calibration(plan.label, lambda: capture_unet_inputs(handle, plan, capture_progress))
     with activated(handle) as pipe:
         result = export_engine(handle.denoiser, base, request, folders[0], search=folders[1:],
                                timing_cache_dir=folders[0] if kind == "tensorrt" else None, calibration=calibration,
                                memory_limit=memory_limit)
+        report(progress, steps + 1, steps + parts)
         if components:
-            from .pipeline_export import export_components
-
             export_components(pipe, result.manifest.spec, result.manifest, folders[0], search=folders[1:],
-                              memory_limit=memory_limit)
+                              memory_limit=memory_limit, progress=within(progress, steps + 1, steps + parts))
     return result

@@ -36,6 +36,7 @@ from ..runtime.engines.components import (
 from ..runtime.engines.manifest import EngineManifest, write_manifest
 from ..runtime.engines.precision import float_part
 from ..runtime.engines.spec import UNetSpec
+from ..runtime.progress import ProgressFn, report
 from .cache import EngineCache, component_key, engine_file_name
 from .graph_rewrites import export_rewrites
 from .memory_need import check_export_fits, fp32_copy_bytes, fp32_weight_bytes
@@ -108,17 +109,18 @@ def export_component(name: str, module: torch.nn.Module, path: str | os.PathLike
 
 def export_components(pipe: Any, spec: UNetSpec, unet_manifest: EngineManifest, folder: str | os.PathLike,
                       search: Sequence[str | os.PathLike] = (), names: Sequence[str] | None = None,
-                      memory_limit: float | None = None) -> dict[str, tuple[Path, EngineManifest, bool]]:
+                      memory_limit: float | None = None, progress: ProgressFn | None = None
+                      ) -> dict[str, tuple[Path, EngineManifest, bool]]:
     """Export (or find in the cache) every part of ``pipe`` beside its UNet engine: {name: (path, manifest,
     cached)}. The LoRA stack must already be active on ``pipe`` (text-encoder LoRAs are baked in). Each export is
-    checked against ``memory_limit`` first, as in ``export_engine``."""
+    checked against ``memory_limit`` first, as in ``export_engine``; ``progress(done, total)`` counts the parts."""
     from .onnx_export import fused_active_loras
 
     folder = Path(folder)
     results = {}
-    for name, module in component_modules(pipe).items():
-        if names is not None and name not in names:
-            continue
+    wanted = {n: m for n, m in component_modules(pipe).items() if names is None or n in names}
+    for name, module in wanted.items():
+        report(progress, len(results), len(wanted))
         key = component_key(unet_manifest, name)
         hit = EngineCache([folder, *search]).find(key)
         if hit is not None:
@@ -138,4 +140,5 @@ def export_components(pipe: Any, spec: UNetSpec, unet_manifest: EngineManifest, 
                                                 "fused_adapters": fused}, created="")
         write_manifest(manifest, exported.path)
         results[name] = (exported.path, manifest, False)
+    report(progress, len(results), len(wanted))
     return results

@@ -120,7 +120,7 @@ class BackdropExportEngine(HostedNode):
                                 optimize_for=ONNX_TARGETS[onnx_target] if format == "onnx" else "",
                                 refittable=refittable, optimization_level=optimization_level)
         result = export_pipeline_engine(pipeline, request, comfy_bridge.locator(), components=whole,
-                                        progress=self.host.progress(1) if precision == "w8a8" else None,
+                                        progress=self.host.progress(1),
                                         memory_limit=memory_limit(memory_gib))
         return (f"{format}/{result.path.name}",)
 

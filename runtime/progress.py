@@ -19,3 +19,10 @@ def report(progress: ProgressFn | None, done: int, total: int) -> None:
     """Call ``progress`` if one was given."""
     if progress is not None:
         progress(done, total)
+
+
+def within(progress: ProgressFn | None, offset: int, total: int) -> ProgressFn | None:
+    """``progress`` for one part of a larger job: the part's ``done`` is reported as ``(offset + done, total)``."""
+    if progress is None:
+        return None
+    return lambda done, _part_total: progress(offset + done, total)

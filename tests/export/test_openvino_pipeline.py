@@ -183,3 +183,32 @@ def test_a_choice_is_refused_on_a_cpu_with_other_units():
         choice.check_cpu(without)
     legacy = EngineChoice(**{**choice.to_dict(), "cpu": {"model": "AMD EPYC", "isa": "AVX-512"}})
     legacy.check_cpu(without)  # a choice file written before units were compared: model and ISA as before
+
+
+def test_a_whole_pipeline_export_counts_its_parts_and_stops_between_them(inpaint_models, tmp_path):
+    """Progress counts the UNet and each part (ComfyUI's bar, the CLI's); a Cancel raised from it stops between
+    parts, and every part written by then is whole and found by the next export."""
+    from comfyui_backdrop.export.engine_export import export_pipeline_engine
+    from comfyui_backdrop.runtime.errors import Interrupted
+
+    handle = load_pipeline(SD15)
+    seen: list[tuple[int, int]] = []
+    export_pipeline_engine(handle, EngineRequest(format="openvino"), components=True,
+                           progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (4, 4) and {t for _, t in seen} == {4}  # the UNet, a text encoder, VAE encoder and decoder
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+    pipe = handle.pipe
+    unet = export_engine(pipe.unet, BaseIdentity(handle.name, handle.fingerprint), EngineRequest(format="openvino"),
+                         tmp_path)
+
+    def cancel_after_one(done: int, total: int) -> None:
+        if done == 1:
+            raise Interrupted("interrupted by the user")
+
+    with pytest.raises(Interrupted):
+        export_components(pipe, unet.manifest.spec, unet.manifest, tmp_path, progress=cancel_after_one)
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("text_encoder", "vae_")))
+    assert len(written) == 3 and {p.rsplit(".", 1)[-1] for p in written} == {"xml", "bin", "json"}  # one part, whole
+    parts = export_components(pipe, unet.manifest.spec, unet.manifest, tmp_path)
+    assert sorted(cached for _, _, cached in parts.values()) == [False, False, True]
