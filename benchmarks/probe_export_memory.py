@@ -31,6 +31,7 @@ def _child(family: str, case: str, load: bool = True) -> dict:
     from comfyui_backdrop.cli.bench import build_unet
     from comfyui_backdrop.export.bench import AnonymousPeak
     from comfyui_backdrop.export.engine_export import BaseIdentity, EngineRequest, export_engine
+    from comfyui_backdrop.export.memory_need import fp32_weight_bytes
     from comfyui_backdrop.export.onnx_export import example_inputs
     from comfyui_backdrop.runtime.engines.load import open_backend
     from comfyui_backdrop.runtime.engines.spec import UNetSpec
@@ -39,7 +40,7 @@ def _child(family: str, case: str, load: bool = True) -> dict:
     request = EngineRequest(format="onnx" if fmt.startswith("onnx") else fmt, precision=precision,
                             optimize_for="cpu" if fmt == "onnx-cpu" else "")
     unet = build_unet(family, None, 0, torch.float32, torch.device("cpu"))
-    weight_bytes = 4 * sum(p.numel() for p in unet.parameters())
+    weight_bytes = fp32_weight_bytes(unet)
     feeds = example_inputs(UNetSpec.from_unet(unet), batch=2, latent=(64, 64), dtype=torch.float32)
     gc.collect()
     with tempfile.TemporaryDirectory() as folder:

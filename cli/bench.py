@@ -376,6 +376,7 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
 
     from ..export.bench import Candidate, MemoryProbe, Skipped, measure, parity
     from ..export.bench_memory import MemoryGuard
+    from ..export.memory_need import fp32_weight_bytes
     from ..export.onnx_export import example_inputs
     from ..runtime.engines.spec import UNetSpec
 
@@ -384,7 +385,7 @@ def _unet_step(unet: Any, plan: BenchPlan, exports: Exports) -> tuple[list, list
                            device=plan.device, seed=plan.seed)
     call = [feeds.get(n) for n in ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")]
     probe = MemoryProbe()
-    guard, weight_bytes = MemoryGuard(plan.memory_budget, probe.rss()), 4 * sum(p.numel() for p in unet.parameters())
+    guard, weight_bytes = MemoryGuard(plan.memory_budget, probe.rss()), fp32_weight_bytes(unet)
     candidates, skipped, outputs = {}, [], {}
     rows = sorted(plan.rows, key=lambda r: r[0].startswith("compile"))  # compiles last: exports fail fast
     reference = None

@@ -28,7 +28,7 @@ import torch
 
 from ..runtime.engines.openvino_backend import DEEP_FEATURES
 from ..runtime.engines.spec import CONTEXT, SAMPLE, TEXT_EMBEDS, TIME_IDS, TIMESTEP, UNetSpec
-from ..runtime.progress import ProgressFn, report
+from ..runtime.progress import ProgressFn, within
 from .onnx_export import example_inputs
 
 CalibrationInputs = list[dict[str, torch.Tensor]]
@@ -123,9 +123,8 @@ def capture_unet_inputs(handle: Any, plan: CapturePlan | None = None,
             image, mask = synthetic_product_photo(size, seed=index)
             settings = InpaintSettings(prompt=positive, negative_prompt=negative, steps=plan.steps, resolution=size,
                                        seed=index)
-            total, base = plan.styles * plan.steps, index * plan.steps
             inpaint_backgrounds(handle, [image], [mask], settings,
-                                progress=lambda done, _n, base=base, total=total: report(progress, base + done, total))
+                                progress=within(progress, index * plan.steps, plan.styles * plan.steps))
     finally:
         hook.remove()
         deep_hook.remove()

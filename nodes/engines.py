@@ -25,7 +25,6 @@ def engine_choices() -> list[str]:
             if not name.rpartition("/")[2].startswith(COMPONENT_PREFIXES)] + [LINKED_ENGINE]
 
 
-
 def memory_input(what: str, refusal: str) -> tuple:
     """The engine nodes' optional ``memory_gib`` input: how much ``what`` may use."""
     return ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 0.5,
@@ -41,6 +40,7 @@ def memory_limit(memory_gib: float) -> float | None:
     if not memory_gib >= 0:
         raise InvalidInputError(f"memory_gib must be 0 (what the machine has available) or more, got {memory_gib}")
     return memory_gib * 2**30 if memory_gib > 0 else None
+
 
 class BackdropExportEngine(HostedNode):
     """Export the pipeline's UNet (with its LoRA stack fused) to ONNX, TensorRT or OpenVINO, or reuse a cached one."""
