@@ -284,14 +284,15 @@ def _torch_version() -> str:
 
 def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = None,
                            components: bool = False, progress: ProgressFn | None = None,
-                           memory_limit: float | None = None) -> EngineResult:
+                           memory_limit: float | None = None, plan: CapturePlan | None = None) -> EngineResult:
     """``export_engine`` for a ``LoadedPipeline``: its LoRA stack is applied (and fused into the export),
     and the engine goes to the first models/onnx, models/tensorrt or models/openvino folder. ``components``
     (OpenVINO only) also exports the text encoder(s) and VAE beside it (export/pipeline_export.py). For a
     FLUX pipeline the engine is its transformer's (no components). A ``w8a8`` engine is calibrated on short runs
-    of ``handle`` (export/calibration.py). ``progress(done, total)`` counts the calibration's steps (when it runs)
-    and each part exported or found (its callback may raise to stop between parts; what was written stays, whole,
-    in the cache). ``memory_limit``: as for ``export_engine``, for each part."""
+    of ``handle`` (export/calibration.py; ``plan``: how many, ``CapturePlan()`` by default). ``progress(done,
+    total)`` counts the calibration's steps (when it runs) and each part exported or found (its callback may raise
+    to stop between parts; what was written stays, whole, in the cache). ``memory_limit``: as for
+    ``export_engine``, for each part."""
     from ..runtime.inpainting.loras import activated
     from ..runtime.models import get_locator
 
@@ -313,7 +314,7 @@ def export_pipeline_engine(handle: Any, request: EngineRequest, locator: Any = N
     calibration, steps = None, 0
     parts = 1 + (len(component_modules(handle.pipe)) if components else 0)
     if request.precision == "w8a8" and not handle.is_transformer:
-        plan = CapturePlan()
+        plan = plan or CapturePlan()
         steps = plan.styles * plan.steps
         capture_progress = within(progress, 0, steps + parts)
         calibration = Calibration(plan.label, lambda: capture_unet_inputs(handle, plan, capture_progress))

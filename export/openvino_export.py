@@ -53,6 +53,7 @@ from .onnx_export import UNetExportWrapper, _eval_mode, example_inputs, fused_ac
 from .onnx_files import publish, staging_dir
 from .time_embedding_inputs import EmbeddingInputsWrapper
 
+NO_CALIBRATION = "a w8a8 engine needs calibration inputs (export/calibration.py); none were given"
 CONVERTER = "openvino.convert_model(torch module, TorchScript tracing)"
 # Layers of a w8a8 UNet left float, by name in the converted graph (the converter names ops after the modules).
 FLOAT_SCOPES = (r".*conv_in/.*", r".*conv_out/.*", r".*time_embedding.*", r".*time_emb_proj.*",
@@ -111,7 +112,7 @@ def convert_module(module: torch.nn.Module, example: dict[str, torch.Tensor], dy
     with warnings.catch_warnings(), torch.no_grad(), _eval_mode(module):
         warnings.simplefilter("ignore")
         try:
-            model = ov.convert_model(module, example_input=tuple(example[n] for n in names), input=shapes)
+            model = ov.convert_model(_traced(module, tuple(example[n] for n in names)), input=shapes)
         except Exception as exc:  # the frontends raise their own types (OpConversionFailure, RuntimeError...)
             raise InvalidModelError(f"OpenVINO could not convert the {type(module).__name__}: {exc}") from exc
     if len(model.outputs) != len(output_names):
@@ -121,6 +122,15 @@ def convert_module(module: torch.nn.Module, example: dict[str, torch.Tensor], dy
     for port, name in zip(model.outputs, output_names, strict=True):
         port.get_tensor().set_names({name})
     return model
+
+
+def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+    """The decoder ``ov.convert_model`` makes of ``module`` (TorchScript tracing on ``example``), without
+    ``torch.jit.trace``'s check, which runs the module twice more to compare (over half of a UNet's tracing time;
+    the engines' parity tests check the result instead), as OpenVINO's own notebooks convert diffusion models."""
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+    return TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
 
 
 def import_nncf(precision: str) -> Any:
@@ -140,7 +150,7 @@ def quantize_static(model: Any, feeds: Sequence[dict[str, Any]]) -> Any:
     """``model`` with int8 weights and activations, its activation scales from ``feeds`` (engine input name ->
     array); the float layers are those ``FLOAT_SCOPES`` match."""
     if not feeds:
-        raise InvalidInputError("a w8a8 engine needs calibration inputs (export/calibration.py); none were given")
+        raise InvalidInputError(NO_CALIBRATION)
     nncf = import_nncf("w8a8")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -283,6 +293,8 @@ def export_unet_openvino(unet: torch.nn.Module, path: str | os.PathLike, precisi
         example = HostTimeEmbeddings(spec)(example)
     host = HostTimeEmbeddings(spec) if embedded else dict
     calibration = list(calibration or ()) if precision == "w8a8" else []
+    if precision == "w8a8" and not calibration:  # said before the conversion, not after it
+        raise InvalidInputError(NO_CALIBRATION)
     sets = [host({n: s[n] for n in spec.input_names}) for s in calibration]
     with fused_active_loras(unet) as fused:
         module = unet if param.dtype == torch.float32 else _fp32_copy(unet)

@@ -193,14 +193,15 @@ def test_a_whole_pipeline_export_counts_its_parts_and_stops_between_them(inpaint
 
     handle = load_pipeline(SD15)
     seen: list[tuple[int, int]] = []
-    export_pipeline_engine(handle, EngineRequest(format="openvino"), components=True,
-                           progress=lambda done, total: seen.append((done, total)))
+    exported = export_pipeline_engine(handle, EngineRequest(format="openvino"), components=True,
+                                      progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (4, 4) and {t for _, t in seen} == {4}  # the UNet, a text encoder, VAE encoder and decoder
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
-    pipe = handle.pipe
+    pipe = handle.pipe  # the parts again, into an empty folder (the UNet engine is found in the models folder)
     unet = export_engine(pipe.unet, BaseIdentity(handle.name, handle.fingerprint), EngineRequest(format="openvino"),
-                         tmp_path)
+                         tmp_path, search=[exported.path.parent])
+    assert unet.cached and not any(tmp_path.iterdir())
 
     def cancel_after_one(done: int, total: int) -> None:
         if done == 1:

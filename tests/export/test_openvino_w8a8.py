@@ -130,9 +130,11 @@ def test_whole_pipeline_on_w8a8_engines_keeps_the_product_exact(inpaint_models, 
     from comfyui_backdrop.runtime.inpainting.loader import load_pipeline
 
     handle = load_pipeline(SD15)
-    result = export_pipeline_engine(handle, EngineRequest(format="openvino", precision="w8a8"), components=True)
-    assert result.manifest.extra["calibration"] == CapturePlan().label
-    assert result.manifest.extra["calibration_inputs"] == CapturePlan().styles * CapturePlan().steps
+    plan = CapturePlan(styles=2, steps=2, max_resolution=128)  # the default's 3 x 4 runs at 512 px, scaled down
+    result = export_pipeline_engine(handle, EngineRequest(format="openvino", precision="w8a8"), components=True,
+                                    plan=plan)
+    assert result.manifest.extra["calibration"] == plan.label
+    assert result.manifest.extra["calibration_inputs"] == plan.styles * plan.steps
     parts = {p.name.split("_sd15")[0]: read_manifest(p) for p in result.path.parent.glob("*_sd15_inpaint_w8a8_*.xml")}
     assert parts["vae_decoder"].precision == float_part("w8a8")  # the parts run in the float layers' precision
     on_engines = attach_engine(handle, result.path, threads=1, components=True)
