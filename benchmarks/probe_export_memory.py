@@ -7,6 +7,7 @@ engine and makes one UNet call (512 px, batch 2), and reports the peak of its an
 each of the two (``export.bench.AnonymousPeak``).
 
     .venv/bin/python benchmarks/probe_export_memory.py --family sd15 --cases openvino:fp32 openvino:int8
+    .venv/bin/python benchmarks/probe_export_memory.py --cases openvino:fp32 --export-only --trace-check both --repeat 2
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 CASES = ("openvino:fp32", "openvino:bf16", "openvino:int8", "openvino:w8a8", "onnx:fp32", "onnx-cpu:fp32")
 
 
-def _child(family: str, case: str, load: bool = True) -> dict:
+def _child(family: str, case: str, load: bool = True, trace_check: bool = False) -> dict:
     import gc
 
     import torch
 
     from comfyui_backdrop.cli.bench import build_unet
+    from comfyui_backdrop.export import openvino_export
     from comfyui_backdrop.export.bench import AnonymousPeak
     from comfyui_backdrop.export.engine_export import BaseIdentity, EngineRequest, export_engine
     from comfyui_backdrop.export.memory_need import fp32_weight_bytes
@@ -36,6 +38,7 @@ def _child(family: str, case: str, load: bool = True) -> dict:
     from comfyui_backdrop.runtime.engines.load import open_backend
     from comfyui_backdrop.runtime.engines.spec import UNetSpec
 
+    openvino_export.TRACE_CHECK = trace_check
     fmt, _, precision = case.partition(":")
     request = EngineRequest(format="onnx" if fmt.startswith("onnx") else fmt, precision=precision,
                             optimize_for="cpu" if fmt == "onnx-cpu" else "")
@@ -48,8 +51,9 @@ def _child(family: str, case: str, load: bool = True) -> dict:
         with AnonymousPeak() as export:
             built = export_engine(unet, BaseIdentity("probe", "probe"), request, folder, memory_limit=math.inf)
         seconds = time.perf_counter() - start
-        row = {"case": case, "weight_bytes": weight_bytes, "export_bytes": export.extra,
-               "export_factor": export.extra / weight_bytes, "export_s": round(seconds, 1)}
+        row = {"case": case + (" (trace check)" if trace_check else ""), "weight_bytes": weight_bytes,
+               "export_bytes": export.extra, "export_factor": export.extra / weight_bytes,
+               "export_s": round(seconds, 1)}
         if load:
             gc.collect()
             with AnonymousPeak() as opened:
@@ -64,16 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--export-only", action="store_true",
                         help="do not open the engine (where the torch model and the engine would not fit together)")
+    parser.add_argument("--trace-check", choices=("off", "on", "both"), default="off",
+                        help="OpenVINO conversions with torch.jit.trace's check (OpenVINO's default; off: the "
+                             "exports' way); both: each case with and without, alternately")
+    parser.add_argument("--repeat", type=int, default=1, help="run the list of cases this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.family, args.child, load=not args.export_only)))
+        print(json.dumps(_child(args.family, args.child, load=not args.export_only,
+                                trace_check=args.trace_check == "on")))
         return 0
     rows = []
-    for case in args.cases:
+    checks = {"off": ["off"], "on": ["on"], "both": ["on", "off"]}[args.trace_check]
+    for case, check in ((c, k) for _ in range(args.repeat) for c in args.cases for k in checks):
         done = subprocess.run([sys.executable, __file__, "--family", args.family, "--child", case,
-                               *(["--export-only"] if args.export_only else [])], capture_output=True, text=True)
+                               "--trace-check", check, *(["--export-only"] if args.export_only else [])],
+                              capture_output=True, text=True)
         if done.returncode:
             rows.append({"case": case, "error": done.stderr.strip().splitlines()[-1:]})
         else:

@@ -53,6 +53,7 @@ from .onnx_export import UNetExportWrapper, _eval_mode, example_inputs, fused_ac
 from .onnx_files import publish, staging_dir
 from .time_embedding_inputs import EmbeddingInputsWrapper
 
+TRACE_CHECK = False  # torch.jit.trace's check, OpenVINO's default (benchmarks/probe_export_memory.py --trace-check)
 NO_CALIBRATION = "a w8a8 engine needs calibration inputs (export/calibration.py); none were given"
 CONVERTER = "openvino.convert_model(torch module, TorchScript tracing)"
 # Layers of a w8a8 UNet left float, by name in the converted graph (the converter names ops after the modules).
@@ -126,11 +127,12 @@ def convert_module(module: torch.nn.Module, example: dict[str, torch.Tensor], dy
 
 def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
     """The decoder ``ov.convert_model`` makes of ``module`` (TorchScript tracing on ``example``), without
-    ``torch.jit.trace``'s check, which runs the module twice more to compare (over half of a UNet's tracing time;
-    the engines' parity tests check the result instead), as OpenVINO's own notebooks convert diffusion models."""
+    ``torch.jit.trace``'s check (unless ``TRACE_CHECK``), which runs the module twice more to compare (a quarter
+    of an SD1.5 UNet's export time; the engines' parity tests check the result instead), as OpenVINO's own
+    notebooks convert diffusion models."""
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
-    return TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
+    return TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": TRACE_CHECK})
 
 
 def import_nncf(precision: str) -> Any:
