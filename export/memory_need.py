@@ -40,7 +40,8 @@ SETUP_PER_WEIGHT = {
 # what was in use before / fp32 weight bytes, measured on the SD1.5 and SDXL UNets and rounded up over both; fp16
 # was not measured (fp32's figures), nor TensorRT's build (bench's setup figure; its weights go to the GPU)
 # - the export alone (export_engine), SD1.5 / SDXL: OpenVINO fp32 0.63 / 0.42, bf16 0.26 / 0.41, int8 0.60 / 0.67,
-#   w8a8 1.62 / -, ONNX 0.15 / 0.17, optimized ONNX 1.88 / -
+#   w8a8 1.62 / -, ONNX 0.15 / 0.17, optimized ONNX 1.88 / -; OpenVINO's with torch.jit.trace's check, which its
+#   conversions skip since stop 33 (SD1.5 fp32 0.63 -> 0.56), so its figures are on the safe side
 EXPORT_PER_WEIGHT = {
     ("openvino", "fp32"): 0.7, ("openvino", "bf16"): 0.45, ("openvino", "int8"): 0.75, ("openvino", "w8a8"): 1.75,
     ("openvino", "*"): 0.7, ("ort-plain", "*"): 0.2, ("ort", "*"): 2.0, ("trt", "*"): 1.0,
