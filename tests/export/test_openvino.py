@@ -272,3 +272,28 @@ def test_a_signal_after_models_are_released_does_not_crash(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["handled", "alive"]
+
+
+def test_a_conversion_runs_the_module_once_and_keeps_its_dynamic_axes():
+    """torch.jit.trace's check (OpenVINO's default) would run the module twice more; the exports skip it."""
+    from comfyui_backdrop.export.openvino_export import convert_module
+
+    class Counted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.calls = torch.nn.Linear(4, 3), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.linear(x) * 2
+
+    module, x = Counted(), torch.randn(2, 4)
+    model = convert_module(module, {"x": x}, {"x": (0,)}, ["y"])
+    assert module.calls == 1
+    assert str(model.inputs[0].get_partial_shape()) == "[?,4]" and model.outputs[0].get_any_name() == "y"
+    from comfyui_backdrop.runtime.engines.openvino_backend import import_openvino
+
+    compiled = import_openvino().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    batch = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(compiled(batch.numpy())[0]), module(batch), atol=1e-5)
