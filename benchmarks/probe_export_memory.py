@@ -24,6 +24,10 @@ from pathlib import Path
 CASES = ("openvino:fp32", "openvino:bf16", "openvino:int8", "openvino:w8a8", "onnx:fp32", "onnx-cpu:fp32")
 
 
+def _label(case: str, trace_check: bool) -> str:
+    return case + (" (trace check)" if trace_check else "")
+
+
 def _child(family: str, case: str, load: bool = True, trace_check: bool = False) -> dict:
     import gc
 
@@ -51,7 +55,7 @@ def _child(family: str, case: str, load: bool = True, trace_check: bool = False)
         with AnonymousPeak() as export:
             built = export_engine(unet, BaseIdentity("probe", "probe"), request, folder, memory_limit=math.inf)
         seconds = time.perf_counter() - start
-        row = {"case": case + (" (trace check)" if trace_check else ""), "weight_bytes": weight_bytes,
+        row = {"case": _label(case, trace_check), "weight_bytes": weight_bytes,
                "export_bytes": export.extra, "export_factor": export.extra / weight_bytes,
                "export_s": round(seconds, 1)}
         if load:
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--trace-check", check, *(["--export-only"] if args.export_only else [])],
                               capture_output=True, text=True)
         if done.returncode:
-            rows.append({"case": case, "error": done.stderr.strip().splitlines()[-1:]})
+            rows.append({"case": _label(case, check == "on"), "error": done.stderr.strip().splitlines()[-1:]})
         else:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

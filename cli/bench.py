@@ -346,7 +346,7 @@ def set_up_row(name: str, note: str, make: Callable[[], tuple[Any, str]], first_
     from ..runtime.engines.openvino_backend import kernel_note
 
     print(f"{name}: setting up", file=sys.stderr, flush=True)
-    started, before = time.perf_counter(), probe.rss()
+    started = time.perf_counter()
 
     def setup() -> tuple[Any, str, Any]:
         made, notes = make()
@@ -361,13 +361,12 @@ def set_up_row(name: str, note: str, make: Callable[[], tuple[Any, str]], first_
         skipped.append(Skipped(name, str(exc)))
         print(f"{name}: skipped ({exc})", file=sys.stderr)
         return None
-    (made, notes, first), peak = probed.result, probed.peak
+    made, notes, first = probed.result
     if made is None:
         skipped.append(Skipped(name, notes))
         return None
     return made, first, {"setup_s": time.perf_counter() - started, "notes": "; ".join(n for n in (note, notes) if n),
-                         "setup_peak_bytes": peak,
-                         "setup_extra_bytes": (peak - before) if peak is not None and before else None,
+                         "setup_peak_bytes": probed.peak, "setup_extra_bytes": probed.extra,
                          "setup_anon_bytes": probed.anonymous}
 
 

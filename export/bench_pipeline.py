@@ -194,7 +194,6 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
     for name, target, settings, notes in rows:
         print(f"pipeline {name}: warm-up and first run", file=sys.stderr, flush=True)
         run = runner(name, target, settings)
-        before = probe.rss()
 
         def first(run: Callable[[], Any] = run, target: Any = target, settings: InpaintSettings = settings) -> tuple:
             # a 2-step run first: engines compile their copies for this job's shapes (text encoder, VAE, full and
@@ -206,15 +205,14 @@ def pipeline_rows(handle: Any, family: str, plan: Any, exports: Any) -> list:
             return run(), warm, time.perf_counter() - started
 
         probed = probe.measure(first)
-        (out, warm_s, first_times[name]), peak = probed.result, probed.peak
+        out, warm_s, first_times[name] = probed.result
         backend = getattr(target.pipe.unet, "backend", None)
         if backend is not None:  # engines: what the CPU plugin compiled for the shapes that ran
             notes = "; ".join(n for n in (kernel_note(backend, top=2), notes) if n)
         notes = "; ".join(n for n in (notes, f"2-step warm-up {warm_s:.0f}s (untimed)") if n)
         outputs[name] = out
         candidates.append(Candidate(name, run, setup_s=warm_s + first_times[name], notes=notes,
-                                    setup_peak_bytes=peak,
-                                    setup_extra_bytes=(peak - before) if peak is not None and before else None,
+                                    setup_peak_bytes=probed.peak, setup_extra_bytes=probed.extra,
                                     setup_anon_bytes=probed.anonymous))
         gc.collect()
     reference = outputs[candidates[0].name]

@@ -277,6 +277,7 @@ def test_a_signal_after_models_are_released_does_not_crash(tmp_path):
 def test_a_conversion_runs_the_module_once_and_keeps_its_dynamic_axes():
     """torch.jit.trace's check (OpenVINO's default) would run the module twice more; the exports skip it."""
     from comfyui_backdrop.export.openvino_export import convert_module
+    from comfyui_backdrop.runtime.engines.openvino_backend import import_openvino
 
     class Counted(torch.nn.Module):
         def __init__(self) -> None:
@@ -291,8 +292,6 @@ def test_a_conversion_runs_the_module_once_and_keeps_its_dynamic_axes():
     model = convert_module(module, {"x": x}, {"x": (0,)}, ["y"])
     assert module.calls == 1
     assert str(model.inputs[0].get_partial_shape()) == "[?,4]" and model.outputs[0].get_any_name() == "y"
-    from comfyui_backdrop.runtime.engines.openvino_backend import import_openvino
-
     compiled = import_openvino().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     batch = torch.randn(5, 4)
     with torch.no_grad():

@@ -43,8 +43,9 @@ def rel(out, ref) -> float:
 def test_text_encoders_and_vae_engines_match_torch(inpaint_models, tmp_path, model):
     handle = load_pipeline(model)
     pipe = handle.pipe
-    unet = export_engine(pipe.unet, BaseIdentity(handle.name, handle.fingerprint),  # the UNet engine the
-                         EngineRequest(format="openvino"), inpaint_models / "openvino")  # later tests find
+    # the UNet engine goes to the session's models folder, where the node and CLI tests below find it
+    unet = export_engine(pipe.unet, BaseIdentity(handle.name, handle.fingerprint), EngineRequest(format="openvino"),
+                         inpaint_models / "openvino")
     parts = export_components(pipe, unet.manifest.spec, unet.manifest, tmp_path)
     expected = {"text_encoder", "vae_encoder", "vae_decoder"} | ({"text_encoder_2"} if "sdxl" in model else set())
     assert set(parts) == expected and not any(cached for _, _, cached in parts.values())
