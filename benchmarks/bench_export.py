@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from comfyui_backdrop.cli.bench import TORCH_BACKENDS, add_bench_parser, row_name, run_bench
+from comfyui_backdrop.runtime.allocator import tune_allocator
 
 OUT = Path("bench-out") / "export"
 ERROR = {"fp32": 1e-4, "bf16": 2e-2}
@@ -36,6 +37,7 @@ def verdict(ok: bool) -> str:
 
 
 def main(argv: list[str]) -> int:
+    tune_allocator()  # as the `backdrop` command does (BACKDROP_ALLOCATOR=stock: plain torch's allocator)
     parser = argparse.ArgumentParser(prog="bench_export")
     sub = parser.add_subparsers(dest="command", required=True)
     add_bench_parser(sub)

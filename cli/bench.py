@@ -233,7 +233,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                 "memory": "in-process VmHWM: peak during setup+first run (and the part over the RSS before "
                           "setup), peak during one timed call"}
     print(f"CPU: {machine['cpu']['model']} — ISA {machine['cpu']['isa']} ({', '.join(machine['cpu']['units'])}); "
-          f"threads {plan.threads}", file=sys.stderr)
+          f"threads {plan.threads}\nallocator: {machine['allocator_line']}", file=sys.stderr)
     report = BenchReport(title=f"UNet backends: {settings['unet']}, batch {plan.batch}, {plan.width}x{plan.height}, "
                                f"{machine['cpu']['model']} ({machine['cpu']['isa']})", settings=settings)
     with tempfile.TemporaryDirectory(prefix="backdrop-bench-") as tmp:
@@ -639,12 +639,14 @@ def _argv(args: argparse.Namespace) -> list[str]:
 def _machine() -> dict[str, Any]:
     import os
 
+    from ..runtime.allocator import allocator_state
     from ..runtime.engines.openvino_backend import openvino_capabilities
     from ..runtime.engines.precision import cpu_info, torch_cpu_capability
 
-    cpu = cpu_info()
+    cpu, allocator = cpu_info(), allocator_state()
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "cpu_count": os.cpu_count(), "cpu": cpu.to_dict(),
+                            "allocator": allocator.to_dict(), "allocator_line": allocator.describe(),
                             "torch_cpu_capability": torch_cpu_capability(),
                             "openvino_capabilities": list(openvino_capabilities())}
     with contextlib.suppress(OSError):

@@ -97,6 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_codes.INTERRUPTED
 
 
+def entry() -> int:
+    """The ``backdrop`` console script: tune malloc for large tensors (runtime/allocator.py; before any model
+    loads), then :func:`main`. ``main`` alone leaves the calling process as it is."""
+    from ..runtime.allocator import tune_allocator
+
+    try:
+        tune_allocator()
+    except BackdropError as exc:
+        print(f"backdrop: error: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    return main()
+
+
 # command -> (module in cli/, function): imported only when chosen, so start-up stays fast
 COMMANDS = {
     "run": ("run", "run_command"),

@@ -69,6 +69,8 @@ def test_bench_crosses_backends_with_precisions_and_says_why_it_skips(tmp_path):
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     cpu = report["settings"]["machine"]["cpu"]
     assert cpu["model"] == cpu_info().model and cpu["isa"] == cpu_info().isa  # the report names the CPU and ISA
+    allocator = report["settings"]["machine"]["allocator"]  # ... and how this process allocates (not tuned here)
+    assert allocator["policy"].startswith("stock") and "stock" in report["settings"]["machine"]["allocator_line"]
     rows = {r["name"]: r for r in report["sections"]["UNet step"]}
     skipped = {s["name"]: s["reason"] for s in report["skipped"]["UNet step"]}
     assert rows["torch eager fp32"]["max_rel_error"] == 0.0

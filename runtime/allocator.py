@@ -1,0 +1,142 @@
+"""How a ``backdrop`` process allocates the large buffers of diffusion models (Linux, glibc).
+
+Why: torch's CPU tensors come from ``malloc``. glibc serves a block over its mmap threshold (128 KiB at start,
+raised by each freed block up to 32 MiB) with a fresh ``mmap`` and gives it back with ``munmap`` on free, and
+trims the heap top whenever more than twice the threshold is free. A UNet step or a VAE decode allocates and
+frees hundreds of 10-540 MB activations, so the kernel maps, zero-fills and unmaps them again on every call:
+a 512 px fp32 VAE decode on a 2-core EPYC spent 5 s of system time per 9 s decode doing that.
+
+What :func:`tune_allocator` changes, before the first model loads (the ``backdrop`` command calls it first): glibc
+keeps blocks up to 32 MiB (its largest mmap threshold) on the heap from the start and keeps up to 128 MiB free at
+the heap top (``mallopt``; exported as ``GLIBC_TUNABLES`` for the processes this one starts, Ray workers among
+them), so a step's activations are reused instead of being faulted in again.
+
+Nothing changes where glibc is not the allocator (macOS, Windows, musl, or tcmalloc/jemalloc preloaded), where
+the user set these thresholds already (theirs are kept), or with ``BACKDROP_ALLOCATOR=stock``. The ComfyUI nodes
+never call it: a node pack does not retune the process it is loaded into (docs/performance.md shows the launch
+line that does). What was measured, and the stronger settings that were not kept (no mmap at all, transparent
+huge pages, tcmalloc), is in docs/performance.md; ``benchmarks/probe_allocator.py`` measures it in fresh
+processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+POLICY_VARIABLE = "BACKDROP_ALLOCATOR"  # "tuned" (default) or "stock"
+POLICIES = ("tuned", "stock")
+MMAP_THRESHOLD = 32 << 20  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
+TRIM_THRESHOLD = 128 << 20
+GLIBC_TUNABLES = "GLIBC_TUNABLES"
+OTHER_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+
+
+@dataclass(frozen=True)
+class AllocatorState:
+    """What this process's allocator does with large buffers, for reports (``backdrop bench``)."""
+
+    policy: str  # "tuned", "stock", or why nothing was tuned
+    malloc: str  # "glibc 2.36", "tcmalloc (preloaded)", "not glibc"
+    mmap_threshold: int | None  # bytes, when set here
+    trim_threshold: int | None
+
+    def describe(self) -> str:
+        """One line: ``glibc 2.36, tuned (mmap threshold 32 MiB, trim 128 MiB)``."""
+        tuned = (f" (mmap threshold {self.mmap_threshold >> 20} MiB, trim {self.trim_threshold >> 20} MiB)"
+                 if self.mmap_threshold else "")
+        return f"{self.malloc}, {self.policy}{tuned}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_applied: AllocatorState | None = None
+
+
+def tune_allocator(policy: str | None = None) -> AllocatorState:
+    """Apply the allocator settings above to this process and the ones it starts (idempotent); returns what
+    holds now. ``policy`` defaults to ``$BACKDROP_ALLOCATOR`` or ``tuned``; another value is InvalidInputError."""
+    global _applied
+    policy = policy or os.environ.get(POLICY_VARIABLE) or "tuned"
+    if policy not in POLICIES:
+        raise InvalidInputError(f"{POLICY_VARIABLE}={policy!r}: use one of {', '.join(POLICIES)}")
+    if _applied is not None:
+        return _applied
+    libc = _glibc()
+    other = _preloaded_allocator()
+    reason = ("stock" if policy == "stock" else f"not tuned: {other} is preloaded" if other
+              else "not tuned: malloc is not glibc's" if libc is None else "")
+    if reason:
+        _applied = AllocatorState(reason, _malloc_name(libc, other), None, None)
+        return _applied
+    mmap_threshold, trim_threshold = _user_tunables() or (MMAP_THRESHOLD, TRIM_THRESHOLD)
+    if libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) != 1:
+        _applied = AllocatorState("not tuned: mallopt refused the thresholds", _malloc_name(libc, None), None, None)
+        return _applied
+    _export_tunables(mmap_threshold, trim_threshold)
+    _applied = AllocatorState("tuned", _malloc_name(libc, None), mmap_threshold, trim_threshold)
+    return _applied
+
+
+def allocator_state() -> AllocatorState:
+    """What :func:`tune_allocator` did in this process, or the stock state when it was not called."""
+    if _applied is not None:
+        return _applied
+    libc, other = _glibc(), _preloaded_allocator()
+    return AllocatorState("stock (not tuned in this process)", _malloc_name(libc, other), None, None)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        return libc
+    except (OSError, AttributeError):  # musl has no gnu_get_libc_version
+        return None
+
+
+def _malloc_name(libc: ctypes.CDLL | None, other: str | None) -> str:
+    if other:
+        return f"{other} (preloaded)"
+    return f"glibc {libc.gnu_get_libc_version().decode()}" if libc is not None else "not glibc"
+
+
+def _preloaded_allocator() -> str | None:
+    """tcmalloc, jemalloc or mimalloc mapped into this process (LD_PRELOAD or linked), if any."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = os.environ.get("LD_PRELOAD", "")
+    return next((name for name in OTHER_ALLOCATORS if f"lib{name}" in maps), None)
+
+
+def _user_tunables() -> tuple[int, int] | None:
+    """The user's own glibc malloc thresholds in GLIBC_TUNABLES, which win over ours (both must be readable)."""
+    found = dict(part.split("=", 1) for part in os.environ.get(GLIBC_TUNABLES, "").split(":") if "=" in part)
+    try:
+        mmap_threshold = int(found.get("glibc.malloc.mmap_threshold", MMAP_THRESHOLD))
+        trim_threshold = int(found.get("glibc.malloc.trim_threshold", TRIM_THRESHOLD))
+    except ValueError:
+        return None
+    return mmap_threshold, trim_threshold
+
+
+def _export_tunables(mmap_threshold: int, trim_threshold: int) -> None:
+    """Processes started from this one (Ray workers, subprocesses) get the same glibc thresholds at start."""
+    parts = [p for p in os.environ.get(GLIBC_TUNABLES, "").split(":") if p]
+    names = {p.split("=", 1)[0] for p in parts}
+    for name, value in (("glibc.malloc.mmap_threshold", mmap_threshold),
+                        ("glibc.malloc.trim_threshold", trim_threshold)):
+        if name not in names:
+            parts.append(f"{name}={value}")
+    os.environ[GLIBC_TUNABLES] = ":".join(parts)
