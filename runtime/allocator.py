@@ -34,8 +34,10 @@ POLICIES = ("tuned", "stock")
 MMAP_THRESHOLD = 32 << 20  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
 TRIM_THRESHOLD = 128 << 20
 GLIBC_TUNABLES = "GLIBC_TUNABLES"
+MMAP_NAME, TRIM_NAME = "glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"
+THRESHOLDS = {MMAP_NAME: MMAP_THRESHOLD, TRIM_NAME: TRIM_THRESHOLD}
+_MALLOPT = {MMAP_NAME: -3, TRIM_NAME: -1}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD in <malloc.h>
 OTHER_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,22 @@ class AllocatorState:
 
     policy: str  # "tuned", "stock", or why nothing was tuned
     malloc: str  # "glibc 2.36", "tcmalloc (preloaded)", "not glibc"
-    mmap_threshold: int | None  # bytes, when set here
+    mmap_threshold: int | None  # bytes, when tuned (None: the user's GLIBC_TUNABLES value could not be read)
     trim_threshold: int | None
 
     def describe(self) -> str:
         """One line: ``glibc 2.36, tuned (mmap threshold 32 MiB, trim 128 MiB)``."""
-        tuned = (f" (mmap threshold {self.mmap_threshold >> 20} MiB, trim {self.trim_threshold >> 20} MiB)"
-                 if self.mmap_threshold else "")
-        return f"{self.malloc}, {self.policy}{tuned}"
+        if not self.policy.startswith("tuned"):
+            return f"{self.malloc}, {self.policy}"
+        return (f"{self.malloc}, {self.policy} (mmap threshold {_mib(self.mmap_threshold)}, "
+                f"trim {_mib(self.trim_threshold)})")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _mib(value: int | None) -> str:
+    return "as set in GLIBC_TUNABLES" if value is None else f"{value / 2**20:g} MiB"
 
 
 _applied: AllocatorState | None = None
@@ -76,12 +83,14 @@ def tune_allocator(policy: str | None = None) -> AllocatorState:
     if reason:
         _applied = AllocatorState(reason, _malloc_name(libc, other), None, None)
         return _applied
-    mmap_threshold, trim_threshold = _user_tunables() or (MMAP_THRESHOLD, TRIM_THRESHOLD)
-    if libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) != 1:
+    user = _user_tunables()  # glibc applied these when the process started: they stay
+    ours = {name: value for name, value in THRESHOLDS.items() if name not in user}
+    if any(libc.mallopt(_MALLOPT[name], value) != 1 for name, value in ours.items()):
         _applied = AllocatorState("not tuned: mallopt refused the thresholds", _malloc_name(libc, None), None, None)
         return _applied
-    _export_tunables(mmap_threshold, trim_threshold)
-    _applied = AllocatorState("tuned", _malloc_name(libc, None), mmap_threshold, trim_threshold)
+    _export_tunables(ours)
+    chosen = {name: _as_int(user[name]) if name in user else value for name, value in THRESHOLDS.items()}
+    _applied = AllocatorState("tuned", _malloc_name(libc, None), chosen[MMAP_NAME], chosen[TRIM_NAME])
     return _applied
 
 
@@ -120,23 +129,22 @@ def _preloaded_allocator() -> str | None:
     return next((name for name in OTHER_ALLOCATORS if f"lib{name}" in maps), None)
 
 
-def _user_tunables() -> tuple[int, int] | None:
-    """The user's own glibc malloc thresholds in GLIBC_TUNABLES, which win over ours (both must be readable)."""
-    found = dict(part.split("=", 1) for part in os.environ.get(GLIBC_TUNABLES, "").split(":") if "=" in part)
+def _user_tunables() -> dict[str, str]:
+    """The user's own glibc malloc thresholds in GLIBC_TUNABLES (name -> value as written)."""
+    parts = (part.split("=", 1) for part in os.environ.get(GLIBC_TUNABLES, "").split(":") if "=" in part)
+    return {name: value for name, value in parts if name in THRESHOLDS}
+
+
+def _as_int(value: str) -> int | None:
     try:
-        mmap_threshold = int(found.get("glibc.malloc.mmap_threshold", MMAP_THRESHOLD))
-        trim_threshold = int(found.get("glibc.malloc.trim_threshold", TRIM_THRESHOLD))
+        return int(value, 0)
     except ValueError:
         return None
-    return mmap_threshold, trim_threshold
 
 
-def _export_tunables(mmap_threshold: int, trim_threshold: int) -> None:
+def _export_tunables(ours: dict[str, int]) -> None:
     """Processes started from this one (Ray workers, subprocesses) get the same glibc thresholds at start."""
     parts = [p for p in os.environ.get(GLIBC_TUNABLES, "").split(":") if p]
-    names = {p.split("=", 1)[0] for p in parts}
-    for name, value in (("glibc.malloc.mmap_threshold", mmap_threshold),
-                        ("glibc.malloc.trim_threshold", trim_threshold)):
-        if name not in names:
-            parts.append(f"{name}={value}")
-    os.environ[GLIBC_TUNABLES] = ":".join(parts)
+    parts += [f"{name}={value}" for name, value in ours.items()]
+    if parts:
+        os.environ[GLIBC_TUNABLES] = ":".join(parts)
