@@ -11,9 +11,10 @@ from ..runtime.errors import InvalidInputError
 
 # paths of this machine: an embedded cluster's workers share them; a joined cluster's nodes have their own models
 # folder setting at most
-# ... and the malloc thresholds the ``backdrop`` command set (runtime/allocator.py), which act at a process's start
-ENV_FOR_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR", "GLIBC_TUNABLES")
-ENV_FOR_CLUSTER_WORKERS = ("BACKDROP_MODELS_DIR", "GLIBC_TUNABLES")
+# ... and the command's malloc policy (runtime/allocator.py): workers tune themselves when they start; glibc passes
+# only the first of several GLIBC_TUNABLES entries on to a grandchild (2.36), so the variable alone is not enough
+ENV_FOR_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR", "BACKDROP_ALLOCATOR", "GLIBC_TUNABLES")
+ENV_FOR_CLUSTER_WORKERS = ("BACKDROP_MODELS_DIR", "BACKDROP_ALLOCATOR", "GLIBC_TUNABLES")
 
 
 def init_ray(address: str | None, *, num_cpus: int, log_to_driver: bool = False, dashboard: bool = False):

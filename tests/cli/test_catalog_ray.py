@@ -33,7 +33,8 @@ def _photos(folder: Path, count: int, side: int = 192) -> Path:
 
 
 def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "BACKDROP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    inherited = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "BACKDROP_ALLOCATOR")}
+    return {**inherited, "BACKDROP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
 
 
 def _start(args: list[str], home: Path, **env: str) -> subprocess.Popen:
@@ -102,6 +103,8 @@ def test_a_killed_worker_is_retried_and_nothing_is_duplicated(tmp_path):
     _wait_for(lambda: finished_count(out) >= 3 or run.poll() is not None, "3 photos done")
     workers = descendants_titled(run.pid, "PhotoStage")
     assert workers, "no Ray photo worker found"
+    environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")  # the command's malloc threshold
+    assert b"GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432" in environ  # (the worker sets the trim itself)
     os.kill(workers[0], signal.SIGKILL)
     code, _, err = _finish(run)
     assert code == 0, err
