@@ -11,8 +11,10 @@ from ..runtime.errors import InvalidInputError
 
 # paths of this machine: an embedded cluster's workers share them; a joined cluster's nodes have their own models
 # folder setting at most
-# ... and the command's malloc policy (runtime/allocator.py): workers tune themselves when they start; glibc passes
-# only the first of several GLIBC_TUNABLES entries on to a grandchild (2.36), so the variable alone is not enough
+# ... and the command's malloc policy (runtime/allocator.py), which every worker applies when it starts (SETUP_HOOK):
+# glibc passes only the first of several GLIBC_TUNABLES entries on to a grandchild (2.36), so the variable alone
+# is not enough
+SETUP_HOOK = "comfyui_backdrop.runtime.allocator.tune_allocator"
 ENV_FOR_WORKERS = ("BACKDROP_HOME", "BACKDROP_MODELS_DIR", "BACKDROP_ALLOCATOR", "GLIBC_TUNABLES")
 ENV_FOR_CLUSTER_WORKERS = ("BACKDROP_MODELS_DIR", "BACKDROP_ALLOCATOR", "GLIBC_TUNABLES")
 
@@ -25,7 +27,8 @@ def init_ray(address: str | None, *, num_cpus: int, log_to_driver: bool = False,
 
     passed = ENV_FOR_WORKERS if address is None else ENV_FOR_CLUSTER_WORKERS
     env = {name: os.environ[name] for name in passed if name in os.environ}
-    common: dict[str, Any] = {"runtime_env": {"env_vars": env} if env else None, "logging_level": logging.ERROR,
+    runtime_env = {"worker_process_setup_hook": SETUP_HOOK, **({"env_vars": env} if env else {})}
+    common: dict[str, Any] = {"runtime_env": runtime_env, "logging_level": logging.ERROR,
                               "log_to_driver": log_to_driver}
     try:
         if address is not None:

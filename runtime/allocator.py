@@ -9,7 +9,8 @@ faults and 5 s of system time in four SD1.5 fp32 steps at 512 px on a 2-core EPY
 What :func:`tune_allocator` changes, before the first model loads (the ``backdrop`` command calls it first): glibc
 keeps blocks up to 32 MiB (its largest mmap threshold) on the heap from the start and keeps up to 128 MiB free at
 the heap top (``mallopt``; exported as ``GLIBC_TUNABLES`` for the processes this one starts, though glibc 2.36
-passes only the first entry on to theirs, so Ray workers call this too), so a step's activations are reused
+passes only the first entry on to theirs, so ``cli/ray_start.init_ray`` makes this every Ray worker's
+setup hook), so a step's activations are reused
 instead of being faulted in again.
 
 Nothing changes where glibc is not the allocator (macOS, Windows, musl, or tcmalloc/jemalloc preloaded), where

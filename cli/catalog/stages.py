@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from ...runtime.allocator import tune_allocator
 from ...runtime.errors import BackdropError, InvalidInputError
 from ..photo_steps import STEPS, RunModels, deliver_photo, generate_backgrounds, load_models, prepare_photo
 from ..run_plan import RunPlan
@@ -38,7 +37,6 @@ class PhotoStage:
         if unknown or not steps:
             raise InvalidInputError(f"unknown photo steps {sorted(unknown)}; use some of {STEPS}")
         _limit_threads(threads)
-        tune_allocator()  # this worker's malloc, as the command tuned its own (BACKDROP_ALLOCATOR decides)
         self.plan, self.steps = plan, tuple(steps)
         self._exit = contextlib.ExitStack()
         from ...runtime.models import models_dir_locator

@@ -82,10 +82,8 @@ class WorkflowStage:
     def __init__(self, models_dir: str | os.PathLike | None, output_dir: str) -> None:
         import contextlib
 
-        from ...runtime.allocator import tune_allocator
         from ...runtime.models import models_dir_locator
 
-        tune_allocator()  # this worker's malloc, as the command tuned its own (BACKDROP_ALLOCATOR decides)
         self.output_dir = Path(output_dir)
         self._exit = contextlib.ExitStack()
         self._exit.enter_context(models_dir_locator(models_dir))

@@ -97,9 +97,6 @@ class JobWorkerActor:
     thread; ``wake`` and ``stop`` in its default thread, so they reach a busy loop."""
 
     def __init__(self, config: ServeConfig, index: int, key_secrets: dict[str, bytes] | None) -> None:
-        from ...runtime.allocator import tune_allocator
-
-        tune_allocator()  # this worker's malloc, as the command tuned its own (BACKDROP_ALLOCATOR decides)
         self.config, self.index, self.key_secrets = config, index, key_secrets
         self._wake, self._stop = threading.Event(), threading.Event()
         self._executor: JobExecutor | None = None
