@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the shared test helpers (tests.*) importable
     sys.path.insert(0, str(ROOT))
 
+from comfyui_backdrop.runtime.allocator import allocator_state  # noqa: E402
 from comfyui_backdrop.runtime.engines.precision import cpu_info  # noqa: E402
 from comfyui_backdrop.runtime.watermark import carrier, codec, detect, embed  # noqa: E402
 from comfyui_backdrop.runtime.watermark.payload import int_to_bits  # noqa: E402
@@ -526,6 +527,7 @@ def report(results: dict) -> str:
     lines: list[str] = []
     if results["speed"]:
         lines += ["## Speed (one core; median / best of the repeats)", "",
+                  f"CPU: {results['cpu']}; malloc: {results.get('allocator', 'not recorded')}", "",
                   "| size | codec | embed ms | embed ms/MP | detect ms | detect ms/MP | detect unmarked ms/MP |",
                   "|---|---|---|---|---|---|---|"]
         for r in results["speed"]:
@@ -616,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" not in args.skip:
         print("speed...", file=sys.stderr, flush=True)
         results["speed"] = speed(args.quick, versions)
+        results["allocator"] = allocator_state().describe()  # the codec tunes malloc at its first call
     else:
         results["speed"] = []
     if "robustness" not in args.skip:

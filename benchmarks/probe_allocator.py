@@ -8,8 +8,12 @@ policies alternate within each round (stock, tuned, then tuned, stock, ...), and
 
 Workloads (random weights of the real SD1.5 architecture, 512 px, CPU): ``unet-fp32`` / ``unet-bf16`` (one
 step, batch 2 = one image with CFG), ``vae-decode`` / ``vae-encode`` (fp32, one image), ``lora-train``
-(forward + backward of the UNet with a peft LoRA on its attention, batch 1). Each child times a warm-up call and
-``--calls`` more and reports the median, its system CPU time, minor page faults and peak RSS (VmHWM).
+(forward + backward of the UNet with a peft LoRA on its attention, batch 1); ``watermark-embed`` /
+``watermark-detect`` (one call: the watermark codec on six scikit-image photos at ``--watermark-side`` px, each
+with its own ID; detect reads the marked and the unmarked ones; one thread, as the codec's own benchmark; torch
+is not imported). Each child times a warm-up call and ``--calls`` more and reports the median, its system CPU
+time, minor page faults and peak RSS (VmHWM). The photos are decoded in the parent and handed over as a .npy
+file, so the child's heap holds only what the workload does.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-WORKLOADS = ("unet-fp32", "unet-bf16", "vae-decode", "vae-encode", "lora-train")
+WORKLOADS = ("unet-fp32", "unet-bf16", "vae-decode", "vae-encode", "lora-train", "watermark-embed",
+             "watermark-detect")
+WATERMARK_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
+WATERMARK_KEY = b"probe-allocator-watermark-key-00"
 
 
 def child(workload: str, calls: int, threads: int) -> dict:
@@ -33,6 +41,9 @@ def child(workload: str, calls: int, threads: int) -> dict:
     from comfyui_backdrop.runtime.allocator import tune_allocator
 
     state = tune_allocator()
+    if workload.startswith("watermark"):
+        call = _watermark_call(workload)
+        return _timed(call, calls, state)
     import torch
 
     from comfyui_backdrop.cli.bench import build_unet
@@ -71,13 +82,33 @@ def child(workload: str, calls: int, threads: int) -> dict:
             unet(x, t, encoder_hidden_states=e).sample.square().mean().backward()
             unet.zero_grad(set_to_none=True)
         grad = True
+    with torch.inference_mode(not grad):
+        return _timed(call, calls, state)
+
+
+def _watermark_call(workload: str):
+    """Embed (or detect) on the photos the parent left in $PROBE_PHOTOS, one thread."""
+    import cv2
+    import numpy as np
+
+    from comfyui_backdrop.runtime.watermark import detect, embed
+
+    cv2.setNumThreads(1)
+    photos = list(np.load(os.environ["PROBE_PHOTOS"]))
+    if workload == "watermark-embed":
+        return lambda: [embed(photo, 1000 + i, WATERMARK_KEY) for i, photo in enumerate(photos)]
+    marked = [embed(photo, 1000 + i, WATERMARK_KEY) for i, photo in enumerate(photos)]
+    return lambda: [detect(image, WATERMARK_KEY) for image in marked + photos]
+
+
+def _timed(call, calls: int, state) -> dict:
+    """Median of ``calls`` timed calls after a warm-up, with system time, faults and peak RSS."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     times = []
-    with torch.inference_mode(not grad):
-        for _ in range(calls + 1):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
+    for _ in range(calls + 1):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
     hwm = next((int(line.split()[1]) << 10 for line in Path("/proc/self/status").read_text().splitlines()
                 if line.startswith("VmHWM:")), 0)
@@ -86,8 +117,24 @@ def child(workload: str, calls: int, threads: int) -> dict:
             "allocator": state.describe()}
 
 
+def _watermark_photos(folder: Path, side: int) -> Path:
+    """The six photos at ``side`` px, decoded here once, as one .npy file for the children."""
+    import cv2
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.fixtures.watermark_images import skimage_photo
+
+    path = folder / "probe_allocator_photos.npy"
+    np.save(path, np.stack([cv2.resize(skimage_photo(name), (side, side), interpolation=cv2.INTER_AREA)
+                            for name in WATERMARK_PHOTOS]))
+    return path
+
+
 def run_case(workload: str, policy: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, BACKDROP_ALLOCATOR="stock" if policy == "preload" else policy)
+    if workload.startswith("watermark"):
+        env.update(PROBE_PHOTOS=str(args.photos), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if policy == "preload":
         env["LD_PRELOAD"] = args.preload
     env.pop("GLIBC_TUNABLES", None)  # the policy decides, not this shell
@@ -106,6 +153,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process, after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preload", help="also run with this malloc library in LD_PRELOAD (tcmalloc, jemalloc)")
+    parser.add_argument("--watermark-side", type=int, default=512, help="side (px) of the watermark workloads' photos")
     parser.add_argument("--out", type=Path, help="write every measurement to this JSON file")
     parser.add_argument("--child", choices=WORKLOADS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -113,6 +161,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(child(args.child, args.calls, args.threads)))
         return 0
     policies = ["stock", "tuned"] + (["preload"] if args.preload else [])
+    if any(w.startswith("watermark") for w in args.workloads):
+        scratch = tempfile.TemporaryDirectory(prefix="probe_allocator_")
+        args.photos = _watermark_photos(Path(scratch.name), args.watermark_side)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"CPU: {cpu}; threads {args.threads}; {args.repeat} rounds x {args.calls} calls", flush=True)

@@ -15,10 +15,13 @@ instead of being faulted in again.
 
 Nothing changes where glibc is not the allocator (macOS, Windows, musl, or tcmalloc/jemalloc preloaded), where
 the user set these thresholds already (theirs are kept), or with ``BACKDROP_ALLOCATOR=stock``. The ComfyUI nodes
-never call it: a node pack does not retune the process it is loaded into (docs/performance.md shows the launch
-line that does). What was measured, and the stronger settings that were not kept (no mmap at all, transparent
-huge pages, tcmalloc), is in docs/performance.md; ``benchmarks/probe_allocator.py`` measures it in fresh
-processes.
+never call it when they load: a node pack does not retune the process it is loaded into (docs/performance.md shows
+the launch line that does). The one exception is the watermark codec, which is allocation-bound: its first
+``embed`` or ``detect`` calls ``tune_allocator(export=False)`` (this process only, nothing exported), because in
+a fresh process stock glibc trims and re-faults its heap on every call (embedding at 512 px took 1.7x as long).
+After a diffusion run glibc has raised its own thresholds to about these values, so in ComfyUI that call changes
+little. What was measured, and the stronger settings that were not kept (no mmap at all, transparent huge pages,
+tcmalloc), is in docs/performance.md; ``benchmarks/probe_allocator.py`` measures it in fresh processes.
 """
 
 from __future__ import annotations
@@ -67,16 +70,21 @@ def _mib(value: int | None) -> str:
 
 
 _applied: AllocatorState | None = None
+_unexported: dict[str, int] = {}  # thresholds set here but not yet in GLIBC_TUNABLES (an ``export=False`` call)
 
 
-def tune_allocator(policy: str | None = None) -> AllocatorState:
-    """Apply the allocator settings above to this process and the ones it starts (idempotent); returns what
-    holds now. ``policy`` defaults to ``$BACKDROP_ALLOCATOR`` or ``tuned``; another value is InvalidInputError."""
+def tune_allocator(policy: str | None = None, *, export: bool = True) -> AllocatorState:
+    """Apply the allocator settings above to this process and, with ``export``, to the ones it starts
+    (idempotent); returns what holds now. ``policy`` defaults to ``$BACKDROP_ALLOCATOR`` or ``tuned``; another
+    value is InvalidInputError. ``export=False`` (a library call) leaves ``os.environ`` alone."""
     global _applied
     policy = policy or os.environ.get(POLICY_VARIABLE) or "tuned"
     if policy not in POLICIES:
         raise InvalidInputError(f"{POLICY_VARIABLE}={policy!r}: use one of {', '.join(POLICIES)}")
     if _applied is not None:
+        if export and _unexported:
+            _export_tunables(_unexported)
+            _unexported.clear()
         return _applied
     libc = _glibc()
     other = _preloaded_allocator()
@@ -90,7 +98,10 @@ def tune_allocator(policy: str | None = None) -> AllocatorState:
     if any(libc.mallopt(_MALLOPT[name], value) != 1 for name, value in ours.items()):
         _applied = AllocatorState("not tuned: mallopt refused the thresholds", _malloc_name(libc, None), None, None)
         return _applied
-    _export_tunables(ours)
+    if export:
+        _export_tunables(ours)
+    else:
+        _unexported.update(ours)
     chosen = {name: _as_int(user[name]) if name in user else value for name, value in THRESHOLDS.items()}
     _applied = AllocatorState("tuned", _malloc_name(libc, None), chosen[MMAP_NAME], chosen[TRIM_NAME])
     return _applied

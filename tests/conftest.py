@@ -45,6 +45,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tuned_test_process():
+    """The test process allocates as the ``backdrop`` command does from its first test on (the watermark codec
+    would tune it at its first call anyway: this makes that independent of test order). Nothing is exported, so
+    subprocesses start with glibc's stock settings unless a test gives them others."""
+    from comfyui_backdrop.runtime.allocator import tune_allocator
+
+    return tune_allocator(export=False)
+
+
 @pytest.fixture(scope="session")
 def inpaint_models_root(tmp_path_factory):
     """Tiny inpainting models (SD1.5 9-ch folder + single file, SD1.5 4-ch, SDXL 9-ch) and LoRAs, built once."""

@@ -18,6 +18,13 @@ the *same* payload, the image is returned unchanged (as a copy): embedding is id
 each other; mark the unmarked original instead. Marks under other keys are invisible to this check and are
 left alone (both stay readable, each with its own key). A resized mark is not looked for (that would cost a
 full detection); call ``detect`` first where that matters.
+
+Memory: the codec allocates and frees a few MB of float32 temporaries per call. In a fresh process stock glibc
+gives them back to the kernel at the end of each call (it trims its heap top) and faults them in again on the
+next, which made embedding at 512 px take 1.7x as long. So the first ``embed``, ``detect`` or ``analyse`` tunes
+this process's malloc (``runtime/allocator.tune_allocator(export=False)``: nothing exported, the user's
+``GLIBC_TUNABLES`` and ``BACKDROP_ALLOCATOR=stock`` respected; a bad ``BACKDROP_ALLOCATOR`` is an
+InvalidInputError).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..allocator import tune_allocator
 from ..errors import InvalidInputError
 from . import carrier
 from . import codec_v2 as v2
@@ -310,6 +318,7 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
         raise InvalidInputError(f"unknown watermark codec version(s) {versions}; known: {VERSIONS}")
     _, colour = split(image, "detect")
     check_size(colour, MIN_DETECT_SIDE, "detect")
+    tune_allocator(export=False)  # see the module docstring: the codec is allocation-bound
     pyramid = v2.Pyramid(luma(colour))
     given = lattices is not None
     level0 = len(lattices) if given else HYPOTHESES_V1
@@ -486,6 +495,7 @@ def embed(image: np.ndarray, payload: int, key: bytes, strength: float = 1.0,
         raise InvalidInputError(f"strength must be in (0, {MAX_STRENGTH}], got {strength}")
     arr, colour = split(image, "embed")
     check_size(colour, MIN_SIDE, "embed")
+    tune_allocator(export=False)  # see the module docstring: the codec is allocation-bound
     y = luma(colour)
     texture = texture_rms(y)  # shared by the re-marking check and the amplitude
     existing = _existing_payload(y, key, texture)

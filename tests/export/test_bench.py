@@ -58,6 +58,7 @@ def test_backdrop_bench_writes_json_markdown_and_plot(tmp_path):
 
 def test_bench_crosses_backends_with_precisions_and_says_why_it_skips(tmp_path):
     pytest.importorskip("openvino", reason="the cpu-engines extra (openvino) is not installed")
+    from comfyui_backdrop.runtime.allocator import allocator_state
     from comfyui_backdrop.runtime.engines.precision import cpu_info, native_support
 
     config = tmp_path / "config.json"
@@ -69,8 +70,9 @@ def test_bench_crosses_backends_with_precisions_and_says_why_it_skips(tmp_path):
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     cpu = report["settings"]["machine"]["cpu"]
     assert cpu["model"] == cpu_info().model and cpu["isa"] == cpu_info().isa  # the report names the CPU and ISA
-    allocator = report["settings"]["machine"]["allocator"]  # ... and how this process allocates (not tuned here)
-    assert allocator["policy"].startswith("stock") and "stock" in report["settings"]["machine"]["allocator_line"]
+    allocator = report["settings"]["machine"]["allocator"]  # ... and how this process allocates (conftest tunes it)
+    assert allocator == allocator_state().to_dict()
+    assert report["settings"]["machine"]["allocator_line"] == allocator_state().describe()
     rows = {r["name"]: r for r in report["sections"]["UNet step"]}
     skipped = {s["name"]: s["reason"] for s in report["skipped"]["UNet step"]}
     assert rows["torch eager fp32"]["max_rel_error"] == 0.0
