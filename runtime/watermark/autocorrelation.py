@@ -96,11 +96,34 @@ def _radial_maps(size: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nda
     """The remap coordinates RADIAL_STEP px in and out along the radius of a ``size`` x ``size`` lag map
     (one per size: every image of a size shares them; read-only)."""
     c = (size - 1) / 2.0
-    lags = np.arange(size, dtype=np.float32) - c
-    ly, lx = np.meshgrid(lags, lags, indexing="ij")
-    radius = np.maximum(np.hypot(lx, ly), 1.0)
-    ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
-    return ((_read_only(lx - ux + c), _read_only(ly - uy + c)), (_read_only(lx + ux + c), _read_only(ly + uy + c)))
+    in_x, in_y, out_x, out_y = _offsets(size)
+    return ((_read_only(in_x + c), _read_only(in_y + c)), (_read_only(out_x + c), _read_only(out_y + c)))
+
+
+_largest_offsets: tuple[np.ndarray, ...] = ()
+
+
+def _offsets(size: int) -> tuple[np.ndarray, ...]:
+    """(lag - step) x, y and (lag + step) x, y of a ``size`` x ``size`` lag map, centred on lag 0.
+
+    The values depend only on the lag, so an odd-sized map's are the centre of any larger odd-sized map's: the
+    largest computed so far is kept and cropped (bit for bit what computing them anew gives), and an image of a
+    new size costs an addition instead of a hypot and two divisions per lag (pictures of unseen sizes below
+    1,280 px each need their own lag map).
+    """
+    global _largest_offsets
+    big = _largest_offsets[0].shape[0] if _largest_offsets else 0
+    if big < size or (big - size) % 2:
+        lags = np.arange(size, dtype=np.float32) - np.float32((size - 1) / 2.0)
+        ly, lx = np.meshgrid(lags, lags, indexing="ij")
+        radius = np.maximum(np.hypot(lx, ly), 1.0)
+        ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
+        offsets = tuple(_read_only(a) for a in (lx - ux, ly - uy, lx + ux, ly + uy))
+        if size > big:
+            _largest_offsets = offsets
+        return offsets
+    top = (big - size) // 2
+    return tuple(a[top:top + size, top:top + size] for a in _largest_offsets)
 
 
 @lru_cache(maxsize=32)

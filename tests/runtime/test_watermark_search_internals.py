@@ -130,3 +130,31 @@ def test_batched_comb_scores_are_each_lattices_comb(marked_acf: np.ndarray):
     expected = np.array([_reference_comb(marked_acf, v1, v2) for v1, v2 in pairs])
     assert np.allclose(scores, expected, rtol=1e-4, atol=1e-4)  # coordinates rounded to float32 differently
     assert scores.max() > 5  # the mark's lattice is among them
+
+
+def test_the_radial_maps_of_any_size_are_what_computing_them_anew_gives():
+    """A lag map's remap coordinates are cropped from the largest computed so far (odd sizes share a centre)."""
+    from comfyui_backdrop.runtime.watermark import autocorrelation as module
+
+    def anew(size: int) -> list[np.ndarray]:
+        c = (size - 1) / 2.0
+        lags = np.arange(size, dtype=np.float32) - c
+        ly, lx = np.meshgrid(lags, lags, indexing="ij")
+        radius = np.maximum(np.hypot(lx, ly), 1.0)
+        ux, uy = lx / radius * module.RADIAL_STEP, ly / radius * module.RADIAL_STEP
+        return [lx - ux + c, ly - uy + c, lx + ux + c, ly + uy + c]
+
+    saved = module._largest_offsets
+    try:
+        for order in ([257, 769, 601, 99], [769, 257, 305, 768, 431]):  # growing and shrinking; one even size
+            module._radial_maps.cache_clear()
+            module._largest_offsets = ()
+            for size in order:
+                (in_x, in_y), (out_x, out_y) = module._radial_maps(size)
+                for got, want in zip((in_x, in_y, out_x, out_y), anew(size), strict=True):
+                    assert got.dtype == np.float32 and got.shape == (size, size)
+                    assert np.array_equal(got, want)  # bit for bit
+                    assert not got.flags.writeable
+    finally:
+        module._radial_maps.cache_clear()
+        module._largest_offsets = saved
