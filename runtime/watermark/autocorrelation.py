@@ -16,6 +16,9 @@ import cv2
 import numpy as np
 import scipy.fft as sp_fft
 
+from .pattern import PERIOD
+
+MAX_LAG = 6 * PERIOD  # px: the longest lag any lattice search asks for (lattice.estimate_lattices)
 WINDOW = 1024        # px: the autocorrelation uses at most the central WINDOW x WINDOW px
 RADIAL_STEP = 3.0    # px: the radial high-pass compares each lag with lags this much further in and out
 FLATTEN_SIGMA = 4.0  # frequency bins: the power spectrum is divided by its Gaussian local mean of this width
@@ -106,22 +109,23 @@ _largest_offsets: tuple[np.ndarray, ...] = ()
 def _offsets(size: int) -> tuple[np.ndarray, ...]:
     """(lag - step) x, y and (lag + step) x, y of a ``size`` x ``size`` lag map, centred on lag 0.
 
-    The values depend only on the lag, so an odd-sized map's are the centre of any larger odd-sized map's: the
-    largest computed so far is kept and cropped (bit for bit what computing them anew gives), and an image of a
-    new size costs an addition instead of a hypot and two divisions per lag (pictures of unseen sizes below
-    1,280 px each need their own lag map).
+    The values depend only on the lag, so an odd-sized map's are the centre of any larger odd-sized map's: those
+    of the largest map a search uses (2 * MAX_LAG + 1) are computed once and cropped (bit for bit what computing
+    them anew gives), and a picture of a new size costs an addition instead of a hypot and two divisions per lag
+    (below 1,280 px every picture size has lag maps of its own).
     """
     global _largest_offsets
     big = _largest_offsets[0].shape[0] if _largest_offsets else 0
     if big < size or (big - size) % 2:
-        lags = np.arange(size, dtype=np.float32) - np.float32((size - 1) / 2.0)
+        full = max(size, 2 * MAX_LAG + 1) if size % 2 else size
+        lags = np.arange(full, dtype=np.float32) - np.float32((full - 1) / 2.0)
         ly, lx = np.meshgrid(lags, lags, indexing="ij")
         radius = np.maximum(np.hypot(lx, ly), 1.0)
         ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
         offsets = tuple(_read_only(a) for a in (lx - ux, ly - uy, lx + ux, ly + uy))
-        if size > big:
-            _largest_offsets = offsets
-        return offsets
+        if full % 2 == 0:  # an even size (no search asks for one) has no centre lag to share: used once
+            return offsets
+        _largest_offsets, big = offsets, full
     top = (big - size) // 2
     return tuple(a[top:top + size, top:top + size] for a in _largest_offsets)
 
@@ -130,14 +134,17 @@ def _offsets(size: int) -> tuple[np.ndarray, ...]:
 def _inverse_overlap(h: int, w: int, max_lag: int) -> np.ndarray:
     """1 / sqrt(pixels overlapping at each lag) of an h x w residual (read-only, cached per size)."""
     lags = np.abs(np.arange(-max_lag, max_lag + 1))
-    return _read_only((1.0 / np.sqrt(np.outer(h - lags, w - lags))).astype(np.float32))
+    overlap = np.outer(np.float64(h) - lags, np.float64(w) - lags)  # whole numbers, exact in float64
+    np.sqrt(overlap, out=overlap)
+    np.divide(1.0, overlap, out=overlap)
+    return _read_only(overlap.astype(np.float32))
 
 
 @lru_cache(maxsize=8)
 def _far_from_origin(max_lag: int) -> np.ndarray:
     """Which lags of every third row and column lie more than 12 px from the origin (the z-map's ring)."""
-    lags = np.arange(-max_lag, max_lag + 1)[::3]
-    return _read_only(np.hypot(lags[:, None], lags[None, :]) > 12)
+    squares = np.square(np.arange(-max_lag, max_lag + 1)[::3])
+    return _read_only(squares[:, None] + squares[None, :] > 12 * 12)  # whole lags: the same as hypot > 12
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .autocorrelation import autocorrelation, central_window, sample
+from .autocorrelation import MAX_LAG, autocorrelation, central_window, sample
 from .pattern import PERIOD
 
 MIN_SCALE = 0.4      # per-axis scale range of the main search (0.5x..2x with +/-20% aspect)
@@ -265,7 +265,7 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
     """
     window = central_window(r)
     side = min(window.shape)
-    max_lag = int(min(LAG_FRACTION * side, 6 * PERIOD))
+    max_lag = int(min(LAG_FRACTION * side, MAX_LAG))
     acf_smooth = None
     hypotheses: list[Lattice] = []
     for low, high, kept in ((lo, hi, count), (FINE_SCALE * PERIOD, lo, fine)):
