@@ -18,7 +18,7 @@ the user set these thresholds already (theirs are kept), or with ``BACKDROP_ALLO
 never call it when they load: a node pack does not retune the process it is loaded into (docs/performance.md shows
 the launch line that does). The one exception is the watermark codec, which is allocation-bound: its first
 ``embed`` or ``detect`` calls ``tune_allocator(export=False)`` (this process only, nothing exported), because in
-a fresh process stock glibc trims and re-faults its heap on every call (embedding at 512 px took 1.7x as long).
+a fresh process stock glibc trims and re-faults its heap on every call (embedding at 512 px took up to 1.7x as long).
 After a diffusion run glibc has raised its own thresholds to about these values, so in ComfyUI that call changes
 little. What was measured, and the stronger settings that were not kept (no mmap at all, transparent huge pages,
 tcmalloc), is in docs/performance.md; ``benchmarks/probe_allocator.py`` measures it in fresh processes.

@@ -21,7 +21,7 @@ full detection); call ``detect`` first where that matters.
 
 Memory: the codec allocates and frees a few MB of float32 temporaries per call. In a fresh process stock glibc
 gives them back to the kernel at the end of each call (it trims its heap top) and faults them in again on the
-next, which made embedding at 512 px take 1.7x as long. So the first ``embed``, ``detect`` or ``analyse`` tunes
+next, which made embedding at 512 px take up to 1.7x as long. So the first ``embed``, ``detect`` or ``analyse`` tunes
 this process's malloc (``runtime/allocator.tune_allocator(export=False)``: nothing exported, the user's
 ``GLIBC_TUNABLES`` and ``BACKDROP_ALLOCATOR=stock`` respected; a bad ``BACKDROP_ALLOCATOR`` is an
 InvalidInputError).
