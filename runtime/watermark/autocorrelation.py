@@ -115,19 +115,20 @@ def _offsets(size: int) -> tuple[np.ndarray, ...]:
     (below 1,280 px every picture size has lag maps of its own).
     """
     global _largest_offsets
-    big = _largest_offsets[0].shape[0] if _largest_offsets else 0
+    offsets = _largest_offsets  # one snapshot: another thread may replace the global meanwhile
+    big = offsets[0].shape[0] if offsets else 0
     if big < size or (big - size) % 2:
         full = max(size, 2 * MAX_LAG + 1) if size % 2 else size
         lags = np.arange(full, dtype=np.float32) - np.float32((full - 1) / 2.0)
         ly, lx = np.meshgrid(lags, lags, indexing="ij")
         radius = np.maximum(np.hypot(lx, ly), 1.0)
         ux, uy = lx / radius * RADIAL_STEP, ly / radius * RADIAL_STEP
-        offsets = tuple(_read_only(a) for a in (lx - ux, ly - uy, lx + ux, ly + uy))
+        offsets, big = tuple(_read_only(a) for a in (lx - ux, ly - uy, lx + ux, ly + uy)), full
         if full % 2 == 0:  # an even size (no search asks for one) has no centre lag to share: used once
             return offsets
-        _largest_offsets, big = offsets, full
+        _largest_offsets = offsets
     top = (big - size) // 2
-    return tuple(a[top:top + size, top:top + size] for a in _largest_offsets)
+    return tuple(a[top:top + size, top:top + size] for a in offsets)
 
 
 @lru_cache(maxsize=32)
