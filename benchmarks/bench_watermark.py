@@ -75,6 +75,7 @@ from tests.fixtures.watermark_images import (  # noqa: E402
     subtract_estimate,
     tone,
     turn,
+    unseen_sizes,
     webp,
 )
 
@@ -244,8 +245,7 @@ def _unseen_sizes_ms_per_mp(base: np.ndarray, side: int, count: int) -> float:
     """Median ms/MP of one detection each on ``count`` unmarked pictures of sizes this process has not seen (near
     ``side``): what a battery of unseen images pays, per-size set-up included."""
     rates = []
-    for i in range(1, count + 1):
-        w, h = side + 2 * i + 1, side + 6 * i + 3
+    for w, h in unseen_sizes(side, count):
         image = cv2.resize(base, (w, h), interpolation=cv2.INTER_AREA if side < 1211 else cv2.INTER_CUBIC)
         start = time.perf_counter()
         detect(image, KEY)

@@ -32,7 +32,6 @@ from pathlib import Path
 
 WORKLOADS = ("unet-fp32", "unet-bf16", "vae-decode", "vae-encode", "lora-train", "watermark-embed",
              "watermark-detect")
-WATERMARK_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
 WATERMARK_KEY = b"probe-allocator-watermark-key-00"
 
 
@@ -123,11 +122,11 @@ def _watermark_photos(folder: Path, side: int) -> Path:
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.fixtures.watermark_images import skimage_photo
+    from tests.fixtures.watermark_images import SPEED_PHOTOS, skimage_photo
 
     path = folder / "probe_allocator_photos.npy"
     np.save(path, np.stack([cv2.resize(skimage_photo(name), (side, side), interpolation=cv2.INTER_AREA)
-                            for name in WATERMARK_PHOTOS]))
+                            for name in SPEED_PHOTOS]))
     return path
 
 

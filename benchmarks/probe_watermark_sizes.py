@@ -31,10 +31,9 @@ if str(ROOT) not in sys.path:  # run as a script: make the shared test helpers (
 
 from comfyui_backdrop.runtime.engines.precision import cpu_info  # noqa: E402
 from comfyui_backdrop.runtime.watermark import detect  # noqa: E402
-from tests.fixtures.watermark_images import skimage_photo  # noqa: E402
+from tests.fixtures.watermark_images import SPEED_PHOTOS, skimage_photo, unseen_sizes  # noqa: E402
 
 KEY = b"probe-watermark-sizes-key-000000"
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
 
 
 def main(argv: list[str]) -> int:
@@ -42,11 +41,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--side", type=int, default=512, help="pictures are about this many px a side")
     parser.add_argument("--count", type=int, default=24, help="pictures, each of a size new to the process")
     args = parser.parse_args(argv)
-    photos = [skimage_photo(name) for name in PHOTOS]
+    photos = [skimage_photo(name) for name in SPEED_PHOTOS]
     detect(cv2.resize(photos[0], (args.side, args.side)), KEY)  # imports and per-key set-up, not per size
     first, again, per_mp = [], [], []
-    for i in range(1, args.count + 1):
-        w, h = args.side + 2 * i + 1, args.side + 6 * i + 3
+    for i, (w, h) in enumerate(unseen_sizes(args.side, args.count), start=1):
         picture = cv2.resize(photos[i % len(photos)], (w, h), interpolation=cv2.INTER_AREA)
         start = time.perf_counter()
         detect(picture, KEY)
