@@ -166,16 +166,18 @@ class BackdropVerify(HostedNode):
             "optional": {"image": ("IMAGE", {"tooltip": "images to verify (each one of the batch)"})},
         }
 
-    RETURN_TYPES = ("BOOLEAN", "STRING", "FLOAT", "STRING", "STRING", "STRING", "STRING")
-    RETURN_NAMES = ("found", "watermark_id", "score", "record", "signature", "chain", "report")
+    RETURN_TYPES = ("BOOLEAN", "STRING", "FLOAT", "STRING", "STRING", "STRING", "STRING", "MASK")
+    RETURN_NAMES = ("found", "watermark_id", "score", "record", "signature", "chain", "report", "presence")
     OUTPUT_TOOLTIPS = ('whether a watermark was found, per image (a list)',
                        'the watermark ID read, per image',
                        'detection score per image (higher is surer)',
                        'the ledger record as JSON, per image (empty when the ID is not in this ledger)',
                        'signature status of the record, per image',
                        'hash-chain status of the ledger around the record, per image',
-                       'a readable summary per image')
-    OUTPUT_IS_LIST = (True,) * 7
+                       'a readable summary per image',
+                       'where the mark is, per image: 1 = marked, 0 = not (all 0 when none was found); a '
+                       'spliced image shows which part carries the mark')
+    OUTPUT_IS_LIST = (True,) * 8
     OUTPUT_NODE = True  # a verification is worth running on its own; the reports are shown on the node
     FUNCTION = "verify"
     CATEGORY = CATEGORY
@@ -184,7 +186,9 @@ class BackdropVerify(HostedNode):
                              "first, then the chosen file). Unmarked: found is false and the ID empty. signature: "
                              "valid / invalid / untrusted signer / no record; chain: intact / broken / no record. "
                              "record is the ledger record as JSON (watermark_version: the codec that made the "
-                             "mark).", masks=False)
+                             "mark). presence is a MASK of where the mark is, per image (image size; all 0 when "
+                             "none was found): for spliced images and partial crops, a marked region down to about "
+                             "a tenth of the picture is found and mapped.", masks=False)
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):
@@ -203,15 +207,26 @@ class BackdropVerify(HostedNode):
             pictures = images_to_list(image, "BackdropVerify", "image")
             progress = self.host.progress(len(pictures))
             for index, picture in enumerate(pictures):
-                results.append(service.verify_image(picture, source=f"image {index + 1}"))
+                results.append(service.verify_image(picture, source=f"image {index + 1}", localise=True))
                 progress(index + 1, len(pictures))
         if file != NO_FILE:
-            results.append(service.verify_file(self.host.input_image_path(file)))
+            results.append(service.verify_file(self.host.input_image_path(file), localise=True))
         reports = [r.summary() for r in results]
         outputs = ([r.found for r in results], [r.watermark_id for r in results], [float(r.score) for r in results],
                    [json.dumps(r.record, ensure_ascii=False) if r.record else "" for r in results],
-                   [r.signature for r in results], [r.chain for r in results], reports)
+                   [r.signature for r in results], [r.chain for r in results], reports,
+                   [presence_mask(r) for r in results])
         return {"ui": {"text": reports}, "result": outputs}
+
+
+def presence_mask(result):
+    """A verification's presence map as a ComfyUI MASK [1, H, W] (zeros when no mark was found)."""
+    import torch
+
+    height, width = result.size
+    if result.presence is None:
+        return torch.zeros((1, height, width), dtype=torch.float32)
+    return torch.from_numpy(result.presence.mask(height, width)[None].copy())
 
 
 class BackdropSave(HostedNode):

@@ -82,6 +82,16 @@ class Pyramid:
                 self._r[1] = whitened_residual(half, WEIGHTS)
         return self._r[level]
 
+    def window(self, top: int, left: int, side: int) -> Pyramid:
+        """The pyramid of a ``side`` px square window at (``top``, ``left``), its residuals cropped from this one's
+        (a window's own residual would differ only at its border and in scale); the half level only where the
+        corner is on the half level's pixel grid, i.e. ``top`` and ``left`` even."""
+        rows, cols = slice(top, top + side), slice(left, left + side)
+        out = Pyramid(self.y[rows, cols], r0=self.residual(0)[rows, cols])
+        if top % 2 == 0 and left % 2 == 0 and out.has_half_level():
+            out._r[1] = self.residual(1)[top // 2:(top + side) // 2, left // 2:(left + side) // 2]
+        return out
+
     def has_half_level(self) -> bool:
         return min(self.y.shape) >= 2 * PERIOD
 

@@ -25,6 +25,7 @@ from comfyui_backdrop.runtime.watermark import MIN_SIDE, ImageTooSmallError
 from comfyui_backdrop.runtime.watermark.service import AlreadyMarkedError, get_service
 from tests.conftest import use_node_host
 from tests.fixtures.images import image_batch, studio_product_photo
+from tests.fixtures.watermark_images import skimage_photo
 
 MARK_DEFAULTS = {"account": "acme", "prompt": "bottle on linen", "negative_prompt": "text", "generation_seed": 42,
                  "metadata": '{"client": "ACME"}', "if_already_marked": "refuse", "if_too_small": "leave unmarked",
@@ -84,8 +85,9 @@ def test_watermark_a_batch_then_verify_it(env, photos, progress_log):
     assert len(id_list) == 2 and len(set(id_list)) == 2 and all(len(i) == 16 for i in id_list)
     assert report.count("marked") == 2 and progress_log[-1] == (2, 2)
 
-    found, wids, scores, records, signatures, chains, reports = BackdropVerify().verify(image=image)["result"]
+    found, wids, scores, records, signatures, chains, reports, presence = BackdropVerify().verify(image=image)["result"]
     assert found == [True, True] and wids == id_list
+    assert [tuple(m.shape) for m in presence] == [(1, *image.shape[1:3])] * 2 and all(m.min() > 0.9 for m in presence)
     assert all(s > 6 for s in scores) and signatures == ["valid"] * 2 and chains == ["intact"] * 2
     record = json.loads(records[0])
     assert record["account"] == "acme" and record["seed"] == 42 and record["prompt"] == "bottle on linen"
@@ -104,9 +106,22 @@ def test_product_mask_keeps_the_product_exact(env):
     assert BackdropVerify().verify(image=marked)["result"][1] == ids.split("\n")
 
 
+def test_verify_maps_where_a_spliced_image_carries_the_mark(env):
+    photo = studio_product_photo(384, 512, seed=3)[0]
+    other = skimage_photo("rocket")[:384, :512]
+    marked, ids, _ = BackdropWatermark().mark(image_batch(photo), **MARK_DEFAULTS)
+    spliced = torch.from_numpy(other.astype(np.float32) / 255)[None].clone()
+    spliced[:, :, :256] = marked[:, :, :256]  # the marked left half beside an unmarked photo
+    found, wids, *_, presence = BackdropVerify().verify(image=spliced)["result"]
+    assert found == [True] and wids == [ids] and presence[0].shape == (1, 384, 512)
+    assert presence[0][0, :, :192].mean() > 0.9 and presence[0][0, :, 320:].mean() < 0.1
+
+
 def test_unmarked_images_verify_as_not_found(env, photos):
-    found, wids, scores, records, signatures, chains, _ = BackdropVerify().verify(image=photos[:1])["result"]
+    found, wids, scores, records, signatures, chains, _, presence = BackdropVerify().verify(image=photos[:1])["result"]
     assert found == [False] and wids == [""] and records == [""] and signatures == chains == ["not marked"]
+    assert presence[0].shape == (1, *photos.shape[1:3]) and presence[0].dtype == torch.float32
+    assert not presence[0].any()
     assert isinstance(scores[0], float)
     with pytest.raises(InvalidInputError, match="connect an image or choose a file"):
         BackdropVerify().verify()
@@ -180,8 +195,10 @@ def test_save_then_verify_the_file(env, photos):
 
     (env / "input" / "delivered.png").write_bytes(original)
     assert "delivered.png" in BackdropVerify.INPUT_TYPES()["required"]["file"][0]
-    found, wids, _, records, signatures, chains, reports = BackdropVerify().verify(file="delivered.png")["result"]
+    found, wids, _, records, signatures, chains, reports, presence = BackdropVerify().verify(
+        file="delivered.png")["result"]
     assert found == [True] and wids == [ids.split("\n")[0]] and signatures == ["valid"] and chains == ["intact"]
+    assert presence[0].shape == (1, 256, 256) and presence[0].min() > 0.9
     assert "C2PA manifest trusted" in reports[0] and json.loads(records[0])["account"] == "acme"
     assert "identical to the marked image" in reports[0], "the saved PNG holds exactly the recorded pixels"
 

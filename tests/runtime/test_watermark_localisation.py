@@ -14,6 +14,8 @@ from comfyui_backdrop.cli.verify import add_verify_parser, run_verify
 from comfyui_backdrop.runtime.provenance.records import RecordContent
 from comfyui_backdrop.runtime.saving import SaveOptions, save_image
 from comfyui_backdrop.runtime.watermark import detect, embed
+from comfyui_backdrop.runtime.watermark.pattern import PERIOD
+from comfyui_backdrop.runtime.watermark.regions import MAX_WINDOWS, MIN_WINDOW, window_side, windows
 from comfyui_backdrop.runtime.watermark.service import ProvenanceService
 from tests.fixtures.watermark_images import (
     averaged_residual_tile,
@@ -41,6 +43,63 @@ def test_map_marks_the_marked_half_of_a_spliced_image(version, left):
     marked_side, other_side = (mask[:, :192], mask[:, 320:]) if left else (mask[:, 320:], mask[:, :192])
     assert marked_side.mean() > 0.9 and other_side.mean() < 0.1
     assert 0.35 < result.presence.marked_fraction < 0.7
+
+
+@pytest.fixture(scope="module")
+def pasted_region():
+    """A 192 px square (9% of the picture) of a marked 640 px photo pasted, in place, into another photo: too
+    little of the picture for the whole-image read (sync z 4.7-5.2 where 5.9 is needed)."""
+    photo = resize(skimage_photo("astronaut"), 1.25)
+    other = resize(skimage_photo("coffee"), 640 / 600, 640 / 400)
+    marked = embed(photo, 4242, KEY)
+    composites = []
+    for top, left in ((200, 200), (420, 100)):
+        composite = other.copy()
+        composite[top:top + 192, left:left + 192] = marked[top:top + 192, left:left + 192]
+        composites.append((composite, top, left))
+    return composites
+
+
+def test_a_small_pasted_region_is_found_and_mapped_by_the_region_search(pasted_region):
+    for composite, top, left in pasted_region:
+        before = composite.copy()
+        assert not detect(composite, KEY).found  # the whole-image read alone misses it
+        result = detect(composite, KEY, localise=True)
+        assert np.array_equal(composite, before)
+        assert result.found and result.payload == 4242 and result.version == 3
+        assert result.false_positive_probability <= 1e-6
+        w_top, w_left, side = result.details["region_px"]
+        rows = min(w_top + side, top + 192) - max(w_top, top)
+        cols = min(w_left + side, left + 192) - max(w_left, left)
+        assert rows > 0 and cols > 0 and rows * cols > 0.75 * side * side  # the window read lies in the region
+        mask = result.presence.mask()
+        inside = np.zeros(mask.shape, bool)
+        inside[top:top + 192, left:left + 192] = True
+        assert mask[inside].mean() > 0.8 and mask[~inside].mean() < 0.05
+        assert result.details["hypotheses"] > 49  # every window is in the bound
+
+
+def test_the_region_search_finds_nothing_in_unmarked_or_other_key_pictures():
+    other_key = b"another-installation-key-0000000"
+    pictures = [resize(skimage_photo(name), 1.25) for name in ("astronaut", "rocket")]
+    pictures.append(embed(pictures[0], 99, other_key))
+    for picture in pictures:
+        result = detect(picture, KEY, localise=True)
+        assert not result.found and result.presence is None and "region_px" not in result.details
+
+
+def test_windows_tile_the_picture_on_whole_periods():
+    assert window_side(100, 5000) == 0 and windows(100, 5000) == []  # no window beside the whole picture
+    assert window_side(512, 512) == MIN_WINDOW and len(windows(512, 512)) == 49
+    layout = windows(1024, 1024)
+    assert {side for _, _, side in layout} == {256} and len(layout) == 169
+    for height, width in ((1024, 1024), (700, 1900), (4000, 6000), (333, 257)):
+        layout = windows(height, width)
+        assert 0 < len(layout) <= MAX_WINDOWS
+        assert all(top % PERIOD == left % PERIOD == 0 and top + side <= height and left + side <= width
+                   for top, left, side in layout)
+        side = layout[0][2]
+        assert max(top for top, _, _ in layout) > height - side - 2 * side  # the grid reaches the far edge
 
 
 def test_map_of_a_recompressed_crop_covers_it_and_nothing_without_a_mark():
