@@ -7,7 +7,8 @@ the detector's residual, one cell of about half a tile period at a time. Each ce
 spread (the residual's local energy under the pattern) and by a global factor measured on decoys (the same
 tile shifted by half a period, which is uncorrelated with the mark), so a cell without the mark reads as
 ~N(0, 1) whatever the picture. The z-map is smoothed over 3x3 cells; a cell counts as marked from
-MARKED_Z up, and the mask ramps to 1 at FULL_Z.
+MARKED_Z up, and the mask ramps to 1 at FULL_Z, where the median z of its 3x3 neighbourhood allows it
+(MEDIAN_Z: the region's edge does not spread into the unmarked cells beside it).
 """
 
 from __future__ import annotations
@@ -41,23 +42,40 @@ class Found(Protocol):
 MIN_CELL = 32               # px (at the working level): smallest cell
 MARKED_Z = 2.5              # smoothed cell z from which the mask starts to rise (one false cell in ~160)
 FULL_Z = 4.5                # ... and reaches 1
+MEDIAN_Z = (0.5, 1.5)       # median z of a 3x3 neighbourhood: its cell gets no share below, a full one above
 DECOY_SHIFTS = ((PERIOD // 2, 0), (0, PERIOD // 2), (PERIOD // 2, PERIOD // 2), (PERIOD // 4, 3 * PERIOD // 4))
 
 
 @dataclass(frozen=True)
 class PresenceMap:
     """Per-cell evidence of the mark. ``z``: [rows, cols] smoothed z-scores; ``cell_px``: a cell's side in the
-    image's px; ``height``/``width``: the image size the cells cover."""
+    image's px; ``height``/``width``: the image size the cells cover; ``median_z``: the median of each cell's 3x3
+    neighbourhood before smoothing (None: not gated).
+
+    A cell's level rises with its smoothed z (MARKED_Z to FULL_Z) and is gated by the median z of its 3x3
+    neighbourhood (``median_z``, MEDIAN_Z): next to a strongly marked region an unmarked cell reads the region's z
+    through the smoothing, but most of its neighbourhood does not; a weak cell inside a marked region keeps its
+    share. Measured on composites (benchmarks/probe_splices.py, 1024 px, squares of 5-50% of the picture): the
+    unmarked rest the mask covers at most 0.264 -> 0.108, IoU median 0.78-0.92 -> 0.79-0.93."""
 
     z: np.ndarray
     cell_px: float
     height: int
     width: int
+    median_z: np.ndarray | None = None
+
+    def levels(self) -> np.ndarray:
+        """float32 [rows, cols] in 0..1: each cell's share of the mask."""
+        level = np.clip((self.z - MARKED_Z) / (FULL_Z - MARKED_Z), 0.0, 1.0)
+        if self.median_z is not None:
+            low, high = MEDIAN_Z
+            level = level * np.clip((self.median_z - low) / (high - low), 0.0, 1.0)
+        return level.astype(np.float32)
 
     def mask(self, height: int | None = None, width: int | None = None) -> np.ndarray:
         """float32 [H, W] in 0..1: 1 where the mark is, 0 where it is not (default: the image's size)."""
         h, w = height or self.height, width or self.width
-        level = np.clip((self.z - MARKED_Z) / (FULL_Z - MARKED_Z), 0.0, 1.0).astype(np.float32)
+        level = self.levels()
         rows, cols = level.shape
         big = cv2.resize(level, (round(cols * self.cell_px), round(rows * self.cell_px)),
                          interpolation=cv2.INTER_LINEAR)[: self.height, : self.width]
@@ -67,8 +85,8 @@ class PresenceMap:
 
     @property
     def marked_fraction(self) -> float:
-        """Share of the cells whose smoothed z reaches MARKED_Z."""
-        return float(np.mean(self.z >= MARKED_Z))
+        """Share of the cells the mask marks (level at least one half)."""
+        return float(np.mean(self.levels() >= 0.5))
 
 
 def _expected_tile(key: bytes, analysis: Found) -> np.ndarray:
@@ -139,4 +157,5 @@ def presence_map(image: np.ndarray, key: bytes, analysis: Found) -> PresenceMap:
     kappa = float(np.sqrt(np.mean(decoys**2))) if decoys.size else 1.0
     z = z_cells[0] / max(kappa, 1e-6)
     smoothed = cv2.blur(z.astype(np.float32), (3, 3), borderType=cv2.BORDER_REFLECT) * 3.0
-    return PresenceMap(z=smoothed, cell_px=cell * scale, height=height, width=width)
+    typical = cv2.medianBlur(z.astype(np.float32), 3)  # the 3x3 median: what most of a cell's neighbourhood reads
+    return PresenceMap(z=smoothed, cell_px=cell * scale, height=height, width=width, median_z=typical)

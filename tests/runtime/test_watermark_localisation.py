@@ -79,6 +79,22 @@ def test_a_small_pasted_region_is_found_and_mapped_by_the_region_search(pasted_r
         assert result.details["hypotheses"] > 49  # every window is in the bound
 
 
+def test_the_map_of_a_pasted_studio_shot_does_not_spread_beyond_it():
+    """Before the neighbourhood median gated each cell (stop 36) the mask covered a 32-64 px ring around a
+    strongly marked region: IoU 0.68, 16% of the unmarked rest marked."""
+    marked = embed(studio_shot(768, 768, seed=4), 4242, KEY)
+    composite = resize(skimage_photo("coffee"), 768 / 600, 768 / 400)
+    composite[128:512, 192:576] = marked[128:512, 192:576]
+    result = detect(composite, KEY, localise=True)
+    assert result.found and result.payload == 4242
+    inside = np.zeros(composite.shape[:2], bool)
+    inside[128:512, 192:576] = True
+    mask = result.presence.mask() > 0.5
+    assert (mask & inside).sum() / (mask | inside).sum() > 0.8
+    assert (mask & ~inside).sum() / (~inside).sum() < 0.03
+    assert 0.2 < result.presence.marked_fraction < 0.35  # the square is 25% of the picture
+
+
 def test_the_region_search_finds_nothing_in_unmarked_or_other_key_pictures():
     other_key = b"another-installation-key-0000000"
     pictures = [resize(skimage_photo(name), 1.25) for name in ("astronaut", "rocket")]
