@@ -459,33 +459,33 @@ def analyse_regions(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAUL
     read needs a higher sync than a whole-image one (about +0.4 z for 169 windows); an unmarked picture passes
     both stages, so a ``detect(..., localise=True)`` call can report a false ID with probability at most twice
     ``fpr_threshold``. v1 marks are not looked for in windows."""
+    if not 0.0 < fpr_threshold < 1.0:
+        raise InvalidInputError(f"fpr_threshold must be in (0, 1), got {fpr_threshold}")
     key = _check_key(key)
     families = _families(tuple(dict.fromkeys(versions)))
-    if 2 not in families:
-        return None
     _, colour = split(image, "detect")
-    height, width = colour.shape[:2]
-    layout = windows(height, width)
-    if not layout:
+    check_size(colour, MIN_DETECT_SIDE, "detect")
+    layout = windows(*colour.shape[:2])
+    if 2 not in families or not layout:
         return None
+    tune_allocator(export=False)
     pyramid = v2.Pyramid(luma(colour))
-    whole = v2.hypothesis_count(pyramid, HYPOTHESES_V1) + NEIGHBOURS
+    whole = v2.hypothesis_count(pyramid, HYPOTHESES_V1) + NEIGHBOURS  # analyse's family-2 bound
     reads: list[_Read] = []
-    where: list[tuple[int, int, int]] = []
+    window_of: dict[int, tuple[int, int, int]] = {}
     for top, left, side in layout:
-        window = pyramid.window(top, left, side)
         grids = [v2.Hypothesis(IDENTITY, 0)]
         if top % (2 * PERIOD) == 0 and left % (2 * PERIOD) == 0 and side >= 4 * PERIOD:
             grids.append(v2.Hypothesis(IDENTITY, 1))  # the 128 px tile: two periods a side at the half level
-        found = _reads_v2(grids, window, key, {}, families[2])
-        reads += found
-        where += [(top, left, side)] * len(found)
+        for read in _reads_v2(grids, pyramid.window(top, left, side), key, {}, families[2]):
+            reads.append(read)
+            window_of[id(read)] = (top, left, side)
     count = whole + len(reads)
     scorer = _Scorer(2, count, len(families), len(families[2]))
     best = _decode_best(key, reads, scorer, fpr_threshold)
     if best.value is None or scorer.log10_fpp(best.alignment.z, True) > math.log10(fpr_threshold):
         return None
-    return _analysis(key, best, scorer, count), where[next(i for i, r in enumerate(reads) if r is best)]
+    return _analysis(key, best, scorer, count), window_of[id(best)]
 
 
 def _odd(k: int) -> bool:

@@ -367,7 +367,7 @@ def marked_for_delivery(image_uint8: np.ndarray, content: RecordContent, protect
     (one per input x settings x variation) goes into the record's signed metadata; when it is already recorded,
     ``ledger_chain.DuplicateRecordError`` (with the ``existing`` record) is raised before the block runs.
     ``service``: use this one (e.g. built with keys held in memory in a worker) instead of
-    ``get_service(home, ledger)``. ``watermark_version``: the codec version to mark with (1 or 2).
+    ``get_service(home, ledger)``. ``watermark_version``: the codec version to mark with (1, 2 or 3).
     """
     service = service if service is not None else get_service(home, ledger)
     if idempotency_key is not None:

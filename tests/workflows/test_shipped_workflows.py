@@ -200,6 +200,9 @@ def test_product_background_runs_with_the_product_exact_then_verifies(run, studi
     found, ids, signature, chain = (verified.output("2", i) for i in (0, 1, 4, 5))
     assert found == [True] and ids == [marked_ids[1]] and signature == ["valid"] and chain == ["intact"]
     assert marked_ids[1] in verified.ui["2"][0]["text"][0]  # the report shown on the node
+    (presence,) = verified.output("2", 7)  # where the mark is: the new background, not the product kept exact
+    presence = presence[0].numpy()
+    assert presence.shape == product[1].shape and presence[~product[1]].mean() > 0.8
     record = json.loads(verified.output("2", 3)[0])
     assert record["prompt"] == result.output("7", 0)[0] and record["account"] == "studio" and record["seed"] == 42
 
