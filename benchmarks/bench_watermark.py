@@ -32,35 +32,29 @@ Prints markdown tables; ``--out`` also writes every number as JSON. Not collecte
 
 from __future__ import annotations
 
-import os
+import one_thread  # noqa: F401  (first: one thread for numpy and OpenCV; tests.* importable)
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
+# isort: split
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from multiprocessing import get_context  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing import get_context
+from pathlib import Path
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-cv2.setNumThreads(1)
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make the shared test helpers (tests.*) importable
-    sys.path.insert(0, str(ROOT))
-
-from comfyui_backdrop.runtime.allocator import allocator_state  # noqa: E402
-from comfyui_backdrop.runtime.engines.precision import cpu_info  # noqa: E402
-from comfyui_backdrop.runtime.watermark import carrier, codec, detect, embed  # noqa: E402
-from comfyui_backdrop.runtime.watermark.payload import int_to_bits  # noqa: E402
-from comfyui_backdrop.runtime.watermark.perceptual import luma  # noqa: E402
-from tests.fixtures.images import studio_product_photo  # noqa: E402
-from tests.fixtures.watermark_images import (  # noqa: E402
+from comfyui_backdrop.runtime.allocator import allocator_state
+from comfyui_backdrop.runtime.engines.precision import cpu_info
+from comfyui_backdrop.runtime.watermark import carrier, codec, detect, embed
+from comfyui_backdrop.runtime.watermark.payload import int_to_bits
+from comfyui_backdrop.runtime.watermark.perceptual import luma
+from tests.fixtures.images import studio_product_photo
+from tests.fixtures.watermark_images import (
     averaged_residual_tile,
     blur,
     catalog_images,

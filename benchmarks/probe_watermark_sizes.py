@@ -11,27 +11,20 @@ resized to ``side + 2i + 1`` x ``side + 6i + 3`` px.
 
 from __future__ import annotations
 
-import os
+import one_thread  # noqa: F401  (first: one thread for numpy and OpenCV; tests.* importable)
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"
+# isort: split
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import statistics
+import sys
+import time
 
-import cv2  # noqa: E402
+import cv2
 
-cv2.setNumThreads(1)
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make the shared test helpers (tests.*) importable
-    sys.path.insert(0, str(ROOT))
-
-from comfyui_backdrop.runtime.engines.precision import cpu_info  # noqa: E402
-from comfyui_backdrop.runtime.watermark import detect  # noqa: E402
-from tests.fixtures.watermark_images import SPEED_PHOTOS, skimage_photo, unseen_sizes  # noqa: E402
+from comfyui_backdrop.runtime.engines.precision import cpu_info
+from comfyui_backdrop.runtime.watermark import detect
+from tests.fixtures.watermark_images import SPEED_PHOTOS, skimage_photo, unseen_sizes
 
 KEY = b"probe-watermark-sizes-key-000000"
 
