@@ -2,6 +2,8 @@
 watermark, look up and check its signed ledger record, and read its C2PA manifest. ``--ledger`` alone also checks
 the home's whole ledger; ``--ledger LOCATION`` (a ``postgresql://`` URL or an SQLite file ending in .sqlite3, .sqlite
 or .db) looks the IDs up in that ledger and checks all of it. A value that is neither is taken as one more image.
+Each image is read as a whole and, where that finds no mark, window by window, so a marked region pasted into
+another picture is found too (as Backdrop Verify does); the report says how much of the image carries the mark.
 ``--map DIR`` also writes, per file, where in the image the mark reads (``DIR/<name>.watermark-map.png``: white =
 marked, black = not; all black when no mark was found), e.g. to see the marked part of a spliced image or a crop.
 
@@ -59,7 +61,7 @@ def run_verify(args: argparse.Namespace) -> int:
     results: list[Verification] = []
     maps: dict[str, str] = {}
     for path in files:
-        results.append(_verify_one(service, path, localise=args.map is not None))
+        results.append(_verify_one(service, path))
         if args.map is not None and not results[-1].error:
             maps[results[-1].source] = str(_write_map(results[-1], path, args.map))
     ledger = service.ledger.verify() if check_ledger else None
@@ -134,8 +136,9 @@ def _write_map(result, path: Path, folder: Path) -> Path:
     return write_bytes_exclusive(folder / f"{path.stem}.watermark-map.png", buffer.getvalue())
 
 
-def _verify_one(service, path: Path, localise: bool = False):
-    """One file's Verification; a missing or unreadable file is reported as not checked, saying which."""
+def _verify_one(service, path: Path):
+    """One file's Verification, with where the mark is (the region search included); a missing or unreadable file
+    is reported as not checked, saying which."""
     from ..runtime.watermark.service import Verification
 
     if not path.exists():
@@ -146,7 +149,7 @@ def _verify_one(service, path: Path, localise: bool = False):
         why = f"{path} is not a file"
         return Verification(source=str(path), error=why, message=why)
     try:
-        return service.verify_file(path, localise=localise)
+        return service.verify_file(path, localise=True)
     except (BackdropError, OSError, ValueError) as exc:
         why = f"unreadable: {exc}"
         return Verification(source=str(path), error=why, message=why)

@@ -14,6 +14,7 @@ from comfyui_backdrop.runtime.provenance.records import RecordContent
 from comfyui_backdrop.runtime.saving import SaveOptions, save_image
 from comfyui_backdrop.runtime.watermark.service import ProvenanceService
 from tests.fixtures.images import studio_product_photo
+from tests.fixtures.watermark_images import skimage_photo
 
 
 def verify(argv: list[str]) -> int:
@@ -47,6 +48,23 @@ def test_marked_file_verifies(files, capsys):
     assert entry["pixels"] == "identical to the marked image"
     assert entry["c2pa"]["state"] == "Trusted" and entry["c2pa"]["watermark_ids"] == [marked.watermark_id]
     assert document["ledger"] is None
+
+
+def test_a_spliced_file_verifies_and_the_report_says_how_much_carries_the_mark(files, tmp_path, capsys):
+    """verify always localises, as Backdrop Verify does (the region search included; codec-level tests cover a
+    region too small for the whole-image read), with or without --map."""
+    home, _, _, marked = files
+    other = skimage_photo("rocket")[:320, :384]
+    composite = other.copy()
+    composite[:, :192] = marked.image[:, :192]  # the marked half beside an unmarked photo
+    path = tmp_path / "composite.png"
+    cv2.imwrite(str(path), cv2.cvtColor(composite, cv2.COLOR_RGB2BGR))
+    assert verify([str(path), "--home", str(home), "--json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)["files"]
+    assert entry["found"] and entry["watermark_id"] == marked.watermark_id and "map" not in entry
+    assert 0.3 < entry["presence"]["marked_fraction"] < 0.75
+    assert verify([str(path), "--home", str(home)]) == 0
+    assert "of the image" in capsys.readouterr().out  # "mark present in NN% of the image"
 
 
 def test_unmarked_file_and_text_output(files, capsys, monkeypatch):
