@@ -235,12 +235,17 @@ def _timed_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
+def _speed_picture(base: np.ndarray, side: int, size: tuple[int, int]) -> np.ndarray:
+    """The speed table's picture for the ``side`` px row, ``size`` (w, h) px, from the 1211 px ``base`` crop."""
+    return cv2.resize(base, size, interpolation=cv2.INTER_AREA if side < 1211 else cv2.INTER_CUBIC)
+
+
 def _unseen_sizes_ms_per_mp(base: np.ndarray, side: int, count: int) -> float:
     """Median ms/MP of one detection each on ``count`` unmarked pictures of sizes this process has not seen (near
     ``side``): what a battery of unseen images pays, per-size set-up included."""
     rates = []
     for w, h in unseen_sizes(side, count):
-        image = cv2.resize(base, (w, h), interpolation=cv2.INTER_AREA if side < 1211 else cv2.INTER_CUBIC)
+        image = _speed_picture(base, side, (w, h))
         start = time.perf_counter()
         detect(image, KEY)
         rates.append((time.perf_counter() - start) * 1000 / (w * h / 1e6))
@@ -251,7 +256,7 @@ def speed(quick: bool, versions: tuple[int, ...]) -> list[dict]:
     base = skimage_photo("retina")[100:1311, 100:1311]
     rows = []
     for side in (512, 1024) if quick else (512, 1024, 2048):
-        image = cv2.resize(base, (side, side), interpolation=cv2.INTER_AREA if side < 1211 else cv2.INTER_CUBIC)
+        image = _speed_picture(base, side, (side, side))
         mp = side * side / 1e6
         clean_ms = _timed_ms(lambda image=image: detect(image, KEY), 3 if quick else 5)
         unseen = _unseen_sizes_ms_per_mp(base, side, 3 if quick else 7)

@@ -220,13 +220,10 @@ class BackdropVerify(HostedNode):
 
 
 def presence_mask(result):
-    """A verification's presence map as a ComfyUI MASK [1, H, W] (zeros when no mark was found)."""
+    """A verification's presence map (``Verification.presence_mask``) as a ComfyUI MASK [1, H, W]."""
     import torch
 
-    height, width = result.size
-    if result.presence is None:
-        return torch.zeros((1, height, width), dtype=torch.float32)
-    return torch.from_numpy(result.presence.mask(height, width)[None].copy())
+    return torch.from_numpy(result.presence_mask()[None].copy())
 
 
 class BackdropSave(HostedNode):

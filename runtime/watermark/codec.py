@@ -313,6 +313,13 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
     that could have been tried. Given ``lattices``, only those are tried.
     (``bits`` of a hypothesis too weak to decode come from its Viterbi path all the same, for diagnostics.)
     """
+    key, versions, pyramid = _prepare(image, key, versions)
+    return _analyse(pyramid, key, fpr_threshold, lattices, versions)
+
+
+def _prepare(image: np.ndarray, key: bytes, versions: tuple[int, ...]) -> tuple[bytes, tuple[int, ...], v2.Pyramid]:
+    """The checked key and versions (duplicates dropped), and the pyramid of ``image``'s luma: what every search
+    of one picture shares."""
     key = _check_key(key)
     versions = tuple(dict.fromkeys(versions))
     if not versions or any(v not in VERSIONS for v in versions):
@@ -320,13 +327,24 @@ def analyse(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR,
     _, colour = split(image, "detect")
     check_size(colour, MIN_DETECT_SIDE, "detect")
     tune_allocator(export=False)  # see the module docstring: the codec is allocation-bound
-    pyramid = v2.Pyramid(luma(colour))
-    given = lattices is not None
-    level0 = len(lattices) if given else HYPOTHESES_V1
+    return key, versions, v2.Pyramid(luma(colour))
+
+
+def _counts(pyramid: v2.Pyramid, lattices: list[Lattice] | None) -> dict[int, int]:
+    """The hypotheses each search family could try on ``pyramid`` (the false-positive bound's H)."""
+    level0 = len(lattices) if lattices is not None else HYPOTHESES_V1
     counts = {1: level0, 2: v2.hypothesis_count(pyramid, level0)}
-    families = _families(versions)
-    if not given:
+    if lattices is None:
         counts[2] += NEIGHBOURS  # the second look (``_second_look``)
+    return counts
+
+
+def _analyse(pyramid: v2.Pyramid, key: bytes, fpr_threshold: float, lattices: list[Lattice] | None,
+             versions: tuple[int, ...]) -> Analysis:
+    """``analyse`` on a prepared picture (``_prepare``)."""
+    given = lattices is not None
+    counts = _counts(pyramid, lattices)
+    families = _families(versions)
     scorers = {f: _Scorer(f, counts[f], len(families), len(codes)) for f, codes in families.items()}
     reads: dict[int, list[_Read]] = {f: [] for f in families}
     folds: dict = {}
@@ -414,11 +432,12 @@ def detect(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAULT_FPR, *,
     """
     if not 0.0 < fpr_threshold < 1.0:
         raise InvalidInputError(f"fpr_threshold must be in (0, 1), got {fpr_threshold}")
-    analysis = analyse(image, key, fpr_threshold, versions=versions)
+    key, versions, pyramid = _prepare(image, key, versions)
+    analysis = _analyse(pyramid, key, fpr_threshold, None, versions)
     found = analysis.payload is not None and analysis.log10_fpp <= math.log10(fpr_threshold)
     region = None
     if localise and not found:
-        regional = analyse_regions(image, key, fpr_threshold, versions)
+        regional = _analyse_regions(pyramid, key, fpr_threshold, versions)
         if regional is not None:
             (analysis, region), found = regional, True
     details = _details(key, analysis, found)
@@ -461,16 +480,18 @@ def analyse_regions(image: np.ndarray, key: bytes, fpr_threshold: float = DEFAUL
     ``fpr_threshold``. v1 marks are not looked for in windows."""
     if not 0.0 < fpr_threshold < 1.0:
         raise InvalidInputError(f"fpr_threshold must be in (0, 1), got {fpr_threshold}")
-    key = _check_key(key)
-    families = _families(tuple(dict.fromkeys(versions)))
-    _, colour = split(image, "detect")
-    check_size(colour, MIN_DETECT_SIDE, "detect")
-    layout = windows(*colour.shape[:2])
+    key, versions, pyramid = _prepare(image, key, versions)
+    return _analyse_regions(pyramid, key, fpr_threshold, versions)
+
+
+def _analyse_regions(pyramid: v2.Pyramid, key: bytes, fpr_threshold: float,
+                     versions: tuple[int, ...]) -> tuple[Analysis, tuple[int, int, int]] | None:
+    """``analyse_regions`` on a prepared picture (``_prepare``): the windows fold its residuals."""
+    families = _families(versions)
+    layout = windows(*pyramid.y.shape)
     if 2 not in families or not layout:
         return None
-    tune_allocator(export=False)
-    pyramid = v2.Pyramid(luma(colour))
-    whole = v2.hypothesis_count(pyramid, HYPOTHESES_V1) + NEIGHBOURS  # analyse's family-2 bound
+    whole = _counts(pyramid, None)[2]  # the whole-image search's family-2 bound
     reads: list[_Read] = []
     window_of: dict[int, tuple[int, int, int]] = {}
     for top, left, side in layout:

@@ -2,8 +2,8 @@
 
 A whole-image read folds every period of the picture onto one tile, so a marked region pasted into unmarked
 material is diluted by everything around it: measured on twelve 1024 px photos, a pasted marked region of a
-tenth of the picture read in 4 of 12 composites, a twentieth in 2. When the whole-image read finds nothing and
-a map was asked for, the detector reads square windows instead, each folded on its own, on the unscaled grids
+tenth of the picture read in 4 of 12 composites, a twentieth in none. When the whole-image read finds nothing
+and a map was asked for, the detector reads square windows instead, each folded on its own, on the unscaled grids
 only (a region pasted without resizing keeps the embedding grid; a resized paste is not looked for).
 
 Window sides are a multiple of the tile period, about REGION_FRACTION of the picture's short side (at least
@@ -11,7 +11,7 @@ MIN_WINDOW, at most MAX_WINDOW px); their corners step by a whole number of peri
 a window is the shift in the whole picture and the presence map can be drawn from it. A region whose side is at
 least a window plus a step always holds one whole window: from about 14% of the area at 512 px, 10% at 1024 px
 and 8% at 2048 px. The number of windows depends on the picture's size only and enters the false-positive bound
-(codec._analyse_regions).
+(codec.analyse_regions).
 """
 
 from __future__ import annotations
