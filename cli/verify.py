@@ -119,21 +119,13 @@ def _source(service) -> dict[str, str]:
 def _write_map(result, path: Path, folder: Path) -> Path:
     """Write ``result``'s presence mask as an 8-bit gray PNG in ``folder`` (created if needed; never overwrites:
     a taken name gets -1, -2...)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     from ..runtime.files import write_bytes_exclusive
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BackdropError(f"--map: cannot create the folder {folder}: {exc}") from exc
-    pixels = np.clip(np.rint(result.presence_mask() * 255.0), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, "PNG")
-    return write_bytes_exclusive(folder / f"{path.stem}.watermark-map.png", buffer.getvalue())
+    return write_bytes_exclusive(folder / f"{path.stem}.watermark-map.png", result.presence_png())
 
 
 def _verify_one(service, path: Path):

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from .api_keys import hash_api_key, well_formed
 from .config import JOB_ID, ServeConfig
-from .params import FORMATS, STUDIO, Catalog, JobParams, ParamError, resolution_presets
+from .params import FORMATS, STUDIO, Catalog, JobParams, ParamError, resolution_presets, verify_localise
 from .store import (
     FAILED,
     RUNNING,
@@ -116,6 +116,15 @@ class ModelsOut(BaseModel):
     default: str
 
 
+class PresenceOut(BaseModel):
+    marked_fraction: float = Field(description="share of the image where the mark reads (0 when none was found)")
+    cell_px: int | None = Field(description="side of one map cell in the image's pixels (null: no mark found)")
+    z: list[list[float]] | None = Field(description="per cell, how strongly the mark reads (about N(0, 1) where "
+                                                    "it is absent); null when no mark was found")
+    mask_png: str = Field(description="base64 PNG, 8-bit gray at the image's size: 255 where the mark reads, 0 "
+                                      "elsewhere (the `backdrop verify --map` image)")
+
+
 class VerifyOut(BaseModel):
     found: bool
     watermark_id: str
@@ -132,6 +141,7 @@ class VerifyOut(BaseModel):
     problems: list[str]
     c2pa: dict[str, Any] | None
     message: str
+    presence: PresenceOut | None = Field(None, description="where the mark is; only with localise=true")
 
 
 ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 413: {"model": ErrorOut},
@@ -161,7 +171,10 @@ def job_form_schema() -> dict:
 def verify_form_schema() -> dict:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["image"],
-        "properties": {"image": {"type": "string", "format": "binary"}}}}}}}
+        "properties": {"image": {"type": "string", "format": "binary"},
+                       "localise": {"type": "boolean", "default": False,
+                                    "description": "also map where the mark is (a marked region pasted into "
+                                                   "other material is searched for too; slower)"}}}}}}}
 
 
 # ---- state -----------------------------------------------------------------------------------------------
@@ -413,15 +426,17 @@ def create_app(state: ServerState) -> FastAPI:
         staging = state.data.tmp / ("verify_" + secrets.token_hex(12))
         try:
             form = await receive_form(request, staging, file_field="image", max_bytes=state.config.max_upload_bytes)
-            if set(form.fields):
-                raise HttpError(422, f"unknown form field(s) {', '.join(sorted(form.fields))}; send only 'image'")
+            try:
+                localise = verify_localise(form.fields)
+            except ParamError as exc:
+                raise HttpError(422, str(exc)) from None
             photo = await run_in_threadpool(check_photo, form.upload, "image",
                                             max_bytes=state.config.max_upload_bytes,
                                             max_pixels=state.config.max_pixels, decoding=state.decoding)
-            result = await run_in_threadpool(_verify_file, state, photo.path)
+            result = await run_in_threadpool(_verify_file, state, photo.path, localise)
         finally:
             await run_in_threadpool(shutil.rmtree, staging, True)
-        return _verification_out(result, caller.account.id)
+        return _verification_out(result, caller.account.id, localise)
 
     return app
 
@@ -505,14 +520,25 @@ def _job_out(job: Job) -> JobOut:
                                    height=i.height, bytes=i.bytes, sha256=i.sha256) for i in job.images])
 
 
-def _verify_file(state: ServerState, path):
+def _verify_file(state: ServerState, path, localise: bool = False):
     from ...runtime.watermark.service import get_service
 
     with state.verifying:
-        return get_service(state.data.root, ledger=state.config.ledger_location).verify_file(path)
+        service = get_service(state.data.root, ledger=state.config.ledger_location)
+        return service.verify_file(path, localise=localise)
 
 
-def _verification_out(result, account_id: str) -> VerifyOut:
+def _presence_out(result, presence: dict[str, Any] | None) -> PresenceOut:
+    """``localise=true``'s answer from a Verification and its JSON ``presence`` (None: no mark found)."""
+    import base64
+
+    mask_png = base64.b64encode(result.presence_png()).decode("ascii")
+    if presence is None:
+        return PresenceOut(marked_fraction=0.0, cell_px=None, z=None, mask_png=mask_png)
+    return PresenceOut(**presence, mask_png=mask_png)
+
+
+def _verification_out(result, account_id: str, localise: bool = False) -> VerifyOut:
     data = result.to_json_dict()
     record = data.get("record")
     owner = None if record is None else ("you" if record.get("account") == account_id else "another account")
@@ -522,5 +548,6 @@ def _verification_out(result, account_id: str) -> VerifyOut:
                      chain=data["chain"], tampered=data["tampered"], owner=owner,
                      record=record if mine else None, later_records=data["later_records"] if mine else [],
                      pixels=data["pixels"] if mine else "", problems=data["problems"] if mine else [],
-                     c2pa=data.get("c2pa"), message=data["message"])
+                     c2pa=data.get("c2pa"), message=data["message"],
+                     presence=_presence_out(result, data["presence"]) if localise else None)
 

@@ -34,6 +34,25 @@ DEFAULTS = {"style": "Minimal Studio", "composition": "centered", "scene": "", "
             "resolution": "original", "format": "png", "model": STUDIO}
 
 
+VERIFY_FIELDS = ("localise",)
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def verify_localise(fields: dict[str, list[str]]) -> bool:
+    """``POST /v1/verify``'s one option besides the image: ``localise`` (default false) also maps where the mark
+    is and searches windows for a marked region pasted into other material. Any other field is refused."""
+    unknown = sorted(set(fields) - set(VERIFY_FIELDS))
+    if unknown:
+        raise ParamError(f"unknown form field(s) {', '.join(unknown)}; send 'image' and optionally 'localise'")
+    values = fields.get("localise", [])
+    if len(values) > 1:
+        raise ParamError("send 'localise' once")
+    word = values[0].strip().lower() if values else "false"
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise ParamError(f"'localise' must be true or false, got {values[0][:40]!r}")
+    return word in TRUE_WORDS
+
+
 class ParamError(BackdropError):
     """A parameter cannot be used as given (answered 422). ``limit`` names the tier limit it is over, if any."""
 

@@ -123,6 +123,17 @@ class Verification:
             return np.zeros((max(1, height), max(1, width)), np.float32)
         return self.presence.mask(height or None, width or None)
 
+    def presence_png(self) -> bytes:
+        """``presence_mask`` as an 8-bit gray PNG (255 where the mark reads): the ``backdrop verify --map`` image."""
+        import io
+
+        from PIL import Image
+
+        pixels = np.clip(np.rint(self.presence_mask() * 255.0), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, "PNG")
+        return buffer.getvalue()
+
     @property
     def tampered(self) -> bool:
         return self.found and self.record is not None and (self.signature != VALID or self.chain != INTACT)

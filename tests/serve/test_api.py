@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -127,6 +128,46 @@ def test_another_accounts_job_is_not_found(server, alice):
 def test_verify_of_an_unmarked_image(alice):
     body = alice.post("/v1/verify", files={"image": ("p.png", PHOTO, "image/png")}).json()
     assert body["found"] is False and body["watermark_id"] == "" and body["owner"] is None and body["record"] is None
+
+
+def test_verify_with_localise_maps_the_marked_half_of_a_spliced_image(server, alice):
+    """``localise=true`` answers where the mark is: its share of the image, the cell z-scores and the mask as a PNG
+    at the image's size (white on the marked half of a splice, black on the other); without it, no map."""
+    from comfyui_backdrop.runtime.provenance.keys import load_keys
+    from comfyui_backdrop.runtime.watermark import embed
+    from tests.fixtures.watermark_images import resize, skimage_photo, splice
+
+    key = load_keys(server.data).watermark_key
+    other = resize(skimage_photo("coffee"), 512 / 600, 512 / 400)[:512, :512]
+    spliced = splice(embed(skimage_photo("astronaut"), 4242, key), other, left=True)
+    files = {"image": ("s.png", cv2.imencode(".png", spliced[..., ::-1])[1].tobytes(), "image/png")}
+    body = alice.post("/v1/verify", files=files, data={"localise": "true"}).json()
+    assert body["found"] and int(body["watermark_id"], 16) == 4242 and body["record"] is None
+    presence = body["presence"]
+    assert 0.35 < presence["marked_fraction"] < 0.7 and presence["cell_px"] > 0
+    assert len(presence["z"]) * presence["cell_px"] >= 512 - presence["cell_px"]
+    mask = decode(base64.b64decode(presence["mask_png"]))
+    assert mask.shape[:2] == (512, 512) and mask.dtype == np.uint8
+    gray = mask if mask.ndim == 2 else mask[..., 0]
+    assert gray[:, :192].mean() > 0.9 * 255 and gray[:, 320:].mean() < 0.1 * 255
+    assert alice.post("/v1/verify", files=files).json()["presence"] is None
+
+
+def test_verify_with_localise_of_an_unmarked_image_answers_an_empty_map(alice):
+    body = alice.post("/v1/verify", files={"image": ("p.png", PHOTO, "image/png")}, data={"localise": "1"}).json()
+    assert body["found"] is False
+    presence = body["presence"]
+    assert presence["marked_fraction"] == 0.0 and presence["cell_px"] is None and presence["z"] is None
+    mask = decode(base64.b64decode(presence["mask_png"]))
+    assert mask.shape[:2] == (160, 192) and not mask.any()
+
+
+@pytest.mark.parametrize(("fields", "said"), [({"localise": "maybe"}, "'localise' must be true or false"),
+                                              ({"localise": ["true", "false"]}, "send 'localise' once"),
+                                              ({"colour": "red"}, "unknown form field(s) colour")])
+def test_verify_refuses_bad_fields(alice, fields, said):
+    answer = alice.post("/v1/verify", files={"image": ("p.png", PHOTO, "image/png")}, data=fields)
+    assert answer.status_code == 422 and said in answer.json()["detail"]
 
 
 def test_cancel_a_running_job_keeps_what_it_delivered(server, alice):
