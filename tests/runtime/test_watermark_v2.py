@@ -259,6 +259,8 @@ def test_a_large_busy_picture_carries_two_layers_and_a_small_one_one():
     busy = luma(resize(skimage_photo("immunohistochemistry"), 2.0))
     assert carrier.layers_for(busy) == ((128, 1.0 - carrier.FINE_SHARE), (64, carrier.FINE_SHARE))
     assert carrier.layers_for(luma(skimage_photo("astronaut"))) == ((64, 1.0),)
+    under_1mp = luma(resize(skimage_photo("immunohistochemistry"), 1.5))  # 768 px: busy, under 1 MP
+    assert carrier.layers_for(under_1mp) == ((128, 1.0 - carrier.MID_FINE_SHARE), (64, carrier.MID_FINE_SHARE))
     assert carrier.layers_for(luma(studio_shot(1024, 1280, seed=2))) == ((128, 1.0),)  # flat: JPEG/WebP layer only
     small_flat = ((128, 1.0 - carrier.FLAT_FINE_SHARE), (64, carrier.FLAT_FINE_SHARE))
     assert carrier.layers_for(luma(studio_shot(480, 640))) == small_flat  # ... and a crop layer under 768 px
