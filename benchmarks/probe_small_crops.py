@@ -5,7 +5,7 @@ and not taken (stop 37).
         [--workers 2]
 
 The pictures: every benchmark and held-out image (bench_watermark.py) whose carrier is one 64 px layer
-(``carrier.layers_for``): 18 photos of 0.14-0.8 MP.
+(``carrier.layers_for``): 18 busy photos of 0.14-0.8 MP.
 
 * ``--emphasis``: the embedder's tile reweighted in frequency before it is placed (the detector unchanged, so a
   mark made this way is still a v3 mark): ``power:A:R`` multiplies a bin r cycles per tile from the centre by

@@ -39,7 +39,14 @@ SQUARE_HYPOTHESES = 1  # ... and the best unrotated square lattice of that range
 SQUARE_STEP = 0.04   # px: spacing of that square lattice's scan, then refined to a tenth of it
 SQUARE_MIN_SCORE = 1.2  # ... kept only from this comb score up: unmarked 512 px pictures' best squares score
 #                         0.6-1.5 (median 1.0), the thumbnails it reads 1.4-17; a fold of a short lattice is costly
-RETURNED = HYPOTHESES + FINE_HYPOTHESES + SQUARE_HYPOTHESES  # estimate_lattices returns at most (and the grid)
+# The main range gets its square lattice too (stop 37): a picture downscaled to 0.4-1x and recompressed keeps a
+# square lattice that the general search, drawn to the codec's blocks and the picture's own structure, often misses.
+MAIN_SQUARE_HYPOTHESES = 1
+MAIN_SQUARE_MAX = 2 * PERIOD  # px: its longest period (a 128 px layer unscaled, a 64 px one enlarged 2x)
+MAIN_SQUARE_MIN_SCORE = 2.0   # comb score from which it is kept (see SQUARE_MIN_SCORE)
+CODEC_BLOCK = 8.0    # px: JPEG's block (WebP's macroblocks are multiples): periods within AVOID_BLOCK px of a
+AVOID_BLOCK = 0.25   # multiple of it are left out of the main square scan (codec artifacts score there)
+RETURNED = HYPOTHESES + FINE_HYPOTHESES + SQUARE_HYPOTHESES + MAIN_SQUARE_HYPOTHESES  # at most (and the grid)
 GRID_STEP = 0.7      # px: spacing of the similarity search (radius, and arc at the longest radius)
 LAG_FRACTION = 0.6   # autocorrelation lags up to this fraction of the window's short side
 NEIGHBOUR_STEP = 0.003  # relative stretch of each axis in a lattice's neighbours (the detector's second look)
@@ -277,17 +284,24 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
         acf = _central_lags(acf_smooth, FINE_LAG_PERIODS * high) if low < lo else acf_smooth
         found = _search(acf, low, high, kept)
         if low < lo:
-            square = square_lattice(acf, low, high)
-            if square.score >= SQUARE_MIN_SCORE and _distinct((square.v1, square.v2), found):
-                found.append(square)
+            square, least = square_lattice(acf, low, high), SQUARE_MIN_SCORE
+        else:
+            square, least = square_lattice(acf, low, min(high, MAIN_SQUARE_MAX), avoid=CODEC_BLOCK), \
+                MAIN_SQUARE_MIN_SCORE
+        if square.score >= least and _distinct((square.v1, square.v2), found):
+            found.append(square)
         hypotheses += found
     return [*hypotheses, IDENTITY] if identity else hypotheses
 
 
-def square_lattice(acf: np.ndarray, lo: float, hi: float, step: float = SQUARE_STEP) -> Lattice:
+def square_lattice(acf: np.ndarray, lo: float, hi: float, step: float = SQUARE_STEP,
+                   avoid: float | None = None) -> Lattice:
     """The unrotated square lattice ``(s, 0), (0, s)`` with the best comb score for ``lo <= s <= hi``: scanned
-    every ``step`` px, then every ``step / 10`` around the best."""
+    every ``step`` px, then every ``step / 10`` around the best. ``avoid``: leave out periods within AVOID_BLOCK
+    px of its multiples (a codec's block grid)."""
     def best(sides: np.ndarray) -> tuple[float, float]:
+        if avoid is not None:
+            sides = sides[np.abs(sides - avoid * np.round(sides / avoid)) > AVOID_BLOCK]
         zero = np.zeros_like(sides)
         scores = basis_comb_scores(acf, np.stack([sides, zero], axis=1), np.stack([zero, sides], axis=1))
         i = int(np.argmax(scores))

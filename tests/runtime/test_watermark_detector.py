@@ -21,6 +21,7 @@ from comfyui_backdrop.runtime.watermark.perceptual import luma
 from comfyui_backdrop.runtime.watermark.residual import whitened_residual
 from tests.fixtures.watermark_images import (
     crop_area,
+    jpeg,
     noise_image,
     real_photos,
     resize,
@@ -163,9 +164,29 @@ def test_a_thumbnail_of_a_cell_texture_reads_through_the_square_lattice(monkeypa
     r = whitened_residual(luma(thumb.astype(np.float32) / 255.0))
     square = [h for h in estimate_lattices(r, count=0, identity=False) if h.v1[1] == 0.0 and h.v2[0] == 0.0]
     assert len(square) == 1 and square[0].v1[0] == pytest.approx(64 * scale, rel=0.01)
-    monkeypatch.setattr(lattice, "square_lattice", lambda acf, lo, hi: lattice.Lattice((lo, 0.0), (0.0, lo)))
+    monkeypatch.setattr(lattice, "square_lattice", lambda acf, lo, hi, **_: lattice.Lattice((lo, 0.0), (0.0, lo)))
     without = detect(thumb, KEY)  # a square lattice of the wrong period in its place
     assert not (without.found and without.payload == 0x5EED5), without.details
+
+
+@pytest.mark.parametrize("payload", [0x5EED5, 0xC0FFEE])
+def test_a_downscaled_recompressed_picture_reads_through_the_main_square_lattice(monkeypatch, payload):
+    """0.45x + JPEG 80 of a busy 512 px picture (a 28.8 px tile): the general search, drawn to the cells and the
+    JPEG blocks, misses the tile's lattice; the best unrotated square lattice of the main range (stop 37) is it.
+    Without that hypothesis neither ID read (nor 3 others tried)."""
+    from comfyui_backdrop.runtime.watermark import lattice
+
+    image = skimage_photo("immunohistochemistry")
+    image = resize(image, 512 / max(image.shape[:2]))
+    small = resize(embed(image, payload, KEY, version=3), 0.45)
+    attacked = jpeg(small, 80)
+    result = detect(attacked, KEY)
+    assert result.found and result.payload == payload and result.false_positive_probability <= 1e-6, result.details
+    scale = small.shape[1] / image.shape[1]
+    assert result.details["period_px"][0] == pytest.approx(64 * scale, rel=0.01)
+    monkeypatch.setattr(lattice, "MAIN_SQUARE_MIN_SCORE", math.inf)
+    without = detect(attacked, KEY)
+    assert not (without.found and without.payload == payload), without.details
 
 
 # coffee@600 (0x600DF00D) read here too, at log10 p -6.03 with 14 hypotheses; the square lattice of stop 31 made
