@@ -44,6 +44,10 @@ SQUARE_MIN_SCORE = 1.2  # ... kept only from this comb score up: unmarked 512 px
 MAIN_SQUARE_HYPOTHESES = 1
 MAIN_SQUARE_MAX = 2 * PERIOD  # px: its longest period (a 128 px layer unscaled, a 64 px one enlarged 2x)
 MAIN_SQUARE_MIN_SCORE = 2.0   # comb score from which it is kept (see SQUARE_MIN_SCORE)
+# Both squares are kept whatever their score on a residual of at most this many pixels: the bars above only save the
+# fold of an unmarked picture, which costs little this small, and a small picture's comb has few points (a downscale
+# of 0.01-0.03 MP: its comb score at the true period was 1.5-1.9).
+SQUARE_ALWAYS_AREA = 300 * 300
 CODEC_BLOCK = 8.0    # px: JPEG's block (WebP's macroblocks are multiples): periods within AVOID_BLOCK px of a
 AVOID_BLOCK = 0.25   # multiple of it are left out of the main square scan (codec artifacts score there)
 RETURNED = HYPOTHESES + FINE_HYPOTHESES + SQUARE_HYPOTHESES + MAIN_SQUARE_HYPOTHESES  # at most (and the grid)
@@ -288,7 +292,7 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
         else:
             square, least = square_lattice(acf, low, min(high, MAIN_SQUARE_MAX), avoid=CODEC_BLOCK), \
                 MAIN_SQUARE_MIN_SCORE
-        if square.score >= least and _distinct((square.v1, square.v2), found):
+        if (square.score >= least or r.size <= SQUARE_ALWAYS_AREA) and _distinct((square.v1, square.v2), found):
             found.append(square)
         hypotheses += found
     return [*hypotheses, IDENTITY] if identity else hypotheses

@@ -185,6 +185,23 @@ def test_a_downscaled_recompressed_picture_reads_through_the_main_square_lattice
     scale = small.shape[1] / image.shape[1]
     assert result.details["period_px"][0] == pytest.approx(64 * scale, rel=0.01)
     monkeypatch.setattr(lattice, "MAIN_SQUARE_MIN_SCORE", math.inf)
+    monkeypatch.setattr(lattice, "SQUARE_ALWAYS_AREA", 0)
+    without = detect(attacked, KEY)
+    assert not (without.found and without.payload == payload), without.details
+
+
+@pytest.mark.parametrize(("name", "side", "payload"), [("chelsea", 451, 0xBADA55), ("camera", 512, 0x7777777)])
+def test_a_small_recompressed_crop_keeps_its_square_lattice_under_the_score_bar(monkeypatch, name, side, payload):
+    """Crop 30% + 0.6x + JPEG 55 leaves 98-168 px: the comb has few points, the tile's square lattice scores under
+    the bar that spares large unmarked pictures a fold, and it is kept all the same (SQUARE_ALWAYS_AREA)."""
+    from comfyui_backdrop.runtime.watermark import lattice
+
+    image = skimage_photo(name)
+    image = resize(image, side / max(image.shape[:2])) if max(image.shape[:2]) != side else image
+    attacked = jpeg(resize(crop_area(embed(image, payload, KEY, version=3), 0.3, 0.7, 0.2), 0.6), 55)
+    result = detect(attacked, KEY)
+    assert result.found and result.payload == payload and result.false_positive_probability <= 1e-6, result.details
+    monkeypatch.setattr(lattice, "SQUARE_ALWAYS_AREA", 0)
     without = detect(attacked, KEY)
     assert not (without.found and without.payload == payload), without.details
 
