@@ -111,7 +111,7 @@ def hypotheses(pyramid: Pyramid, level0: list[Lattice]) -> list[Hypothesis]:
         if pyramid.has_level1_search():
             r1 = pyramid.residual(1)
             out += [Hypothesis(lat, 1) for lat in estimate_lattices(r1, LEVEL1_LO, LEVEL1_HI, LEVEL1_LATTICES, fine=0,
-                                                                     identity=False)]
+                                                                     identity=False, main_square=False)]
     return out
 
 

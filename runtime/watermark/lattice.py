@@ -260,7 +260,8 @@ def basis_comb_scores(acf: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> np.nda
 
 
 def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float = MAX_SCALE * PERIOD,
-                      count: int = HYPOTHESES, identity: bool = True, fine: int = FINE_HYPOTHESES) -> list[Lattice]:
+                      count: int = HYPOTHESES, identity: bool = True, fine: int = FINE_HYPOTHESES,
+                      main_square: bool = True) -> list[Lattice]:
     """The most likely tile lattices in residual ``r`` (best first), ending with the embedding grid.
 
     Candidate bases come from three searches (similarity transforms on a dense grid, 1-D combs along
@@ -273,6 +274,9 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
     lattice of that range (``square_lattice``): a thumbnail is a plain downscale, and on a picture of near-periodic
     texture (cells, weave) the texture's own lattice can outscore the mark's in the general search. It is kept
     when its comb score reaches SQUARE_MIN_SCORE (most unmarked pictures' do not, and their detection skips its fold).
+    ``main_square``: add the best unrotated square lattice of ``lo``..``hi`` too (up to MAIN_SQUARE_MAX px, not at
+    the codec's block multiples, kept from MAIN_SQUARE_MIN_SCORE): a downscaled, recompressed picture's. At most
+    ``count`` + ``fine`` + 1 (with ``fine``) + 1 (with ``main_square``) lattices are returned before IDENTITY.
     """
     window = central_window(r)
     side = min(window.shape)
@@ -287,12 +291,14 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
             acf_smooth = cv2.GaussianBlur(autocorrelation(window, max_lag), (0, 0), 0.7)
         acf = _central_lags(acf_smooth, FINE_LAG_PERIODS * high) if low < lo else acf_smooth
         found = _search(acf, low, high, kept)
+        square = None
         if low < lo:
             square, least = square_lattice(acf, low, high), SQUARE_MIN_SCORE
-        else:
+        elif main_square and min(high, MAIN_SQUARE_MAX) > low:
             square, least = square_lattice(acf, low, min(high, MAIN_SQUARE_MAX), avoid=CODEC_BLOCK), \
                 MAIN_SQUARE_MIN_SCORE
-        if (square.score >= least or r.size <= SQUARE_ALWAYS_AREA) and _distinct((square.v1, square.v2), found):
+        if square is not None and (square.score >= least or r.size <= SQUARE_ALWAYS_AREA) \
+                and _distinct((square.v1, square.v2), found):
             found.append(square)
         hypotheses += found
     return [*hypotheses, IDENTITY] if identity else hypotheses

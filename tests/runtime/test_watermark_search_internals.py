@@ -158,3 +158,27 @@ def test_the_radial_maps_of_any_size_are_what_computing_them_anew_gives():
     finally:
         module._radial_maps.cache_clear()
         module._largest_offsets = saved
+
+
+@pytest.mark.parametrize("attack", ["none", "0.45x + JPEG 80", "0.3x", "small"])
+def test_the_searches_never_return_more_lattices_than_the_bound_counts(monkeypatch, attack):
+    """The false-positive bound counts RETURNED lattices (+ the grid) at full size and LEVEL1_LATTICES on the half
+    level (codec_v2.hypothesis_count); the square lattices (stop 31, stop 37) must stay inside those counts, also on a
+    small picture, where they are kept whatever their score. Each general search is made to return all it may (rotated
+    lattices, never a square's), so any square beyond the count shows."""
+    from comfyui_backdrop.runtime.watermark import codec_v2, embed, lattice
+    from comfyui_backdrop.runtime.watermark.perceptual import luma
+    from tests.fixtures.watermark_images import jpeg, resize, skimage_photo
+
+    def full_search(acf, lo, hi, count):
+        sides = np.linspace(lo, hi, count + 2)[1:-1]
+        return [lattice.Lattice((s * 0.9, s * 0.3), (-s * 0.3, s * 0.9), 3.0) for s in sides]
+
+    monkeypatch.setattr(lattice, "_search", full_search)
+    marked = embed(skimage_photo("immunohistochemistry"), 0x5EED5, b"bound-test-key-0123456789abcdef0", version=3)
+    picture = {"none": marked, "0.45x + JPEG 80": jpeg(resize(marked, 0.45), 80), "0.3x": resize(marked, 0.3),
+               "small": jpeg(resize(marked[:300, :300], 0.6), 55)}[attack]
+    pyramid = codec_v2.Pyramid(luma(picture.astype(np.float32) / 255.0))
+    level0 = lattice.estimate_lattices(pyramid.residual(0))
+    assert len(level0) <= lattice.RETURNED + 1
+    assert len(codec_v2.hypotheses(pyramid, level0)) <= codec_v2.hypothesis_count(pyramid)
