@@ -34,6 +34,14 @@ DEFAULTS = {"style": "Minimal Studio", "composition": "centered", "scene": "", "
             "resolution": "original", "format": "png", "model": STUDIO}
 
 
+class ParamError(BackdropError):
+    """A parameter cannot be used as given (answered 422). ``limit`` names the tier limit it is over, if any."""
+
+    def __init__(self, message: str, limit: str | None = None, value: int | None = None) -> None:
+        super().__init__(message)
+        self.limit, self.value = limit, value
+
+
 VERIFY_FIELDS = ("localise",)
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -51,14 +59,6 @@ def verify_localise(fields: dict[str, list[str]]) -> bool:
     if word not in TRUE_WORDS + FALSE_WORDS:
         raise ParamError(f"'localise' must be true or false, got {values[0][:40]!r}")
     return word in TRUE_WORDS
-
-
-class ParamError(BackdropError):
-    """A parameter cannot be used as given (answered 422). ``limit`` names the tier limit it is over, if any."""
-
-    def __init__(self, message: str, limit: str | None = None, value: int | None = None) -> None:
-        super().__init__(message)
-        self.limit, self.value = limit, value
 
 
 def resolution_presets() -> dict[str, tuple[str, int | None]]:
