@@ -192,6 +192,16 @@ def held_out_images(quick: bool = False) -> list[tuple[str, np.ndarray]]:
 IMAGE_SETS = {"bench": bench_images, "held-out": held_out_images}
 
 
+def labelled_images(sets: tuple[str, ...] = ("bench", "held-out")) -> list[tuple[str, np.ndarray]]:
+    """("set:label", RGB) of every image of the given IMAGE_SETS, in order."""
+    return [(f"{name}:{label}", image) for name in sets for label, image in IMAGE_SETS[name](False)]
+
+
+def reads_id(analysis: codec.Analysis, value: int) -> bool:
+    """Whether ``analysis`` is a detection (``detect().found``) of exactly ``value``."""
+    return analysis.payload == value and analysis.log10_fpp <= -6.0
+
+
 def payload_for(index: int, bits: int = 64) -> int:
     """The payload image ``index`` carries: random, ``bits`` wide (v3 carries 40)."""
     return (int(np.random.default_rng(1000 + index).integers(0, 2**63)) * 2 + index % 2) >> (64 - bits)

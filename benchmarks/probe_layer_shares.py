@@ -51,8 +51,7 @@ def _mid_size_busy(y: np.ndarray) -> bool:
 
 def mid_size_busy_pictures() -> list[tuple[str, np.ndarray]]:
     """(label, RGB) of the benchmark and held-out pictures that are busy and from LARGE_SIDE up to 1 MP."""
-    return [(f"{name}:{label}", image) for name in ("bench", "held-out")
-            for label, image in bench.IMAGE_SETS[name](False) if _mid_size_busy(luma(image))]
+    return [(label, image) for label, image in bench.labelled_images() if _mid_size_busy(luma(image))]
 
 
 def _layers_with(share: float):
@@ -74,7 +73,7 @@ def _reads(job: tuple[int, np.ndarray, float, int]) -> tuple[float, dict[str, bo
     out = {}
     for name, attack in ATTACKS.items():
         analysis = codec.analyse(attack(marked), bench.KEY)
-        out[name] = analysis.payload == value and analysis.log10_fpp <= -6.0
+        out[name] = bench.reads_id(analysis, value)
     return share, out
 
 

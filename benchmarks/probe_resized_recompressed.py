@@ -45,10 +45,6 @@ ATTACKS: dict[str, tuple[float, Recompress]] = {
 _TRUE_LATTICE = [False]
 
 
-def _found(analysis: codec.Analysis, value: int) -> bool:
-    return analysis.payload == value and analysis.log10_fpp <= -6.0  # = detect().found and the right ID
-
-
 def _reads(job: tuple[int, str, np.ndarray, int]) -> tuple[str, dict[str, tuple[bool, bool]]]:
     """(label, per attack: (read blind, read on the true lattice)) for one picture and one ID."""
     index, label, image, seed = job
@@ -58,13 +54,13 @@ def _reads(job: tuple[int, str, np.ndarray, int]) -> tuple[str, dict[str, tuple[
     for name, (scale, recompress) in ATTACKS.items():
         small = resize(marked, scale)
         attacked = recompress(small)
-        hit = _found(codec.analyse(attacked, bench.KEY), value)
+        hit = bench.reads_id(codec.analyse(attacked, bench.KEY), value)
         forced = hit
         if not hit and _TRUE_LATTICE[0]:
             sy, sx = small.shape[0] / marked.shape[0], small.shape[1] / marked.shape[1]
-            periods = (PERIOD, 2 * PERIOD)  # whichever layer the picture has
-            forced = any(_found(codec.analyse(attacked, bench.KEY, lattices=[Lattice((p * sx, 0.0), (0.0, p * sy))]),
-                                value) for p in periods)
+            true_lattices = [Lattice((p * sx, 0.0), (0.0, p * sy)) for p in (PERIOD, 2 * PERIOD)]  # either layer
+            forced = any(bench.reads_id(codec.analyse(attacked, bench.KEY, lattices=[lattice]), value)
+                         for lattice in true_lattices)
         out[name] = (hit, forced)
     return label, out
 
@@ -77,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--true-lattice", action="store_true")
     args = parser.parse_args(argv)
     _TRUE_LATTICE[0] = args.true_lattice
-    pictures = [(f"{name}:{label}", image) for name in args.image_set for label, image in bench.IMAGE_SETS[name](False)]
+    pictures = bench.labelled_images(tuple(args.image_set))
     print(f"CPU: {cpu_info().describe()}; one thread per worker; {len(pictures)} pictures x {args.ids} IDs")
     jobs = [(index, label, image, seed) for index, (label, image) in enumerate(pictures) for seed in range(args.ids)]
     with get_context("fork").Pool(args.workers) as pool:

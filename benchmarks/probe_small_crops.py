@@ -99,7 +99,7 @@ def _read_all(job: tuple[int, str, np.ndarray, str]) -> dict:
         except codec.ImageTooSmallError:
             reads[name] = (False, 0.0)
             continue
-        reads[name] = (analysis.payload == value and analysis.log10_fpp <= -6.0, analysis.alignment.z)
+        reads[name] = (bench.reads_id(analysis, value), analysis.alignment.z)
     return {"label": label, "psnr": psnr(marked, image), "reads": reads}
 
 

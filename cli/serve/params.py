@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...runtime.errors import BackdropError
+from ...runtime.flags import parse_flag
 
 STUDIO = "studio"  # the weight-free studio backdrop (no checkpoint)
 FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}  # API name -> `backdrop run --format`
@@ -43,7 +44,6 @@ class ParamError(BackdropError):
 
 
 VERIFY_FIELDS = ("localise",)
-TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def verify_localise(fields: dict[str, list[str]]) -> bool:
@@ -55,10 +55,10 @@ def verify_localise(fields: dict[str, list[str]]) -> bool:
     values = fields.get("localise", [])
     if len(values) > 1:
         raise ParamError("send 'localise' once")
-    word = values[0].strip().lower() if values else "false"
-    if word not in TRUE_WORDS + FALSE_WORDS:
+    flag = parse_flag(values[0]) if values else False
+    if flag is None:
         raise ParamError(f"'localise' must be true or false, got {values[0][:40]!r}")
-    return word in TRUE_WORDS
+    return flag
 
 
 def resolution_presets() -> dict[str, tuple[str, int | None]]:

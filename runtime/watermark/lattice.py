@@ -291,14 +291,14 @@ def estimate_lattices(r: np.ndarray, lo: float = MIN_SCALE * PERIOD, hi: float =
             acf_smooth = cv2.GaussianBlur(autocorrelation(window, max_lag), (0, 0), 0.7)
         acf = _central_lags(acf_smooth, FINE_LAG_PERIODS * high) if low < lo else acf_smooth
         found = _search(acf, low, high, kept)
-        square = None
+        square, least = None, SQUARE_MIN_SCORE
         if low < lo:
-            square, least = square_lattice(acf, low, high), SQUARE_MIN_SCORE
+            square = square_lattice(acf, low, high)
         elif main_square and min(high, MAIN_SQUARE_MAX) > low:
-            square, least = square_lattice(acf, low, min(high, MAIN_SQUARE_MAX), avoid=CODEC_BLOCK), \
-                MAIN_SQUARE_MIN_SCORE
-        if square is not None and (square.score >= least or r.size <= SQUARE_ALWAYS_AREA) \
-                and _distinct((square.v1, square.v2), found):
+            square = square_lattice(acf, low, min(high, MAIN_SQUARE_MAX), avoid=CODEC_BLOCK)
+            least = MAIN_SQUARE_MIN_SCORE
+        worth_a_fold = square is not None and (square.score >= least or r.size <= SQUARE_ALWAYS_AREA)
+        if worth_a_fold and _distinct((square.v1, square.v2), found):
             found.append(square)
         hypotheses += found
     return [*hypotheses, IDENTITY] if identity else hypotheses

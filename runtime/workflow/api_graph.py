@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..flags import parse_flag
 from .specs import InputSpec, NodeSpec
 
 ApiGraph = dict[str, dict[str, Any]]
@@ -98,12 +99,10 @@ def coerce_value(spec: InputSpec, raw: str) -> Any:
     except ValueError:
         raise InvalidInputError(f"{spec.name} takes a {spec.kind.lower()}, got {raw!r}") from None
     if spec.kind == "BOOLEAN":
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise InvalidInputError(f"{spec.name} takes true/false, got {raw!r}")
+        flag = parse_flag(raw)
+        if flag is None:
+            raise InvalidInputError(f"{spec.name} takes true/false, got {raw!r}")
+        return flag
     return raw
 
 
